@@ -1,0 +1,296 @@
+"""Start, health-check and stop the embedded services: Pulsar, Prefect server and worker, Ray.
+
+Usage: python -m infra.services up|down|status [service ...]
+
+State and logs live under settings.local_dir (git-ignored): state/<service>/ and logs/<service>.log.
+Starting a running service does nothing; a port held by another process is a clear error.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from infra.pulsar_config import write_standalone_conf
+from mlplatform.settings import PROJECT_DIR, Settings, get_settings
+
+VENV_BIN = Path(sys.executable).parent
+
+
+class ServiceError(RuntimeError):
+    """A service could not be started or is unhealthy."""
+
+
+@dataclass
+class Service:
+    name: str
+    port: int
+    command: Callable[[Settings], list[str]]
+    healthy: Callable[[Settings], bool]
+    env: Callable[[Settings], dict[str, str]]
+    start_timeout_s: float = 120.0
+    before_start: Callable[[Settings], None] | None = None
+    daemonizes: bool = False  # `ray start` forks its own daemons and returns
+
+
+def _http_ok(url: str, expect: str | None = None) -> bool:
+    try:
+        response = httpx.get(url, timeout=3.0)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200 and (expect is None or expect in response.text)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _prefect_env(s: Settings) -> dict[str, str]:
+    return {
+        "PREFECT_HOME": str(s.state_dir / "prefect"),
+        "PREFECT_API_URL": s.prefect_api_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(s.prefect_port),
+        "PREFECT_UI_API_URL": s.prefect_api_url,
+    }
+
+
+def _pulsar_command(s: Settings) -> list[str]:
+    state = s.state_dir / "pulsar"
+    return [
+        str(s.pulsar_home / "bin" / "pulsar"),
+        "standalone",
+        "--config", str(state / "standalone.conf"),
+        "--metadata-dir", str(state / "metadata"),
+        "--bookkeeper-dir", str(state / "bookkeeper"),
+        "--advertised-address", "127.0.0.1",
+        "--no-functions-worker",
+        "--no-stream-storage",
+    ]  # fmt: skip
+
+
+def _pulsar_env(s: Settings) -> dict[str, str]:
+    return {
+        "PULSAR_MEM": f"-Xms{s.pulsar_heap} -Xmx{s.pulsar_heap} "
+        f"-XX:MaxDirectMemorySize={s.pulsar_direct_memory}",
+        "PULSAR_LOG_DIR": str(s.log_dir / "pulsar"),
+        "PULSAR_STANDALONE_USE_ZOOKEEPER": "0",
+    }
+
+
+def _pulsar_prepare(s: Settings) -> None:
+    if not (s.pulsar_home / "bin" / "pulsar").exists():
+        raise ServiceError(f"Pulsar is not installed at {s.pulsar_home}: run `make setup` first")
+    write_standalone_conf(s)
+
+
+def _worker_prepare(s: Settings) -> None:
+    env = {**os.environ, **_prefect_env(s)}
+    subprocess.run(
+        [str(VENV_BIN / "prefect"), "work-pool", "create", s.work_pool, "--type", "process",
+         "--overwrite"],
+        env=env, check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+
+
+def _worker_healthy(s: Settings) -> bool:
+    try:
+        response = httpx.post(
+            f"{s.prefect_api_url}/work_pools/{s.work_pool}/workers/filter", json={}, timeout=3.0
+        )
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200 and any(
+        w.get("status") == "ONLINE" for w in response.json()
+    )
+
+
+def _ray_command(s: Settings) -> list[str]:
+    return [
+        str(VENV_BIN / "ray"), "start", "--head",
+        "--node-ip-address", "127.0.0.1",
+        "--port", str(s.ray_port),
+        "--dashboard-host", "127.0.0.1",
+        "--dashboard-port", str(s.ray_dashboard_port),
+        "--num-cpus", str(s.ray_num_cpus),
+        "--object-store-memory", str(s.ray_object_store_bytes),
+        "--temp-dir", str(s.state_dir / "ray"),
+        "--disable-usage-stats",
+    ]  # fmt: skip
+
+
+def _ray_healthy(s: Settings) -> bool:
+    return port_open(s.ray_port) and _http_ok(
+        f"http://127.0.0.1:{s.ray_dashboard_port}/api/version"
+    )
+
+
+SERVICES: dict[str, Service] = {
+    "pulsar": Service(
+        name="pulsar",
+        port=get_settings().pulsar_broker_port,
+        command=_pulsar_command,
+        env=_pulsar_env,
+        healthy=lambda s: _http_ok(f"{s.pulsar_admin_url}/admin/v2/brokers/health", "ok"),
+        before_start=_pulsar_prepare,
+        start_timeout_s=180.0,
+    ),
+    "prefect-server": Service(
+        name="prefect-server",
+        port=get_settings().prefect_port,
+        command=lambda s: [
+            str(VENV_BIN / "prefect"), "server", "start",
+            "--host", "127.0.0.1", "--port", str(s.prefect_port),
+        ],  # fmt: skip
+        env=_prefect_env,
+        healthy=lambda s: _http_ok(f"{s.prefect_api_url}/health"),
+    ),
+    "prefect-worker": Service(
+        name="prefect-worker",
+        port=0,
+        command=lambda s: [
+            str(VENV_BIN / "prefect"), "worker", "start",
+            "--pool", s.work_pool, "--type", "process", "--limit", "4",
+        ],  # fmt: skip
+        env=_prefect_env,
+        healthy=_worker_healthy,
+        before_start=_worker_prepare,
+        start_timeout_s=90.0,
+    ),
+    "ray": Service(
+        name="ray",
+        port=get_settings().ray_port,
+        command=_ray_command,
+        env=lambda s: {"RAY_USAGE_STATS_ENABLED": "0"},
+        healthy=_ray_healthy,
+        daemonizes=True,
+    ),
+}
+
+
+def _pid_file(s: Settings, service: Service) -> Path:
+    return s.state_dir / f"{service.name}.pid"
+
+
+def _running_pid(s: Settings, service: Service) -> int | None:
+    path = _pid_file(s, service)
+    if not path.exists():
+        return None
+    pid = int(path.read_text().strip())
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    return pid
+
+
+def start(service: Service, settings: Settings) -> str:
+    """Start one service unless it is already healthy, and wait until it is."""
+    if service.healthy(settings):
+        return f"{service.name}: already running"
+    if service.port and port_open(service.port) and _running_pid(settings, service) is None:
+        raise ServiceError(
+            f"{service.name}: port {service.port} on 127.0.0.1 is in use by a process this "
+            f"project did not start. Stop that process, or choose another port in .env."
+        )
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    if service.before_start:
+        service.before_start(settings)
+    log_path = settings.log_dir / f"{service.name}.log"
+    env = {**os.environ, **service.env(settings)}
+    if _running_pid(settings, service) is None:
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                service.command(settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=PROJECT_DIR,
+                start_new_session=True,
+            )
+        if service.daemonizes:
+            if process.wait(timeout=service.start_timeout_s) != 0:
+                raise ServiceError(f"{service.name}: failed to start; see {log_path}")
+        else:
+            _pid_file(settings, service).write_text(str(process.pid))
+    deadline = time.monotonic() + service.start_timeout_s
+    while time.monotonic() < deadline:
+        if service.healthy(settings):
+            return f"{service.name}: started"
+        if not service.daemonizes and _running_pid(settings, service) is None:
+            raise ServiceError(f"{service.name}: exited during start-up; see {log_path}")
+        time.sleep(1.0)
+    raise ServiceError(
+        f"{service.name}: not healthy after {service.start_timeout_s:.0f}s; see {log_path}"
+    )
+
+
+def stop(service: Service, settings: Settings) -> str:
+    """Stop one service: SIGTERM to its process group, SIGKILL after a grace period."""
+    if service.daemonizes:
+        subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], capture_output=True, check=False)
+        return f"{service.name}: stopped"
+    pid = _running_pid(settings, service)
+    if pid is None:
+        _pid_file(settings, service).unlink(missing_ok=True)
+        return f"{service.name}: not running"
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _running_pid(settings, service) is not None:
+        time.sleep(0.5)
+    if _running_pid(settings, service) is not None:
+        os.killpg(pid, signal.SIGKILL)
+    _pid_file(settings, service).unlink(missing_ok=True)
+    return f"{service.name}: stopped"
+
+
+def status(service: Service, settings: Settings) -> str:
+    state = "healthy" if service.healthy(settings) else "down"
+    where = f"127.0.0.1:{service.port}" if service.port else f"pool {settings.work_pool}"
+    return f"{service.name:15} {state:8} {where}"
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in {"up", "down", "status"}:
+        print(__doc__, file=sys.stderr)
+        return 2
+    settings = get_settings()
+    names = argv[1:] or list(SERVICES)
+    unknown = [n for n in names if n not in SERVICES]
+    if unknown:
+        print(f"unknown service(s) {unknown}; known: {list(SERVICES)}", file=sys.stderr)
+        return 2
+    selected = [SERVICES[n] for n in names]
+    try:
+        if argv[0] == "up":
+            for service in selected:
+                print(start(service, settings), flush=True)
+        elif argv[0] == "down":
+            for service in reversed(selected):
+                print(stop(service, settings), flush=True)
+        else:
+            lines = [status(service, settings) for service in selected]
+            print("\n".join(lines))
+            return 0 if all(" healthy " in line for line in lines) else 1
+    except ServiceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,104 @@
+"""The Iceberg tables: one SQL catalog shared by PyIceberg (here) and Flink's JdbcCatalog."""
+
+from __future__ import annotations
+
+from pyiceberg.catalog import Catalog
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+from pyiceberg.types import (
+    DoubleType,
+    IntegerType,
+    ListType,
+    LongType,
+    NestedField,
+    StringType,
+    TimestampType,
+)
+
+from mlplatform.settings import Settings
+
+
+def load_catalog(s: Settings) -> Catalog:
+    s.state_dir.mkdir(parents=True, exist_ok=True)
+    if s.resolved_warehouse.startswith("file://"):
+        (s.local_dir / "warehouse").mkdir(parents=True, exist_ok=True)
+    return SqlCatalog(s.catalog_name, uri=s.resolved_catalog_url, warehouse=s.resolved_warehouse)
+
+
+def _fields(*specs: tuple[str, object, bool]) -> Schema:
+    return Schema(
+        *(
+            NestedField(field_id=i, name=name, field_type=kind, required=required)
+            for i, (name, kind, required) in enumerate(specs, start=1)
+        )
+    )
+
+
+def features_schema(s: Settings) -> Schema:
+    return _fields(
+        (s.key_column, StringType(), False),
+        *((column, DoubleType(), False) for column in s.feature_columns),
+        (s.label_column, IntegerType(), False),
+        ("ingested_at", TimestampType(), False),
+    )
+
+
+def quarantine_schema() -> Schema:
+    return _fields(
+        ("raw", StringType(), False),
+        ("reason", StringType(), False),
+        ("source", StringType(), False),
+        ("quarantined_at", TimestampType(), False),
+    )
+
+
+def predictions_schema(s: Settings) -> Schema:
+    probabilities = ListType(element_id=100, element_type=DoubleType(), element_required=True)
+    return _fields(
+        (s.key_column, StringType(), True),
+        ("prediction", IntegerType(), True),
+        ("probabilities", probabilities, True),
+        ("model_version", IntegerType(), True),
+        ("run_id", StringType(), True),
+        ("input_snapshot_id", LongType(), True),
+    )
+
+
+def table_schemas(s: Settings) -> dict[str, Schema]:
+    return {
+        s.features_table: features_schema(s),
+        s.quarantine_table: quarantine_schema(),
+        s.predictions_table: predictions_schema(s),
+    }
+
+
+def ensure_tables(s: Settings) -> Catalog:
+    """Create the namespace and the platform's tables if they do not exist yet."""
+    catalog = load_catalog(s)
+    try:
+        catalog.create_namespace(s.namespace)
+    except NamespaceAlreadyExistsError:
+        pass
+    for name, schema in table_schemas(s).items():
+        catalog.create_table_if_not_exists(s.table_id(name), schema=schema)
+    return catalog
+
+
+def load_table(s: Settings, name: str) -> Table:
+    try:
+        return load_catalog(s).load_table(s.table_id(name))
+    except NoSuchTableError as error:
+        raise NoSuchTableError(
+            f"Iceberg table {s.table_id(name)} does not exist in catalog {s.catalog_name} "
+            f"({s.resolved_catalog_url}); run the preprocess flow first."
+        ) from error
+
+
+def count_rows(table: Table, snapshot_id: int | None = None) -> int:
+    """Row count of a snapshot from its manifests' metadata, without reading data files."""
+    snapshot = table.snapshot_by_id(snapshot_id) if snapshot_id else table.current_snapshot()
+    if snapshot is None:
+        return 0
+    return int(snapshot.summary.get("total-records", 0)) if snapshot.summary else 0

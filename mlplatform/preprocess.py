@@ -1,0 +1,149 @@
+"""Run the PyFlink preprocessing job from the main environment and account for what it wrote."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from mlplatform.dataset import header
+from mlplatform.iceberg_tables import count_rows, ensure_tables
+from mlplatform.pulsar_io import ensure_partitioned_topic
+from mlplatform.settings import PROJECT_DIR, Settings
+
+JOB_FILE = PROJECT_DIR / "mlplatform" / "flink_job.py"
+
+
+class FlinkJobError(RuntimeError):
+    """The Flink job failed; the message carries Flink's own error."""
+
+
+@dataclass(frozen=True)
+class PreprocessResult:
+    files: int
+    features_rows: int
+    quarantined_rows: int
+    job_id: str
+    features_snapshot_id: int | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def jdbc_catalog_options(s: Settings) -> dict[str, str]:
+    """Flink's JdbcCatalog options for the same SQL catalog PyIceberg uses."""
+    url = make_url(s.resolved_catalog_url)
+    if url.get_backend_name() == "sqlite":
+        # Two Iceberg sinks commit at the end of the job. In WAL mode a reader never blocks
+        # the committing writer, and a busy writer is waited for instead of failing at once.
+        jdbc = f"jdbc:sqlite:{url.database}?journal_mode=WAL&busy_timeout=60000"
+    elif url.get_backend_name() == "postgresql":
+        jdbc = f"jdbc:postgresql://{url.host}:{url.port or 5432}/{url.database}"
+    else:
+        raise ValueError(f"catalog_url {s.resolved_catalog_url!r}: only sqlite and postgresql")
+    options = {
+        "type": "iceberg",
+        "catalog-impl": "org.apache.iceberg.jdbc.JdbcCatalog",
+        "uri": jdbc,
+        "warehouse": s.resolved_warehouse,
+        "jdbc.schema-version": "V1",
+    }
+    if url.username:
+        options["jdbc.user"] = url.username
+    if url.password:
+        options["jdbc.password"] = url.password
+    return options
+
+
+def job_config(s: Settings, input_dir: Path, job_name: str) -> dict:
+    return {
+        "job_name": job_name,
+        "input_path": f"file://{input_dir}",
+        "header": header(s),
+        "key_column": s.key_column,
+        "feature_columns": s.feature_columns,
+        "label_column": s.label_column,
+        "label_names": s.label_names,
+        "feature_min": s.feature_min,
+        "feature_max": s.feature_max,
+        "catalog_name": s.catalog_name,
+        "namespace": s.namespace,
+        "features_table": s.features_table,
+        "quarantine_table": s.quarantine_table,
+        "iceberg_catalog_options": jdbc_catalog_options(s),
+        "features_topic": s.features_topic,
+        "pulsar_service_url": s.pulsar_service_url,
+        "pulsar_admin_url": s.pulsar_admin_url,
+        "parallelism": s.flink_parallelism,
+        "python_executable": str(s.flink_python),
+    }
+
+
+def claim_landing_files(s: Settings, run_id: str) -> Path | None:
+    """Move the landing folder's CSV files into a folder of this run; None when there are none.
+
+    A run that crashed leaves its folder in _inflight/, and the next run picks it up again.
+    """
+    landing = s.resolved_landing_dir
+    inflight = landing / "_inflight" / run_id
+    files = sorted(landing.glob("*.csv"))
+    leftovers = [p for p in (landing / "_inflight").glob("*/*.csv")] if not files else []
+    if not files and not leftovers:
+        return None
+    inflight.mkdir(parents=True, exist_ok=True)
+    for path in files + leftovers:
+        path.rename(inflight / path.name)
+    return inflight
+
+
+def run_flink_job(s: Settings, input_dir: Path, job_name: str, timeout_s: float = 900) -> str:
+    """Run the job in the Flink environment; return the Flink job id or raise with its error."""
+    if not s.flink_python.exists():
+        raise FlinkJobError(f"Flink environment missing at {s.flink_python}: run `make setup`")
+    config_path = s.state_dir / "flink" / f"{job_name}.json"
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(json.dumps(job_config(s, input_dir, job_name)))
+    completed = subprocess.run(
+        [str(s.flink_python), str(JOB_FILE), str(config_path)],
+        capture_output=True, text=True, timeout=timeout_s, cwd=PROJECT_DIR,
+    )  # fmt: skip
+    config_path.unlink(missing_ok=True)
+    if completed.returncode != 0:
+        log = s.log_dir / f"flink-{job_name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(completed.stdout + completed.stderr)
+        causes = [ln for ln in completed.stderr.splitlines() if "Caused by" in ln or "Error" in ln]
+        summary = "\n".join(causes[-5:]) or completed.stderr[-2000:]
+        raise FlinkJobError(f"Flink job {job_name} failed (full log: {log}):\n{summary}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])["job_id"]
+
+
+def preprocess(s: Settings, run_id: str) -> PreprocessResult:
+    """Process every file in the landing folder into features (Iceberg + Pulsar) and quarantine."""
+    catalog = ensure_tables(s)
+    ensure_partitioned_topic(s, s.features_topic, s.features_topic_partitions)
+    features = catalog.load_table(s.table_id(s.features_table))
+    quarantine = catalog.load_table(s.table_id(s.quarantine_table))
+    before = count_rows(features), count_rows(quarantine)
+    input_dir = claim_landing_files(s, run_id)
+    if input_dir is None:
+        snapshot = features.current_snapshot()
+        return PreprocessResult(0, 0, 0, "", snapshot.snapshot_id if snapshot else None)
+    n_files = len(list(input_dir.glob("*.csv")))
+    job_id = run_flink_job(s, input_dir, job_name=f"preprocess-{run_id}")
+    features, quarantine = features.refresh(), quarantine.refresh()
+    processed = s.resolved_landing_dir / "_processed" / run_id
+    processed.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(input_dir), processed)
+    snapshot = features.current_snapshot()
+    return PreprocessResult(
+        files=n_files,
+        features_rows=count_rows(features) - before[0],
+        quarantined_rows=count_rows(quarantine) - before[1],
+        job_id=job_id,
+        features_snapshot_id=snapshot.snapshot_id if snapshot else None,
+    )

@@ -1,0 +1,64 @@
+"""Pulsar: topic administration over the admin REST API, and clients for the Python side."""
+
+from __future__ import annotations
+
+import httpx
+import pulsar
+
+from mlplatform.settings import Settings
+
+
+def _topic_path(topic: str) -> str:
+    """persistent://tenant/ns/name -> persistent/tenant/ns/name, as the admin API wants it."""
+    scheme, _, rest = topic.partition("://")
+    if not rest:
+        raise ValueError(f"topic {topic!r} must be fully qualified: persistent://tenant/ns/name")
+    return f"{scheme}/{rest}"
+
+
+def ensure_partitioned_topic(s: Settings, topic: str, partitions: int) -> None:
+    """Create a partitioned topic; an existing one is left as it is."""
+    url = f"{s.pulsar_admin_url}/admin/v2/{_topic_path(topic)}/partitions"
+    response = httpx.put(url, json=partitions, timeout=30.0)
+    if response.status_code not in (204, 409):
+        raise RuntimeError(
+            f"could not create topic {topic} ({response.status_code}): {response.text}"
+        )
+
+
+def topic_partitions(s: Settings, topic: str) -> int:
+    url = f"{s.pulsar_admin_url}/admin/v2/{_topic_path(topic)}/partitions"
+    response = httpx.get(url, timeout=30.0)
+    response.raise_for_status()
+    return int(response.json()["partitions"])
+
+
+def backlog(s: Settings, topic: str, subscription: str) -> int:
+    """Messages not yet acknowledged by a subscription, over all partitions."""
+    url = f"{s.pulsar_admin_url}/admin/v2/{_topic_path(topic)}/partitioned-stats"
+    response = httpx.get(url, timeout=30.0)
+    if response.status_code == 404:
+        return 0
+    response.raise_for_status()
+    sub = response.json().get("subscriptions", {}).get(subscription)
+    return int(sub["msgBacklog"]) if sub else 0
+
+
+def make_client(s: Settings) -> pulsar.Client:
+    return pulsar.Client(s.pulsar_service_url, operation_timeout_seconds=30)
+
+
+def read_all(s: Settings, topic: str, timeout_ms: int = 2000) -> list[pulsar.Message]:
+    """Every message on a topic from the start, read without a subscription (for checks)."""
+    client = make_client(s)
+    try:
+        partitions = client.get_topic_partitions(topic)
+        messages: list[pulsar.Message] = []
+        for partition in partitions:
+            reader = client.create_reader(partition, pulsar.MessageId.earliest)
+            while reader.has_message_available():
+                messages.append(reader.read_next(timeout_ms))
+            reader.close()
+        return messages
+    finally:
+        client.close()

@@ -1,0 +1,136 @@
+"""The one settings object. Every knob is an env var with the MLP_ prefix (see .env.example).
+
+Defaults are the embedded, one-machine set-up that `make up` starts; pointing the platform at
+clusters changes only these values, never code.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MLP_", env_file=".env", extra="ignore")
+
+    # Where services keep state and logs, and where Flink's environment lives.
+    local_dir: Path = PROJECT_DIR / ".local"
+    flink_python: Path = PROJECT_DIR / ".venv-flink" / "bin" / "python"
+
+    # Messaging.
+    pulsar_service_url: str = "pulsar://127.0.0.1:6650"
+    pulsar_admin_url: str = "http://127.0.0.1:8080"
+    pulsar_broker_port: int = 6650
+    pulsar_web_port: int = 8080
+    pulsar_heap: str = "512m"
+    pulsar_direct_memory: str = "512m"
+    features_topic: str = "persistent://public/default/features"
+    features_topic_partitions: int = 2
+    predictions_topic: str = "persistent://public/default/predictions"
+    stream_subscription: str = "stream-inference"
+
+    # Orchestration.
+    prefect_api_url: str = "http://127.0.0.1:4200/api"
+    prefect_port: int = 4200
+    work_pool: str = "mlp-process"
+
+    # Inference engine: an address of a running Ray cluster, or "local" for a private ray.init().
+    ray_address: str = "127.0.0.1:6379"
+    ray_port: int = 6379
+    ray_dashboard_port: int = 8265
+    ray_num_cpus: int = 2
+    ray_object_store_bytes: int = 1_000_000_000
+
+    # Checkpoints and the model registry (SQLAlchemy URL). Default: SQLite under local_dir.
+    database_url: str | None = None
+
+    # Iceberg: a SQL catalog shared by PyIceberg and Flink's JdbcCatalog.
+    catalog_name: str = "lake"
+    catalog_url: str | None = None  # SQLAlchemy URL; default: SQLite under local_dir
+    warehouse: str | None = None  # default: file:// under local_dir
+    namespace: str = "ml"
+    features_table: str = "features"
+    quarantine_table: str = "quarantine"
+    predictions_table: str = "predictions"
+
+    # Raw data landing folder read by the Flink job.
+    landing_dir: Path | None = None
+
+    # The dataset: key, feature columns with their valid ranges, the label and its classes.
+    key_column: str = "event_id"
+    feature_columns: list[str] = Field(
+        default=["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    )
+    feature_min: float = 0.0
+    feature_max: float = 20.0
+    label_column: str = "label"
+    label_names: list[str] = Field(default=["setosa", "versicolor", "virginica"])
+
+    # Model.
+    model_max_depth: int = 3
+    model_n_estimators: int = 50
+    holdout_fraction: float = 0.25
+    seed: int = 7
+
+    # Batch inference.
+    batch_size: int = 4096
+    actor_pool_min: int = 1
+    actor_pool_max: int = 2
+    actor_num_cpus: float = 0.5
+    commit_every_rows: int = 20_000
+
+    # Stream inference.
+    stream_actors: int = 2
+    stream_receive_timeout_ms: int = 500
+
+    # Flink.
+    flink_parallelism: int = 1
+
+    @property
+    def state_dir(self) -> Path:
+        return self.local_dir / "state"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.local_dir / "logs"
+
+    @property
+    def jar_dir(self) -> Path:
+        return self.local_dir / "jars"
+
+    @property
+    def pulsar_home(self) -> Path:
+        return self.local_dir / "pulsar"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_dir / 'platform.db'}"
+
+    @property
+    def resolved_catalog_url(self) -> str:
+        return self.catalog_url or f"sqlite:///{self.state_dir / 'iceberg_catalog.db'}"
+
+    @property
+    def resolved_warehouse(self) -> str:
+        return self.warehouse or f"file://{self.local_dir / 'warehouse'}"
+
+    @property
+    def resolved_landing_dir(self) -> Path:
+        return self.landing_dir or self.local_dir / "landing"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.local_dir / "models"
+
+    def table_id(self, table: str) -> str:
+        return f"{self.namespace}.{table}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
