@@ -18,6 +18,8 @@ def standalone_overrides(s: Settings) -> dict[str, str]:
         # Producers that set a name and sequence ids get broker-side de-duplication.
         "brokerDeduplicationEnabled": "true",
         "functionsWorkerEnabled": "false",
+        # The default deletes topics without subscriptions after 60 s idle, backlog and all.
+        "brokerDeleteInactiveTopicsEnabled": "false",
         "allowAutoTopicCreation": "true",
         "allowAutoTopicCreationType": "non-partitioned",
         # The bookie reads this file too: keep it on loopback.

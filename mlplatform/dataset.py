@@ -1,4 +1,4 @@
-"""Demo raw data: rows drawn from scikit-learn's bundled Iris data with noise, plus malformed rows."""
+"""Demo raw data: rows from scikit-learn's bundled Iris data with noise, plus malformed rows."""
 
 from __future__ import annotations
 

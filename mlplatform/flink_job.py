@@ -59,10 +59,11 @@ def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
     key, label, features = cfg["key_column"], cfg["label_column"], cfg["feature_columns"]
     catalog, ns = cfg["catalog_name"], cfg["namespace"]
     typed = ", ".join([f"`{key}` STRING"] + [f"`{c}` DOUBLE" for c in features])
+    files = {"connector": "filesystem", "path": cfg["input_path"], "format": "raw"}
     ddl = [
         f"CREATE CATALOG `{catalog}` WITH ({_options(cfg['iceberg_catalog_options'])})",
         "CREATE TEMPORARY TABLE raw_lines (line STRING, `file.path` STRING NOT NULL METADATA) "
-        f"WITH ({_options({'connector': 'filesystem', 'path': cfg['input_path'], 'format': 'raw'})})",
+        f"WITH ({_options(files)})",
         f"CREATE TEMPORARY TABLE features_topic ({typed}, `{label}` INT) WITH ("
         + _options(
             {
@@ -70,9 +71,7 @@ def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
                 "topics": cfg["features_topic"],
                 "service-url": cfg["pulsar_service_url"],
                 "format": "json",
-                "key.format": "raw",
-                "key.fields": key,
-                "sink.topic-routing-mode": "message-key-hash",
+                "sink.topic-routing-mode": "round-robin",
             }
         )
         + ")",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
@@ -77,10 +79,8 @@ def table_schemas(s: Settings) -> dict[str, Schema]:
 def ensure_tables(s: Settings) -> Catalog:
     """Create the namespace and the platform's tables if they do not exist yet."""
     catalog = load_catalog(s)
-    try:
+    with contextlib.suppress(NamespaceAlreadyExistsError):
         catalog.create_namespace(s.namespace)
-    except NamespaceAlreadyExistsError:
-        pass
     for name, schema in table_schemas(s).items():
         catalog.create_table_if_not_exists(s.table_id(name), schema=schema)
     return catalog

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass
@@ -12,7 +13,7 @@ from sqlalchemy.engine import make_url
 
 from mlplatform.dataset import header
 from mlplatform.iceberg_tables import count_rows, ensure_tables
-from mlplatform.pulsar_io import ensure_partitioned_topic
+from mlplatform.pulsar_io import ensure_partitioned_topic, ensure_subscription
 from mlplatform.settings import PROJECT_DIR, Settings
 
 JOB_FILE = PROJECT_DIR / "mlplatform" / "flink_job.py"
@@ -107,9 +108,12 @@ def run_flink_job(s: Settings, input_dir: Path, job_name: str, timeout_s: float 
     config_path = s.state_dir / "flink" / f"{job_name}.json"
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(json.dumps(job_config(s, input_dir, job_name)))
+    flink_logs = s.log_dir / "flink"
+    flink_logs.mkdir(parents=True, exist_ok=True)
     completed = subprocess.run(
         [str(s.flink_python), str(JOB_FILE), str(config_path)],
         capture_output=True, text=True, timeout=timeout_s, cwd=PROJECT_DIR,
+        env={**os.environ, "FLINK_LOG_DIR": str(flink_logs)},
     )  # fmt: skip
     config_path.unlink(missing_ok=True)
     if completed.returncode != 0:
@@ -126,6 +130,7 @@ def preprocess(s: Settings, run_id: str) -> PreprocessResult:
     """Process every file in the landing folder into features (Iceberg + Pulsar) and quarantine."""
     catalog = ensure_tables(s)
     ensure_partitioned_topic(s, s.features_topic, s.features_topic_partitions)
+    ensure_subscription(s, s.features_topic, s.stream_subscription)
     features = catalog.load_table(s.table_id(s.features_table))
     quarantine = catalog.load_table(s.table_id(s.quarantine_table))
     before = count_rows(features), count_rows(quarantine)

@@ -26,6 +26,18 @@ def ensure_partitioned_topic(s: Settings, topic: str, partitions: int) -> None:
         )
 
 
+def ensure_subscription(s: Settings, topic: str, subscription: str) -> None:
+    """Create a durable subscription at the earliest message, so the topic keeps its backlog
+    for the stream consumers even before they first connect."""
+    url = f"{s.pulsar_admin_url}/admin/v2/{_topic_path(topic)}/subscription/{subscription}"
+    response = httpx.put(url, json={"entryId": -1, "ledgerId": -1}, timeout=30.0)
+    if response.status_code not in (204, 409):
+        raise RuntimeError(
+            f"could not create subscription {subscription} on {topic} "
+            f"({response.status_code}): {response.text}"
+        )
+
+
 def topic_partitions(s: Settings, topic: str) -> int:
     url = f"{s.pulsar_admin_url}/admin/v2/{_topic_path(topic)}/partitions"
     response = httpx.get(url, timeout=30.0)

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     features_topic_partitions: int = 2
     predictions_topic: str = "persistent://public/default/predictions"
     stream_subscription: str = "stream-inference"
+    stream_max_redeliveries: int = 3
+    dead_letter_topic: str = "persistent://public/default/features-dlq"
 
     # Orchestration.
     prefect_api_url: str = "http://127.0.0.1:4200/api"

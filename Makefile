@@ -1,0 +1,40 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PY := .venv/bin/python
+export PREFECT_API_URL ?= http://127.0.0.1:4200/api
+export PREFECT_HOME ?= $(CURDIR)/.local/state/prefect
+
+.PHONY: setup up down status deploy demo test test-unit lint format clean
+
+setup:  ## install both Python environments and the JVM artifacts (idempotent)
+	bash infra/setup.sh
+
+up: setup  ## start Pulsar, the Prefect server and worker, and Ray
+	$(PY) -m infra.services up
+
+down:  ## stop every service
+	$(PY) -m infra.services down
+
+status:  ## health and address of every service
+	$(PY) -m infra.services status
+
+deploy: up  ## register every deployment in prefect.yaml
+	.venv/bin/prefect --no-prompt deploy --all
+
+demo: deploy  ## the whole pipeline as Prefect deployment runs, with a reconciled summary
+	$(PY) -m flows.demo
+
+test: setup  ## unit, integration and end-to-end tests on the real services
+	$(PY) -m pytest
+
+test-unit: setup
+	$(PY) -m pytest tests/unit
+
+lint:
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+format:
+	.venv/bin/ruff check --fix . && .venv/bin/ruff format .
+
+clean: down  ## remove all service state and data (keeps the installed environments)
+	rm -rf .local/state .local/logs .local/warehouse .local/landing .local/models

@@ -1,0 +1,127 @@
+"""The model registry: versions, their metrics and lineage, and SHA-256-verified artifacts."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, select, update
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from mlplatform.database import Base, get_engine
+from mlplatform.settings import Settings
+
+
+class ModelIntegrityError(RuntimeError):
+    """An artifact's bytes do not match the SHA-256 recorded when it was registered."""
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    family: Mapped[str] = mapped_column(String(64))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    training_table: Mapped[str] = mapped_column(String(256))
+    training_snapshot_id: Mapped[int] = mapped_column(BigInteger)
+    training_rows: Mapped[int] = mapped_column(Integer)
+    feature_order: Mapped[list[str]] = mapped_column(JSON)
+    label_names: Mapped[list[str]] = mapped_column(JSON)
+    artifact_path: Mapped[str] = mapped_column(String(1024))
+    sha256: Mapped[str] = mapped_column(String(64))
+    stage: Mapped[str] = mapped_column(String(16), default="candidate")
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a worker needs to load one model version safely."""
+
+    version: int
+    artifact_path: str
+    sha256: str
+    feature_order: tuple[str, ...]
+    label_names: tuple[str, ...]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def register(s: Settings, model: Any, **record: Any) -> ModelVersion:
+    """Save the artifact under model_dir, then record it with its SHA-256 as a candidate."""
+    s.model_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC)
+    path = s.model_dir / f"model-{stamp:%Y%m%dT%H%M%S%f}.pkl"
+    path.write_bytes(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
+    row = ModelVersion(
+        created_at=stamp, artifact_path=str(path), sha256=sha256_of(path), stage="candidate",
+        **record,
+    )  # fmt: skip
+    with Session(get_engine(s.resolved_database_url), expire_on_commit=False) as session:
+        session.add(row)
+        session.commit()
+    return row
+
+
+def promote(s: Settings, version: int) -> None:
+    """Make one version the champion; the previous champion is archived."""
+    with Session(get_engine(s.resolved_database_url)) as session, session.begin():
+        if session.get(ModelVersion, version) is None:
+            raise LookupError(f"model version {version} is not in the registry")
+        session.execute(
+            update(ModelVersion).where(ModelVersion.stage == "champion").values(stage="archived")
+        )
+        session.execute(
+            update(ModelVersion)
+            .where(ModelVersion.version == version)
+            .values(stage="champion", promoted_at=datetime.now(UTC))
+        )
+
+
+def get_version(s: Settings, version: int | None = None) -> ModelVersion:
+    """A pinned version, or the champion when version is None."""
+    with Session(get_engine(s.resolved_database_url), expire_on_commit=False) as session:
+        if version is not None:
+            row = session.get(ModelVersion, version)
+        else:
+            row = session.scalars(
+                select(ModelVersion).where(ModelVersion.stage == "champion")
+            ).first()
+    if row is None:
+        wanted = f"version {version}" if version is not None else "a champion model"
+        raise LookupError(f"the model registry has no {wanted}; run the retrain flow first")
+    return row
+
+
+def model_ref(row: ModelVersion) -> ModelRef:
+    return ModelRef(
+        version=row.version,
+        artifact_path=row.artifact_path,
+        sha256=row.sha256,
+        feature_order=tuple(row.feature_order),
+        label_names=tuple(row.label_names),
+    )
+
+
+def load_model(ref: ModelRef) -> Any:
+    """Unpickle an artifact only after its bytes match the registered SHA-256."""
+    path = Path(ref.artifact_path)
+    data = path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != ref.sha256:
+        raise ModelIntegrityError(
+            f"model version {ref.version}: {path} has SHA-256 {actual}, but the registry "
+            f"recorded {ref.sha256}. Refusing to load it; retrain or restore the artifact."
+        )
+    return pickle.loads(data)

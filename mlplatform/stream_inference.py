@@ -1,0 +1,150 @@
+"""Stream inference: a pool of Ray actors consumes the features topic, predicts, publishes.
+
+Each actor owns a Pulsar consumer on one Shared subscription and a producer on the predictions
+topic. A poll receives up to `batch` messages, predicts them in one call, publishes every result,
+flushes, and only then acknowledges the inputs; a failure negatively acknowledges them so Pulsar
+redelivers. The driver polls the actors until N messages or T seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pulsar
+import ray
+
+from mlplatform import model_registry
+from mlplatform.model_registry import ModelRef
+from mlplatform.ray_runtime import connect
+from mlplatform.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    consumed: int
+    published: int
+    failed: int
+    model_version: int
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def predict_messages(
+    model: object, ref: ModelRef, key: str, payloads: list[bytes]
+) -> list[dict[str, object]]:
+    """Predictions for a micro-batch of JSON feature messages, in input order."""
+    rows = [json.loads(p) for p in payloads]
+    features = np.array([[float(r[c]) for c in ref.feature_order] for r in rows], dtype=np.float64)
+    probabilities = model.predict_proba(features)  # type: ignore[attr-defined]
+    return [
+        {
+            key: row[key],
+            "prediction": int(p.argmax()),
+            "label_name": ref.label_names[int(p.argmax())],
+            "probabilities": [float(v) for v in p],
+            "model_version": ref.version,
+        }
+        for row, p in zip(rows, probabilities, strict=True)
+    ]
+
+
+@ray.remote(max_restarts=3, max_task_retries=0)
+class StreamConsumer:
+    """One consumer of the features topic; predicts and publishes in micro-batches."""
+
+    def __init__(self, settings: dict, ref: ModelRef, index: int, batch: int) -> None:
+        self.s = Settings(**settings)
+        self.ref = ref
+        self.model = model_registry.load_model(ref)
+        self.client = pulsar.Client(self.s.pulsar_service_url, operation_timeout_seconds=30)
+        self.consumer = self.client.subscribe(
+            self.s.features_topic,
+            self.s.stream_subscription,
+            consumer_type=pulsar.ConsumerType.Shared,
+            initial_position=pulsar.InitialPosition.Earliest,
+            consumer_name=f"stream-inference-{index}",
+            batch_receive_policy=pulsar.ConsumerBatchReceivePolicy(
+                batch, -1, self.s.stream_receive_timeout_ms
+            ),
+            negative_ack_redelivery_delay_ms=1000,
+            # A message that keeps failing stops being retried and is parked with its reason.
+            dead_letter_policy=pulsar.ConsumerDeadLetterPolicy(
+                max_redeliver_count=self.s.stream_max_redeliveries,
+                dead_letter_topic=self.s.dead_letter_topic,
+            ),
+        )
+        self.producer = self.client.create_producer(
+            self.s.predictions_topic, batching_enabled=True, block_if_queue_full=True
+        )
+
+    def poll(self) -> tuple[int, int, int]:
+        """Process one micro-batch: (consumed, published, failed)."""
+        messages = self.consumer.batch_receive()
+        if not messages:
+            return 0, 0, 0
+        try:
+            results = predict_messages(
+                self.model, self.ref, self.s.key_column, [m.data() for m in messages]
+            )
+            for message, result in zip(messages, results, strict=True):
+                result["message_id"] = str(message.message_id())
+                self.producer.send_async(
+                    json.dumps(result).encode(), None, partition_key=str(result[self.s.key_column])
+                )
+            self.producer.flush()  # durable on the broker before any input is acknowledged
+        except Exception:
+            logger.exception(
+                "micro-batch of %d messages failed; negatively acknowledged", len(messages)
+            )
+            for message in messages:
+                self.consumer.negative_acknowledge(message)
+            return len(messages), 0, len(messages)
+        for message in messages:
+            self.consumer.acknowledge(message)
+        return len(messages), len(results), 0
+
+    def close(self) -> None:
+        self.producer.flush()
+        self.consumer.close()
+        self.client.close()
+
+
+def run_stream_inference(
+    s: Settings,
+    max_messages: int | None = None,
+    timeout_s: float = 60.0,
+    model_version: int | None = None,
+    batch: int = 100,
+) -> StreamResult:
+    """Consume until max_messages are processed or timeout_s passes, whichever comes first."""
+    started = time.monotonic()
+    ref = model_registry.model_ref(model_registry.get_version(s, model_version))
+    connect(s)
+    actors = [
+        StreamConsumer.options(num_cpus=0.25).remote(s.model_dump(mode="json"), ref, i, batch)
+        for i in range(s.stream_actors)
+    ]
+    consumed = published = failed = 0
+    pending = {actor.poll.remote(): actor for actor in actors}
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            actor = pending.pop(ready[0])
+            c, p, f = ray.get(ready[0])
+            consumed, published, failed = consumed + c, published + p, failed + f
+            done = max_messages is not None and published >= max_messages
+            if not done and time.monotonic() - started < timeout_s:
+                pending[actor.poll.remote()] = actor
+    finally:
+        ray.get([a.close.remote() for a in actors])
+        for actor in actors:
+            ray.kill(actor)
+    return StreamResult(consumed, published, failed, ref.version, time.monotonic() - started)
