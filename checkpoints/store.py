@@ -61,17 +61,26 @@ class CheckpointStore:
     def __init__(self, url: str) -> None:
         self.engine = get_engine(url)
 
-    def find_unfinished(
-        self, kind: str, dataset: str, snapshot_id: int, model_version: int
-    ) -> Run | None:
-        """The newest run of the same job that did not succeed, to be continued."""
+    def _newest(self, kind: str, dataset: str, snapshot_id: int, model_version: int, *where):
         with Session(self.engine, expire_on_commit=False) as session:
             return session.scalars(
                 select(Run)
                 .where(Run.kind == kind, Run.dataset == dataset, Run.snapshot_id == snapshot_id)
-                .where(Run.model_version == model_version, Run.status != "succeeded")
+                .where(Run.model_version == model_version, *where)
                 .order_by(Run.started_at.desc())
             ).first()
+
+    def find_unfinished(
+        self, kind: str, dataset: str, snapshot_id: int, model_version: int
+    ) -> Run | None:
+        """The newest run of the same job that did not succeed, to be continued."""
+        return self._newest(kind, dataset, snapshot_id, model_version, Run.status != "succeeded")
+
+    def find_succeeded(
+        self, kind: str, dataset: str, snapshot_id: int, model_version: int
+    ) -> Run | None:
+        """The newest successful run of the same job."""
+        return self._newest(kind, dataset, snapshot_id, model_version, Run.status == "succeeded")
 
     def get_run(self, run_id: str) -> Run:
         with Session(self.engine, expire_on_commit=False) as session:

@@ -64,6 +64,7 @@ def _prefect_env(s: Settings) -> dict[str, str]:
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_API_PORT": str(s.prefect_port),
         "PREFECT_UI_API_URL": s.prefect_api_url,
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
     }
 
 
@@ -106,15 +107,16 @@ def _worker_prepare(s: Settings) -> None:
 
 
 def _worker_healthy(s: Settings) -> bool:
+    # The server keeps a killed worker ONLINE until its heartbeat expires: check the process too.
+    if _running_pid(s, SERVICES["prefect-worker"]) is None:
+        return False
     try:
         response = httpx.post(
             f"{s.prefect_api_url}/work_pools/{s.work_pool}/workers/filter", json={}, timeout=3.0
         )
     except httpx.HTTPError:
         return False
-    return response.status_code == 200 and any(
-        w.get("status") == "ONLINE" for w in response.json()
-    )
+    return response.status_code == 200 and any(w.get("status") == "ONLINE" for w in response.json())
 
 
 def _ray_command(s: Settings) -> list[str]:
@@ -151,8 +153,13 @@ SERVICES: dict[str, Service] = {
         name="prefect-server",
         port=get_settings().prefect_port,
         command=lambda s: [
-            str(VENV_BIN / "prefect"), "server", "start",
-            "--host", "127.0.0.1", "--port", str(s.prefect_port),
+            str(VENV_BIN / "prefect"),
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(s.prefect_port),
         ],  # fmt: skip
         env=_prefect_env,
         healthy=lambda s: _http_ok(f"{s.prefect_api_url}/health"),
@@ -161,8 +168,15 @@ SERVICES: dict[str, Service] = {
         name="prefect-worker",
         port=0,
         command=lambda s: [
-            str(VENV_BIN / "prefect"), "worker", "start",
-            "--pool", s.work_pool, "--type", "process", "--limit", "4",
+            str(VENV_BIN / "prefect"),
+            "worker",
+            "start",
+            "--pool",
+            s.work_pool,
+            "--type",
+            "process",
+            "--limit",
+            "4",
         ],  # fmt: skip
         env=_prefect_env,
         healthy=_worker_healthy,
@@ -227,11 +241,14 @@ def start(service: Service, settings: Settings) -> str:
                 raise ServiceError(f"{service.name}: failed to start; see {log_path}")
         else:
             _pid_file(settings, service).write_text(str(process.pid))
+    else:
+        process = None
     deadline = time.monotonic() + service.start_timeout_s
     while time.monotonic() < deadline:
         if service.healthy(settings):
             return f"{service.name}: started"
-        if not service.daemonizes and _running_pid(settings, service) is None:
+        exited = process.poll() is not None if process else _running_pid(settings, service) is None
+        if not service.daemonizes and exited:
             raise ServiceError(f"{service.name}: exited during start-up; see {log_path}")
         time.sleep(1.0)
     raise ServiceError(

@@ -87,17 +87,20 @@ def job_config(s: Settings, input_dir: Path, job_name: str) -> dict:
 def claim_landing_files(s: Settings, run_id: str) -> Path | None:
     """Move the landing folder's CSV files into a folder of this run; None when there are none.
 
-    A run that crashed leaves its folder in _inflight/, and the next run picks it up again.
+    A crashed run leaves its folder in _inflight/; the next run takes it over whole, as a
+    subfolder (the Flink file source reads folders recursively), so no file name can clash.
     """
     landing = s.resolved_landing_dir
     inflight = landing / "_inflight" / run_id
     files = sorted(landing.glob("*.csv"))
-    leftovers = [p for p in (landing / "_inflight").glob("*/*.csv")] if not files else []
-    if not files and not leftovers:
+    crashed = [d for d in sorted((landing / "_inflight").glob("*")) if d != inflight and d.is_dir()]
+    if not files and not crashed and not any(inflight.glob("**/*.csv")):
         return None
     inflight.mkdir(parents=True, exist_ok=True)
-    for path in files + leftovers:
+    for path in files:
         path.rename(inflight / path.name)
+    for folder in crashed:
+        folder.rename(inflight / f"recovered-{folder.name}")
     return inflight
 
 
@@ -138,7 +141,7 @@ def preprocess(s: Settings, run_id: str) -> PreprocessResult:
     if input_dir is None:
         snapshot = features.current_snapshot()
         return PreprocessResult(0, 0, 0, "", snapshot.snapshot_id if snapshot else None)
-    n_files = len(list(input_dir.glob("*.csv")))
+    n_files = len(list(input_dir.glob("**/*.csv")))
     job_id = run_flink_job(s, input_dir, job_name=f"preprocess-{run_id}")
     features, quarantine = features.refresh(), quarantine.refresh()
     processed = s.resolved_landing_dir / "_processed" / run_id

@@ -48,7 +48,8 @@ def topic_partitions(s: Settings, topic: str) -> int:
 def backlog(s: Settings, topic: str, subscription: str) -> int:
     """Messages not yet acknowledged by a subscription, over all partitions."""
     url = f"{s.pulsar_admin_url}/admin/v2/{_topic_path(topic)}/partitioned-stats"
-    response = httpx.get(url, timeout=30.0)
+    # Without getPreciseBacklog the broker counts entries, and a batch entry holds many messages.
+    response = httpx.get(url, params={"getPreciseBacklog": "true"}, timeout=30.0)
     if response.status_code == 404:
         return 0
     response.raise_for_status()

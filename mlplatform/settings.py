@@ -16,7 +16,9 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MLP_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="MLP_", env_file=PROJECT_DIR / ".env", extra="ignore"
+    )
 
     # Where services keep state and logs, and where Flink's environment lives.
     local_dir: Path = PROJECT_DIR / ".local"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -71,9 +72,8 @@ class StreamConsumer:
             consumer_type=pulsar.ConsumerType.Shared,
             initial_position=pulsar.InitialPosition.Earliest,
             consumer_name=f"stream-inference-{index}",
-            batch_receive_policy=pulsar.ConsumerBatchReceivePolicy(
-                batch, -1, self.s.stream_receive_timeout_ms
-            ),
+            # A small prefetch queue spreads messages across the actors of the pool.
+            receiver_queue_size=batch,
             negative_ack_redelivery_delay_ms=1000,
             # A message that keeps failing stops being retried and is parked with its reason.
             dead_letter_policy=pulsar.ConsumerDeadLetterPolicy(
@@ -85,9 +85,18 @@ class StreamConsumer:
             self.s.predictions_topic, batching_enabled=True, block_if_queue_full=True
         )
 
-    def poll(self) -> tuple[int, int, int]:
-        """Process one micro-batch: (consumed, published, failed)."""
-        messages = self.consumer.batch_receive()
+    def poll(self, limit: int) -> tuple[int, int, int]:
+        """Process one micro-batch of at most `limit` messages: (consumed, published, failed)."""
+        messages: list[pulsar.Message] = []
+        deadline = time.monotonic() + self.s.stream_receive_timeout_ms / 1000
+        while len(messages) < limit:
+            wait_ms = int((deadline - time.monotonic()) * 1000)
+            if wait_ms <= 0:
+                break
+            try:
+                messages.append(self.consumer.receive(timeout_millis=wait_ms))
+            except pulsar.Timeout:
+                break
         if not messages:
             return 0, 0, 0
         try:
@@ -133,16 +142,28 @@ def run_stream_inference(
         for i in range(s.stream_actors)
     ]
     consumed = published = failed = 0
-    pending = {actor.poll.remote(): actor for actor in actors}
+    pending: dict[ray.ObjectRef, tuple[ray.actor.ActorHandle, int]] = {}
+    idle = deque(actors)  # longest idle first: it may hold prefetched messages
+
+    def submit_idle() -> None:
+        # Never ask for more than is left, so a bounded run stops at exactly max_messages.
+        while idle and time.monotonic() - started < timeout_s:
+            reserved = sum(limit for _, limit in pending.values())
+            left = batch if max_messages is None else max_messages - published - reserved
+            if min(left, batch) <= 0:
+                return
+            actor = idle.popleft()
+            pending[actor.poll.remote(min(left, batch))] = (actor, min(left, batch))
+
     try:
+        submit_idle()
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
-            actor = pending.pop(ready[0])
+            actor, _limit = pending.pop(ready[0])
             c, p, f = ray.get(ready[0])
             consumed, published, failed = consumed + c, published + p, failed + f
-            done = max_messages is not None and published >= max_messages
-            if not done and time.monotonic() - started < timeout_s:
-                pending[actor.poll.remote()] = actor
+            idle.append(actor)
+            submit_idle()
     finally:
         ray.get([a.close.remote() for a in actors])
         for actor in actors:

@@ -1,0 +1,28 @@
+"""Flow: Ray Data batch inference over an Iceberg snapshot into the predictions table."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from mlplatform.settings import get_settings
+from tasks.inference import batch_predict
+
+
+@flow(name="batch-inference", log_prints=True)
+def batch_inference(
+    resume_run_id: str | None = None,
+    model_version: int | None = None,
+    snapshot_id: int | None = None,
+) -> dict:
+    """Predict every row of a features snapshot exactly once.
+
+    An unfinished run over the same snapshot and model is continued automatically;
+    `resume_run_id` continues a given checkpointed run instead.
+    """
+    result = batch_predict(get_settings(), resume_run_id, model_version, snapshot_id)
+    print(f"batch-inference: {result}")
+    return result.as_dict()
+
+
+if __name__ == "__main__":
+    batch_inference()

@@ -1,0 +1,22 @@
+"""Flow: Ray actors consume the Pulsar features topic and publish predictions."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from mlplatform.settings import get_settings
+from tasks.inference import stream_predict
+
+
+@flow(name="stream-inference", log_prints=True)
+def stream_inference(
+    max_messages: int | None = None, timeout_s: float = 60.0, model_version: int | None = None
+) -> dict:
+    """Run the stream consumers until `max_messages` are predicted or `timeout_s` passes."""
+    result = stream_predict(get_settings(), max_messages, timeout_s, model_version)
+    print(f"stream-inference: {result}")
+    return result.as_dict()
+
+
+if __name__ == "__main__":
+    stream_inference()

@@ -1,0 +1,117 @@
+"""mlplatform.model_registry on a temporary SQLite database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sklearn.dummy import DummyClassifier
+
+from mlplatform import model_registry
+from mlplatform.model_registry import ModelIntegrityError, model_ref
+from mlplatform.settings import Settings
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    # get_engine is cached per URL: every test gets its own database file.
+    return Settings(
+        _env_file=None, local_dir=tmp_path, database_url=f"sqlite:///{tmp_path}/db.sqlite"
+    )
+
+
+def _model(constant: int) -> DummyClassifier:
+    return DummyClassifier(strategy="constant", constant=constant).fit([[0.0], [1.0]], [0, 1])
+
+
+def _register(s: Settings, constant: int = 0) -> model_registry.ModelVersion:
+    return model_registry.register(
+        s, _model(constant), family="dummy", params={"constant": constant},
+        metrics={"accuracy": 0.5}, training_table="ml.features", training_snapshot_id=123,
+        training_rows=2, feature_order=["x"], label_names=["no", "yes"],
+    )  # fmt: skip
+
+
+def test_register_saves_artifact_as_candidate(settings: Settings) -> None:
+    row = _register(settings)
+    path = Path(row.artifact_path)
+    assert path.parent == settings.model_dir and path.exists()
+    assert row.sha256 == model_registry.sha256_of(path)
+    assert row.stage == "candidate"
+    stored = model_registry.get_version(settings, row.version)
+    assert stored.stage == "candidate"
+    assert stored.metrics == {"accuracy": 0.5}
+    assert stored.feature_order == ["x"]
+    assert stored.training_snapshot_id == 123
+
+
+def test_versions_increase(settings: Settings) -> None:
+    first, second = _register(settings, 0), _register(settings, 1)
+    assert second.version > first.version
+    assert first.artifact_path != second.artifact_path
+
+
+def test_load_model_roundtrip(settings: Settings) -> None:
+    row = _register(settings, constant=1)
+    ref = model_ref(row)
+    assert ref.feature_order == ("x",) and ref.label_names == ("no", "yes")
+    model = model_registry.load_model(ref)
+    assert list(model.predict([[0.0], [5.0]])) == [1, 1]
+
+
+def test_tampered_artifact_is_refused(settings: Settings) -> None:
+    row = _register(settings)
+    path = Path(row.artifact_path)
+    path.write_bytes(path.read_bytes() + b"tampered")
+    with pytest.raises(ModelIntegrityError, match=f"model version {row.version}"):
+        model_registry.load_model(model_ref(row))
+
+
+def test_wrong_recorded_hash_is_refused(settings: Settings) -> None:
+    row = _register(settings)
+    ref = model_ref(row)
+    forged = type(ref)(ref.version, ref.artifact_path, "0" * 64, ref.feature_order, ref.label_names)
+    with pytest.raises(ModelIntegrityError, match="Refusing to load"):
+        model_registry.load_model(forged)
+
+
+def test_no_champion_raises_helpful_lookup_error(settings: Settings) -> None:
+    _register(settings)
+    with pytest.raises(LookupError, match="no a champion model; run the retrain flow first"):
+        model_registry.get_version(settings)
+
+
+def test_unknown_version_raises(settings: Settings) -> None:
+    with pytest.raises(LookupError, match="no version 42"):
+        model_registry.get_version(settings, 42)
+
+
+def test_promote_makes_champion(settings: Settings) -> None:
+    row = _register(settings)
+    model_registry.promote(settings, row.version)
+    champion = model_registry.get_version(settings)
+    assert champion.version == row.version
+    assert champion.stage == "champion"
+    assert champion.promoted_at is not None
+
+
+def test_promote_archives_previous_champion(settings: Settings) -> None:
+    first, second, third = (_register(settings, i % 2) for i in range(3))
+    model_registry.promote(settings, first.version)
+    model_registry.promote(settings, second.version)
+    assert model_registry.get_version(settings).version == second.version
+    assert model_registry.get_version(settings, first.version).stage == "archived"
+    assert model_registry.get_version(settings, third.version).stage == "candidate"
+    model_registry.promote(settings, third.version)
+    stages = [model_registry.get_version(settings, r.version).stage for r in (first, second, third)]
+    assert stages == ["archived", "archived", "champion"]
+
+
+def test_promote_unknown_version_keeps_champion(settings: Settings) -> None:
+    row = _register(settings)
+    model_registry.promote(settings, row.version)
+    with pytest.raises(LookupError, match="model version 99 is not in the registry"):
+        model_registry.promote(settings, 99)
+    assert model_registry.get_version(settings).version == row.version

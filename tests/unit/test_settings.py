@@ -1,0 +1,99 @@
+"""Settings: MLP_ env overrides, loopback/embedded defaults, resolved_* paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from mlplatform.settings import PROJECT_DIR, Settings
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No MLP_ variable from the caller's shell leaks into a test."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("MLP_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_defaults_are_loopback(clean_env: pytest.MonkeyPatch) -> None:
+    s = Settings(_env_file=None)
+    for url in (s.pulsar_service_url, s.pulsar_admin_url, s.prefect_api_url):
+        assert urlparse(url).hostname == "127.0.0.1", url
+    assert urlparse(s.pulsar_service_url).port == s.pulsar_broker_port
+    assert urlparse(s.pulsar_admin_url).port == s.pulsar_web_port
+    assert urlparse(s.prefect_api_url).port == s.prefect_port
+    assert s.ray_address == f"127.0.0.1:{s.ray_port}"
+
+
+def test_defaults_are_embedded_under_local_dir(clean_env: pytest.MonkeyPatch) -> None:
+    s = Settings(_env_file=None)
+    assert s.local_dir == PROJECT_DIR / ".local"
+    assert s.database_url is None and s.catalog_url is None and s.warehouse is None
+    assert s.resolved_database_url == f"sqlite:///{s.local_dir / 'state' / 'platform.db'}"
+    assert s.resolved_catalog_url.startswith("sqlite:///")
+    assert s.resolved_warehouse.startswith("file://")
+
+
+def test_resolved_paths_follow_local_dir(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
+    s = Settings(_env_file=None, local_dir=tmp_path)
+    assert s.state_dir == tmp_path / "state"
+    assert s.log_dir == tmp_path / "logs"
+    assert s.pulsar_home == tmp_path / "pulsar"
+    assert s.model_dir == tmp_path / "models"
+    assert s.resolved_landing_dir == tmp_path / "landing"
+    assert s.resolved_database_url == f"sqlite:///{tmp_path}/state/platform.db"
+    assert s.resolved_catalog_url == f"sqlite:///{tmp_path}/state/iceberg_catalog.db"
+    assert s.resolved_warehouse == f"file://{tmp_path}/warehouse"
+
+
+def test_explicit_values_win_over_resolved_defaults(tmp_path: Path) -> None:
+    s = Settings(
+        _env_file=None,
+        local_dir=tmp_path,
+        database_url="postgresql://u:p@db:5432/platform",
+        catalog_url="postgresql://u:p@db:5432/catalog",
+        warehouse="s3://bucket/wh",
+        landing_dir=tmp_path / "elsewhere",
+    )
+    assert s.resolved_database_url == "postgresql://u:p@db:5432/platform"
+    assert s.resolved_catalog_url == "postgresql://u:p@db:5432/catalog"
+    assert s.resolved_warehouse == "s3://bucket/wh"
+    assert s.resolved_landing_dir == tmp_path / "elsewhere"
+
+
+def test_env_overrides_with_mlp_prefix(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("MLP_LOCAL_DIR", str(tmp_path))
+    clean_env.setenv("MLP_PULSAR_BROKER_PORT", "16650")
+    clean_env.setenv("MLP_FEATURES_TOPIC", "persistent://t/n/x")
+    clean_env.setenv("MLP_FEATURE_COLUMNS", '["a", "b"]')
+    clean_env.setenv("MLP_FEATURE_MAX", "3.5")
+    clean_env.setenv("PULSAR_BROKER_PORT", "1")  # no prefix: ignored
+    s = Settings(_env_file=None)
+    assert s.local_dir == tmp_path
+    assert s.pulsar_broker_port == 16650
+    assert s.features_topic == "persistent://t/n/x"
+    assert s.feature_columns == ["a", "b"]
+    assert s.feature_max == 3.5
+    assert s.state_dir == tmp_path / "state"
+
+
+def test_env_file_is_read(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
+    env_file = tmp_path / "custom.env"
+    env_file.write_text("MLP_NAMESPACE=other\nMLP_SEED=99\nUNRELATED=1\n")
+    s = Settings(_env_file=env_file)
+    assert s.namespace == "other"
+    assert s.seed == 99
+    assert s.table_id("features") == "other.features"
+
+
+def test_table_id() -> None:
+    s = Settings(_env_file=None, namespace="ns")
+    assert s.table_id(s.features_table) == "ns.features"
