@@ -99,7 +99,7 @@ def get_version(s: Settings, version: int | None = None) -> ModelVersion:
                 select(ModelVersion).where(ModelVersion.stage == "champion")
             ).first()
     if row is None:
-        wanted = f"version {version}" if version is not None else "a champion model"
+        wanted = f"version {version}" if version is not None else "champion model"
         raise LookupError(f"the model registry has no {wanted}; run the retrain flow first")
     return row
 

@@ -58,7 +58,11 @@ def backlog(s: Settings, topic: str, subscription: str) -> int:
 
 
 def make_client(s: Settings) -> pulsar.Client:
-    return pulsar.Client(s.pulsar_service_url, operation_timeout_seconds=30)
+    return pulsar.Client(
+        s.pulsar_service_url,
+        operation_timeout_seconds=30,
+        logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn),
+    )
 
 
 def read_all(s: Settings, topic: str, timeout_ms: int = 2000) -> list[pulsar.Message]:

@@ -20,6 +20,7 @@ import ray
 
 from mlplatform import model_registry
 from mlplatform.model_registry import ModelRef
+from mlplatform.pulsar_io import make_client
 from mlplatform.ray_runtime import connect
 from mlplatform.settings import Settings
 
@@ -65,7 +66,7 @@ class StreamConsumer:
         self.s = Settings(**settings)
         self.ref = ref
         self.model = model_registry.load_model(ref)
-        self.client = pulsar.Client(self.s.pulsar_service_url, operation_timeout_seconds=30)
+        self.client = make_client(self.s)
         self.consumer = self.client.subscribe(
             self.s.features_topic,
             self.s.stream_subscription,

@@ -79,7 +79,7 @@ def test_wrong_recorded_hash_is_refused(settings: Settings) -> None:
 
 def test_no_champion_raises_helpful_lookup_error(settings: Settings) -> None:
     _register(settings)
-    with pytest.raises(LookupError, match="no a champion model; run the retrain flow first"):
+    with pytest.raises(LookupError, match="no champion model; run the retrain flow first"):
         model_registry.get_version(settings)
 
 

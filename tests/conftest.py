@@ -1,0 +1,75 @@
+"""Shared fixtures: the real services from infra/, and settings isolated per test session.
+
+Services are started once per session (a running one is reused). A service that cannot start
+fails the tests that need it: nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mlplatform.settings import PROJECT_DIR, Settings, get_settings
+
+os.environ.setdefault("PREFECT_API_URL", get_settings().prefect_api_url)
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Settings]:
+    """Pulsar, Prefect server and worker, and Ray, healthy on loopback."""
+    from infra.services import SERVICES, ServiceError, start, stop
+
+    settings = get_settings()
+    started = []
+    for service in SERVICES.values():
+        try:
+            if start(service, settings).endswith("started"):
+                started.append(service)
+        except ServiceError as error:
+            pytest.fail(f"service did not start: {error}")
+    yield settings
+    if os.environ.get("CI") == "true":  # leave a developer's running services alone
+        for service in reversed(started):
+            stop(service, settings)
+
+
+@pytest.fixture(scope="session")
+def isolated(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings whose tables, topics, landing folder and database belong to this session only."""
+    tag = uuid.uuid4().hex[:8]
+    root: Path = tmp_path_factory.mktemp("platform")
+    return Settings(
+        namespace=f"it_{tag}",
+        features_topic=f"persistent://public/default/features-it-{tag}",
+        predictions_topic=f"persistent://public/default/predictions-it-{tag}",
+        dead_letter_topic=f"persistent://public/default/features-dlq-it-{tag}",
+        stream_subscription=f"stream-it-{tag}",
+        landing_dir=root / "landing",
+        database_url=f"sqlite:///{root / 'platform.db'}",
+        commit_every_rows=100,
+    )
+
+
+def settings_env(s: Settings) -> dict[str, str]:
+    """The MLP_ variables that make another process (a flow run) use settings `s`."""
+    fields = (
+        "namespace", "features_topic", "predictions_topic", "dead_letter_topic",
+        "stream_subscription", "landing_dir", "database_url", "commit_every_rows",
+    )  # fmt: skip
+    return {f"MLP_{name.upper()}": str(getattr(s, name)) for name in fields}
+
+
+@pytest.fixture(scope="session")
+def deployments(services: Settings) -> None:
+    """Every deployment in prefect.yaml, registered on the running Prefect server."""
+    completed = subprocess.run(
+        [str(PROJECT_DIR / ".venv" / "bin" / "prefect"), "--no-prompt", "deploy", "--all"],
+        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PREFECT_API_URL": services.prefect_api_url},
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]

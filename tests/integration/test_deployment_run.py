@@ -1,0 +1,39 @@
+"""A deployment from prefect.yaml runs through the real worker on the process work pool."""
+
+from __future__ import annotations
+
+import pytest
+from prefect.deployments import run_deployment
+
+from mlplatform.dataset import write_demo_raw
+from mlplatform.iceberg_tables import count_rows, load_table
+from mlplatform.settings import Settings
+from tests.conftest import settings_env
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def own_settings(isolated: Settings) -> Settings:
+    """Tables, topic and landing folder of its own, so the counts below see only this run."""
+    return isolated.model_copy(
+        update={
+            "namespace": f"{isolated.namespace}_deploy",
+            "features_topic": f"{isolated.features_topic}-deploy",
+            "landing_dir": isolated.resolved_landing_dir.parent / "landing-deploy",
+        }
+    )
+
+
+def test_preprocess_deployment_completes_through_the_worker(
+    own_settings: Settings, deployments: None
+) -> None:
+    write_demo_raw(own_settings, 120, 7, seed=21)
+    flow_run = run_deployment(
+        name="preprocess/default",
+        job_variables={"env": settings_env(own_settings)},
+        timeout=600,
+    )
+    assert flow_run.state is not None and flow_run.state.is_completed(), flow_run.state
+    assert count_rows(load_table(own_settings, own_settings.features_table)) == 120
+    assert count_rows(load_table(own_settings, own_settings.quarantine_table)) == 7

@@ -1,0 +1,107 @@
+"""The pipeline's stages on the real services, in order, on session-isolated tables and topics:
+Flink preprocessing -> training -> Ray Data batch inference (with a resume) -> Ray stream actors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+from pyiceberg.expressions import EqualTo
+
+from mlplatform.batch_inference import run_batch_inference
+from mlplatform.dataset import MALFORMED_KINDS, write_demo_raw
+from mlplatform.iceberg_tables import load_table
+from mlplatform.preprocess import preprocess
+from mlplatform.pulsar_io import read_all
+from mlplatform.settings import Settings
+from mlplatform.stream_inference import run_stream_inference
+from mlplatform.training import train
+
+pytestmark = pytest.mark.integration
+
+ROWS, MALFORMED = 400, 21
+
+
+@pytest.fixture(scope="module")
+def preprocessed(isolated: Settings) -> dict:
+    batch = write_demo_raw(isolated, ROWS, MALFORMED, seed=11)
+    keys = [line.split(",")[0] for line in batch.path.read_text().splitlines()[1:]]
+    result = preprocess(isolated, run_id="it-preprocess")
+    return {"result": result, "keys": keys}
+
+
+def test_flink_writes_both_sinks_and_pyiceberg_reads_them(
+    isolated: Settings, preprocessed: dict
+) -> None:
+    result = preprocessed["result"]
+    assert (result.features_rows, result.quarantined_rows) == (ROWS, MALFORMED)
+    features = load_table(isolated, isolated.features_table).scan().to_pandas()
+    valid_keys = {k for k in preprocessed["keys"] if k and "-bad-" not in k}
+    assert set(features[isolated.key_column]) == valid_keys
+    assert features[isolated.feature_columns].notna().all().all()
+    messages = [json.loads(m.data()) for m in read_all(isolated, isolated.features_topic)]
+    assert sorted(m[isolated.key_column] for m in messages) == sorted(valid_keys)
+
+
+def test_every_malformed_row_is_quarantined_with_its_reason(
+    isolated: Settings, preprocessed: dict
+) -> None:
+    quarantine = load_table(isolated, isolated.quarantine_table).scan().to_pandas()
+    expected = Counter(MALFORMED_KINDS[i % len(MALFORMED_KINDS)][0] for i in range(MALFORMED))
+    assert Counter(quarantine["reason"]) == expected
+    assert quarantine["source"].str.endswith(".csv").all()
+
+
+def test_a_crashed_runs_files_are_processed_by_the_next_run(
+    isolated: Settings, preprocessed: dict
+) -> None:
+    batch = write_demo_raw(isolated, 30, 0, seed=12)
+    crashed = isolated.resolved_landing_dir / "_inflight" / "crashed-run"
+    crashed.mkdir(parents=True)
+    batch.path.rename(crashed / batch.path.name)
+    result = preprocess(isolated, run_id="it-recover")
+    assert result.features_rows == 30
+    assert not crashed.exists()
+
+
+@pytest.fixture(scope="module")
+def trained(isolated: Settings, preprocessed: dict):
+    return train(isolated)
+
+
+def test_training_registers_and_promotes_the_first_model(trained) -> None:
+    assert trained.promoted and trained.reason == "no champion yet"
+    assert trained.accuracy > 0.8  # Iris with small noise is easy; a broken pipeline is not
+
+
+def test_batch_inference_resumes_without_doubling(isolated: Settings, trained) -> None:
+    class Crash(Exception):
+        pass
+
+    def crash_after_two_commits(done: int, total: int) -> None:
+        if done >= 200:
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_batch_inference(isolated, on_progress=crash_after_two_commits)
+    resumed = run_batch_inference(isolated)
+    assert resumed.resumed and resumed.skipped_rows == 200
+    table = load_table(isolated, isolated.predictions_table)
+    rows = table.scan(row_filter=EqualTo("run_id", resumed.run_id)).to_pandas()
+    features = load_table(isolated, isolated.features_table).scan().to_pandas()
+    assert len(rows) == len(features) == resumed.input_rows
+    assert rows[isolated.key_column].is_unique
+    assert set(rows[isolated.key_column]) == set(features[isolated.key_column])
+    assert rows["model_version"].eq(trained.version).all()
+
+
+def test_stream_actors_predict_every_message_once(isolated: Settings, trained) -> None:
+    sent = len(read_all(isolated, isolated.features_topic))
+    result = run_stream_inference(isolated, max_messages=sent, timeout_s=120)
+    assert (result.published, result.failed) == (sent, 0)
+    out = [json.loads(m.data()) for m in read_all(isolated, isolated.predictions_topic)]
+    keys = [m[isolated.key_column] for m in out]
+    assert len(keys) == len(set(keys)) == sent
+    assert {m["label_name"] for m in out} <= set(isolated.label_names)
