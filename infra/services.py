@@ -65,6 +65,7 @@ def _prefect_env(s: Settings) -> dict[str, str]:
         "PREFECT_SERVER_API_PORT": str(s.prefect_port),
         "PREFECT_UI_API_URL": s.prefect_api_url,
         "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "10",
     }
 
 

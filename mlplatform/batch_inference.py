@@ -109,10 +109,9 @@ def prediction_batches(
     yield from predictions.iter_batches(batch_size=s.commit_every_rows, batch_format="pandas")
 
 
-def _to_arrow(s: Settings, frame: pd.DataFrame, run_id: str, snapshot_id: int) -> pa.Table:
-    table = load_table(s, s.predictions_table)
+def _to_arrow(frame: pd.DataFrame, schema: pa.Schema, run_id: str, snapshot_id: int) -> pa.Table:
     frame = frame.assign(run_id=run_id, input_snapshot_id=snapshot_id)
-    return pa.Table.from_pandas(frame, schema=table.schema().as_arrow(), preserve_index=False)
+    return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
 
 
 def run_batch_inference(
@@ -125,13 +124,14 @@ def run_batch_inference(
 ) -> BatchResult:
     """Predict every row of a features snapshot exactly once, resuming an unfinished run."""
     started = time.monotonic()
-    ensure_tables(s)
+    catalog = ensure_tables(s)
     store = CheckpointStore(s.resolved_database_url)
     dataset = s.table_id(s.features_table)
     if resume_run_id:
         run = store.get_run(resume_run_id)
         snapshot_id, model_version = run.snapshot_id, run.model_version
-    features = load_table(s, s.features_table)
+    features = catalog.load_table(dataset)
+    predictions = catalog.load_table(s.table_id(s.predictions_table))
     snapshot = features.snapshot_by_id(snapshot_id) if snapshot_id else features.current_snapshot()
     if snapshot is None:
         raise LookupError(f"{dataset} has no snapshot yet; run the preprocess flow first")
@@ -149,6 +149,7 @@ def run_batch_inference(
     else:
         store.set_status(run.run_id, "running")
     done = predicted_keys(s, run.run_id)
+    schema = predictions.schema().as_arrow()
     unit = store.next_unit(run.run_id)
     predicted = units = 0
     connect(s)
@@ -156,12 +157,11 @@ def run_batch_inference(
         for frame in prediction_batches(s, ref, snapshot.snapshot_id, done):
             if frame.empty:
                 continue
-            table = load_table(s, s.predictions_table)
-            table.append(
-                _to_arrow(s, frame, run.run_id, snapshot.snapshot_id),
+            predictions.append(
+                _to_arrow(frame, schema, run.run_id, snapshot.snapshot_id),
                 snapshot_properties={"mlp.run_id": run.run_id, "mlp.unit": str(unit)},
             )
-            committed = table.refresh().current_snapshot()
+            committed = predictions.current_snapshot()
             store.record_unit(
                 run.run_id,
                 unit,

@@ -33,6 +33,10 @@ def services() -> Iterator[Settings]:
         except ServiceError as error:
             pytest.fail(f"service did not start: {error}")
     yield settings
+    import ray
+
+    # Disconnect this driver first: a driver whose raylet is stopped exits the process.
+    ray.shutdown()
     if os.environ.get("CI") == "true":  # leave a developer's running services alone
         for service in reversed(started):
             stop(service, settings)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from prefect.deployments import run_deployment
 
@@ -37,3 +39,30 @@ def test_preprocess_deployment_completes_through_the_worker(
     assert flow_run.state is not None and flow_run.state.is_completed(), flow_run.state
     assert count_rows(load_table(own_settings, own_settings.features_table)) == 120
     assert count_rows(load_table(own_settings, own_settings.quarantine_table)) == 7
+
+
+def test_retrain_cron_schedule_creates_scheduled_runs(deployments: None) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateName,
+    )
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("retrain/default")
+        assert [s.schedule.cron for s in deployment.schedules if s.active] == ["0 3 * * *"]
+        runs = []
+        deadline = time.monotonic() + 120
+        while not runs and time.monotonic() < deadline:
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Scheduled"]))
+                ),
+            )
+            time.sleep(2)
+    assert runs, "the scheduler created no run for the retrain deployment's cron schedule"
+    assert all(r.expected_start_time.hour == 3 and r.expected_start_time.minute == 0 for r in runs)
