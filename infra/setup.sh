@@ -60,4 +60,4 @@ else
   cp "$LOCAL"/jars/*.jar "$PYFLINK_LIB/"
   stamp flink-jars "$h"
 fi
-echo "setup: done"
+echo "setup: done in ${SECONDS}s"
