@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export PREFECT_API_URL ?= http://127.0.0.1:4200/api
 export PREFECT_HOME ?= $(CURDIR)/.local/state/prefect
 
-.PHONY: setup up down status deploy demo test test-unit lint format clean
+.PHONY: setup up down status deploy demo test test-unit bench lint format clean
 
 setup:  ## install both Python environments and the JVM artifacts (idempotent)
 	bash infra/setup.sh
@@ -29,6 +29,9 @@ test: setup  ## unit, integration and end-to-end tests on the real services
 
 test-unit: setup
 	$(PY) -m pytest tests/unit
+
+bench: up  ## the benchmarks under benchmarks/, JSON results in benchmarks/results/
+	$(PY) -m benchmarks.retrain
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .

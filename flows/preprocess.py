@@ -5,14 +5,16 @@ from __future__ import annotations
 from prefect import flow
 
 from mlplatform.settings import get_settings
-from tasks.preprocess import run_preprocess
+from tasks.preprocess import announce, run_preprocess
 
 
 @flow(name="preprocess", log_prints=True)
 def preprocess() -> dict:
     """Clean every file waiting in the landing folder with the PyFlink job."""
-    result = run_preprocess(get_settings())
-    print(f"preprocess: {result}")
+    settings = get_settings()
+    result = run_preprocess(settings)
+    new_rows = announce(settings, result)
+    print(f"preprocess: {result}; {new_rows} rows since the champion's training snapshot")
     return result.as_dict()
 
 

@@ -1,18 +1,26 @@
-"""Flow: train on a pinned Iceberg snapshot, evaluate, register, promote if not worse."""
+"""Flow: retrain on a pinned Iceberg snapshot and promote if not worse, or roll back."""
 
 from __future__ import annotations
 
 from prefect import flow
 
 from mlplatform.settings import get_settings
-from tasks.training import train_model
+from tasks.training import roll_back, train_and_decide
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(snapshot_id: int | None = None) -> dict:
-    """Retrain the model; `snapshot_id` pins the features snapshot (default: the latest)."""
-    result = train_model(get_settings(), snapshot_id)
-    print(f"retrain: {result}")
+def retrain(snapshot_id: int | None = None, rollback_to: int | None = None) -> dict:
+    """Train the candidate grid on `snapshot_id` (default: the latest snapshot).
+
+    `rollback_to` skips training and makes that earlier model version the champion again.
+    """
+    settings = get_settings()
+    if rollback_to is not None:
+        version = roll_back(settings, rollback_to)
+        print(f"retrain: rolled back to model version {version}")
+        return {"decision": "rollback", "champion": version}
+    result = train_and_decide(settings, snapshot_id)
+    print(f"retrain: {result.decision} version {result.best_version}: {result.reason}")
     return result.as_dict()
 
 

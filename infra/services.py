@@ -8,6 +8,7 @@ Starting a running service does nothing; a port held by another process is a cle
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -204,6 +205,8 @@ def _running_pid(s: Settings, service: Service) -> int | None:
     if not path.exists():
         return None
     pid = int(path.read_text().strip())
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our own child that exited
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

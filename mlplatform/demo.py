@@ -78,10 +78,11 @@ def run_demo(s: Settings, rows: int, malformed: int) -> DemoReport:
     before_predictions = len(read_all(s, s.predictions_topic))
     batch = write_demo_raw(s, rows, malformed, seed=int(time.time()))
 
-    def timed(stage: str, name: str, parameters: dict | None = None) -> None:
+    def timed(stage: str, name: str, parameters: dict | None = None):
         started = time.monotonic()
-        run_deployment_and_wait(name, parameters)
+        flow_run = run_deployment_and_wait(name, parameters)
         report.timings[stage] = round(time.monotonic() - started, 1)
+        return flow_run
 
     timed("preprocess", "preprocess/default")
     features, quarantine = features.refresh(), quarantine.refresh()
@@ -98,12 +99,17 @@ def run_demo(s: Settings, rows: int, malformed: int) -> DemoReport:
     champion = model_registry.get_version(s)
     report.model_version, report.accuracy = champion.version, champion.metrics["accuracy"]
 
-    timed("batch-inference", "batch-inference/default")
-    snapshot = features.current_snapshot()
-    run = CheckpointStore(s.resolved_database_url).find_succeeded(
-        "batch-inference", s.table_id(s.features_table), snapshot.snapshot_id, champion.version
-    )
-    predicted = _predictions_for(s, run.run_id) if run else 0
+    batch_run = timed("batch-inference", "batch-inference/default")
+    store = CheckpointStore(s.resolved_database_url)
+    try:  # a new checkpointed run takes the flow run's id
+        run_id = store.get_run(str(batch_run.id)).run_id
+    except LookupError:  # it continued an unfinished run instead
+        snapshot = features.current_snapshot()
+        run = store.find_succeeded(
+            "batch-inference", s.table_id(s.features_table), snapshot.snapshot_id, champion.version
+        )
+        run_id = run.run_id if run else ""
+    predicted = _predictions_for(s, run_id)
     report.checks.append(Check("prediction rows = feature rows", count_rows(features), predicted))
 
     timed("stream-inference", "stream-inference/default",

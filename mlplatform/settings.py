@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -75,11 +76,27 @@ class Settings(BaseSettings):
     label_column: str = "label"
     label_names: list[str] = Field(default=["setosa", "versicolor", "virginica"])
 
-    # Model.
-    model_max_depth: int = 3
-    model_n_estimators: int = 50
+    # Training: the candidate grid (trained in parallel on Ray), the split, and promotion.
+    candidate_grid: list[dict[str, Any]] = Field(
+        default=[
+            {"family": "decision_tree", "max_depth": 2},
+            {"family": "decision_tree", "max_depth": 4},
+            {"family": "random_forest", "n_estimators": 50, "max_depth": 3},
+            {"family": "random_forest", "n_estimators": 100, "max_depth": 6},
+            {"family": "logistic_regression", "C": 1.0},
+        ]
+    )
     holdout_fraction: float = 0.25
     seed: int = 7
+    promotion_metric: str = "macro_f1"
+    # A candidate is promoted when its score >= the champion's score on the same holdout - margin.
+    promotion_margin: float = 0.0
+    drift_bins: int = 10
+    drift_psi_threshold: float = 0.2
+    # The preprocess flow asks for a retrain when this many rows arrived since the champion's data.
+    retrain_min_new_rows: int = 5000
+    # Stream consumers check this often whether a new champion was promoted.
+    model_refresh_s: float = 5.0
 
     # Batch inference.
     batch_size: int = 4096

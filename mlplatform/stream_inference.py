@@ -62,10 +62,13 @@ def predict_messages(
 class StreamConsumer:
     """One consumer of the features topic; predicts and publishes in micro-batches."""
 
-    def __init__(self, settings: dict, ref: ModelRef, index: int, batch: int) -> None:
+    def __init__(
+        self, settings: dict, ref: ModelRef, index: int, batch: int, pinned: bool = False
+    ) -> None:
         self.s = Settings(**settings)
-        self.ref = ref
+        self.ref, self.pinned = ref, pinned
         self.model = model_registry.load_model(ref)
+        self.checked_at = time.monotonic()
         self.client = make_client(self.s)
         self.consumer = self.client.subscribe(
             self.s.features_topic,
@@ -86,8 +89,20 @@ class StreamConsumer:
             self.s.predictions_topic, batching_enabled=True, block_if_queue_full=True
         )
 
+    def refresh_model(self) -> None:
+        """Switch to a newly promoted (or rolled back) champion between micro-batches."""
+        if self.pinned or time.monotonic() - self.checked_at < self.s.model_refresh_s:
+            return
+        self.checked_at = time.monotonic()
+        champion = model_registry.get_version(self.s)
+        if champion.version != self.ref.version:
+            ref = model_registry.model_ref(champion)
+            self.model, self.ref = model_registry.load_model(ref), ref
+            logger.info("switched to model version %d", ref.version)
+
     def poll(self, limit: int) -> tuple[int, int, int]:
         """Process one micro-batch of at most `limit` messages: (consumed, published, failed)."""
+        self.refresh_model()
         messages: list[pulsar.Message] = []
         deadline = time.monotonic() + self.s.stream_receive_timeout_ms / 1000
         while len(messages) < limit:
@@ -139,7 +154,9 @@ def run_stream_inference(
     ref = model_registry.model_ref(model_registry.get_version(s, model_version))
     connect(s)
     actors = [
-        StreamConsumer.options(num_cpus=0.25).remote(s.model_dump(mode="json"), ref, i, batch)
+        StreamConsumer.options(num_cpus=0.25).remote(
+            s.model_dump(mode="json"), ref, i, batch, model_version is not None
+        )
         for i in range(s.stream_actors)
     ]
     consumed = published = failed = 0

@@ -1,31 +1,46 @@
-"""Train a model on a pinned Iceberg snapshot, evaluate it on a holdout, register, promote."""
+"""Retraining: a pinned Iceberg snapshot, a candidate grid on Ray, a promotion decision, drift.
+
+Every candidate is registered with its metrics and lineage. The best one (by the configured
+metric) is compared with the current champion on the same holdout and promoted only when it is
+not worse by more than the configured margin; the decision and its reason are recorded.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import train_test_split
 
 from mlplatform import model_registry
-from mlplatform.iceberg_tables import load_table
+from mlplatform.candidates import (
+    Candidate,
+    best,
+    classification_metrics,
+    train_grid_on_ray,
+    train_grid_sequential,
+)
+from mlplatform.drift import drift_report
+from mlplatform.iceberg_tables import count_rows, load_table
+from mlplatform.ray_runtime import connect
 from mlplatform.settings import Settings
 
 
 @dataclass(frozen=True)
-class TrainingResult:
-    version: int
+class RetrainResult:
     snapshot_id: int
     training_rows: int
     holdout_rows: int
-    accuracy: float
-    macro_f1: float
-    champion_accuracy: float | None
-    promoted: bool
+    candidates: list[dict[str, Any]]
+    best_version: int
+    best_metrics: dict[str, Any]
+    champion_before: int | None
+    champion_score: float | None
+    decision: str  # promote | reject
     reason: str
+    drift: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -36,10 +51,22 @@ def read_snapshot(s: Settings, snapshot_id: int | None = None) -> tuple[pd.DataF
     table = load_table(s, s.features_table)
     snapshot = table.snapshot_by_id(snapshot_id) if snapshot_id else table.current_snapshot()
     if snapshot is None:
-        raise LookupError(f"{s.table_id(s.features_table)} has no snapshot: nothing to train on")
-    columns = [*s.feature_columns, s.label_column]
+        wanted = f"snapshot {snapshot_id}" if snapshot_id else "any snapshot"
+        raise LookupError(f"{s.table_id(s.features_table)} has no {wanted}: nothing to train on")
+    columns = [s.key_column, *s.feature_columns, s.label_column]
     frame = table.scan(snapshot_id=snapshot.snapshot_id, selected_fields=tuple(columns)).to_pandas()
-    return frame, snapshot.snapshot_id
+    # Sorting by key makes the split independent of file order: same snapshot, same model.
+    return frame.sort_values(s.key_column, ignore_index=True), snapshot.snapshot_id
+
+
+def rows_since_training(s: Settings) -> int:
+    """Feature rows added since the snapshot the champion was trained on (all, if none)."""
+    table = load_table(s, s.features_table)
+    try:
+        champion = model_registry.get_version(s)
+    except LookupError:
+        return count_rows(table)
+    return count_rows(table) - count_rows(table, champion.training_snapshot_id)
 
 
 def split(s: Settings, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -50,51 +77,98 @@ def split(s: Settings, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]
     )
 
 
-def evaluate(s: Settings, model: object, holdout: pd.DataFrame) -> dict[str, float]:
+def evaluate(s: Settings, model: object, holdout: pd.DataFrame) -> dict[str, Any]:
     x = holdout[s.feature_columns].to_numpy(dtype=np.float64)
-    y = holdout[s.label_column].to_numpy()
     predicted = model.predict(x)  # type: ignore[attr-defined]
-    return {
-        "accuracy": float(accuracy_score(y, predicted)),
-        "macro_f1": float(f1_score(y, predicted, average="macro")),
-    }
+    return classification_metrics(holdout[s.label_column].to_numpy(), predicted, s.label_names)
 
 
-def train(s: Settings, snapshot_id: int | None = None) -> TrainingResult:
-    """Train, evaluate, register; promote when not worse than the champion on this holdout."""
+def _arrays(s: Settings, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    return frame[s.feature_columns].to_numpy(dtype=np.float64), frame[s.label_column].to_numpy()
+
+
+def train_candidates(
+    s: Settings, train_rows: pd.DataFrame, holdout: pd.DataFrame, on_ray: bool = True
+) -> list[Candidate]:
+    args = (s.candidate_grid, s.seed, _arrays(s, train_rows), _arrays(s, holdout), s.label_names)
+    if on_ray:
+        connect(s)
+        return train_grid_on_ray(*args)
+    return train_grid_sequential(*args)
+
+
+def decide(s: Settings, score: float, champion_score: float | None) -> tuple[str, str]:
+    """Promote when no champion exists or the candidate is not worse by more than the margin."""
+    metric = s.promotion_metric
+    if champion_score is None:
+        return "promote", "no champion yet"
+    verdict = "promote" if score >= champion_score - s.promotion_margin else "reject"
+    return verdict, (
+        f"{metric} {score:.4f} vs champion {champion_score:.4f} on the same holdout "
+        f"(margin {s.promotion_margin})"
+    )
+
+
+def _drift(s: Settings, current: pd.DataFrame, champion) -> list[dict[str, Any]]:
+    if champion is None:
+        return []
+    reference, _ = read_snapshot(s, champion.training_snapshot_id)
+    return drift_report(reference, current, s.feature_columns, s.drift_bins, s.drift_psi_threshold)
+
+
+def retrain(s: Settings, snapshot_id: int | None = None, on_ray: bool = True) -> RetrainResult:
+    """Train the grid on a pinned snapshot, register every candidate, promote the best or not."""
     frame, snapshot_id = read_snapshot(s, snapshot_id)
     if len(frame) < 10:
         raise ValueError(f"snapshot {snapshot_id} has {len(frame)} rows; at least 10 are needed")
     train_rows, holdout = split(s, frame)
-    params = {"n_estimators": s.model_n_estimators, "max_depth": s.model_max_depth}
-    model = RandomForestClassifier(**params, random_state=s.seed, n_jobs=1)
-    model.fit(train_rows[s.feature_columns].to_numpy(dtype=np.float64), train_rows[s.label_column])
-    metrics = evaluate(s, model, holdout)
-    row = model_registry.register(
-        s, model, family="random_forest", params=params, metrics=metrics,
-        training_table=s.table_id(s.features_table), training_snapshot_id=snapshot_id,
-        training_rows=len(train_rows), feature_order=list(s.feature_columns),
-        label_names=list(s.label_names),
-    )  # fmt: skip
+    candidates = train_candidates(s, train_rows, holdout, on_ray)
+    registered = [
+        model_registry.register(
+            s,
+            c.model,
+            family=c.family,
+            params=c.params,
+            metrics=c.metrics,
+            training_table=s.table_id(s.features_table),
+            training_snapshot_id=snapshot_id,
+            training_rows=len(train_rows),
+            feature_order=list(s.feature_columns),
+            label_names=list(s.label_names),
+        )  # fmt: skip
+        for c in candidates
+    ]
+    winner = best(candidates, s.promotion_metric)
+    version = registered[candidates.index(winner)].version
     try:
         champion = model_registry.get_version(s)
     except LookupError:
         champion = None
-    champion_accuracy = None
-    if champion is None:
-        promoted, reason = True, "no champion yet"
-    else:
+    champion_score = None
+    if champion is not None:
         champion_model = model_registry.load_model(model_registry.model_ref(champion))
-        champion_accuracy = evaluate(s, champion_model, holdout)["accuracy"]
-        promoted = metrics["accuracy"] >= champion_accuracy
-        reason = (
-            f"accuracy {metrics['accuracy']:.4f} vs champion v{champion.version} "
-            f"{champion_accuracy:.4f} on the same holdout"
-        )
-    if promoted:
-        model_registry.promote(s, row.version)
-    return TrainingResult(
-        version=row.version, snapshot_id=snapshot_id, training_rows=len(train_rows),
-        holdout_rows=len(holdout), accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"],
-        champion_accuracy=champion_accuracy, promoted=promoted, reason=reason,
-    )  # fmt: skip
+        champion_score = evaluate(s, champion_model, holdout)[s.promotion_metric]
+    decision, reason = decide(s, winner.metrics[s.promotion_metric], champion_score)
+    model_registry.record_decision(s, decision, version, reason)
+    return RetrainResult(
+        snapshot_id=snapshot_id,
+        training_rows=len(train_rows),
+        holdout_rows=len(holdout),
+        candidates=[
+            {
+                "version": r.version,
+                "family": c.family,
+                "params": c.params,
+                "accuracy": c.metrics["accuracy"],
+                "macro_f1": c.metrics["macro_f1"],
+            }
+            for r, c in zip(registered, candidates, strict=True)
+        ],  # fmt: skip
+        best_version=version,
+        best_metrics=winner.metrics,
+        champion_before=champion.version if champion else None,
+        champion_score=champion_score,
+        decision=decision,
+        reason=reason,
+        drift=_drift(s, frame, champion),
+    )

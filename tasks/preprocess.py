@@ -1,13 +1,17 @@
-"""Prefect task around the Flink preprocessing job."""
+"""Prefect task around the Flink preprocessing job, and the events it emits."""
 
 from __future__ import annotations
 
 from prefect import task
+from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from mlplatform.preprocess import PreprocessResult, preprocess
 from mlplatform.settings import Settings
+from mlplatform.training import rows_since_training
 from tasks.artifacts import publish_summary
+
+RETRAIN_DUE_EVENT = "mlplatform.features.retrain-due"
 
 
 @task(name="run-flink-preprocess", retries=1, retry_delay_seconds=10)
@@ -16,3 +20,20 @@ def run_preprocess(settings: Settings) -> PreprocessResult:
     result = preprocess(settings, run_id=str(flow_run.id or "adhoc"))
     publish_summary("preprocess-summary", "Flink preprocessing", result.as_dict())
     return result
+
+
+@task(name="announce-new-features")
+def announce(settings: Settings, result: PreprocessResult) -> int:
+    """Emit an event per run; a retrain-due event once enough rows arrived since training.
+
+    The retrain deployment's trigger (prefect.yaml) listens for the retrain-due event.
+    """
+    resource = {
+        "prefect.resource.id": f"mlplatform.table.{settings.table_id(settings.features_table)}"
+    }
+    new_rows = rows_since_training(settings)
+    payload = {"rows_added": result.features_rows, "rows_since_training": new_rows}
+    emit_event("mlplatform.features.appended", resource=resource, payload=payload)
+    if result.features_rows > 0 and new_rows >= settings.retrain_min_new_rows:
+        emit_event(RETRAIN_DUE_EVENT, resource=resource, payload=payload)
+    return new_rows

@@ -38,6 +38,7 @@ def test_register_saves_artifact_as_candidate(settings: Settings) -> None:
     row = _register(settings)
     path = Path(row.artifact_path)
     assert path.parent == settings.model_dir and path.exists()
+    assert path.suffix == ".skops"
     assert row.sha256 == model_registry.sha256_of(path)
     assert row.stage == "candidate"
     stored = model_registry.get_version(settings, row.version)

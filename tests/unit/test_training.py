@@ -70,12 +70,25 @@ class _Fixed:
 def test_evaluate_perfect_and_partial(settings: Settings) -> None:
     frame = _frame(settings, counts=(2, 1, 1))  # labels 0, 0, 1, 2
     perfect = evaluate(settings, _Fixed([0, 0, 1, 2]), frame)
-    assert perfect == {"accuracy": 1.0, "macro_f1": 1.0}
+    assert perfect == {
+        "accuracy": 1.0,
+        "macro_f1": 1.0,
+        "precision": {"setosa": 1.0, "versicolor": 1.0, "virginica": 1.0},
+        "recall": {"setosa": 1.0, "versicolor": 1.0, "virginica": 1.0},
+        "confusion_matrix": [[2, 0, 0], [0, 1, 0], [0, 0, 1]],
+    }
     partial = evaluate(settings, _Fixed([0, 0, 1, 1]), frame)
     assert partial["accuracy"] == pytest.approx(0.75)
     # f1 per class: 1.0, 2/3, 0.0 -> macro 5/9
     assert partial["macro_f1"] == pytest.approx(5 / 9)
-    assert all(isinstance(v, float) for v in partial.values())
+    assert isinstance(partial["accuracy"], float) and isinstance(partial["macro_f1"], float)
+    # "virginica" is never predicted: precision 0 (no division error), recall 0.
+    assert partial["precision"] == pytest.approx(
+        {"setosa": 1.0, "versicolor": 0.5, "virginica": 0.0}
+    )
+    assert partial["recall"] == pytest.approx({"setosa": 1.0, "versicolor": 1.0, "virginica": 0.0})
+    # Rows are true classes: the one virginica row was predicted versicolor.
+    assert partial["confusion_matrix"] == [[2, 0, 0], [0, 1, 0], [0, 1, 0]]
 
 
 def test_evaluate_passes_features_in_settings_order(settings: Settings) -> None:

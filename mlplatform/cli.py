@@ -1,0 +1,67 @@
+"""The `mlp` command line. Exit codes: 0 done, 1 the operation failed, 2 bad usage."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from mlplatform import model_registry
+from mlplatform.settings import get_settings
+
+app = typer.Typer(help="Operate the ML platform.", no_args_is_help=True)
+models = typer.Typer(help="The model registry: list, promote, roll back.", no_args_is_help=True)
+app.add_typer(models, name="models")
+
+
+@models.command("list")
+def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Every registered version with its stage, family, metrics and training snapshot."""
+    rows = [
+        {
+            "version": v.version, "stage": v.stage, "family": v.family, "params": v.params,
+            "accuracy": v.metrics.get("accuracy"), "macro_f1": v.metrics.get("macro_f1"),
+            "snapshot": v.training_snapshot_id, "sha256": v.sha256[:12],
+        }
+        for v in model_registry.list_versions(get_settings())
+    ]  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        scores = " ".join(
+            f"{name}={r[key]:.4f}" if isinstance(r[key], float) else f"{name}=-"
+            for name, key in (("acc", "accuracy"), ("f1", "macro_f1"))
+        )
+        typer.echo(
+            f"v{r['version']:<4} {r['stage']:<10} {r['family']:<20} {scores} "
+            f"snapshot={r['snapshot']}"
+        )
+
+
+@models.command("promote")
+def promote(version: int = typer.Argument(..., help="The version to make champion.")) -> None:
+    """Make a version the champion by hand (recorded with the reason 'promoted by hand')."""
+    try:
+        model_registry.promote(get_settings(), version)
+    except LookupError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from error
+    typer.echo(f"champion is now version {version}")
+
+
+@models.command("rollback")
+def rollback(
+    version: int | None = typer.Argument(None, help="Version to restore; default: the previous"),
+) -> None:
+    """Make an earlier version the champion again; running consumers switch to it."""
+    try:
+        restored = model_registry.rollback(get_settings(), version)
+    except LookupError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from error
+    typer.echo(f"champion is now version {restored}")
+
+
+if __name__ == "__main__":
+    app()

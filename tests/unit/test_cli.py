@@ -1,0 +1,148 @@
+"""The `mlp models` command line on a temporary registry (typer's CliRunner, no services)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sklearn.dummy import DummyClassifier
+from typer.testing import CliRunner
+
+from mlplatform import model_registry
+from mlplatform.cli import app
+from mlplatform.settings import Settings, get_settings
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """The CLI reads get_settings(): point it at this test's own database and folder."""
+    url = f"sqlite:///{tmp_path}/db.sqlite"  # get_engine is cached per URL: one per test
+    monkeypatch.setenv("MLP_DATABASE_URL", url)
+    monkeypatch.setenv("MLP_LOCAL_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    s = get_settings()
+    assert s.resolved_database_url == url and s.local_dir == tmp_path
+    yield s
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def _register(s: Settings, accuracy: float = 0.5) -> int:
+    model = DummyClassifier(strategy="constant", constant=1).fit([[0.0], [1.0]], [0, 1])
+    row = model_registry.register(
+        s, model, family="dummy", params={"strategy": "constant"},
+        metrics={"accuracy": accuracy, "macro_f1": accuracy / 2}, training_table="ml.features",
+        training_snapshot_id=77, training_rows=2, feature_order=["x"], label_names=["no", "yes"],
+    )  # fmt: skip
+    return row.version
+
+
+def _champion(s: Settings) -> int:
+    return model_registry.get_version(s).version
+
+
+def test_models_list_json(settings: Settings, runner: CliRunner) -> None:
+    v1, v2 = _register(settings, 0.5), _register(settings, 0.75)
+    model_registry.promote(settings, v1)
+    result = runner.invoke(app, ["models", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [(r["version"], r["stage"]) for r in rows] == [(v1, "champion"), (v2, "candidate")]
+    assert rows[1]["family"] == "dummy"
+    assert rows[1]["params"] == {"strategy": "constant"}
+    assert (rows[1]["accuracy"], rows[1]["macro_f1"]) == (0.75, 0.375)
+    assert rows[1]["snapshot"] == 77
+    assert rows[1]["sha256"] == model_registry.get_version(settings, v2).sha256[:12]
+
+
+def test_models_list_json_of_empty_registry(settings: Settings, runner: CliRunner) -> None:
+    result = runner.invoke(app, ["models", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == []
+
+
+def test_models_list_text(settings: Settings, runner: CliRunner) -> None:
+    v1, v2 = _register(settings, 0.5), _register(settings, 0.75)
+    model_registry.promote(settings, v2)
+    result = runner.invoke(app, ["models", "list"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"v{v1}") and "candidate" in lines[0] and "acc=0.5000" in lines[0]
+    assert lines[1].startswith(f"v{v2}") and "champion" in lines[1] and "acc=0.7500" in lines[1]
+    assert "snapshot=77" in lines[1]
+
+
+def test_models_promote(settings: Settings, runner: CliRunner) -> None:
+    v1, v2 = _register(settings), _register(settings)
+    model_registry.promote(settings, v1)
+    result = runner.invoke(app, ["models", "promote", str(v2)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"champion is now version {v2}"
+    assert _champion(settings) == v2
+    assert model_registry.get_version(settings, v1).stage == "archived"
+    last = model_registry.list_decisions(settings)[-1]
+    assert (last.action, last.version, last.previous_champion) == ("promote", v2, v1)
+    assert last.reason == "promoted by hand"
+
+
+def test_models_promote_unknown_version_fails(settings: Settings, runner: CliRunner) -> None:
+    v1 = _register(settings)
+    model_registry.promote(settings, v1)
+    result = runner.invoke(app, ["models", "promote", "999"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error:")
+    assert "999" in result.stderr
+    assert result.stdout == ""
+    assert _champion(settings) == v1
+
+
+def test_models_promote_bad_usage_exits_2(settings: Settings, runner: CliRunner) -> None:
+    result = runner.invoke(app, ["models", "promote", "latest"])
+    assert result.exit_code == 2
+    assert model_registry.list_decisions(settings) == []
+
+
+def test_models_rollback_restores_previous_champion(settings: Settings, runner: CliRunner) -> None:
+    v1, v2 = _register(settings), _register(settings)
+    model_registry.promote(settings, v1)
+    model_registry.promote(settings, v2)
+    result = runner.invoke(app, ["models", "rollback"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"champion is now version {v1}"
+    assert _champion(settings) == v1
+    last = model_registry.list_decisions(settings)[-1]
+    assert (last.action, last.version, last.previous_champion) == ("rollback", v1, v2)
+
+
+def test_models_rollback_to_named_version(settings: Settings, runner: CliRunner) -> None:
+    v1, v2, v3 = _register(settings), _register(settings), _register(settings)
+    for version in (v1, v2, v3):
+        model_registry.promote(settings, version)
+    result = runner.invoke(app, ["models", "rollback", str(v1)])
+    assert result.exit_code == 0, result.output
+    assert _champion(settings) == v1
+
+
+def test_models_rollback_with_nothing_to_roll_back(settings: Settings, runner: CliRunner) -> None:
+    v1 = _register(settings)
+    model_registry.promote(settings, v1)
+    result = runner.invoke(app, ["models", "rollback"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error:")
+    assert "no earlier champion" in result.stderr
+    assert _champion(settings) == v1
+
+
+def test_models_rollback_on_empty_registry(settings: Settings, runner: CliRunner) -> None:
+    result = runner.invoke(app, ["models", "rollback"])
+    assert result.exit_code == 1
+    assert "no earlier champion" in result.stderr
