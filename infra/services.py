@@ -189,7 +189,8 @@ SERVICES: dict[str, Service] = {
         name="ray",
         port=get_settings().ray_port,
         command=_ray_command,
-        env=lambda s: {"RAY_USAGE_STATS_ENABLED": "0"},
+        # Loopback only: see mlplatform/__init__.py for why this switch is needed.
+        env=lambda s: {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
         healthy=_ray_healthy,
         daemonizes=True,
     ),

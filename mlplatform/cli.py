@@ -12,6 +12,10 @@ from mlplatform.settings import get_settings
 app = typer.Typer(help="Operate the ML platform.", no_args_is_help=True)
 models = typer.Typer(help="The model registry: list, promote, roll back.", no_args_is_help=True)
 app.add_typer(models, name="models")
+serving = typer.Typer(
+    help="Online serving on Ray Serve: start, stop, status.", no_args_is_help=True
+)
+app.add_typer(serving, name="serve")
 
 
 @models.command("list")
@@ -61,6 +65,39 @@ def rollback(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from error
     typer.echo(f"champion is now version {restored}")
+
+
+@serving.command("start")
+def serve_start(
+    version: int | None = typer.Option(None, help="Pin a version; default: follow the champion."),
+) -> None:
+    """Deploy the model on Ray Serve and print its HTTP address."""
+    from mlplatform.serving import start_serving
+
+    try:
+        typer.echo(start_serving(get_settings(), version))
+    except LookupError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from error
+
+
+@serving.command("stop")
+def serve_stop() -> None:
+    """Remove the model application from Ray Serve."""
+    from mlplatform.serving import stop_serving
+
+    stop_serving(get_settings())
+    typer.echo("stopped")
+
+
+@serving.command("status")
+def serve_status() -> None:
+    """The model application's status (RUNNING, DEPLOYING, NOT_DEPLOYED, ...)."""
+    from mlplatform.serving import serving_status
+
+    status = serving_status(get_settings())
+    typer.echo(status)
+    raise typer.Exit(0 if status == "RUNNING" else 1)
 
 
 if __name__ == "__main__":

@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     stream_actors: int = 2
     stream_receive_timeout_ms: int = 500
 
+    # Online serving (Ray Serve HTTP proxy on loopback).
+    serve_port: int = 8000
+    serve_max_rows: int = 10_000
+
     # Flink.
     flink_parallelism: int = 1
 

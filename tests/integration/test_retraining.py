@@ -10,6 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -18,6 +19,7 @@ from mlplatform.dataset import write_demo_raw
 from mlplatform.model_registry import ModelIntegrityError
 from mlplatform.preprocess import preprocess
 from mlplatform.pulsar_io import ensure_partitioned_topic, make_client, read_all
+from mlplatform.serving import start_serving, stop_serving
 from mlplatform.settings import Settings
 from mlplatform.stream_inference import run_stream_inference
 from mlplatform.training import read_snapshot, retrain, split, train_candidates
@@ -138,6 +140,25 @@ def test_rollback_switches_running_consumers(lake: Settings, champion) -> None:
     versions = {m[lake.key_column]: m["model_version"] for m in out}
     assert {versions[f"rb-1-{i}"] for i in range(40)} == {other}
     assert {versions[f"rb-2-{i}"] for i in range(40)} == {previous}
+
+
+def test_promotion_makes_serve_reload(lake: Settings, champion) -> None:
+    current = model_registry.get_version(lake).version
+    other = next(v.version for v in model_registry.list_versions(lake) if v.version != current)
+    url = start_serving(lake)
+    try:
+        rows = {"rows": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}
+        first = httpx.post(url, json=rows, timeout=30).json()
+        assert first["model_version"] == current
+        assert first["predictions"][0] == "setosa"
+        bad = httpx.post(url, json={"rows": [[1.0, "x", 2.0, 3.0]]}, timeout=30)
+        assert bad.status_code == 422 and "not a number" in bad.json()["error"]
+        model_registry.promote(lake, other)
+        time.sleep(lake.model_refresh_s + 1)
+        assert httpx.post(url, json=rows, timeout=30).json()["model_version"] == other
+    finally:
+        model_registry.promote(lake, current)
+        stop_serving(lake)
 
 
 def test_retrain_due_event_triggers_the_retrain_deployment(deployments: None) -> None:
