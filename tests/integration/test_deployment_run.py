@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import pytest
 from prefect.deployments import run_deployment
 
@@ -31,14 +32,28 @@ def test_preprocess_deployment_completes_through_the_worker(
     own_settings: Settings, deployments: None
 ) -> None:
     write_demo_raw(own_settings, 120, 7, seed=21)
-    flow_run = run_deployment(
-        name="preprocess/default",
-        job_variables={"env": settings_env(own_settings)},
-        timeout=600,
-    )
+    env = {**settings_env(own_settings), "MLP_RETRAIN_MIN_NEW_ROWS": "100"}
+    flow_run = run_deployment(name="preprocess/default", job_variables={"env": env}, timeout=600)
     assert flow_run.state is not None and flow_run.state.is_completed(), flow_run.state
     assert count_rows(load_table(own_settings, own_settings.features_table)) == 120
     assert count_rows(load_table(own_settings, own_settings.quarantine_table)) == 7
+    # 120 new rows >= the threshold of 100: the flow announced that a retrain is due.
+    resource = f"mlplatform.table.{own_settings.table_id(own_settings.features_table)}"
+    query = {
+        "filter": {
+            "event": {"name": ["mlplatform.features.retrain-due"]},
+            "resource": {"id": [resource]},
+        },
+        "limit": 10,
+    }
+    events: list = []
+    deadline = time.monotonic() + 60  # the server stores events in batches
+    while not events and time.monotonic() < deadline:
+        time.sleep(2)
+        response = httpx.post(f"{own_settings.prefect_api_url}/events/filter", json=query)
+        response.raise_for_status()
+        events = response.json()["events"]
+    assert [e["payload"]["rows_added"] for e in events] == [120]
 
 
 def test_retrain_cron_schedule_creates_scheduled_runs(deployments: None) -> None:
