@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import typer
 
@@ -16,6 +18,16 @@ serving = typer.Typer(
     help="Online serving on Ray Serve: start, stop, status.", no_args_is_help=True
 )
 app.add_typer(serving, name="serve")
+
+
+@contextmanager
+def failing_on(*errors: type[Exception]) -> Iterator[None]:
+    """Turn an expected error into its message on stderr and exit code 1."""
+    try:
+        yield
+    except errors as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from error
 
 
 @models.command("list")
@@ -46,11 +58,8 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON."
 @models.command("promote")
 def promote(version: int = typer.Argument(..., help="The version to make champion.")) -> None:
     """Make a version the champion by hand (recorded with the reason 'promoted by hand')."""
-    try:
+    with failing_on(LookupError):
         model_registry.promote(get_settings(), version)
-    except LookupError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from error
     typer.echo(f"champion is now version {version}")
 
 
@@ -59,11 +68,8 @@ def rollback(
     version: int | None = typer.Argument(None, help="Version to restore; default: the previous"),
 ) -> None:
     """Make an earlier version the champion again; running consumers switch to it."""
-    try:
+    with failing_on(LookupError):
         restored = model_registry.rollback(get_settings(), version)
-    except LookupError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from error
     typer.echo(f"champion is now version {restored}")
 
 
@@ -74,11 +80,8 @@ def serve_start(
     """Deploy the model on Ray Serve and print its HTTP address."""
     from mlplatform.serving import start_serving
 
-    try:
+    with failing_on(LookupError):
         typer.echo(start_serving(get_settings(), version))
-    except LookupError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from error
 
 
 @serving.command("stop")

@@ -45,18 +45,6 @@ def topic_partitions(s: Settings, topic: str) -> int:
     return int(response.json()["partitions"])
 
 
-def backlog(s: Settings, topic: str, subscription: str) -> int:
-    """Messages not yet acknowledged by a subscription, over all partitions."""
-    url = f"{s.pulsar_admin_url}/admin/v2/{_topic_path(topic)}/partitioned-stats"
-    # Without getPreciseBacklog the broker counts entries, and a batch entry holds many messages.
-    response = httpx.get(url, params={"getPreciseBacklog": "true"}, timeout=30.0)
-    if response.status_code == 404:
-        return 0
-    response.raise_for_status()
-    sub = response.json().get("subscriptions", {}).get(subscription)
-    return int(sub["msgBacklog"]) if sub else 0
-
-
 def make_client(s: Settings) -> pulsar.Client:
     return pulsar.Client(
         s.pulsar_service_url,
