@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pulsar
 
@@ -51,6 +53,21 @@ def make_client(s: Settings) -> pulsar.Client:
         operation_timeout_seconds=30,
         logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn),
     )
+
+
+def receive_batch(consumer: pulsar.Consumer, limit: int, window_ms: int) -> list[pulsar.Message]:
+    """Up to `limit` messages, waiting at most `window_ms` in all."""
+    messages: list[pulsar.Message] = []
+    deadline = time.monotonic() + window_ms / 1000
+    while len(messages) < limit:
+        wait_ms = int((deadline - time.monotonic()) * 1000)
+        if wait_ms <= 0:
+            break
+        try:
+            messages.append(consumer.receive(timeout_millis=wait_ms))
+        except pulsar.Timeout:
+            break
+    return messages
 
 
 def read_all(s: Settings, topic: str, timeout_ms: int = 2000) -> list[pulsar.Message]:

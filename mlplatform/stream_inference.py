@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import deque
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -19,8 +18,9 @@ import pulsar
 import ray
 
 from mlplatform import model_registry
+from mlplatform.actor_pool import closing, drive
 from mlplatform.model_registry import ModelRef
-from mlplatform.pulsar_io import make_client
+from mlplatform.pulsar_io import make_client, receive_batch
 from mlplatform.ray_runtime import connect
 from mlplatform.settings import Settings
 
@@ -103,16 +103,7 @@ class StreamConsumer:
     def poll(self, limit: int) -> tuple[int, int, int]:
         """Process one micro-batch of at most `limit` messages: (consumed, published, failed)."""
         self.refresh_model()
-        messages: list[pulsar.Message] = []
-        deadline = time.monotonic() + self.s.stream_receive_timeout_ms / 1000
-        while len(messages) < limit:
-            wait_ms = int((deadline - time.monotonic()) * 1000)
-            if wait_ms <= 0:
-                break
-            try:
-                messages.append(self.consumer.receive(timeout_millis=wait_ms))
-            except pulsar.Timeout:
-                break
+        messages = receive_batch(self.consumer, limit, self.s.stream_receive_timeout_ms)
         if not messages:
             return 0, 0, 0
         try:
@@ -159,31 +150,6 @@ def run_stream_inference(
         )
         for i in range(s.stream_actors)
     ]
-    consumed = published = failed = 0
-    pending: dict[ray.ObjectRef, tuple[ray.actor.ActorHandle, int]] = {}
-    idle = deque(actors)  # longest idle first: it may hold prefetched messages
-
-    def submit_idle() -> None:
-        # Never ask for more than is left, so a bounded run stops at exactly max_messages.
-        while idle and time.monotonic() - started < timeout_s:
-            reserved = sum(limit for _, limit in pending.values())
-            left = batch if max_messages is None else max_messages - published - reserved
-            if min(left, batch) <= 0:
-                return
-            actor = idle.popleft()
-            pending[actor.poll.remote(min(left, batch))] = (actor, min(left, batch))
-
-    try:
-        submit_idle()
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            actor, _limit = pending.pop(ready[0])
-            c, p, f = ray.get(ready[0])
-            consumed, published, failed = consumed + c, published + p, failed + f
-            idle.append(actor)
-            submit_idle()
-    finally:
-        ray.get([a.close.remote() for a in actors])
-        for actor in actors:
-            ray.kill(actor)
+    with closing(actors):
+        consumed, published, failed = drive(actors, batch, max_messages, timeout_s)
     return StreamResult(consumed, published, failed, ref.version, time.monotonic() - started)
