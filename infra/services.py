@@ -34,7 +34,7 @@ class ServiceError(RuntimeError):
 @dataclass
 class Service:
     name: str
-    port: int
+    port: Callable[[Settings], int]  # 0: listens on no port of its own
     command: Callable[[Settings], list[str]]
     healthy: Callable[[Settings], bool]
     env: Callable[[Settings], dict[str, str]]
@@ -144,7 +144,7 @@ def _ray_healthy(s: Settings) -> bool:
 SERVICES: dict[str, Service] = {
     "pulsar": Service(
         name="pulsar",
-        port=get_settings().pulsar_broker_port,
+        port=lambda s: s.pulsar_broker_port,
         command=_pulsar_command,
         env=_pulsar_env,
         healthy=lambda s: _http_ok(f"{s.pulsar_admin_url}/admin/v2/brokers/health", "ok"),
@@ -153,7 +153,7 @@ SERVICES: dict[str, Service] = {
     ),
     "prefect-server": Service(
         name="prefect-server",
-        port=get_settings().prefect_port,
+        port=lambda s: s.prefect_port,
         command=lambda s: [
             str(VENV_BIN / "prefect"),
             "server",
@@ -168,7 +168,7 @@ SERVICES: dict[str, Service] = {
     ),
     "prefect-worker": Service(
         name="prefect-worker",
-        port=0,
+        port=lambda s: 0,
         command=lambda s: [
             str(VENV_BIN / "prefect"),
             "worker",
@@ -187,10 +187,10 @@ SERVICES: dict[str, Service] = {
     ),
     "ray": Service(
         name="ray",
-        port=get_settings().ray_port,
+        port=lambda s: s.ray_port,
         command=_ray_command,
-        # Loopback only: see mlplatform/__init__.py for why this switch is needed.
-        env=lambda s: {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
+        # Loopback only: importing mlplatform set Ray's switch for it (mlplatform/__init__.py).
+        env=lambda s: {"RAY_USAGE_STATS_ENABLED": "0"},
         healthy=_ray_healthy,
         daemonizes=True,
     ),
@@ -219,9 +219,10 @@ def start(service: Service, settings: Settings) -> str:
     """Start one service unless it is already healthy, and wait until it is."""
     if service.healthy(settings):
         return f"{service.name}: already running"
-    if service.port and port_open(service.port) and _running_pid(settings, service) is None:
+    port = service.port(settings)
+    if port and port_open(port) and _running_pid(settings, service) is None:
         raise ServiceError(
-            f"{service.name}: port {service.port} on 127.0.0.1 is in use by a process this "
+            f"{service.name}: port {port} on 127.0.0.1 is in use by a process this "
             f"project did not start. Stop that process, or choose another port in .env."
         )
     settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -282,7 +283,8 @@ def stop(service: Service, settings: Settings) -> str:
 
 def status(service: Service, settings: Settings) -> str:
     state = "healthy" if service.healthy(settings) else "down"
-    where = f"127.0.0.1:{service.port}" if service.port else f"pool {settings.work_pool}"
+    port = service.port(settings)
+    where = f"127.0.0.1:{port}" if port else f"pool {settings.work_pool}"
     return f"{service.name:15} {state:8} {where}"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,8 +29,6 @@ class Settings(BaseSettings):
     # Messaging.
     pulsar_service_url: str = "pulsar://127.0.0.1:6650"
     pulsar_admin_url: str = "http://127.0.0.1:8080"
-    pulsar_broker_port: int = 6650
-    pulsar_web_port: int = 8080
     pulsar_heap: str = "512m"
     pulsar_direct_memory: str = "512m"
     features_topic: str = "persistent://public/default/features"
@@ -41,12 +40,10 @@ class Settings(BaseSettings):
 
     # Orchestration.
     prefect_api_url: str = "http://127.0.0.1:4200/api"
-    prefect_port: int = 4200
     work_pool: str = "mlp-process"
 
     # Inference engine: an address of a running Ray cluster, or "local" for a private ray.init().
     ray_address: str = "127.0.0.1:6379"
-    ray_port: int = 6379
     ray_dashboard_port: int = 8265
     ray_num_cpus: int = 2
     ray_object_store_bytes: int = 1_000_000_000
@@ -115,6 +112,24 @@ class Settings(BaseSettings):
 
     # Flink.
     flink_parallelism: int = 1
+
+    # The embedded services listen where the URLs above point: one place to change a port.
+    @property
+    def pulsar_broker_port(self) -> int:
+        return urlparse(self.pulsar_service_url).port or 6650
+
+    @property
+    def pulsar_web_port(self) -> int:
+        return urlparse(self.pulsar_admin_url).port or 8080
+
+    @property
+    def prefect_port(self) -> int:
+        return urlparse(self.prefect_api_url).port or 4200
+
+    @property
+    def ray_port(self) -> int:
+        _, _, port = self.ray_address.rpartition(":")
+        return int(port) if port.isdigit() else 6379
 
     @property
     def state_dir(self) -> Path:

@@ -27,7 +27,9 @@ managedLedgerDefaultEnsembleSize=2
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(_env_file=None, local_dir=tmp_path, pulsar_broker_port=16650)
+    return Settings(
+        _env_file=None, local_dir=tmp_path, pulsar_service_url="pulsar://127.0.0.1:16650"
+    )
 
 
 def _write_conf(s: Settings) -> dict[str, list[str]]:
@@ -118,7 +120,7 @@ def _service(port: int, healthy: bool, calls: list[str]) -> Service:
         calls.append("before_start")
 
     return Service(
-        name="fake", port=port, command=command, healthy=lambda s: healthy,
+        name="fake", port=lambda s: port, command=command, healthy=lambda s: healthy,
         env=lambda s: {}, before_start=before_start, start_timeout_s=1.0,
     )  # fmt: skip
 

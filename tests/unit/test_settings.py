@@ -71,11 +71,11 @@ def test_explicit_values_win_over_resolved_defaults(tmp_path: Path) -> None:
 
 def test_env_overrides_with_mlp_prefix(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("MLP_LOCAL_DIR", str(tmp_path))
-    clean_env.setenv("MLP_PULSAR_BROKER_PORT", "16650")
+    clean_env.setenv("MLP_PULSAR_SERVICE_URL", "pulsar://127.0.0.1:16650")
     clean_env.setenv("MLP_FEATURES_TOPIC", "persistent://t/n/x")
     clean_env.setenv("MLP_FEATURE_COLUMNS", '["a", "b"]')
     clean_env.setenv("MLP_FEATURE_MAX", "3.5")
-    clean_env.setenv("PULSAR_BROKER_PORT", "1")  # no prefix: ignored
+    clean_env.setenv("PULSAR_SERVICE_URL", "pulsar://127.0.0.1:1")  # no prefix: ignored
     s = Settings(_env_file=None)
     assert s.local_dir == tmp_path
     assert s.pulsar_broker_port == 16650
