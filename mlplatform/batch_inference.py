@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ from pyiceberg.expressions import EqualTo
 
 from checkpoints.store import CheckpointStore
 from mlplatform import model_registry
-from mlplatform.iceberg_tables import ensure_tables, load_table
+from mlplatform.iceberg_tables import catalog_properties, ensure_tables, load_table
 from mlplatform.model_registry import ModelRef
 from mlplatform.ray_runtime import connect
 from mlplatform.settings import Settings
@@ -39,9 +39,6 @@ class BatchResult:
     predicted_rows: int
     units_committed: int
     seconds: float
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 class Predictor:
@@ -77,22 +74,13 @@ def predicted_keys(s: Settings, run_id: str) -> frozenset[str]:
     return frozenset(scan.to_arrow().column(s.key_column).to_pylist())
 
 
-def _catalog_kwargs(s: Settings) -> dict[str, str]:
-    return {
-        "name": s.catalog_name,
-        "type": "sql",
-        "uri": s.resolved_catalog_url,
-        "warehouse": s.resolved_warehouse,
-    }
-
-
 def prediction_batches(
     s: Settings, ref: ModelRef, snapshot_id: int, done: frozenset[str]
 ) -> Iterator[pd.DataFrame]:
     """The streaming Ray Data pipeline; yields prediction frames of commit_every_rows rows."""
     dataset = ray.data.read_iceberg(
         table_identifier=s.table_id(s.features_table),
-        catalog_kwargs=_catalog_kwargs(s),
+        catalog_kwargs={"name": s.catalog_name, **catalog_properties(s)},
         snapshot_id=snapshot_id,
         selected_fields=(s.key_column, *ref.feature_order),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from functools import lru_cache
 
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
@@ -22,11 +23,22 @@ from pyiceberg.types import (
 from mlplatform.settings import Settings
 
 
+def catalog_properties(s: Settings) -> dict[str, str]:
+    """PyIceberg's properties of the shared SQL catalog (Ray Data's read_iceberg takes them too)."""
+    return {"type": "sql", "uri": s.resolved_catalog_url, "warehouse": s.resolved_warehouse}
+
+
+@lru_cache
+def _sql_catalog(name: str, uri: str, warehouse: str) -> Catalog:
+    return SqlCatalog(name, uri=uri, warehouse=warehouse)
+
+
 def load_catalog(s: Settings) -> Catalog:
+    """The catalog, opened once per process (each opening makes a new database engine)."""
     s.state_dir.mkdir(parents=True, exist_ok=True)
     if s.resolved_warehouse.startswith("file://"):
         (s.local_dir / "warehouse").mkdir(parents=True, exist_ok=True)
-    return SqlCatalog(s.catalog_name, uri=s.resolved_catalog_url, warehouse=s.resolved_warehouse)
+    return _sql_catalog(s.catalog_name, s.resolved_catalog_url, s.resolved_warehouse)
 
 
 def _fields(*specs: tuple[str, object, bool]) -> Schema:
