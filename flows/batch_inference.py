@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from prefect import flow
 
 from mlplatform.settings import get_settings
@@ -21,7 +23,7 @@ def batch_inference(
     """
     result = batch_predict(get_settings(), resume_run_id, model_version, snapshot_id)
     print(f"batch-inference: {result}")
-    return result.as_dict()
+    return asdict(result)
 
 
 if __name__ == "__main__":

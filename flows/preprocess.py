@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from prefect import flow
 
 from mlplatform.settings import get_settings
@@ -15,7 +17,7 @@ def preprocess() -> dict:
     result = run_preprocess(settings)
     new_rows = announce(settings, result)
     print(f"preprocess: {result}; {new_rows} rows since the champion's training snapshot")
-    return result.as_dict()
+    return asdict(result)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from prefect import flow
 
 from mlplatform.settings import get_settings
@@ -21,7 +23,7 @@ def retrain(snapshot_id: int | None = None, rollback_to: int | None = None) -> d
         return {"decision": "rollback", "champion": version}
     result = train_and_decide(settings, snapshot_id)
     print(f"retrain: {result.decision} version {result.best_version}: {result.reason}")
-    return result.as_dict()
+    return asdict(result)
 
 
 if __name__ == "__main__":

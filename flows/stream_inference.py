@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from prefect import flow
 
 from mlplatform.settings import get_settings
@@ -15,7 +17,7 @@ def stream_inference(
     """Run the stream consumers until `max_messages` are predicted or `timeout_s` passes."""
     result = stream_predict(get_settings(), max_messages, timeout_s, model_version)
     print(f"stream-inference: {result}")
-    return result.as_dict()
+    return asdict(result)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -30,9 +30,6 @@ class PreprocessResult:
     quarantined_rows: int
     job_id: str
     features_snapshot_id: int | None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def jdbc_catalog_options(s: Settings) -> dict[str, str]:

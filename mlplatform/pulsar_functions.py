@@ -15,7 +15,7 @@ import importlib.util
 import logging
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +52,6 @@ class FunctionRunResult:
     failed: int
     metrics: dict[str, float]
     seconds: float
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def load_function(py: str, classname: str) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pulsar
@@ -34,9 +34,6 @@ class StreamResult:
     failed: int
     model_version: int
     seconds: float
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def predict_messages(

@@ -7,7 +7,7 @@ not worse by more than the configured margin; the decision and its reason are re
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,9 +41,6 @@ class RetrainResult:
     decision: str  # promote | reject
     reason: str
     drift: list[dict[str, Any]] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def read_snapshot(s: Settings, snapshot_id: int | None = None) -> tuple[pd.DataFrame, int]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from prefect.artifacts import create_table_artifact
 
 
-def publish_summary(key: str, title: str, summary: dict[str, Any]) -> None:
-    """One table artifact, a row per figure, so the Prefect UI shows what the run did."""
-    rows = [{"figure": name, "value": str(value)} for name, value in summary.items()]
+def publish_summary(key: str, title: str, result: Any) -> None:
+    """One table artifact, a row per field of a result dataclass, for the Prefect UI."""
+    rows = [{"figure": name, "value": str(value)} for name, value in asdict(result).items()]
     create_table_artifact(key=key, table=rows, description=title)

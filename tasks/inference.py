@@ -34,7 +34,7 @@ def batch_predict(
         on_progress=report,
     )
     update_progress_artifact(progress, progress=100.0)
-    publish_summary("batch-inference-summary", "Batch inference", result.as_dict())
+    publish_summary("batch-inference-summary", "Batch inference", result)
     return result
 
 
@@ -44,5 +44,5 @@ def stream_predict(
 ) -> StreamResult:
     """Consume the features topic with Ray actors until N messages or T seconds."""
     result = run_stream_inference(settings, max_messages, timeout_s, model_version)
-    publish_summary("stream-inference-summary", "Stream inference", result.as_dict())
+    publish_summary("stream-inference-summary", "Stream inference", result)
     return result

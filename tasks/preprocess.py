@@ -18,7 +18,7 @@ RETRAIN_DUE_EVENT = "mlplatform.features.retrain-due"
 def run_preprocess(settings: Settings) -> PreprocessResult:
     """Run the PyFlink job over the landing folder; publish its counts."""
     result = preprocess(settings, run_id=str(flow_run.id or "adhoc"))
-    publish_summary("preprocess-summary", "Flink preprocessing", result.as_dict())
+    publish_summary("preprocess-summary", "Flink preprocessing", result)
     return result
 
 
