@@ -77,11 +77,12 @@ def rollback(
 def serve_start(
     version: int | None = typer.Option(None, help="Pin a version; default: follow the champion."),
 ) -> None:
-    """Deploy the model on Ray Serve and print its HTTP address."""
+    """Deploy the model API on Ray Serve (or redeploy it) and print its address."""
     from mlplatform.serving import start_serving
 
     with failing_on(LookupError):
-        typer.echo(start_serving(get_settings(), version))
+        address = start_serving(get_settings(), version)
+    typer.echo(f"{address}  (POST /predict, POST /predict/bulk, GET /health, docs: {address}/docs)")
 
 
 @serving.command("stop")
@@ -95,12 +96,13 @@ def serve_stop() -> None:
 
 @serving.command("status")
 def serve_status() -> None:
-    """The model application's status (RUNNING, DEPLOYING, NOT_DEPLOYED, ...)."""
-    from mlplatform.serving import serving_status
+    """The model API's status (RUNNING, DEPLOYING, NOT_DEPLOYED, ...), address and version."""
+    from mlplatform.serving import describe_serving
 
-    status = serving_status(get_settings())
-    typer.echo(status)
-    raise typer.Exit(0 if status == "RUNNING" else 1)
+    state = describe_serving(get_settings())
+    version = state.model_version
+    typer.echo(f"{state.status} {state.address} model_version={version} ({state.detail})")
+    raise typer.Exit(0 if state.status == "RUNNING" else 1)
 
 
 if __name__ == "__main__":

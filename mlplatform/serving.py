@@ -1,110 +1,283 @@
-"""Online serving: the champion model behind a Ray Serve deployment (HTTP and handle).
+"""Online serving: the champion model behind a FastAPI app on Ray Serve.
 
-Between requests a replica checks every `model_refresh_s` whether another version became
-champion (a promotion or a rollback) and switches to it; a pinned version never changes.
-HTTP: POST {"rows": [[f1, f2, ...], ...]} to http://127.0.0.1:<serve_port>/predict.
+Endpoints, below settings.serve_route_prefix on http://127.0.0.1:<serve_port>:
+POST /predict (one row), POST /predict/bulk (many rows), GET /health, GET /model,
+and FastAPI's /docs and /openapi.json. Every answer carries the model version (also in the
+X-Model-Version header). Between requests a replica checks every `model_refresh_s` whether
+another version became champion (a promotion or a rollback) and switches to it; a pinned
+version never changes. A replica that cannot load its model keeps running and answers 503
+until it can. The application lives in the Ray cluster, so it outlives the process that
+deployed it (the CLI, or a flow run in the worker).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Ray Serve rebuilds the endpoints' signatures for
+# FastAPI, which then cannot resolve string annotations.
+import hmac
+import logging
 import math
+import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
+import httpx
+from fastapi import Depends, FastAPI, HTTPException, Request, Response, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
 from ray import serve
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from ray.serve import Application
 
 from mlplatform import model_registry
 from mlplatform.ray_runtime import connect
+from mlplatform.serving_schema import (
+    BulkPredictRequest,
+    BulkPredictResponse,
+    ErrorResponse,
+    HealthResponse,
+    InvalidRequest,
+    ModelInfo,
+    PredictRequest,
+    PredictResponse,
+    describe_predictions,
+    describe_request_errors,
+    parse_features,
+    parse_rows,
+)
 from mlplatform.settings import Settings
 
-APP_NAME = "model"
-ROUTE = "/predict"
+logger = logging.getLogger("ray.serve")
+
+VERSION_HEADER = "X-Model-Version"
+ACTIONS = ("start", "stop", "status")
+API_KEY = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="Needed when MLP_SERVE_API_KEY is set."
+)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        400: "The body is not valid JSON.",
+        401: "Missing or wrong X-API-Key (only when an API key is configured).",
+        413: "More rows than MLP_SERVE_MAX_ROWS.",
+        422: "Wrong shape, count, name or value of features; the message names row and feature.",
+        503: "No model could be loaded (the message says why).",
+    }.items()
+}
+SINGLE_ERRORS = {code: doc for code, doc in ERRORS.items() if code != 413}
+
+app = FastAPI(
+    title="mlplatform model API",
+    description="Predictions of the registry's champion model (or a pinned version).",
+    version="1",
+    strict_content_type=False,  # a body without Content-Type is read as JSON
+)
 
 
-class InvalidRows(ValueError):
-    """The request's rows are not a list of rows of finite numbers in the model's order."""
+class ModelUnavailable(RuntimeError):
+    """No model version could be loaded yet."""
 
 
-def validate_rows(rows: Any, n_features: int, max_rows: int) -> np.ndarray:
-    if not isinstance(rows, list) or not rows:
-        raise InvalidRows("'rows' must be a non-empty list of rows")
-    if len(rows) > max_rows:
-        raise InvalidRows(f"{len(rows)} rows; at most {max_rows} per request")
-    for i, row in enumerate(rows):
-        if not isinstance(row, list) or len(row) != n_features:
-            raise InvalidRows(f"row {i}: expected a list of {n_features} numbers")
-        for j, value in enumerate(row):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise InvalidRows(f"row {i}, feature {j}: {value!r} is not a number")
-            if not math.isfinite(value):
-                raise InvalidRows(f"row {i}, feature {j}: {value!r} is not finite")
-    return np.asarray(rows, dtype=np.float64)
+@app.exception_handler(RequestValidationError)
+async def _request_invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+    status, message = describe_request_errors(error.errors())
+    return JSONResponse({"detail": message}, status_code=status)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25})
+@app.exception_handler(InvalidRequest)
+async def _rows_invalid(_: Request, error: InvalidRequest) -> JSONResponse:
+    body = ErrorResponse(detail=str(error), row=error.row, feature=error.feature)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=error.status_code)
+
+
+@app.exception_handler(ModelUnavailable)
+async def _unavailable(_: Request, error: ModelUnavailable) -> JSONResponse:
+    return JSONResponse({"detail": f"no model loaded: {error}"}, status_code=503)
+
+
+async def require_api_key(api_key: str | None = Security(API_KEY)) -> None:
+    """401 unless the X-API-Key header matches the configured key (when one is configured)."""
+    serve.get_replica_context().servable_object.authorize(api_key)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    row: model_registry.ModelVersion
+    ref: model_registry.ModelRef
+    model: Any
+
+
+@serve.deployment
+@serve.ingress(app)
 class ModelServer:
     """Serves one model version; follows the registry's champion unless pinned."""
 
-    def __init__(self, settings: dict, model_version: int | None = None) -> None:
+    def __init__(self, settings: dict[str, Any], model_version: int | None = None) -> None:
         self.s = Settings(**settings)
-        self.pinned = model_version is not None
-        self._load(model_registry.get_version(self.s, model_version))
+        self.pinned_version = model_version
+        self.loaded: LoadedModel | None = None
+        self.error = "not loaded yet"
+        self.checked_at = -math.inf
+        self.lock = threading.Lock()  # sync endpoints run in a thread pool
+        self._reload()
 
-    def _load(self, row: model_registry.ModelVersion) -> None:
-        self.ref = model_registry.model_ref(row)
-        self.model = model_registry.load_model(self.ref)
+    def _reload(self) -> None:
         self.checked_at = time.monotonic()
+        try:
+            row = model_registry.get_version(self.s, self.pinned_version)
+            if self.loaded is not None and row.version == self.loaded.ref.version:
+                return
+            ref = model_registry.model_ref(row)
+            self.loaded = LoadedModel(row, ref, model_registry.load_model(ref))
+            logger.info("serving model version %s", ref.version)
+        except Exception as error:  # noqa: BLE001 - a replica outlives a bad artifact or registry
+            self.error = str(error)
+            logger.warning("model not loaded (still serving %s): %s", self.version(), error)
 
-    def _follow_champion(self) -> None:
-        if self.pinned or time.monotonic() - self.checked_at < self.s.model_refresh_s:
-            return
-        champion = model_registry.get_version(self.s)
-        if champion.version != self.ref.version:
-            self._load(champion)
-        self.checked_at = time.monotonic()
+    def version(self) -> int | None:
+        return self.loaded.ref.version if self.loaded else None
 
-    def predict(self, rows: list[list[float]]) -> dict[str, Any]:
-        self._follow_champion()
-        x = validate_rows(rows, len(self.ref.feature_order), self.s.serve_max_rows)
-        probabilities = self.model.predict_proba(x)
+    def current(self) -> LoadedModel:
+        """The model to answer with: the pinned version, or the champion as of at most
+        model_refresh_s ago."""
+        with self.lock:
+            due = time.monotonic() - self.checked_at >= self.s.model_refresh_s
+            if self.loaded is None or (self.pinned_version is None and due):
+                self._reload()
+            if self.loaded is None:
+                raise ModelUnavailable(self.error)
+            return self.loaded
+
+    def authorize(self, api_key: str | None) -> None:
+        expected = self.s.serve_api_key
+        if expected and not (api_key and hmac.compare_digest(api_key.encode(), expected.encode())):
+            raise HTTPException(
+                401, "missing or wrong API key: send it in the X-API-Key header",
+                headers={"WWW-Authenticate": "X-API-Key"},
+            )  # fmt: skip
+
+    def _predict(self, loaded: LoadedModel, x: Any, response: Response) -> list[dict[str, Any]]:
+        response.headers[VERSION_HEADER] = str(loaded.ref.version)
+        probabilities = loaded.model.predict_proba(x)
+        return describe_predictions(probabilities, loaded.model.classes_, loaded.ref.label_names)
+
+    @app.post(
+        "/predict", response_model=PredictResponse, responses=SINGLE_ERRORS,
+        dependencies=[Depends(require_api_key)], summary="Predict one row",
+    )  # fmt: skip
+    def predict(self, body: PredictRequest, response: Response) -> dict[str, Any]:
+        loaded = self.current()
+        x = [parse_features(body.features, loaded.ref.feature_order)]
+        return {"model_version": loaded.ref.version, **self._predict(loaded, x, response)[0]}
+
+    @app.post(
+        "/predict/bulk", response_model=BulkPredictResponse, responses=ERRORS,
+        dependencies=[Depends(require_api_key)], summary="Predict many rows",
+    )  # fmt: skip
+    def predict_bulk(self, body: BulkPredictRequest, response: Response) -> dict[str, Any]:
+        loaded = self.current()
+        x = parse_rows(body.rows, loaded.ref.feature_order, self.s.serve_max_rows)
         return {
-            "model_version": self.ref.version,
-            "feature_order": list(self.ref.feature_order),
-            "predictions": [self.ref.label_names[int(i)] for i in probabilities.argmax(axis=1)],
-            "probabilities": probabilities.round(6).tolist(),
+            "model_version": loaded.ref.version,
+            "predictions": self._predict(loaded, x, response),
         }
 
-    async def __call__(self, request: Request) -> JSONResponse:
-        try:
-            body = await request.json()
-        except ValueError:
-            return JSONResponse({"error": "the body is not valid JSON"}, status_code=400)
-        if not isinstance(body, dict) or "rows" not in body:
-            return JSONResponse({"error": 'expected {"rows": [[...], ...]}'}, status_code=400)
-        try:
-            return JSONResponse(self.predict(body["rows"]))
-        except InvalidRows as error:
-            return JSONResponse({"error": str(error)}, status_code=422)
+    @app.get(
+        "/health", response_model=HealthResponse, summary="Liveness and the model version",
+        responses={503: ERRORS[503]},
+    )  # fmt: skip
+    def health(self, response: Response) -> HealthResponse:
+        loaded = self.current()
+        response.headers[VERSION_HEADER] = str(loaded.ref.version)
+        return HealthResponse(
+            model_version=loaded.ref.version, pinned=self.pinned_version is not None
+        )
+
+    @app.get(
+        "/model", response_model=ModelInfo, summary="The model being served",
+        dependencies=[Depends(require_api_key)], responses={k: ERRORS[k] for k in (401, 503)},
+    )  # fmt: skip
+    def model(self, response: Response) -> ModelInfo:
+        row = self.current().row
+        response.headers[VERSION_HEADER] = str(row.version)
+        return ModelInfo(
+            version=row.version, pinned=self.pinned_version is not None, stage=row.stage,
+            family=row.family, params=row.params, feature_order=row.feature_order,
+            label_names=row.label_names, metrics=row.metrics,
+            training_snapshot_id=row.training_snapshot_id, training_rows=row.training_rows,
+            created_at=row.created_at, promoted_at=row.promoted_at,
+        )  # fmt: skip
+
+
+def build_app(s: Settings, model_version: int | None = None) -> Application:
+    """The application with replicas and CPUs from settings: a fixed count when min == max,
+    otherwise autoscaling on ongoing requests."""
+    options: dict[str, Any] = {"ray_actor_options": {"num_cpus": s.serve_replica_cpus}}
+    if s.serve_min_replicas == s.serve_max_replicas:
+        options["num_replicas"] = s.serve_min_replicas
+    else:
+        options["autoscaling_config"] = {
+            "min_replicas": s.serve_min_replicas,
+            "max_replicas": s.serve_max_replicas,
+            "target_ongoing_requests": 2,
+        }
+    return ModelServer.options(**options).bind(s.model_dump(mode="json"), model_version)
+
+
+def serving_address(s: Settings) -> str:
+    return f"http://127.0.0.1:{s.serve_port}{s.serve_route_prefix.rstrip('/')}"
 
 
 def start_serving(s: Settings, model_version: int | None = None) -> str:
-    """Deploy (or redeploy) the model application; returns its HTTP address."""
+    """Deploy (or redeploy) the application; returns its HTTP address (endpoints below it)."""
+    model_registry.get_version(s, model_version)  # no champion yet: say so here, not as a 503
     connect(s)
     serve.start(http_options={"host": "127.0.0.1", "port": s.serve_port})
-    app = ModelServer.bind(s.model_dump(mode="json"), model_version)
-    serve.run(app, name=APP_NAME, route_prefix=ROUTE)
-    return f"http://127.0.0.1:{s.serve_port}{ROUTE}"
+    serve.run(build_app(s, model_version), name=s.serve_app_name, route_prefix=s.serve_route_prefix)
+    return serving_address(s)
 
 
 def stop_serving(s: Settings) -> None:
     connect(s)
-    serve.delete(APP_NAME)
+    serve.delete(s.serve_app_name)
 
 
 def serving_status(s: Settings) -> str:
+    """The application's status: RUNNING, DEPLOYING, DEPLOY_FAILED, ... or NOT_DEPLOYED."""
     connect(s)
-    status = serve.status().applications.get(APP_NAME)
-    return status.status if status else "NOT_DEPLOYED"
+    status = serve.status().applications.get(s.serve_app_name)
+    return str(status.status.value) if status else "NOT_DEPLOYED"
+
+
+@dataclass(frozen=True)
+class ServingState:
+    action: str
+    status: str
+    address: str
+    model_version: int | None
+    detail: str
+
+
+def describe_serving(s: Settings, action: str = "status") -> ServingState:
+    """The application's status, and the model version its /health endpoint reports."""
+    status, address = serving_status(s), serving_address(s)
+    version, detail = None, "not deployed"
+    if status != "NOT_DEPLOYED":
+        try:
+            health = httpx.get(f"{address}/health", timeout=10)
+            body = health.json()
+            version = body.get("model_version")
+            detail = f"/health {health.status_code}: {body.get('detail', body.get('status'))}"
+        except (httpx.HTTPError, ValueError) as error:
+            detail = f"/health did not answer: {error}"
+    return ServingState(action, status, address, version, detail)
+
+
+def manage_serving(s: Settings, action: str, model_version: int | None = None) -> ServingState:
+    """start (or redeploy), stop, or report the serving application."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown serving action {action!r}; use one of {', '.join(ACTIONS)}")
+    if action == "start":
+        start_serving(s, model_version)
+    elif action == "stop":
+        stop_serving(s)
+    return describe_serving(s, action)

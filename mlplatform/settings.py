@@ -109,6 +109,14 @@ class Settings(BaseSettings):
     # Online serving (Ray Serve HTTP proxy on loopback).
     serve_port: int = 8000
     serve_max_rows: int = 10_000
+    serve_app_name: str = "model"
+    serve_route_prefix: str = "/"
+    # Replicas autoscale between min and max on ongoing requests (min == max: a fixed count).
+    serve_min_replicas: int = 1
+    serve_max_replicas: int = 2
+    serve_replica_cpus: float = 0.25
+    # When set, /predict, /predict/bulk and /model need the header X-API-Key with this value.
+    serve_api_key: str | None = Field(default=None, repr=False)
 
     # Flink.
     flink_parallelism: int = 1

@@ -148,14 +148,15 @@ def test_promotion_makes_serve_reload(lake: Settings, champion) -> None:
     url = start_serving(lake)
     try:
         rows = {"rows": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}
-        first = httpx.post(url, json=rows, timeout=30).json()
+        first = httpx.post(f"{url}/predict/bulk", json=rows, timeout=30).json()
         assert first["model_version"] == current
-        assert first["predictions"][0] == "setosa"
-        bad = httpx.post(url, json={"rows": [[1.0, "x", 2.0, 3.0]]}, timeout=30)
-        assert bad.status_code == 422 and "not a number" in bad.json()["error"]
+        assert first["predictions"][0]["label"] == "setosa"
+        bad = httpx.post(f"{url}/predict/bulk", json={"rows": [[1.0, "x", 2.0, 3.0]]}, timeout=30)
+        assert bad.status_code == 422 and "not a number" in bad.json()["detail"]
         model_registry.promote(lake, other)
         time.sleep(lake.model_refresh_s + 1)
-        assert httpx.post(url, json=rows, timeout=30).json()["model_version"] == other
+        again = httpx.post(f"{url}/predict/bulk", json=rows, timeout=30)
+        assert again.json()["model_version"] == other
     finally:
         model_registry.promote(lake, current)
         stop_serving(lake)
