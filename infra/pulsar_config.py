@@ -1,8 +1,21 @@
-"""Write the Pulsar standalone config: the distribution's template plus our overrides."""
+"""Write the Pulsar standalone config: the distribution's template plus our overrides.
+
+With `pulsar_functions_worker` the broker also runs Pulsar's own functions worker; its config
+(functions_worker.yml, the template plus our overrides) keeps every path under the state and log
+folders. Its process runtime starts Python instances with `python3` from the broker's PATH:
+services.py puts the functions environment (FUNCTIONS_VENV, infra/functions/requirements.lock)
+first on that PATH.
+"""
 
 from __future__ import annotations
 
-from mlplatform.settings import Settings
+from pathlib import Path
+
+import yaml
+
+from mlplatform.settings import PROJECT_DIR, Settings
+
+FUNCTIONS_VENV = PROJECT_DIR / ".venv-functions"
 
 
 def standalone_overrides(s: Settings) -> dict[str, str]:
@@ -17,7 +30,10 @@ def standalone_overrides(s: Settings) -> dict[str, str]:
         "managedLedgerDefaultAckQuorum": "1",
         # Producers that set a name and sequence ids get broker-side de-duplication.
         "brokerDeduplicationEnabled": "true",
-        "functionsWorkerEnabled": "false",
+        "functionsWorkerEnabled": str(s.pulsar_functions_worker).lower(),
+        # Function packages (the standalone worker stores them on the filesystem); the default
+        # is relative to the distribution's folder.
+        "STORAGE_PATH": str(s.state_dir / "pulsar" / "packages"),
         # The default deletes topics without subscriptions after 60 s idle, backlog and all.
         "brokerDeleteInactiveTopicsEnabled": "false",
         "allowAutoTopicCreation": "true",
@@ -47,3 +63,27 @@ def write_standalone_conf(s: Settings) -> None:
     target = s.state_dir / "pulsar" / "standalone.conf"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("\n".join(lines) + "\n")
+
+
+def functions_worker_conf(s: Settings) -> Path:
+    return s.state_dir / "pulsar" / "functions_worker.yml"
+
+
+def write_functions_worker_conf(s: Settings) -> None:
+    """The worker talks to this broker, and keeps downloads and instance logs in our folders."""
+    template = s.pulsar_home / "conf" / "functions_worker.yml"
+    conf = yaml.safe_load(template.read_text())
+    state = s.state_dir / "pulsar"
+    conf.update(
+        pulsarServiceUrl=s.pulsar_service_url,
+        pulsarWebServiceUrl=s.pulsar_admin_url,
+        workerHostname="127.0.0.1",
+        workerPort=s.pulsar_web_port,
+        downloadDirectory=str(state / "functions-download"),
+        connectorsDirectory=str(state / "connectors"),
+        functionsDirectory=str(state / "functions"),
+    )
+    conf["functionRuntimeFactoryConfigs"]["logDirectory"] = str(s.log_dir / "pulsar-functions")
+    target = functions_worker_conf(s)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(yaml.safe_dump(conf, sort_keys=False))

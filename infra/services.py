@@ -21,7 +21,12 @@ from pathlib import Path
 
 import httpx
 
-from infra.pulsar_config import write_standalone_conf
+from infra.pulsar_config import (
+    FUNCTIONS_VENV,
+    functions_worker_conf,
+    write_functions_worker_conf,
+    write_standalone_conf,
+)
 from mlplatform.settings import PROJECT_DIR, Settings, get_settings
 
 VENV_BIN = Path(sys.executable).parent
@@ -79,7 +84,8 @@ def _pulsar_command(s: Settings) -> list[str]:
         "--metadata-dir", str(state / "metadata"),
         "--bookkeeper-dir", str(state / "bookkeeper"),
         "--advertised-address", "127.0.0.1",
-        "--no-functions-worker",
+        *(["--functions-worker-conf", str(functions_worker_conf(s))]
+          if s.pulsar_functions_worker else ["--no-functions-worker"]),
         "--no-stream-storage",
     ]  # fmt: skip
 
@@ -90,6 +96,12 @@ def _pulsar_env(s: Settings) -> dict[str, str]:
         f"-XX:MaxDirectMemorySize={s.pulsar_direct_memory}",
         "PULSAR_LOG_DIR": str(s.log_dir / "pulsar"),
         "PULSAR_STANDALONE_USE_ZOOKEEPER": "0",
+        # The functions worker starts Python instances as `python3` from this PATH.
+        **(
+            {"PATH": f"{FUNCTIONS_VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+            if s.pulsar_functions_worker
+            else {}
+        ),
     }
 
 
@@ -97,6 +109,10 @@ def _pulsar_prepare(s: Settings) -> None:
     if not (s.pulsar_home / "bin" / "pulsar").exists():
         raise ServiceError(f"Pulsar is not installed at {s.pulsar_home}: run `make setup` first")
     write_standalone_conf(s)
+    if s.pulsar_functions_worker:
+        if not (FUNCTIONS_VENV / "bin" / "python3").exists():
+            raise ServiceError(f"no functions environment at {FUNCTIONS_VENV}: run `make setup`")
+        write_functions_worker_conf(s)
 
 
 def _worker_prepare(s: Settings) -> None:

@@ -36,6 +36,17 @@ else
   stamp flink-venv "$h"
 fi
 
+h=$(hash_of infra/functions/requirements.lock)
+if [[ -x .venv-functions/bin/python3 ]] && stamp_ok functions-venv "$h"; then
+  echo "setup: functions environment up to date"
+else
+  # The Python that Pulsar's own functions worker starts its instances with (MLP_PULSAR_FUNCTIONS_WORKER).
+  echo "setup: functions environment (.venv-functions) from infra/functions/requirements.lock"
+  [[ -x .venv-functions/bin/python3 ]] || uv venv --python 3.11 .venv-functions
+  uv pip sync --python .venv-functions/bin/python infra/functions/requirements.lock
+  stamp functions-venv "$h"
+fi
+
 h=$(hash_of infra/jvm/pom.xml)
 if stamp_ok jvm "$h" && [[ -x "$LOCAL/pulsar/bin/pulsar" ]]; then
   echo "setup: JVM artifacts up to date"

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     pulsar_admin_url: str = "http://127.0.0.1:8080"
     pulsar_heap: str = "512m"
     pulsar_direct_memory: str = "512m"
+    # Also run Pulsar's own functions worker in the broker (pulsar-admin functions create).
+    pulsar_functions_worker: bool = False
     features_topic: str = "persistent://public/default/features"
     features_topic_partitions: int = 2
     predictions_topic: str = "persistent://public/default/predictions"
