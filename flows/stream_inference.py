@@ -12,9 +12,16 @@ from tasks.inference import stream_predict
 
 @flow(name="stream-inference", log_prints=True)
 def stream_inference(
-    max_messages: int | None = None, timeout_s: float = 60.0, model_version: int | None = None
+    max_messages: int | None = None,
+    timeout_s: float | None = 60.0,
+    model_version: int | None = None,
 ) -> dict:
-    """Run the stream consumers until `max_messages` are predicted or `timeout_s` passes."""
+    """Run the stream consumers until `max_messages` are predicted or `timeout_s` passes.
+
+    With neither, it runs until the flow run is cancelled (the `continuous` deployment); what it
+    had not written yet is redelivered to the next run. `model_version` pins a model; otherwise
+    the consumers follow the registry's champion.
+    """
     result = stream_predict(get_settings(), max_messages, timeout_s, model_version)
     print(f"stream-inference: {result}")
     return asdict(result)

@@ -4,31 +4,74 @@ Each actor offers `poll(limit) -> (consumed, done, failed)`, handling at most `l
 and `close()`; `closing` closes and removes them however the run ends. The driver never asks
 for more than is left, so a bounded run stops at exactly N done messages; idle actors are asked
 first, since they may hold prefetched messages.
+
+A poll lost with a killed actor may have published before it died, which no one counts; a
+bounded run stops once the stream runs dry and such polls make up the difference.
+
+Crash-only recovery: a poll that raises gets its actor killed and restarted by Ray (the actors
+are created with `max_restarts`), and an actor that was killed is polled again once Ray has
+restarted it. Pulsar redelivers whatever the failed incarnation had not acknowledged. A poll that
+raises `max_failures` times in a row fails the run (a bug, not bad luck); an actor out of
+restarts is dropped, and the run fails when none is left.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Totals:
+    consumed: int = 0
+    done: int = 0
+    failed: int = 0
+    restarts: int = 0
 
 
 def drive(
-    actors: list[ray.actor.ActorHandle], batch: int, max_messages: int | None, timeout_s: float
-) -> tuple[int, int, int]:
-    """Poll the actors until `max_messages` are done or `timeout_s` passes."""
+    actors: list[ray.actor.ActorHandle],
+    batch: int,
+    max_messages: int | None,
+    timeout_s: float | None,
+    max_failures: int = 3,
+) -> Totals:
+    """Poll the actors until `max_messages` are done or `timeout_s` passes (None: forever).
+
+    The clock starts once every actor is constructed (a constructor's error is raised here).
+    """
+    ray.get([actor.__ray_ready__.remote() for actor in actors])
     started = time.monotonic()
-    consumed = done = failed = 0
+    totals = Totals()
     pending: dict[ray.ObjectRef, tuple[ray.actor.ActorHandle, int]] = {}
     idle = deque(actors)
+    failures = {actor: 0 for actor in actors}
+    down: set[ray.actor.ActorHandle] = set()
+    actors_left = set(actors)
+    # A poll lost with its actor may have done up to its limit: once the stream runs dry, a
+    # bounded run counts those as done rather than wait for its timeout.
+    uncertain = 0
+    drained = False
+    empty: set[ray.actor.ActorHandle] = set()  # actors whose last poll found nothing
+
+    def in_time() -> bool:
+        return timeout_s is None or time.monotonic() - started < timeout_s
 
     def submit_idle() -> None:
-        while idle and time.monotonic() - started < timeout_s:
+        while idle and in_time() and not drained:
             reserved = sum(limit for _, limit in pending.values())
-            left = batch if max_messages is None else min(batch, max_messages - done - reserved)
+            left = (
+                batch if max_messages is None else min(batch, max_messages - totals.done - reserved)
+            )
             if left <= 0:
                 return
             actor = idle.popleft()
@@ -37,12 +80,42 @@ def drive(
     submit_idle()
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
-        actor, _limit = pending.pop(ready[0])
-        c, d, f = ray.get(ready[0])
-        consumed, done, failed = consumed + c, done + d, failed + f
+        actor, limit = pending.pop(ready[0])
+        try:
+            consumed, done, failed = ray.get(ready[0])
+        except ActorUnavailableError:  # killed or restarting: Ray brings it back
+            if actor not in down:  # only the poll it died in may have done anything
+                down.add(actor)
+                totals.restarts += 1
+                uncertain += limit
+                logger.warning("a consumer actor is down; polling it again once it restarts")
+            time.sleep(0.2)
+        except ActorDiedError as error:  # out of restarts: the pool goes on without it
+            logger.error("a consumer actor died for good: %s", error)
+            actors_left.discard(actor)
+            if not actors_left:
+                raise RuntimeError("every consumer actor died") from error
+            continue
+        except RayTaskError as error:  # poll raised: its state is unknown, so start it afresh
+            failures[actor] += 1
+            totals.restarts += 1
+            uncertain += limit
+            logger.warning("poll failed (%d in a row), restarting: %s", failures[actor], error)
+            if failures[actor] >= max_failures:
+                raise RuntimeError(f"a consumer failed {max_failures} polls in a row") from error
+            ray.kill(actor, no_restart=False)
+        else:
+            down.discard(actor)
+            failures[actor] = 0
+            totals.consumed += consumed
+            totals.done += done
+            totals.failed += failed
+            (empty.add if consumed == 0 else empty.discard)(actor)
+            if max_messages is not None and empty >= actors_left and not down:
+                drained = totals.done + uncertain >= max_messages
         idle.append(actor)
         submit_idle()
-    return consumed, done, failed
+    return totals
 
 
 @contextmanager
@@ -50,6 +123,10 @@ def closing(actors: list[ray.actor.ActorHandle]) -> Iterator[list[ray.actor.Acto
     try:
         yield actors
     finally:
-        ray.get([a.close.remote() for a in actors])
+        for ref in [a.close.remote() for a in actors]:
+            try:
+                ray.get(ref)
+            except (RayTaskError, RayActorError) as error:  # nothing acknowledged is lost
+                logger.warning("closing an actor failed: %s", error)
         for actor in actors:
             ray.kill(actor)

@@ -54,6 +54,9 @@ def validation_sql(cfg: dict[str, Any]) -> str:
     )
 
 
+MESSAGE_KEY = "_message_key"
+
+
 def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
     """DDL to run first, then the INSERTs that make up the job."""
     key, label, features = cfg["key_column"], cfg["label_column"], cfg["feature_columns"]
@@ -64,14 +67,19 @@ def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
         f"CREATE CATALOG `{catalog}` WITH ({_options(cfg['iceberg_catalog_options'])})",
         "CREATE TEMPORARY TABLE raw_lines (line STRING, `file.path` STRING NOT NULL METADATA) "
         f"WITH ({_options(files)})",
-        f"CREATE TEMPORARY TABLE features_topic ({typed}, `{label}` INT) WITH ("
+        # The message key is a copy of the row key (key fields leave the value): Key_Shared
+        # subscribers hash it, and the topic's partitions are chosen by it.
+        f"CREATE TEMPORARY TABLE features_topic (`{MESSAGE_KEY}` STRING, {typed}, `{label}` INT) "
+        "WITH ("
         + _options(
             {
                 "connector": "pulsar",
                 "topics": cfg["features_topic"],
                 "service-url": cfg["pulsar_service_url"],
                 "format": "json",
-                "sink.topic-routing-mode": "round-robin",
+                "key.format": "raw",
+                "key.fields": MESSAGE_KEY,
+                "sink.topic-routing-mode": "message-key-hash",
             }
         )
         + ")",
@@ -82,7 +90,7 @@ def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
     inserts = [
         f"INSERT INTO `{catalog}`.`{ns}`.`{cfg['features_table']}` "
         f"SELECT {columns}, {now} FROM checked WHERE reason IS NULL",
-        f"INSERT INTO features_topic SELECT {columns} FROM checked WHERE reason IS NULL",
+        f"INSERT INTO features_topic SELECT `{key}`, {columns} FROM checked WHERE reason IS NULL",
         f"INSERT INTO `{catalog}`.`{ns}`.`{cfg['quarantine_table']}` "
         f"SELECT COALESCE(line, ''), reason, source, {now} FROM checked WHERE reason IS NOT NULL",
     ]

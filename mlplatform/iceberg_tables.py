@@ -80,11 +80,25 @@ def predictions_schema(s: Settings) -> Schema:
     )
 
 
+def stream_predictions_schema(s: Settings) -> Schema:
+    probabilities = ListType(element_id=100, element_type=DoubleType(), element_required=True)
+    return _fields(
+        (s.key_column, StringType(), True),
+        ("prediction", IntegerType(), True),
+        ("label_name", StringType(), True),
+        ("probabilities", probabilities, True),
+        ("model_version", IntegerType(), True),
+        ("message_id", StringType(), True),
+        ("predicted_at", TimestampType(), True),
+    )
+
+
 def table_schemas(s: Settings) -> dict[str, Schema]:
     return {
         s.features_table: features_schema(s),
         s.quarantine_table: quarantine_schema(),
         s.predictions_table: predictions_schema(s),
+        s.stream_predictions_table: stream_predictions_schema(s),
     }
 
 

@@ -196,7 +196,7 @@ class FunctionInstance:
             consumer_type=pulsar.ConsumerType.Shared,
             initial_position=pulsar.InitialPosition.Earliest,
             receiver_queue_size=batch,
-            negative_ack_redelivery_delay_ms=1000,
+            negative_ack_redelivery_delay_ms=self.s.stream_nack_delay_ms,
             dead_letter_policy=pulsar.ConsumerDeadLetterPolicy(
                 max_redeliver_count=self.s.stream_max_redeliveries,
                 dead_letter_topic=f"{spec.inputs[0]}-{spec.name}-DLQ",
@@ -211,7 +211,7 @@ class FunctionInstance:
 
     def poll(self, limit: int) -> tuple[int, int, int]:
         """Process up to `limit` messages: (consumed, processed, failed)."""
-        messages = receive_batch(self.consumer, limit, self.s.stream_receive_timeout_ms)
+        messages = receive_batch(self.consumer, limit, self.s.stream_batch_wait_ms)
         done = []
         for message in messages:
             self.context.message = message
@@ -255,9 +255,11 @@ def run_function(
         for i in range(parallelism)
     ]
     with closing(instances):
-        consumed, processed, failed = drive(instances, batch, max_messages, timeout_s)
+        run = drive(instances, batch, max_messages, timeout_s)
         totals: dict[str, float] = defaultdict(float)
         for metrics in ray.get([i.metrics.remote() for i in instances]):
             for name, values in metrics.items():
                 totals[name] += sum(values)
-    return FunctionRunResult(consumed, processed, failed, dict(totals), time.monotonic() - started)
+    return FunctionRunResult(
+        run.consumed, run.done, run.failed, dict(totals), time.monotonic() - started
+    )

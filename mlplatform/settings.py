@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import Field
@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     features_table: str = "features"
     quarantine_table: str = "quarantine"
     predictions_table: str = "predictions"
+    stream_predictions_table: str = "stream_predictions"
 
     # Raw data landing folder read by the Flink job.
     landing_dir: Path | None = None
@@ -105,8 +106,17 @@ class Settings(BaseSettings):
     commit_every_rows: int = 20_000
 
     # Stream inference.
+    # failover: effectively once, an actor per partition or more partitions per actor;
+    # key_shared, shared: any number of actors, at least once (see stream_inference).
+    stream_subscription_type: Literal["failover", "key_shared", "shared"] = "failover"
     stream_actors: int = 2
-    stream_receive_timeout_ms: int = 500
+    stream_actor_cpus: float = 0.25
+    # A micro-batch is up to stream_batch_max messages or stream_batch_wait_ms, whichever first.
+    stream_batch_max: int = 100
+    stream_batch_wait_ms: int = 20
+    stream_nack_delay_ms: int = 1000
+    # Predictions are appended to Iceberg (and inputs acknowledged) this often.
+    stream_commit_interval_s: float = 2.0
 
     # Online serving (Ray Serve HTTP proxy on loopback).
     serve_port: int = 8000

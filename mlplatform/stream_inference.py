@@ -1,30 +1,62 @@
-"""Stream inference: a pool of Ray actors consumes the features topic, predicts, publishes.
+"""Stream inference: a pool of Ray actors consumes the features topic, predicts, and writes every
+prediction once to the predictions topic and once to an Iceberg table.
 
-Each actor owns a Pulsar consumer on one Shared subscription and a producer on the predictions
-topic. A poll receives up to `batch` messages, predicts them in one call, publishes every result,
-flushes, and only then acknowledges the inputs; a failure negatively acknowledges them so Pulsar
-redelivers. The driver polls the actors until N messages or T seconds.
+Delivery protocol (effectively once, the default `stream_subscription_type=failover`):
+
+1. Actor i owns the features topic's partitions p with p % actors == i and reads them on a
+   Failover subscription, so each partition is read by one consumer, in order. Ray restarts a
+   killed actor with the same index, so the same partitions come back to it.
+2. A micro-batch is up to `stream_batch_max` messages or `stream_batch_wait_ms`. A message that
+   is not a valid feature row is negatively acknowledged; on its `stream_max_redeliveries`-th
+   delivery it goes to the dead-letter topic with its reason in the `reason` property, and is
+   acknowledged.
+3. Results go to the predictions topic through one producer per input partition, named after
+   it, whose sequence id is the input message's position. A result at or below the producer's
+   last persisted sequence id is not sent again, and the broker's de-duplication drops one that
+   raced a crash. (Batching stays off on these producers: the broker de-duplicates a batch by
+   its first sequence id only.)
+4. Results are buffered and appended to Iceberg every `stream_commit_interval_s`; the snapshot
+   summary records each producer's highest sequence id (`mlp.hwm.<producer>`), so rows already
+   in Iceberg are not appended twice after a crash.
+5. Inputs are acknowledged only once their results are in Iceberg, hence already on the topic.
+6. Any other error fails the poll and the driver restarts the actor (crash-only recovery): the
+   broker redelivers what was not acknowledged, in order, and steps 3 and 4 drop what was written.
+
+`key_shared` and `shared` spread one partition over several actors, for more consumers than
+partitions. Their delivery order is per key at best, which positions cannot be de-duplicated
+by, so they are at least once: a crash can repeat a result (same key, same prediction).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import numpy as np
 import pulsar
+import pyarrow as pa
 import ray
+from pyiceberg.exceptions import CommitFailedException
 
 from mlplatform import model_registry
 from mlplatform.actor_pool import closing, drive
+from mlplatform.iceberg_tables import ensure_tables, load_table
 from mlplatform.model_registry import ModelRef
-from mlplatform.pulsar_io import make_client, receive_batch
+from mlplatform.pulsar_io import make_client, receive_batch, topic_partitions
 from mlplatform.ray_runtime import connect
 from mlplatform.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+HWM_PREFIX = "mlp.hwm."
+
+
+class InvalidMessage(ValueError):
+    """A features message that cannot be predicted; the text is the dead-letter reason."""
 
 
 @dataclass(frozen=True)
@@ -34,57 +66,169 @@ class StreamResult:
     failed: int
     model_version: int
     seconds: float
+    actor_restarts: int = 0
 
 
-def predict_messages(
-    model: object, ref: ModelRef, key: str, payloads: list[bytes]
+def parse_features(payload: bytes, key: str, feature_order: tuple[str, ...]) -> tuple[str, list]:
+    """(key, features in the model's order) of one JSON message, or InvalidMessage with why."""
+    try:
+        row = json.loads(payload.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise InvalidMessage(f"not_utf8: byte {error.start}") from None
+    except json.JSONDecodeError as error:
+        raise InvalidMessage(f"not_json: {error.msg} at char {error.pos}") from None
+    if not isinstance(row, dict):
+        raise InvalidMessage(f"not_object: a JSON {type(row).__name__}")
+    if row.get(key) in (None, ""):
+        raise InvalidMessage(f"missing_key: {key}")
+    values = []
+    for column in feature_order:
+        if column not in row:
+            raise InvalidMessage(f"missing_feature: {column}")
+        value = row[column]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidMessage(f"not_number: {column}={value!r}")
+        if not math.isfinite(value):
+            raise InvalidMessage(f"not_finite: {column}={value!r}")
+        values.append(float(value))
+    return str(row[key]), values
+
+
+def predict_rows(
+    model: object, ref: ModelRef, key: str, keys: list[str], features: list[list[float]]
 ) -> list[dict[str, object]]:
-    """Predictions for a micro-batch of JSON feature messages, in input order."""
-    rows = [json.loads(p) for p in payloads]
-    features = np.array([[float(r[c]) for c in ref.feature_order] for r in rows], dtype=np.float64)
-    probabilities = model.predict_proba(features)  # type: ignore[attr-defined]
+    """Predictions for parsed rows, in input order."""
+    probabilities = model.predict_proba(np.asarray(features, dtype=np.float64))  # type: ignore[attr-defined]
     return [
         {
-            key: row[key],
+            key: k,
             "prediction": int(p.argmax()),
             "label_name": ref.label_names[int(p.argmax())],
             "probabilities": [float(v) for v in p],
             "model_version": ref.version,
         }
-        for row, p in zip(rows, probabilities, strict=True)
+        for k, p in zip(keys, probabilities, strict=True)
     ]
 
 
-@ray.remote(max_restarts=3, max_task_retries=0)
+def sequence_id(message_id: pulsar.MessageId) -> int:
+    """A message's position in its partition as one increasing integer (ledger, entry, batch)."""
+    ledger, entry, index = message_id.ledger_id(), message_id.entry_id(), message_id.batch_index()
+    if not (0 <= ledger < 1 << 29 and 0 <= entry < 1 << 24 and index < 1 << 10):
+        raise ValueError(f"message id {message_id} is outside the sequence-id encoding")
+    return (ledger << 34) | (entry << 10) | max(index, 0)
+
+
+def partition_of(topic: str) -> int:
+    """The partition index in a partition's topic name (`...-partition-3` -> 3), else 0."""
+    _, marker, index = topic.rpartition("-partition-")
+    return int(index) if marker and index.isdigit() else 0
+
+
+def owned_partitions(index: int, actors: int, partitions: int) -> list[int]:
+    """The partitions actor `index` of `actors` reads in failover mode."""
+    if actors > max(partitions, 1):
+        raise ValueError(
+            f"{actors} stream actors but the features topic has {partitions} partitions: in "
+            "failover mode each actor owns whole partitions; lower MLP_STREAM_ACTORS, add "
+            "partitions, or use MLP_STREAM_SUBSCRIPTION_TYPE=key_shared (at least once)"
+        )
+    return [p for p in range(max(partitions, 1)) if p % actors == index]
+
+
+def high_water_marks(table: object, names: set[str] | None = None) -> dict[str, int]:
+    """Each producer's highest sequence id recorded in the table's snapshot summaries."""
+    marks: dict[str, int] = {}
+    for snapshot in table.snapshots():  # type: ignore[attr-defined]
+        for prop, value in (
+            snapshot.summary.additional_properties if snapshot.summary else {}
+        ).items():
+            if prop.startswith(HWM_PREFIX):
+                name = prop[len(HWM_PREFIX) :]
+                if names is None or name in names:
+                    marks[name] = max(marks.get(name, -1), int(value))
+    return marks
+
+
+@dataclass
+class _Pending:
+    """Results waiting for the next Iceberg commit, and the inputs to acknowledge after it."""
+
+    rows: list[dict[str, object]] = field(default_factory=list)
+    messages: list[pulsar.Message] = field(default_factory=list)
+    marks: dict[str, int] = field(default_factory=dict)
+    since: float = field(default_factory=time.monotonic)
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0)
 class StreamConsumer:
-    """One consumer of the features topic; predicts and publishes in micro-batches."""
+    """One consumer of the features topic; predicts and writes in micro-batches."""
 
     def __init__(
-        self, settings: dict, ref: ModelRef, index: int, batch: int, pinned: bool = False
+        self,
+        settings: dict,
+        ref: ModelRef,
+        index: int,
+        partitions: list[int] | None,
+        pinned: bool = False,
     ) -> None:
         self.s = Settings(**settings)
-        self.ref, self.pinned = ref, pinned
+        self.ref, self.pinned, self.index = ref, pinned, index
         self.model = model_registry.load_model(ref)
         self.checked_at = time.monotonic()
+        self.dedup = self.s.stream_subscription_type == "failover"
         self.client = make_client(self.s)
-        self.consumer = self.client.subscribe(
-            self.s.features_topic,
-            self.s.stream_subscription,
-            consumer_type=pulsar.ConsumerType.Shared,
-            initial_position=pulsar.InitialPosition.Earliest,
-            consumer_name=f"stream-inference-{index}",
-            # A small prefetch queue spreads messages across the actors of the pool.
-            receiver_queue_size=batch,
-            negative_ack_redelivery_delay_ms=1000,
-            # A message that keeps failing stops being retried and is parked with its reason.
-            dead_letter_policy=pulsar.ConsumerDeadLetterPolicy(
-                max_redeliver_count=self.s.stream_max_redeliveries,
-                dead_letter_topic=self.s.dead_letter_topic,
-            ),
-        )
-        self.producer = self.client.create_producer(
-            self.s.predictions_topic, batching_enabled=True, block_if_queue_full=True
-        )
+        self.consumer = self._subscribe(partitions)
+        self.producers: dict[str, pulsar.Producer] = {}
+        self.sent: dict[str, int] = {}
+        self.dead_letters: pulsar.Producer | None = None
+        self.deliveries: dict[str, int] = {}  # message id -> deliveries that failed
+        self.table = load_table(self.s, self.s.stream_predictions_table)
+        self.written = high_water_marks(self.table) if self.dedup else {}
+        self.pending = _Pending()
+        self.committed = 0
+
+    def _subscribe(self, partitions: list[int] | None) -> pulsar.Consumer:
+        kind = self.s.stream_subscription_type
+        topics: str | list[str] = self.s.features_topic
+        if partitions is not None:  # failover: this actor's own partitions, each in order
+            topics = [f"{self.s.features_topic}-partition-{p}" for p in partitions]
+        types = {
+            "failover": pulsar.ConsumerType.Failover,
+            "key_shared": pulsar.ConsumerType.KeyShared,
+            "shared": pulsar.ConsumerType.Shared,
+        }
+        deadline = time.monotonic() + 30
+        while True:  # a restarted actor may race the broker noticing its predecessor is gone
+            try:
+                return self.client.subscribe(
+                    topics,
+                    self.s.stream_subscription,
+                    consumer_type=types[kind],
+                    initial_position=pulsar.InitialPosition.Earliest,
+                    consumer_name=f"stream-inference-{self.index}",
+                    receiver_queue_size=self.s.stream_batch_max,
+                    negative_ack_redelivery_delay_ms=self.s.stream_nack_delay_ms,
+                )
+            except pulsar.PulsarException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def _producer(self, message: pulsar.Message) -> tuple[str, pulsar.Producer]:
+        name = f"{self.s.stream_subscription}-p{partition_of(message.topic_name())}"
+        if not self.dedup:
+            name = f"{name}-{self.index}"
+        if name not in self.producers:
+            self.producers[name] = self.client.create_producer(
+                self.s.predictions_topic,
+                producer_name=name if self.dedup else None,
+                batching_enabled=not self.dedup,
+                batching_max_publish_delay_ms=1,
+                block_if_queue_full=True,
+            )
+            self.sent[name] = self.producers[name].last_sequence_id() if self.dedup else -1
+        return name, self.producers[name]
 
     def refresh_model(self) -> None:
         """Switch to a newly promoted (or rolled back) champion between micro-batches."""
@@ -97,56 +241,166 @@ class StreamConsumer:
             self.model, self.ref = model_registry.load_model(ref), ref
             logger.info("switched to model version %d", ref.version)
 
-    def poll(self, limit: int) -> tuple[int, int, int]:
-        """Process one micro-batch of at most `limit` messages: (consumed, published, failed)."""
-        self.refresh_model()
-        messages = receive_batch(self.consumer, limit, self.s.stream_receive_timeout_ms)
-        if not messages:
-            return 0, 0, 0
-        try:
-            results = predict_messages(
-                self.model, self.ref, self.s.key_column, [m.data() for m in messages]
-            )
-            for message, result in zip(messages, results, strict=True):
-                result["message_id"] = str(message.message_id())
-                self.producer.send_async(
-                    json.dumps(result).encode(), None, partition_key=str(result[self.s.key_column])
-                )
-            self.producer.flush()  # durable on the broker before any input is acknowledged
-        except Exception:
-            logger.exception(
-                "micro-batch of %d messages failed; negatively acknowledged", len(messages)
-            )
-            for message in messages:
-                self.consumer.negative_acknowledge(message)
-            return len(messages), 0, len(messages)
-        for message in messages:
-            self.consumer.acknowledge(message)
-        return len(messages), len(results), 0
+    def _reject(self, message: pulsar.Message, reason: str) -> None:
+        """Retry later, or park the message with its reason once it was delivered K times.
 
-    def close(self) -> None:
-        self.producer.flush()
+        Failover subscriptions carry no redelivery count, so the actor counts deliveries too.
+        """
+        key = str(message.message_id())
+        self.deliveries[key] = deliveries = max(
+            self.deliveries.get(key, 0) + 1, message.redelivery_count() + 1
+        )
+        if deliveries < self.s.stream_max_redeliveries:
+            self.consumer.negative_acknowledge(message)
+            return
+        del self.deliveries[key]
+        if self.dead_letters is None:
+            self.dead_letters = self.client.create_producer(self.s.dead_letter_topic)
+        self.dead_letters.send(
+            message.data(),
+            properties={
+                "reason": reason,
+                "source_topic": message.topic_name(),
+                "source_message_id": str(message.message_id()),
+                "deliveries": str(deliveries),
+            },
+        )
+        self.consumer.acknowledge(message)
+        logger.warning("dead-lettered %s: %s", message.message_id(), reason)
+
+    def poll(self, limit: int) -> tuple[int, int, int]:
+        """One micro-batch of at most `limit` messages: (consumed, published, rejected).
+
+        A redelivered message whose result an earlier incarnation already published is
+        written where it is missing but not counted again. Due commits come first, so the
+        poll returns right after its results are published: a crash in between would lose
+        the count (never the results), and a bounded run would then wait for its timeout.
+        """
+        if time.monotonic() - self.pending.since >= self.s.stream_commit_interval_s:
+            self.commit()
+        self.refresh_model()
+        messages = receive_batch(self.consumer, limit, self.s.stream_batch_wait_ms)
+        # Position order per partition keeps every producer's sequence ids increasing.
+        messages.sort(key=lambda m: (m.topic_name(), sequence_id(m.message_id())))
+        good: list[tuple[pulsar.Message, str, list[float]]] = []
+        for message in messages:
+            try:
+                key, features = parse_features(
+                    message.data(), self.s.key_column, self.ref.feature_order
+                )
+                good.append((message, key, features))
+            except InvalidMessage as error:
+                self._reject(message, str(error))
+        published = self._publish(good) if good else 0
+        return len(messages), published, len(messages) - len(good)
+
+    def _publish(self, good: list[tuple[pulsar.Message, str, list[float]]]) -> int:
+        """Predict and publish; the number of results sent for the first time."""
+        results = predict_rows(
+            self.model,
+            self.ref,
+            self.s.key_column,
+            [k for _, k, _ in good],
+            [f for _, _, f in good],
+        )
+        errors: list[str] = []
+        published = 0
+
+        def sent(result: pulsar.Result, _message_id: object) -> None:
+            if result != pulsar.Result.Ok:
+                errors.append(str(result))
+
+        for (message, _, _), row in zip(good, results, strict=True):
+            name, producer = self._producer(message)
+            seq = sequence_id(message.message_id()) if self.dedup else -1
+            row["message_id"] = str(message.message_id())
+            if not self.dedup or seq > self.sent[name]:
+                producer.send_async(
+                    json.dumps(row).encode(),
+                    sent,
+                    partition_key=str(row[self.s.key_column]),
+                    **({"sequence_id": seq} if self.dedup else {}),
+                )
+                self.sent[name] = max(self.sent[name], seq)
+                published += 1
+            if not self.dedup or seq > self.written.get(name, -1):
+                self.pending.rows.append(
+                    {**row, "predicted_at": datetime.now(UTC).replace(tzinfo=None)}
+                )
+                if self.dedup:
+                    self.pending.marks[name] = max(self.pending.marks.get(name, -1), seq)
+            self.pending.messages.append(message)
+        for producer in self.producers.values():
+            producer.flush()
+        if errors:
+            raise RuntimeError(f"publishing {len(errors)} predictions failed: {errors[:3]}")
+        return published
+
+    def commit(self) -> int:
+        """Append the buffered results to Iceberg, then acknowledge their inputs."""
+        pending, self.pending = self.pending, _Pending()
+        if pending.rows:
+            self._append(pending)
+        for message in pending.messages:
+            self.consumer.acknowledge(message)
+        self.written.update(pending.marks)
+        self.committed += len(pending.rows)
+        return len(pending.rows)
+
+    def _append(self, pending: _Pending, attempts: int = 10) -> None:
+        data = pa.Table.from_pylist(pending.rows, schema=self.table.schema().as_arrow())
+        summary = {f"{HWM_PREFIX}{name}": str(seq) for name, seq in pending.marks.items()}
+        summary["mlp.stream.actor"] = str(self.index)
+        for attempt in range(attempts):
+            try:
+                self.table.append(data, snapshot_properties=summary)
+                return
+            except CommitFailedException:  # another actor committed first; retry on its snapshot
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+                self.table = self.table.refresh()
+
+    def close(self) -> int:
+        """Commit what is buffered, close the clients; the rows this actor wrote to Iceberg."""
+        self.commit()
+        for producer in self.producers.values():
+            producer.close()
         self.consumer.close()
         self.client.close()
+        return self.committed
 
 
 def run_stream_inference(
     s: Settings,
     max_messages: int | None = None,
-    timeout_s: float = 60.0,
+    timeout_s: float | None = 60.0,
     model_version: int | None = None,
-    batch: int = 100,
 ) -> StreamResult:
-    """Consume until max_messages are processed or timeout_s passes, whichever comes first."""
+    """Consume until max_messages are accepted or timeout_s passes (None: until cancelled)."""
     started = time.monotonic()
     ref = model_registry.model_ref(model_registry.get_version(s, model_version))
+    ensure_tables(s)
     connect(s)
+    owned: list[list[int] | None] = [None] * s.stream_actors
+    if s.stream_subscription_type == "failover":
+        partitions = topic_partitions(s, s.features_topic)
+        owned = [owned_partitions(i, s.stream_actors, partitions) for i in range(s.stream_actors)]
+        if partitions == 0:  # a non-partitioned topic is read whole by the one actor
+            owned = [None]
     actors = [
-        StreamConsumer.options(num_cpus=0.25).remote(
-            s.model_dump(mode="json"), ref, i, batch, model_version is not None
+        StreamConsumer.options(num_cpus=s.stream_actor_cpus).remote(
+            s.model_dump(mode="json"), ref, i, mine, model_version is not None
         )
-        for i in range(s.stream_actors)
+        for i, mine in enumerate(owned)
     ]
-    with closing(actors):
-        consumed, published, failed = drive(actors, batch, max_messages, timeout_s)
-    return StreamResult(consumed, published, failed, ref.version, time.monotonic() - started)
+    with closing(actors) as pool:
+        totals = drive(pool, s.stream_batch_max, max_messages, timeout_s)
+    return StreamResult(
+        totals.consumed,
+        totals.done,
+        totals.failed,
+        ref.version,
+        time.monotonic() - started,
+        totals.restarts,
+    )

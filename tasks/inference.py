@@ -40,7 +40,10 @@ def batch_predict(
 
 @task(name="ray-actors-stream-inference")
 def stream_predict(
-    settings: Settings, max_messages: int | None, timeout_s: float, model_version: int | None
+    settings: Settings,
+    max_messages: int | None,
+    timeout_s: float | None,
+    model_version: int | None,
 ) -> StreamResult:
     """Consume the features topic with Ray actors until N messages or T seconds."""
     result = run_stream_inference(settings, max_messages, timeout_s, model_version)

@@ -96,8 +96,10 @@ def test_a_poison_message_ends_in_the_dead_letter_topic(registry: Settings) -> N
         user_config=champion_user_config(registry),
     )  # fmt: skip
     _publish(registry, spec.inputs[0], ["not,a,row", "5.1,3.5,1.4,0.2"])
-    # Unbounded by count: run long enough for the redeliveries (1 s apart) to run out.
-    result = run_function(registry, spec, timeout_s=15)
+    # Unbounded by count: run long enough for the redeliveries (0.2 s apart) to run out.
+    result = run_function(
+        registry.model_copy(update={"stream_nack_delay_ms": 200}), spec, timeout_s=12
+    )
     assert result.processed == 1 and result.failed == registry.stream_max_redeliveries + 1
     assert [m.data().decode() for m in read_all(registry, spec.output)] == ["setosa"]
     dead = read_all(registry, f"{spec.inputs[0]}-{spec.name}-DLQ")

@@ -68,6 +68,8 @@ def test_ddl_names_catalog_source_and_topic(cfg: dict) -> None:
     for column in cfg["feature_columns"]:
         assert f"`{column}` DOUBLE" in topic
     assert "`event_id` STRING" in topic and "`label` INT" in topic
+    # The row key is also the message key, so Key_Shared consumers and partitions follow it.
+    assert "'key.fields' = '_message_key'" in topic and "`_message_key` STRING" in topic
     assert view.startswith("CREATE TEMPORARY VIEW checked AS SELECT")
     assert validation_sql(cfg) in view
 
@@ -78,7 +80,9 @@ def test_inserts_target_configured_tables(cfg: dict) -> None:
     columns = "`event_id`, `sepal_length`, `sepal_width`, `petal_length`, `petal_width`, `label`"
     assert features.startswith("INSERT INTO `mylake`.`myns`.`feat_t` SELECT " + columns)
     assert features.endswith("FROM checked WHERE reason IS NULL")
-    assert topic == f"INSERT INTO features_topic SELECT {columns} FROM checked WHERE reason IS NULL"
+    assert topic == (
+        f"INSERT INTO features_topic SELECT `event_id`, {columns} FROM checked WHERE reason IS NULL"
+    )
     assert quarantine.startswith("INSERT INTO `mylake`.`myns`.`quar_t` SELECT ")
     assert quarantine.endswith("FROM checked WHERE reason IS NOT NULL")
     assert "reason, source" in quarantine

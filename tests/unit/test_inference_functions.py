@@ -1,4 +1,5 @@
-"""Pure parts of batch and stream inference: Predictor, _drop_done, predict_messages."""
+"""Pure parts of batch and stream inference: Predictor, _drop_done, message parsing and
+prediction, sequence ids, sticky ranges, high-water marks."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ from sklearn.linear_model import LogisticRegression
 
 from mlplatform.batch_inference import Predictor, _drop_done
 from mlplatform.model_registry import ModelRef
-from mlplatform.stream_inference import predict_messages
+from mlplatform.stream_inference import (
+    InvalidMessage,
+    high_water_marks,
+    owned_partitions,
+    parse_features,
+    partition_of,
+    predict_rows,
+    sequence_id,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -90,13 +99,18 @@ def test_drop_done() -> None:
     assert _drop_done(batch, "event_id", frozenset("abcd")).empty
 
 
-def test_predict_messages(model: LogisticRegression) -> None:
+def predict_payloads(model: object, payloads: list[bytes]) -> list[dict]:
+    parsed = [parse_features(p, "event_id", FEATURES) for p in payloads]
+    return predict_rows(model, REF, "event_id", [k for k, _ in parsed], [f for _, f in parsed])
+
+
+def test_predict_rows(model: LogisticRegression) -> None:
     payloads = [
         json.dumps({"event_id": "e1", "f1": 9.0, "f2": 1.0, "label": 1}).encode(),
         json.dumps({"f2": 4.0, "event_id": "e2", "f1": 0.5}).encode(),
-        json.dumps({"event_id": "e3", "f1": "8.5", "f2": 0}).encode(),
+        json.dumps({"event_id": "e3", "f1": 8.5, "f2": 0}).encode(),
     ]
-    results = predict_messages(model, REF, "event_id", payloads)
+    results = predict_payloads(model, payloads)
     assert [r["event_id"] for r in results] == ["e1", "e2", "e3"]
     assert [r["prediction"] for r in results] == [1, 0, 1]
     assert [r["label_name"] for r in results] == ["high", "low", "high"]
@@ -108,21 +122,90 @@ def test_predict_messages(model: LogisticRegression) -> None:
     json.dumps(results)  # publishable as is
 
 
-def test_predict_messages_uses_feature_order() -> None:
+def test_predict_rows_uses_feature_order() -> None:
     recorder = _Recorder()
     payloads = [json.dumps({"event_id": 1, "f2": 3.0, "f1": 6.0}).encode()]
-    [result] = predict_messages(recorder, REF, "event_id", payloads)
+    [result] = predict_payloads(recorder, payloads)
     np.testing.assert_array_equal(recorder.seen, [[6.0, 3.0]])
     assert result["probabilities"] == pytest.approx([0.4, 0.6])
     assert result["prediction"] == 1
+    assert result["event_id"] == "1"
 
 
-def test_predict_messages_rejects_missing_feature(model: LogisticRegression) -> None:
-    payloads = [json.dumps({"event_id": "e1", "f1": 1.0}).encode()]
-    with pytest.raises(KeyError, match="f2"):
-        predict_messages(model, REF, "event_id", payloads)
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"not json", "not_json"),
+        (b"\xff\xfe{}", "not_utf8"),
+        (b"[1, 2]", "not_object: a JSON list"),
+        (b'{"f1": 1, "f2": 2}', "missing_key: event_id"),
+        (b'{"event_id": "", "f1": 1, "f2": 2}', "missing_key: event_id"),
+        (b'{"event_id": "e", "f1": 1}', "missing_feature: f2"),
+        (b'{"event_id": "e", "f1": "1.5", "f2": 2}', "not_number: f1='1.5'"),
+        (b'{"event_id": "e", "f1": true, "f2": 2}', "not_number: f1=True"),
+        (b'{"event_id": "e", "f1": 1, "f2": NaN}', "not_finite: f2=nan"),
+        (b'{"event_id": "e", "f1": -Infinity, "f2": 1}', "not_finite: f1=-inf"),
+    ],
+)
+def test_parse_features_names_the_reason(payload: bytes, reason: str) -> None:
+    with pytest.raises(InvalidMessage) as error:
+        parse_features(payload, "event_id", FEATURES)
+    assert str(error.value).startswith(reason)
 
 
-def test_predict_messages_rejects_bad_json(model: LogisticRegression) -> None:
-    with pytest.raises(json.JSONDecodeError):
-        predict_messages(model, REF, "event_id", [b"not json"])
+class _Id:
+    def __init__(self, ledger: int, entry: int, index: int = -1) -> None:
+        self.values = (ledger, entry, index)
+
+    def ledger_id(self) -> int:
+        return self.values[0]
+
+    def entry_id(self) -> int:
+        return self.values[1]
+
+    def batch_index(self) -> int:
+        return self.values[2]
+
+
+def test_sequence_ids_follow_message_positions() -> None:
+    positions = [(3, 0, 0), (3, 0, 1), (3, 1), (3, 49_999, 999), (4, 0), (900, 2)]
+    ids = [sequence_id(_Id(*p)) for p in positions]  # type: ignore[arg-type]
+    assert all(a < b for a, b in zip(ids, ids[1:], strict=False))  # strictly increasing
+    assert sequence_id(_Id(3, 0)) == ids[0]  # a message outside a batch is its own index 0
+    with pytest.raises(ValueError, match="outside"):
+        sequence_id(_Id(1, 1 << 24))  # type: ignore[arg-type]
+
+
+def test_failover_actors_own_whole_partitions() -> None:
+    assert [owned_partitions(i, 2, 4) for i in range(2)] == [[0, 2], [1, 3]]
+    assert [owned_partitions(i, 3, 3) for i in range(3)] == [[0], [1], [2]]
+    assert owned_partitions(0, 1, 0) == [0]
+    with pytest.raises(ValueError, match="3 stream actors but the features topic has 2"):
+        owned_partitions(0, 3, 2)
+
+
+def test_partition_of_a_topic_name() -> None:
+    assert partition_of("persistent://public/default/features-partition-3") == 3
+    assert partition_of("persistent://public/default/features") == 0
+    assert partition_of("persistent://public/default/my-partition-x") == 0
+
+
+def test_high_water_marks_take_each_producers_maximum() -> None:
+    class Summary:
+        def __init__(self, props: dict[str, str]) -> None:
+            self.additional_properties = props
+
+    class Snapshot:
+        def __init__(self, props: dict[str, str]) -> None:
+            self.summary = Summary(props)
+
+    class Table:
+        def snapshots(self) -> list[Snapshot]:
+            return [
+                Snapshot({"mlp.hwm.s-0-p0": "10", "mlp.hwm.s-1-p0": "7", "other": "x"}),
+                Snapshot({"mlp.hwm.s-0-p0": "25"}),
+                Snapshot({"mlp.hwm.s-0-p1": "3"}),
+            ]
+
+    assert high_water_marks(Table()) == {"s-0-p0": 25, "s-1-p0": 7, "s-0-p1": 3}
+    assert high_water_marks(Table(), {"s-1-p0"}) == {"s-1-p0": 7}

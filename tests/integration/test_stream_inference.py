@@ -1,0 +1,124 @@
+"""Stream inference on the real broker, Ray and Iceberg: a consumer actor killed mid-stream loses
+and doubles nothing, and a poison message ends in the dead-letter topic with its reason."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+
+import pulsar
+import pytest
+from ray.util.state import list_actors
+
+from mlplatform.dataset import write_demo_raw
+from mlplatform.iceberg_tables import load_table
+from mlplatform.preprocess import preprocess
+from mlplatform.pulsar_io import make_client, read_all
+from mlplatform.settings import Settings
+from mlplatform.stream_inference import StreamResult, run_stream_inference
+from mlplatform.training import retrain
+
+pytestmark = pytest.mark.integration
+
+ROWS = 3000
+
+
+@pytest.fixture(scope="module")
+def stream(isolated: Settings) -> Settings:
+    """Topics, tables and a registry of this module's own; ROWS feature messages and a champion."""
+    tag = uuid.uuid4().hex[:6]
+    s = isolated.model_copy(
+        update={
+            "namespace": f"{isolated.namespace}_stream",
+            "features_topic": f"{isolated.features_topic}-stream-{tag}",
+            "predictions_topic": f"{isolated.predictions_topic}-stream-{tag}",
+            "dead_letter_topic": f"{isolated.dead_letter_topic}-stream-{tag}",
+            "stream_subscription": f"stream-{tag}",
+            "landing_dir": isolated.resolved_landing_dir.parent / f"landing-stream-{tag}",
+            "database_url": isolated.resolved_database_url.replace(".db", f"-stream-{tag}.db"),
+            # Small micro-batches and frequent commits: a kill lands between many of them.
+            "stream_batch_max": 20,
+            "stream_commit_interval_s": 0.5,
+            "stream_nack_delay_ms": 200,
+        }
+    )
+    write_demo_raw(s, ROWS, 0, seed=41)
+    preprocess(s, run_id="stream-it")
+    assert retrain(s).decision == "promote"
+    return s
+
+
+def _consumer_pids() -> list[int]:
+    actors = list_actors(filters=[("class_name", "=", "StreamConsumer"), ("state", "=", "ALIVE")])
+    return [a.pid for a in actors if a.pid]
+
+
+def test_a_killed_consumer_loses_and_doubles_nothing(stream: Settings) -> None:
+    keys = {
+        json.loads(m.data())[stream.key_column] for m in read_all(stream, stream.features_topic)
+    }
+    assert len(keys) == ROWS
+    client = make_client(stream)
+    watch = client.subscribe(
+        stream.predictions_topic, "watch", initial_position=pulsar.InitialPosition.Earliest
+    )
+    outcome: dict[str, StreamResult | BaseException] = {}
+
+    def consume() -> None:
+        try:
+            outcome["result"] = run_stream_inference(stream, max_messages=ROWS, timeout_s=240)
+        except BaseException as error:  # reported by the assertion below
+            outcome["result"] = error
+
+    runner = threading.Thread(target=consume)
+    runner.start()
+    seen = 0
+    while seen < ROWS // 5:  # a fifth of the stream is out: kill a consumer mid-stream
+        watch.acknowledge(watch.receive(timeout_millis=120_000))
+        seen += 1
+    pids = _consumer_pids()
+    assert pids, "no StreamConsumer actor is alive"
+    os.kill(pids[0], signal.SIGKILL)
+    runner.join(timeout=300)
+    client.close()
+    result = outcome["result"]
+    assert isinstance(result, StreamResult), result
+    assert result.actor_restarts >= 1 and result.failed == 0
+
+    out = [json.loads(m.data()) for m in read_all(stream, stream.predictions_topic)]
+    out_keys = [m[stream.key_column] for m in out]
+    assert len(out_keys) == len(set(out_keys)), "a prediction was published twice"
+    assert set(out_keys) == keys
+    table = load_table(stream, stream.stream_predictions_table).scan().to_pandas()
+    assert table[stream.key_column].is_unique, "a prediction was appended to Iceberg twice"
+    assert set(table[stream.key_column]) == keys
+    assert set(table["label_name"]) <= set(stream.label_names)
+
+
+def test_a_poison_message_is_dead_lettered_and_the_stream_goes_on(stream: Settings) -> None:
+    client = make_client(stream)
+    producer = client.create_producer(stream.features_topic)
+    good = {"event_id": "poison-neighbour", "sepal_length": 5.1, "sepal_width": 3.5}
+    good |= {"petal_length": 1.4, "petal_width": 0.2}
+    producer.send(b"{not json", partition_key="poison")
+    producer.send(json.dumps({**good, "petal_width": "wide"}).encode(), partition_key="typo")
+    producer.send(json.dumps(good).encode(), partition_key="poison-neighbour")
+    client.close()
+    started = time.monotonic()
+    result = run_stream_inference(stream, timeout_s=8)
+    assert result.published == 1  # the good message, while the poison is retried
+    assert result.failed == 2 * stream.stream_max_redeliveries
+    parked = read_all(stream, stream.dead_letter_topic)
+    reasons = sorted(m.properties()["reason"] for m in parked)
+    assert [r.split(":")[0] for r in reasons] == ["not_json", "not_number"]
+    assert reasons[1] == "not_number: petal_width='wide'"
+    for message in parked:
+        assert message.properties()["deliveries"] == str(stream.stream_max_redeliveries)
+        assert message.properties()["source_topic"].startswith(stream.features_topic)
+    out = [json.loads(m.data()) for m in read_all(stream, stream.predictions_topic)]
+    assert [m for m in out if m["event_id"] == "poison-neighbour"][0]["label_name"] == "setosa"
+    assert time.monotonic() - started < 60
