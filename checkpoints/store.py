@@ -115,6 +115,11 @@ class CheckpointStore:
                 )
             )  # fmt: skip
 
+    def list_runs(self, limit: int = 20) -> list[Run]:
+        """The newest runs first."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.scalars(select(Run).order_by(Run.started_at.desc()).limit(limit)))
+
     def progress(self, run_id: str) -> tuple[int, int]:
         """(units done, rows written) for a run."""
         with Session(self.engine) as session:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 
 import typer
 
@@ -18,6 +19,12 @@ serving = typer.Typer(
     help="Online serving on Ray Serve: start, stop, status.", no_args_is_help=True
 )
 app.add_typer(serving, name="serve")
+runs = typer.Typer(help="Checkpointed runs: list with progress, resume.", no_args_is_help=True)
+app.add_typer(runs, name="runs")
+services = typer.Typer(help="The embedded services: up, down, status.", no_args_is_help=True)
+app.add_typer(services, name="services")
+SERVICE_NAMES = typer.Argument(None, help="Services (default: all).")
+FLOWS = ("preprocess", "retrain", "batch-inference", "stream-inference", "serving")
 
 
 @contextmanager
@@ -103,6 +110,178 @@ def serve_status() -> None:
     version = state.model_version
     typer.echo(f"{state.status} {state.address} model_version={version} ({state.detail})")
     raise typer.Exit(0 if state.status == "RUNNING" else 1)
+
+
+def _services(action: str, names: list[str] | None) -> None:
+    from infra.services import main
+
+    raise typer.Exit(main([action, *(names or [])]))
+
+
+@services.command("up")
+def services_up(names: list[str] | None = SERVICE_NAMES) -> None:
+    """Start Pulsar, the Prefect server and worker, and Ray (a running one is left alone)."""
+    _services("up", names)
+
+
+@services.command("down")
+def services_down(names: list[str] | None = SERVICE_NAMES) -> None:
+    """Stop the services."""
+    _services("down", names)
+
+
+@services.command("status")
+def services_status(names: list[str] | None = SERVICE_NAMES) -> None:
+    """Health and address of each service; exit code 1 when one is down."""
+    _services("status", names)
+
+
+def _parse_params(params: list[str]) -> dict[str, object]:
+    """key=value pairs; a value is read as JSON when it parses (numbers, null, lists)."""
+    parsed: dict[str, object] = {}
+    for pair in params:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{pair!r} is not key=value", param_hint="--param")
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed
+
+
+def _run_deployment(name: str, parameters: dict[str, object], wait: bool) -> None:
+    from prefect.deployments import run_deployment
+
+    with failing_on(ValueError, RuntimeError):
+        flow_run = run_deployment(name=name, parameters=parameters, timeout=None if wait else 0)
+    state = flow_run.state.name if flow_run.state else "SCHEDULED"
+    typer.echo(f"{name}: flow run {flow_run.name} ({flow_run.id}) {state}")
+    if wait and not (flow_run.state and flow_run.state.is_completed()):
+        raise typer.Exit(1)
+
+
+@app.command("run")
+def run_flow(
+    flow: str = typer.Argument(..., help=f"One of {', '.join(FLOWS)}."),
+    deployment: str = typer.Option("default", help="The deployment of that flow."),
+    param: list[str] = typer.Option([], "--param", "-p", help="key=value (JSON values)."),  # noqa: B008
+    wait: bool = typer.Option(True, help="Wait for the run; exit 1 unless it completes."),
+) -> None:
+    """Run a flow's deployment through the worker, like `prefect deployment run`."""
+    if flow not in FLOWS:
+        raise typer.BadParameter(f"unknown flow {flow!r}; one of {', '.join(FLOWS)}")
+    _run_deployment(f"{flow}/{deployment}", _parse_params(param), wait)
+
+
+@runs.command("list")
+def runs_list(
+    limit: int = typer.Option(20, help="How many of the newest runs."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Checkpointed runs, newest first, with units and rows done out of the total."""
+    from mlplatform.operations import list_runs
+
+    rows = list_runs(get_settings(), limit)
+    if as_json:
+        typer.echo(json.dumps([asdict(r) for r in rows], indent=2))
+        return
+    for r in rows:
+        typer.echo(
+            f"{r.run_id:34} {r.kind:16} {r.status:10} {r.mode:9} rows {r.rows_done}/{r.rows_total}"
+            f" units {r.units_done} model v{r.model_version} snapshot {r.snapshot_id}"
+            f" started {r.started_at}" + (f" error: {r.error}" if r.error else "")
+        )
+
+
+@runs.command("resume")
+def runs_resume(
+    run_id: str = typer.Argument(..., help="A run id from `mlp runs list`."),
+    wait: bool = typer.Option(True, help="Wait for the run; exit 1 unless it completes."),
+) -> None:
+    """Continue a batch-inference run where its checkpoints stopped (a new flow run)."""
+    from checkpoints.store import CheckpointStore
+
+    with failing_on(LookupError):
+        CheckpointStore(get_settings().resolved_database_url).get_run(run_id)
+    _run_deployment("batch-inference/default", {"resume_run_id": run_id}, wait)
+
+
+@app.command("quarantine")
+def quarantine(
+    limit: int = typer.Option(10, help="How many of the newest rows to show."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Rows the preprocess flow rejected: counts by reason and the newest rows."""
+    from pyiceberg.exceptions import NoSuchTableError
+
+    from mlplatform.operations import quarantine_summary
+
+    with failing_on(NoSuchTableError):
+        counts, newest = quarantine_summary(get_settings(), limit)
+    if as_json:
+        typer.echo(json.dumps({"by_reason": counts, "newest": newest}, indent=2))
+        return
+    typer.echo(f"{sum(counts.values())} quarantined rows")
+    for reason, count in counts.items():
+        typer.echo(f"  {count:8}  {reason}")
+    for row in newest:
+        typer.echo(f"{row['quarantined_at']}  {row['reason']:28} {row['source']}  {row['raw']!r}")
+
+
+def _print_status(report: dict) -> None:
+    typer.echo("\n".join(report["services"]))
+    for t in report.get("topics", []):
+        if not t["exists"]:
+            typer.echo(f"{t['topic']}: not created yet")
+            continue
+        rates = f"in {t['msg_rate_in']}/s out {t['msg_rate_out']}/s"
+        typer.echo(f"{t['topic']}: {t['messages_in']} messages, {rates}, backlog {t['backlog']}")
+    if "ray" in report:
+        typer.echo(f"ray: {report['ray']}")
+    for r in report.get("runs", []):
+        done = f"rows {r['rows_done']}/{r['rows_total']}"
+        typer.echo(f"run {r['run_id']} {r['kind']} {r['status']} {done} started {r['started_at']}")
+    for name, url in report["links"].items():
+        typer.echo(f"{name}: {url}")
+
+
+@app.command("status")
+def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Services, topics (rates, backlogs), Ray resources, the newest runs, and links.
+
+    Exit code 1 when a service is down.
+    """
+    from infra.services import SERVICES
+    from infra.services import status as service_status
+    from mlplatform.operations import links, list_runs, ray_resources, topic_stats
+
+    s = get_settings()
+    lines = [service_status(service, s) for service in SERVICES.values()]
+    healthy = all(" healthy " in line for line in lines)
+    report: dict[str, object] = {"services": lines}
+    if healthy:
+        topics = (s.features_topic, s.predictions_topic, s.dead_letter_topic)
+        report["topics"] = [topic_stats(s, t) for t in topics]
+        report["ray"] = ray_resources(s)
+        report["runs"] = [asdict(r) for r in list_runs(s, 5)]
+    report["links"] = links(s)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+    else:
+        _print_status(report)
+    raise typer.Exit(0 if healthy else 1)
+
+
+@app.command("demo")
+def demo(
+    rows: int = typer.Option(2000, help="Valid raw rows to write."),
+    malformed: int = typer.Option(70, help="Malformed raw rows to write."),
+) -> None:
+    """The whole pipeline as deployment runs, with a reconciled summary (exit 1 on mismatch)."""
+    from mlplatform.demo import main
+
+    raise typer.Exit(main(["--rows", str(rows), "--malformed", str(malformed)]))
 
 
 if __name__ == "__main__":

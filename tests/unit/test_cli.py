@@ -146,3 +146,37 @@ def test_models_rollback_on_empty_registry(settings: Settings, runner: CliRunner
     result = runner.invoke(app, ["models", "rollback"])
     assert result.exit_code == 1
     assert "no earlier champion" in result.stderr
+
+
+def test_runs_list_shows_checkpoint_progress(settings: Settings, runner: CliRunner) -> None:
+    from checkpoints.store import CheckpointStore
+
+    store = CheckpointStore(settings.resolved_database_url)
+    run = store.start_run(
+        kind="batch-inference", dataset="ml.features", snapshot_id=42, model_version=3,
+        mode="fused", rows_total=500,
+    )  # fmt: skip
+    store.record_unit(run.run_id, 0, 200, 200, 7)
+    store.record_unit(run.run_id, 1, 100, 100, 8)
+    result = runner.invoke(app, ["runs", "list"])
+    assert result.exit_code == 0, result.output
+    assert run.run_id in result.output and "rows 300/500 units 2" in result.output
+    [row] = json.loads(runner.invoke(app, ["runs", "list", "--json"]).output)
+    assert (row["rows_done"], row["units_done"], row["status"]) == (300, 2, "running")
+
+
+def test_resuming_an_unknown_run_fails_with_its_id(settings: Settings, runner: CliRunner) -> None:
+    result = runner.invoke(app, ["runs", "resume", "no-such-run"])
+    assert result.exit_code == 1
+    assert "no checkpointed run with id 'no-such-run'" in result.output
+
+
+def test_run_rejects_unknown_flows_and_bad_params(settings: Settings, runner: CliRunner) -> None:
+    from mlplatform.cli import _parse_params
+
+    assert runner.invoke(app, ["run", "nonsense"]).exit_code == 2
+    assert _parse_params(["max_messages=500", "timeout_s=null", "name=abc"]) == {
+        "max_messages": 500, "timeout_s": None, "name": "abc",
+    }  # fmt: skip
+    result = runner.invoke(app, ["run", "retrain", "--param", "novalue"])
+    assert result.exit_code == 2 and "is not key=value" in result.output
