@@ -17,7 +17,7 @@ from ray.util.state import list_actors
 from mlplatform.dataset import write_demo_raw
 from mlplatform.iceberg_tables import load_table
 from mlplatform.preprocess import preprocess
-from mlplatform.pulsar_io import make_client, read_all
+from mlplatform.pulsar_io import ensure_partitioned_topic, make_client, read_all
 from mlplatform.settings import Settings
 from mlplatform.stream_inference import StreamResult, run_stream_inference
 from mlplatform.training import retrain
@@ -122,3 +122,31 @@ def test_a_poison_message_is_dead_lettered_and_the_stream_goes_on(stream: Settin
     out = [json.loads(m.data()) for m in read_all(stream, stream.predictions_topic)]
     assert [m for m in out if m["event_id"] == "poison-neighbour"][0]["label_name"] == "setosa"
     assert time.monotonic() - started < 60
+
+
+def test_key_shared_runs_more_actors_than_partitions(stream: Settings) -> None:
+    tag = uuid.uuid4().hex[:6]
+    s = stream.model_copy(
+        update={
+            "features_topic": f"{stream.features_topic}-ks-{tag}",
+            "predictions_topic": f"{stream.predictions_topic}-ks-{tag}",
+            "stream_subscription": f"ks-{tag}",
+            "stream_subscription_type": "key_shared",
+            "stream_actors": 3,
+        }
+    )
+    ensure_partitioned_topic(s, s.features_topic, 2)
+    client = make_client(s)
+    producer = client.create_producer(s.features_topic, block_if_queue_full=True)
+    keys = [f"ks-{tag}-{i}" for i in range(300)]
+    row = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.2, "petal_width": 2.3}
+    for key in keys:
+        producer.send_async(json.dumps({"event_id": key, **row}).encode(), None, partition_key=key)
+    producer.flush()
+    client.close()
+    result = run_stream_inference(s, max_messages=len(keys), timeout_s=120)
+    assert (result.published, result.failed) == (len(keys), 0)
+    out = [json.loads(m.data()) for m in read_all(s, s.predictions_topic)]
+    assert sorted(m["event_id"] for m in out) == sorted(keys)  # no crash: each exactly once
+    table = load_table(s, s.stream_predictions_table).scan().to_pandas()
+    assert sorted(table[table["event_id"].str.startswith(f"ks-{tag}")]["event_id"]) == sorted(keys)
