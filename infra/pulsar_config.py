@@ -47,9 +47,38 @@ def standalone_overrides(s: Settings) -> dict[str, str]:
     }
 
 
+TOKEN_PROVIDER = "org.apache.pulsar.broker.authentication.AuthenticationProviderToken"
+TOKEN_CLIENT_PLUGIN = "org.apache.pulsar.client.impl.auth.AuthenticationToken"
+
+
+def secret_key_file(s: Settings) -> Path:
+    return s.pulsar_auth_dir / "secret.key"
+
+
+def auth_overrides(s: Settings) -> dict[str, str]:
+    """Token authentication and authorization; the broker's own clients use the admin token.
+
+    Only file:// paths go into the config, never a key or a token. Off: the template's defaults
+    (both disabled).
+    """
+    if not s.pulsar_auth:
+        return {}
+    return {
+        "authenticationEnabled": "true",
+        "authorizationEnabled": "true",
+        "authenticationProviders": TOKEN_PROVIDER,
+        "tokenSecretKey": f"file://{secret_key_file(s)}",
+        "superUserRoles": s.pulsar_auth_admin_role,
+        "brokerClientAuthenticationPlugin": TOKEN_CLIENT_PLUGIN,
+        "brokerClientAuthenticationParameters": (
+            f"file://{s.pulsar_role_token_file(s.pulsar_auth_admin_role)}"
+        ),
+    }
+
+
 def write_standalone_conf(s: Settings) -> None:
     template = (s.pulsar_home / "conf" / "standalone.conf").read_text().splitlines()
-    overrides = standalone_overrides(s)
+    overrides = {**standalone_overrides(s), **auth_overrides(s)}
     seen: set[str] = set()
     lines = []
     for line in template:

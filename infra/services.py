@@ -24,6 +24,7 @@ import httpx
 from infra.pulsar_config import (
     FUNCTIONS_VENV,
     functions_worker_conf,
+    secret_key_file,
     write_functions_worker_conf,
     write_standalone_conf,
 )
@@ -45,12 +46,13 @@ class Service:
     env: Callable[[Settings], dict[str, str]]
     start_timeout_s: float = 120.0
     before_start: Callable[[Settings], None] | None = None
+    after_start: Callable[[Settings], None] | None = None  # once healthy (idempotent)
     daemonizes: bool = False  # `ray start` forks its own daemons and returns
 
 
-def _http_ok(url: str, expect: str | None = None) -> bool:
+def _http_ok(url: str, expect: str | None = None, headers: dict[str, str] | None = None) -> bool:
     try:
-        response = httpx.get(url, timeout=3.0)
+        response = httpx.get(url, headers=headers, timeout=3.0)
     except httpx.HTTPError:
         return False
     return response.status_code == 200 and (expect is None or expect in response.text)
@@ -105,9 +107,81 @@ def _pulsar_env(s: Settings) -> dict[str, str]:
     }
 
 
+def _pulsar_tokens(s: Settings, *args: str) -> bytes:
+    """`bin/pulsar tokens ...`; its output (a key or a token) is returned, never logged."""
+    completed = subprocess.run(
+        [str(s.pulsar_home / "bin" / "pulsar"), "tokens", *args],
+        capture_output=True, timeout=120,
+        env={**os.environ, "PULSAR_MEM": "-Xms64m -Xmx128m", "PULSAR_LOG_DIR": str(s.log_dir)},
+    )  # fmt: skip
+    if completed.returncode != 0:
+        raise ServiceError(f"pulsar tokens {args[0]} failed: {completed.stderr.decode()[-1000:]}")
+    return completed.stdout
+
+
+def ensure_pulsar_auth_material(s: Settings) -> None:
+    """The secret key and the admin and client tokens, created once (owner-only files)."""
+    s.pulsar_auth_dir.mkdir(parents=True, exist_ok=True)
+    s.pulsar_auth_dir.chmod(0o700)
+    key = secret_key_file(s)
+    if not key.exists():
+        _pulsar_tokens(s, "create-secret-key", "--output", str(key))
+        key.chmod(0o600)
+        for stale in s.pulsar_auth_dir.glob("*.token"):  # signed with a key that is gone
+            stale.unlink()
+    for role in (s.pulsar_auth_admin_role, s.pulsar_auth_client_role):
+        path = s.pulsar_role_token_file(role)
+        if not path.exists():
+            token = _pulsar_tokens(s, "create", "--secret-key", f"file://{key}", "--subject", role)
+            path.touch(mode=0o600)
+            path.write_bytes(token.strip() + b"\n")
+
+
+def pulsar_admin_token_headers(s: Settings) -> dict[str, str]:
+    """Infra's own admin calls: the superuser token when the broker has authentication."""
+    if not s.pulsar_auth:
+        return {}
+    token = s.pulsar_role_token_file(s.pulsar_auth_admin_role).read_text().strip()
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _pulsar_healthy(s: Settings) -> bool:
+    url = f"{s.pulsar_admin_url}/admin/v2/brokers/health"
+    try:
+        headers = pulsar_admin_token_headers(s)
+    except OSError:
+        return False
+    return _http_ok(url, "ok", headers)
+
+
+def _pulsar_grant(s: Settings) -> None:
+    """Authorization of the client role: produce and consume on public/default, and admin of
+    the tenant `public`, because creating partitioned topics and subscriptions over the admin
+    API (preprocess does) needs a tenant admin in Pulsar. Other roles get nothing."""
+    if not s.pulsar_auth:
+        return
+    role, headers = s.pulsar_auth_client_role, pulsar_admin_token_headers(s)
+    base = f"{s.pulsar_admin_url}/admin/v2"
+    tenant = httpx.get(f"{base}/tenants/public", headers=headers, timeout=30.0)
+    if tenant.status_code != 200:
+        raise ServiceError(f"pulsar: reading tenant public failed ({tenant.status_code})")
+    info = tenant.json()
+    if role not in info.get("adminRoles", []):
+        info["adminRoles"] = [*info.get("adminRoles", []), role]
+        updated = httpx.post(f"{base}/tenants/public", json=info, headers=headers, timeout=30.0)
+        if updated.status_code not in (200, 204):
+            raise ServiceError(f"pulsar: making {role} admin of public failed: {updated.text}")
+    url = f"{base}/namespaces/public/default/permissions/{role}"
+    granted = httpx.post(url, json=["produce", "consume"], headers=headers, timeout=30.0)
+    if granted.status_code not in (200, 204):
+        raise ServiceError(f"pulsar: granting {role} failed: {granted.text}")
+
+
 def _pulsar_prepare(s: Settings) -> None:
     if not (s.pulsar_home / "bin" / "pulsar").exists():
         raise ServiceError(f"Pulsar is not installed at {s.pulsar_home}: run `make setup` first")
+    if s.pulsar_auth:
+        ensure_pulsar_auth_material(s)
     write_standalone_conf(s)
     if s.pulsar_functions_worker:
         if not (FUNCTIONS_VENV / "bin" / "python3").exists():
@@ -163,8 +237,9 @@ SERVICES: dict[str, Service] = {
         port=lambda s: s.pulsar_broker_port,
         command=_pulsar_command,
         env=_pulsar_env,
-        healthy=lambda s: _http_ok(f"{s.pulsar_admin_url}/admin/v2/brokers/health", "ok"),
+        healthy=_pulsar_healthy,
         before_start=_pulsar_prepare,
+        after_start=_pulsar_grant,
         start_timeout_s=180.0,
     ),
     "prefect-server": Service(
@@ -268,6 +343,8 @@ def start(service: Service, settings: Settings) -> str:
     deadline = time.monotonic() + service.start_timeout_s
     while time.monotonic() < deadline:
         if service.healthy(settings):
+            if service.after_start:
+                service.after_start(settings)
             return f"{service.name}: started"
         exited = process.poll() is not None if process else _running_pid(settings, service) is None
         if not service.daemonizes and exited:

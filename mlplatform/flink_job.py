@@ -55,6 +55,18 @@ def validation_sql(cfg: dict[str, Any]) -> str:
 
 
 MESSAGE_KEY = "_message_key"
+TOKEN_AUTH_PLUGIN = "org.apache.pulsar.client.impl.auth.AuthenticationToken"
+
+
+def pulsar_auth_options(cfg: dict[str, Any]) -> dict[str, str]:
+    """The connector's client authentication: a token read from a file, never inlined."""
+    token_file = cfg.get("pulsar_token_file")
+    if not token_file:
+        return {}
+    return {
+        "pulsar.client.authPluginClassName": TOKEN_AUTH_PLUGIN,
+        "pulsar.client.authParams": f"file://{token_file}",
+    }
 
 
 def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -80,6 +92,7 @@ def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
                 "key.format": "raw",
                 "key.fields": MESSAGE_KEY,
                 "sink.topic-routing-mode": "message-key-hash",
+                **pulsar_auth_options(cfg),
             }
         )
         + ")",

@@ -57,7 +57,8 @@ def jdbc_catalog_options(s: Settings) -> dict[str, str]:
     return options
 
 
-def job_config(s: Settings, input_dir: Path, job_name: str) -> dict:
+def job_config(s: Settings, input_dir: Path, job_name: str, token_file: Path | None = None) -> dict:
+    """The job's JSON config. Pulsar's token goes by file path only, never by value."""
     return {
         "job_name": job_name,
         "input_path": f"file://{input_dir}",
@@ -76,6 +77,7 @@ def job_config(s: Settings, input_dir: Path, job_name: str) -> dict:
         "features_topic": s.features_topic,
         "pulsar_service_url": s.pulsar_service_url,
         "pulsar_admin_url": s.pulsar_admin_url,
+        "pulsar_token_file": str(token_file) if token_file else None,
         "parallelism": s.flink_parallelism,
         "python_executable": str(s.flink_python),
     }
@@ -107,15 +109,27 @@ def run_flink_job(s: Settings, input_dir: Path, job_name: str, timeout_s: float 
         raise FlinkJobError(f"Flink environment missing at {s.flink_python}: run `make setup`")
     config_path = s.state_dir / "flink" / f"{job_name}.json"
     config_path.parent.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(json.dumps(job_config(s, input_dir, job_name)))
+    token_file = s.resolved_pulsar_token_file
+    temporary_token = None
+    if token_file is None and s.pulsar_auth_token is not None:
+        # A token given by value reaches the job as an owner-only file that lives for the run.
+        temporary_token = config_path.with_suffix(".token")
+        temporary_token.touch(mode=0o600)
+        temporary_token.write_text(s.pulsar_auth_token.get_secret_value())
+        token_file = temporary_token
+    config_path.write_text(json.dumps(job_config(s, input_dir, job_name, token_file)))
     flink_logs = s.log_dir / "flink"
     flink_logs.mkdir(parents=True, exist_ok=True)
-    completed = subprocess.run(
-        [str(s.flink_python), str(JOB_FILE), str(config_path)],
-        capture_output=True, text=True, timeout=timeout_s, cwd=PROJECT_DIR,
-        env={**os.environ, "FLINK_LOG_DIR": str(flink_logs)},
-    )  # fmt: skip
-    config_path.unlink(missing_ok=True)
+    try:
+        completed = subprocess.run(
+            [str(s.flink_python), str(JOB_FILE), str(config_path)],
+            capture_output=True, text=True, timeout=timeout_s, cwd=PROJECT_DIR,
+            env={**os.environ, "FLINK_LOG_DIR": str(flink_logs)},
+        )  # fmt: skip
+    finally:
+        config_path.unlink(missing_ok=True)
+        if temporary_token is not None:
+            temporary_token.unlink(missing_ok=True)
     if completed.returncode != 0:
         log = s.log_dir / f"flink-{job_name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)

@@ -18,10 +18,16 @@ def _topic_path(topic: str) -> str:
     return f"{scheme}/{rest}"
 
 
+def admin_headers(s: Settings) -> dict[str, str]:
+    """Headers for the admin REST API: the client token as a bearer token, when there is one."""
+    token = s.pulsar_token()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def ensure_partitioned_topic(s: Settings, topic: str, partitions: int) -> None:
     """Create a partitioned topic; an existing one is left as it is."""
     url = f"{s.pulsar_admin_url}/admin/v2/{_topic_path(topic)}/partitions"
-    response = httpx.put(url, json=partitions, timeout=30.0)
+    response = httpx.put(url, json=partitions, headers=admin_headers(s), timeout=30.0)
     if response.status_code not in (204, 409):
         raise RuntimeError(
             f"could not create topic {topic} ({response.status_code}): {response.text}"
@@ -32,7 +38,8 @@ def ensure_subscription(s: Settings, topic: str, subscription: str) -> None:
     """Create a durable subscription at the earliest message, so the topic keeps its backlog
     for the stream consumers even before they first connect."""
     url = f"{s.pulsar_admin_url}/admin/v2/{_topic_path(topic)}/subscription/{subscription}"
-    response = httpx.put(url, json={"entryId": -1, "ledgerId": -1}, timeout=30.0)
+    position = {"entryId": -1, "ledgerId": -1}
+    response = httpx.put(url, json=position, headers=admin_headers(s), timeout=30.0)
     if response.status_code not in (204, 409):
         raise RuntimeError(
             f"could not create subscription {subscription} on {topic} "
@@ -42,14 +49,17 @@ def ensure_subscription(s: Settings, topic: str, subscription: str) -> None:
 
 def topic_partitions(s: Settings, topic: str) -> int:
     url = f"{s.pulsar_admin_url}/admin/v2/{_topic_path(topic)}/partitions"
-    response = httpx.get(url, timeout=30.0)
+    response = httpx.get(url, headers=admin_headers(s), timeout=30.0)
     response.raise_for_status()
     return int(response.json()["partitions"])
 
 
 def make_client(s: Settings) -> pulsar.Client:
+    """A client of the configured broker, with the settings' token when there is one."""
+    token = s.pulsar_token()
     return pulsar.Client(
         s.pulsar_service_url,
+        authentication=pulsar.AuthenticationToken(token) if token else None,
         operation_timeout_seconds=30,
         logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn),
     )

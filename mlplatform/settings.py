@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -33,6 +33,16 @@ class Settings(BaseSettings):
     pulsar_direct_memory: str = "512m"
     # Also run Pulsar's own functions worker in the broker (pulsar-admin functions create).
     pulsar_functions_worker: bool = False
+    # Token (JWT) authentication. Clients send the token from pulsar_auth_token or from the file
+    # pulsar_auth_token_file (read at each connect, so it can be rotated); setting both is an error.
+    # With neither, and pulsar_auth on, clients use the client-role token infra generated.
+    pulsar_auth_token: SecretStr | None = None
+    pulsar_auth_token_file: Path | None = None
+    # The embedded broker: authentication + namespace authorization. Restart Pulsar after changing.
+    # Its secret key and tokens live in pulsar_auth_dir (.local/state/pulsar/auth, never committed).
+    pulsar_auth: bool = False
+    pulsar_auth_admin_role: str = "mlp-admin"  # superuser: the broker's own clients and infra
+    pulsar_auth_client_role: str = "mlp-client"  # the platform's clients: produce + consume
     features_topic: str = "persistent://public/default/features"
     features_topic_partitions: int = 2
     predictions_topic: str = "persistent://public/default/predictions"
@@ -132,6 +142,48 @@ class Settings(BaseSettings):
 
     # Flink.
     flink_parallelism: int = 1
+
+    @model_validator(mode="after")
+    def _one_pulsar_token_source(self) -> Settings:
+        if self.pulsar_auth_token is not None and self.pulsar_auth_token_file is not None:
+            raise ValueError(
+                "set MLP_PULSAR_AUTH_TOKEN or MLP_PULSAR_AUTH_TOKEN_FILE, not both: "
+                "remove one of them from the environment or .env"
+            )
+        return self
+
+    @property
+    def pulsar_auth_dir(self) -> Path:
+        return self.state_dir / "pulsar" / "auth"
+
+    def pulsar_role_token_file(self, role: str) -> Path:
+        """Where infra keeps the embedded broker's token for `role`."""
+        return self.pulsar_auth_dir / f"{role}.token"
+
+    @property
+    def resolved_pulsar_token_file(self) -> Path | None:
+        """The token file clients use: the configured one, else the embedded client token."""
+        if self.pulsar_auth_token_file is not None:
+            return self.pulsar_auth_token_file
+        if self.pulsar_auth and self.pulsar_auth_token is None:
+            return self.pulsar_role_token_file(self.pulsar_auth_client_role)
+        return None
+
+    def pulsar_token(self) -> str | None:
+        """The token clients send, or None without authentication. Never log it."""
+        if self.pulsar_auth_token is not None:
+            return self.pulsar_auth_token.get_secret_value()
+        path = self.resolved_pulsar_token_file
+        if path is None:
+            return None
+        try:
+            return path.read_text().strip()
+        except OSError as error:
+            raise ValueError(
+                f"cannot read the Pulsar token file {path} ({error.strerror}): set "
+                "MLP_PULSAR_AUTH_TOKEN_FILE to a readable file, or start the broker with "
+                "MLP_PULSAR_AUTH=true so infra creates it"
+            ) from error
 
     # The embedded services listen where the URLs above point: one place to change a port.
     @property
