@@ -16,6 +16,16 @@ if ! command -v uv >/dev/null || [[ "$(uv --version | cut -d' ' -f2)" != "$UV_VE
   python3.11 -m pip install --quiet "uv==$UV_VERSION"
 fi
 
+# Debian's chromium for the Prefect UI browser test (Playwright drives it; no browser downloads).
+if command -v chromium >/dev/null; then
+  echo "setup: chromium in place"
+else
+  echo "setup: installing Debian's chromium"
+  SUDO=$([[ $EUID -eq 0 ]] || echo sudo)  # root on CI
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+fi
+
 h=$(hash_of uv.lock pyproject.toml)
 if [[ -x .venv/bin/python ]] && stamp_ok main-venv "$h"; then
   echo "setup: main environment up to date"
