@@ -18,8 +18,12 @@ def batch_inference(
 ) -> dict:
     """Predict every row of a features snapshot exactly once.
 
-    An unfinished run over the same snapshot and model is continued automatically;
-    `resume_run_id` continues a given checkpointed run instead.
+    An unfinished run over the same snapshot and model is continued automatically.
+
+    Args:
+        resume_run_id: continue this checkpointed run (`mlp runs list` shows them).
+        model_version: the registry version to predict with; default: the champion.
+        snapshot_id: the Iceberg features snapshot to read; default: the latest.
     """
     result = batch_predict(get_settings(), resume_run_id, model_version, snapshot_id)
     print(f"batch-inference: {result}")

@@ -12,9 +12,11 @@ from tasks.training import roll_back, train_and_decide
 
 @flow(name="retrain", log_prints=True)
 def retrain(snapshot_id: int | None = None, rollback_to: int | None = None) -> dict:
-    """Train the candidate grid on `snapshot_id` (default: the latest snapshot).
+    """Train the candidate grid on a pinned snapshot; promote the best if it is not worse.
 
-    `rollback_to` skips training and makes that earlier model version the champion again.
+    Args:
+        snapshot_id: the Iceberg features snapshot to train on; default: the latest.
+        rollback_to: skip training and make this earlier model version the champion again.
     """
     settings = get_settings()
     if rollback_to is not None:

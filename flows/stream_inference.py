@@ -19,8 +19,12 @@ def stream_inference(
     """Run the stream consumers until `max_messages` are predicted or `timeout_s` passes.
 
     With neither, it runs until the flow run is cancelled (the `continuous` deployment); what it
-    had not written yet is redelivered to the next run. `model_version` pins a model; otherwise
-    the consumers follow the registry's champion.
+    had not written yet is redelivered to the next run.
+
+    Args:
+        max_messages: stop after this many predictions; default: no limit.
+        timeout_s: stop after this many seconds; null: run until cancelled.
+        model_version: pin this registry version; default: follow the champion as it changes.
     """
     result = stream_predict(get_settings(), max_messages, timeout_s, model_version)
     print(f"stream-inference: {result}")
