@@ -10,6 +10,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,41 @@ def isolated(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Se
         database_url=f"sqlite:///{root / 'platform.db'}",
         commit_every_rows=100,
     )
+
+
+def module_settings(isolated: Settings, name: str, **overrides: object) -> Settings:
+    """The session's settings with a namespace, topics, subscription, landing folder and
+    database of one test module's own (`name`), plus `overrides`."""
+    tag = f"{name}-{uuid.uuid4().hex[:6]}"
+    return isolated.model_copy(
+        update={
+            "namespace": f"{isolated.namespace}_{name}",
+            "features_topic": f"{isolated.features_topic}-{tag}",
+            "predictions_topic": f"{isolated.predictions_topic}-{tag}",
+            "dead_letter_topic": f"{isolated.dead_letter_topic}-{tag}",
+            "stream_subscription": tag,
+            "landing_dir": isolated.resolved_landing_dir.parent / f"landing-{tag}",
+            "database_url": isolated.resolved_database_url.replace(".db", f"-{tag}.db"),
+            **overrides,
+        }
+    )
+
+
+@contextmanager
+def extra_broker(s: Settings, what: str) -> Iterator[Settings]:
+    """A second Pulsar broker with settings `s` (own ports and state), stopped however the test
+    ends; one that does not start fails the test."""
+    from infra.services import SERVICES, ServiceError, start, stop
+
+    service = SERVICES["pulsar"]
+    try:
+        try:
+            start(service, s)
+        except ServiceError as error:
+            pytest.fail(f"the broker {what} did not start: {error}")
+        yield s
+    finally:
+        stop(service, s)
 
 
 def settings_env(s: Settings) -> dict[str, str]:

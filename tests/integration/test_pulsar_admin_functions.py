@@ -23,10 +23,10 @@ import pytest
 from sklearn.datasets import load_iris
 from sklearn.tree import DecisionTreeClassifier
 
-from infra.services import SERVICES, ServiceError, start, stop
 from mlplatform import model_registry
 from mlplatform.pulsar_functions import champion_user_config
 from mlplatform.settings import PROJECT_DIR, Settings, get_settings
+from tests.conftest import extra_broker
 
 pytestmark = pytest.mark.integration
 
@@ -92,15 +92,8 @@ def worker_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings
         feature_order=MODEL_ORDER, label_names=[str(n) for n in load_iris().target_names],
     )  # fmt: skip
     model_registry.promote(s, row.version)
-    service = SERVICES["pulsar"]
-    try:
-        try:
-            start(service, s)
-        except ServiceError as error:
-            pytest.fail(f"the broker with the functions worker did not start: {error}")
+    with extra_broker(s, "with the functions worker"):
         yield s
-    finally:
-        stop(service, s)
 
 
 def _create_command(s: Settings, classname: str, name: str, tag: str, config: str) -> list[str]:

@@ -24,7 +24,7 @@ import pytest
 from pydantic import SecretStr
 
 from infra.pulsar_config import secret_key_file
-from infra.services import SERVICES, ServiceError, pulsar_admin_token_headers, start, stop
+from infra.services import pulsar_admin_token_headers
 from mlplatform.dataset import write_demo_raw
 from mlplatform.preprocess import preprocess
 from mlplatform.pulsar_io import (
@@ -36,6 +36,7 @@ from mlplatform.pulsar_io import (
     topic_partitions,
 )
 from mlplatform.settings import Settings, get_settings
+from tests.conftest import extra_broker
 
 pytestmark = pytest.mark.integration
 
@@ -77,15 +78,8 @@ def auth_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         warehouse=f"file://{root / 'warehouse'}",
         database_url=f"sqlite:///{root / 'platform.db'}",
     )
-    service = SERVICES["pulsar"]
-    try:
-        try:
-            start(service, s)
-        except ServiceError as error:
-            pytest.fail(f"the broker with token authentication did not start: {error}")
+    with extra_broker(s, "with token authentication"):
         yield s
-    finally:
-        stop(service, s)
 
 
 def _with_token(s: Settings, token: str | None) -> Settings:

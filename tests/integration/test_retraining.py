@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from mlplatform.serving import start_serving, stop_serving
 from mlplatform.settings import Settings
 from mlplatform.stream_inference import run_stream_inference
 from mlplatform.training import read_snapshot, retrain, split, train_candidates
+from tests.conftest import module_settings
 
 pytestmark = pytest.mark.integration
 
@@ -30,18 +30,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def lake(isolated: Settings) -> Settings:
     """Tables, topics and a registry of this module's own, with 600 rows preprocessed."""
-    tag = uuid.uuid4().hex[:6]
-    s = isolated.model_copy(
-        update={
-            "namespace": f"{isolated.namespace}_retrain",
-            "features_topic": f"{isolated.features_topic}-retrain-{tag}",
-            "predictions_topic": f"{isolated.predictions_topic}-retrain-{tag}",
-            "stream_subscription": f"retrain-{tag}",
-            "landing_dir": isolated.resolved_landing_dir.parent / f"landing-retrain-{tag}",
-            "database_url": isolated.resolved_database_url.replace(".db", f"-retrain-{tag}.db"),
-            "model_refresh_s": 1.0,
-        }
-    )
+    s = module_settings(isolated, "retrain", model_refresh_s=1.0)
     write_demo_raw(s, 600, 0, seed=31)
     preprocess(s, run_id="retrain-it")
     return s

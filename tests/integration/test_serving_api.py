@@ -22,6 +22,7 @@ from mlplatform.preprocess import preprocess
 from mlplatform.serving import manage_serving, serving_status, start_serving, stop_serving
 from mlplatform.settings import Settings, get_settings
 from mlplatform.training import retrain
+from tests.conftest import module_settings
 
 pytestmark = pytest.mark.integration
 
@@ -35,19 +36,15 @@ JSON = {"content-type": "application/json"}
 def lake(isolated: Settings) -> Settings:
     """A registry of this module's own with a trained champion (and other candidates)."""
     tag = uuid.uuid4().hex[:6]
-    s = isolated.model_copy(
-        update={
-            "namespace": f"{isolated.namespace}_serve",
-            "features_topic": f"{isolated.features_topic}-serve-{tag}",
-            "landing_dir": isolated.resolved_landing_dir.parent / f"landing-serve-{tag}",
-            "database_url": isolated.resolved_database_url.replace(".db", f"-serve-{tag}.db"),
-            "model_refresh_s": 1.0,
-            "serve_max_rows": MAX_ROWS,
-            "serve_app_name": f"model-it-{tag}",
-            "serve_route_prefix": f"/it-{tag}",
-            "serve_min_replicas": 1,
-            "serve_max_replicas": 1,
-        }
+    s = module_settings(
+        isolated,
+        "serve",
+        model_refresh_s=1.0,
+        serve_max_rows=MAX_ROWS,
+        serve_app_name=f"model-it-{tag}",
+        serve_route_prefix=f"/it-{tag}",
+        serve_min_replicas=1,
+        serve_max_replicas=1,
     )
     write_demo_raw(s, 400, 0, seed=43)
     preprocess(s, run_id="serve-it")

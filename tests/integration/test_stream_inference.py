@@ -21,6 +21,7 @@ from mlplatform.pulsar_io import ensure_partitioned_topic, make_client, read_all
 from mlplatform.settings import Settings
 from mlplatform.stream_inference import StreamResult, run_stream_inference
 from mlplatform.training import retrain
+from tests.conftest import module_settings
 
 pytestmark = pytest.mark.integration
 
@@ -30,21 +31,13 @@ ROWS = 3000
 @pytest.fixture(scope="module")
 def stream(isolated: Settings) -> Settings:
     """Topics, tables and a registry of this module's own; ROWS feature messages and a champion."""
-    tag = uuid.uuid4().hex[:6]
-    s = isolated.model_copy(
-        update={
-            "namespace": f"{isolated.namespace}_stream",
-            "features_topic": f"{isolated.features_topic}-stream-{tag}",
-            "predictions_topic": f"{isolated.predictions_topic}-stream-{tag}",
-            "dead_letter_topic": f"{isolated.dead_letter_topic}-stream-{tag}",
-            "stream_subscription": f"stream-{tag}",
-            "landing_dir": isolated.resolved_landing_dir.parent / f"landing-stream-{tag}",
-            "database_url": isolated.resolved_database_url.replace(".db", f"-stream-{tag}.db"),
-            # Small micro-batches and frequent commits: a kill lands between many of them.
-            "stream_batch_max": 20,
-            "stream_commit_interval_s": 0.5,
-            "stream_nack_delay_ms": 200,
-        }
+    s = module_settings(
+        isolated,
+        "stream",
+        # Small micro-batches and frequent commits: a kill lands between many of them.
+        stream_batch_max=20,
+        stream_commit_interval_s=0.5,
+        stream_nack_delay_ms=200,
     )
     write_demo_raw(s, ROWS, 0, seed=41)
     preprocess(s, run_id="stream-it")
