@@ -6,6 +6,7 @@ from dataclasses import asdict
 
 from prefect import flow
 
+from mlplatform.logs import configure_logging
 from mlplatform.settings import get_settings
 from tasks.inference import batch_predict
 
@@ -25,6 +26,7 @@ def batch_inference(
         model_version: the registry version to predict with; default: the champion.
         snapshot_id: the Iceberg features snapshot to read; default: the latest.
     """
+    configure_logging(get_settings())
     result = batch_predict(get_settings(), resume_run_id, model_version, snapshot_id)
     print(f"batch-inference: {result}")
     return asdict(result)

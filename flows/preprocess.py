@@ -6,6 +6,7 @@ from dataclasses import asdict
 
 from prefect import flow
 
+from mlplatform.logs import configure_logging
 from mlplatform.settings import get_settings
 from tasks.preprocess import announce, run_preprocess
 
@@ -14,6 +15,7 @@ from tasks.preprocess import announce, run_preprocess
 def preprocess() -> dict:
     """Clean every file waiting in the landing folder with the PyFlink job."""
     settings = get_settings()
+    configure_logging(settings)
     result = run_preprocess(settings)
     new_rows = announce(settings, result)
     print(f"preprocess: {result}; {new_rows} rows since the champion's training snapshot")

@@ -6,6 +6,7 @@ from dataclasses import asdict
 
 from prefect import flow
 
+from mlplatform.logs import configure_logging
 from mlplatform.settings import get_settings
 from tasks.training import roll_back, train_and_decide
 
@@ -19,6 +20,7 @@ def retrain(snapshot_id: int | None = None, rollback_to: int | None = None) -> d
         rollback_to: skip training and make this earlier model version the champion again.
     """
     settings = get_settings()
+    configure_logging(settings)
     if rollback_to is not None:
         version = roll_back(settings, rollback_to)
         print(f"retrain: rolled back to model version {version}")

@@ -11,6 +11,7 @@ from typing import Literal
 
 from prefect import flow
 
+from mlplatform.logs import configure_logging
 from mlplatform.settings import get_settings
 from tasks.serving import apply_serving_action
 
@@ -25,6 +26,7 @@ def serving(
         action: start (deploy, or redeploy with new settings), stop, or status.
         model_version: with start, pin this registry version; default: follow the champion.
     """
+    configure_logging(get_settings())
     state = apply_serving_action(get_settings(), action, model_version)
     print(f"serving: {state.action} -> {state.status} at {state.address}: {state.detail}")
     return asdict(state)

@@ -6,6 +6,7 @@ from dataclasses import asdict
 
 from prefect import flow
 
+from mlplatform.logs import configure_logging
 from mlplatform.settings import get_settings
 from tasks.inference import stream_predict
 
@@ -26,6 +27,7 @@ def stream_inference(
         timeout_s: stop after this many seconds; null: run until cancelled.
         model_version: pin this registry version; default: follow the champion as it changes.
     """
+    configure_logging(get_settings())
     result = stream_predict(get_settings(), max_messages, timeout_s, model_version)
     print(f"stream-inference: {result}")
     return asdict(result)

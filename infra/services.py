@@ -8,6 +8,7 @@ Starting a running service does nothing; a port held by another process is a cle
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import signal
@@ -74,7 +75,24 @@ def _prefect_env(s: Settings) -> dict[str, str]:
         "PREFECT_UI_API_URL": s.prefect_api_url,
         "PREFECT_WORKER_QUERY_SECONDS": "2",
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "10",
+        **_prefect_auth_env(s),
     }
+
+
+def _prefect_auth_env(s: Settings) -> dict[str, str]:
+    """The API auth string for the server and its clients (the worker, flow runs), when set."""
+    if s.prefect_api_auth_string is None:
+        return {}
+    auth = s.prefect_api_auth_string.get_secret_value()
+    return {"PREFECT_SERVER_API_AUTH_STRING": auth, "PREFECT_API_AUTH_STRING": auth}
+
+
+def prefect_auth_headers(s: Settings) -> dict[str, str]:
+    """The Authorization header Prefect's server checks: Basic base64(auth string)."""
+    if s.prefect_api_auth_string is None:
+        return {}
+    token = base64.b64encode(s.prefect_api_auth_string.get_secret_value().encode()).decode()
+    return {"Authorization": f"Basic {token}"}
 
 
 def _pulsar_command(s: Settings) -> list[str]:
@@ -204,7 +222,10 @@ def _worker_healthy(s: Settings) -> bool:
         return False
     try:
         response = httpx.post(
-            f"{s.prefect_api_url}/work_pools/{s.work_pool}/workers/filter", json={}, timeout=3.0
+            f"{s.prefect_api_url}/work_pools/{s.work_pool}/workers/filter",
+            json={},
+            headers=prefect_auth_headers(s),
+            timeout=3.0,
         )
     except httpx.HTTPError:
         return False

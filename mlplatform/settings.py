@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     # Orchestration.
     prefect_api_url: str = "http://127.0.0.1:4200/api"
     work_pool: str = "mlp-process"
+    # Basic auth of the Prefect API: PREFECT_SERVER_API_AUTH_STRING on the server and
+    # PREFECT_API_AUTH_STRING on clients (infra passes both). "user:password" by convention.
+    prefect_api_auth_string: SecretStr | None = None
 
     # Inference engine: an address of a running Ray cluster, or "local" for a private ray.init().
     ray_address: str = "127.0.0.1:6379"
@@ -142,6 +145,9 @@ class Settings(BaseSettings):
 
     # Flink.
     flink_parallelism: int = 1
+
+    # Logging: "json" writes one JSON object per line with the run id (mlplatform/logs.py).
+    log_format: Literal["text", "json"] = "text"
 
     @model_validator(mode="after")
     def _one_pulsar_token_source(self) -> Settings:
