@@ -32,6 +32,7 @@ test-unit: setup
 
 bench: up  ## the benchmarks under benchmarks/, JSON results in benchmarks/results/
 	$(PY) -m benchmarks.retrain
+	$(PY) -m benchmarks.streaming
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
