@@ -51,7 +51,10 @@ class RunIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         job = _job_run_id.get()
-        record.run_id = _flow_run_id() or job
+        # Prefect's run loggers carry the id themselves, also after the run's context closed.
+        tagged = getattr(record, "flow_run_id", None)
+        tagged = tagged if tagged and tagged != "<unknown>" else None
+        record.run_id = tagged or _flow_run_id() or job
         record.job_run_id = job
         return True
 

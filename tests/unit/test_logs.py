@@ -60,23 +60,25 @@ def test_every_line_is_json_with_run_id_level_logger_message(
     monkeypatch.setenv("PREFECT__FLOW_RUN_ID", flow_run)  # what a deployment's flow run has
     logger.info("rows %d", 10)
     with bound_run_id("batch-42"):
-        logger.warning("multi\nline \"quoted\" message")
+        logger.warning('multi\nline "quoted" message')
     monkeypatch.delenv("PREFECT__FLOW_RUN_ID")
     with bound_run_id("stream-7"):
         logger.error("outside a flow run")
     logger.debug("no run at all")
+    logger.info("after the run", extra={"flow_run_id": flow_run})  # Prefect's run loggers
 
     lines = _lines(stream)
-    assert len(stream.getvalue().splitlines()) == 4  # newlines inside a message stay escaped
+    assert len(stream.getvalue().splitlines()) == 5  # newlines inside a message stay escaped
     for line in lines:
         assert {"ts", "level", "logger", "message", "run_id"} <= line.keys()
         assert line["logger"] == logger.name
-    assert [line["level"] for line in lines] == ["INFO", "WARNING", "ERROR", "DEBUG"]
+    assert [line["level"] for line in lines] == ["INFO", "WARNING", "ERROR", "DEBUG", "INFO"]
     assert lines[0]["message"] == "rows 10" and lines[0]["run_id"] == flow_run
     assert lines[1]["run_id"] == flow_run and lines[1]["job_run_id"] == "batch-42"
     assert lines[1]["message"] == 'multi\nline "quoted" message'
     assert lines[2]["run_id"] == "stream-7" and "job_run_id" not in lines[2]
     assert lines[3]["run_id"] is None
+    assert lines[4]["run_id"] == flow_run
 
 
 def test_secrets_never_appear(
