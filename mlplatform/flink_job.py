@@ -5,7 +5,9 @@ Reads raw CSV lines from a folder, validates each line with SQL generated from t
 and in one Flink job writes valid rows to the Iceberg features table and the Pulsar features topic,
 and invalid rows, with the reason, to the Iceberg quarantine table.
 
-Usage: python flink_job.py CONFIG_JSON   (prints one JSON line: {"job_id": ..., "status": ...})
+Usage: python flink_job.py CONFIG_JSON   (prints a JSON line {"job_id": ..., "status": "SUBMITTED"}
+once submitted, and a last one with "status": "FINISHED"). With "rest_url" in the config the job
+goes to that Flink session cluster; without, it runs on a local mini-cluster in this process.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 from typing import Any
+from urllib.parse import urlparse
 
 
 def _quote(value: str) -> str:
@@ -111,9 +114,18 @@ def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
 
 
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
+    from pyflink.common import Configuration
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
-    env = TableEnvironment.create(EnvironmentSettings.in_batch_mode())
+    target = Configuration()
+    if cfg.get("rest_url"):
+        # Submit to a session cluster instead of starting a mini-cluster in this process.
+        url = urlparse(cfg["rest_url"])
+        target.set_string("execution.target", "remote")
+        target.set_string("rest.address", url.hostname or "127.0.0.1")
+        target.set_string("rest.port", str(url.port or 8081))
+    settings = EnvironmentSettings.new_instance().in_batch_mode().with_configuration(target)
+    env = TableEnvironment.create(settings.build())
     conf = env.get_config()
     conf.set("parallelism.default", str(cfg["parallelism"]))
     conf.set("python.executable", cfg["python_executable"])
@@ -127,6 +139,8 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     result = statement_set.execute()
     job_client = result.get_job_client()
     job_id = str(job_client.get_job_id()) if job_client else ""
+    # Known before the job ends, so a failure can be looked up by id (the cluster's REST API).
+    print(json.dumps({"job_id": job_id, "status": "SUBMITTED"}), flush=True)
     result.wait()
     return {"job_id": job_id, "status": "FINISHED"}
 

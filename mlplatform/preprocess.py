@@ -9,6 +9,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 from sqlalchemy.engine import make_url
 
 from mlplatform.dataset import header
@@ -30,6 +31,7 @@ class PreprocessResult:
     quarantined_rows: int
     job_id: str
     features_snapshot_id: int | None
+    flink_job_url: str | None = None  # the job in the session cluster's web UI
 
 
 def jdbc_catalog_options(s: Settings) -> dict[str, str]:
@@ -80,6 +82,7 @@ def job_config(s: Settings, input_dir: Path, job_name: str, token_file: Path | N
         "pulsar_token_file": str(token_file) if token_file else None,
         "parallelism": s.flink_parallelism,
         "python_executable": str(s.flink_python),
+        "rest_url": s.flink_rest_url if s.flink_mode == "session" else None,
     }
 
 
@@ -136,8 +139,38 @@ def run_flink_job(s: Settings, input_dir: Path, job_name: str, timeout_s: float 
         log.write_text(completed.stdout + completed.stderr)
         causes = [ln for ln in completed.stderr.splitlines() if "Caused by" in ln or "Error" in ln]
         summary = "\n".join(causes[-5:]) or completed.stderr[-2000:]
+        job_id = _submitted_job_id(completed.stdout)
+        if s.flink_mode == "session" and job_id:
+            summary += f"\nroot cause in the cluster ({job_web_url(s, job_id)}):\n"
+            summary += cluster_root_exception(s, job_id)
         raise FlinkJobError(f"Flink job {job_name} failed (full log: {log}):\n{summary}")
     return json.loads(completed.stdout.strip().splitlines()[-1])["job_id"]
+
+
+def _submitted_job_id(stdout: str) -> str | None:
+    for line in stdout.splitlines():
+        if line.startswith('{"job_id"'):
+            return json.loads(line)["job_id"] or None
+    return None
+
+
+def job_web_url(s: Settings, job_id: str) -> str:
+    """The job's page in the session cluster's web UI."""
+    return f"{s.flink_rest_url.rstrip('/')}/#/job/{job_id}"
+
+
+def cluster_root_exception(s: Settings, job_id: str) -> str:
+    """The first lines of the job's root exception, from the session cluster's REST API."""
+    try:
+        response = httpx.get(f"{s.flink_rest_url.rstrip('/')}/jobs/{job_id}/exceptions", timeout=10)
+        response.raise_for_status()
+        history = response.json().get("exceptionHistory", {}).get("entries", [])
+        trace = history[0]["stacktrace"] if history else response.json().get("root-exception")
+    except (httpx.HTTPError, ValueError, KeyError) as error:
+        return f"(the REST API gave no exception: {error})"
+    lines = (trace or "").splitlines()
+    causes = [ln for ln in lines if ln.startswith("Caused by")]
+    return "\n".join(lines[:1] + causes[-3:])
 
 
 def preprocess(s: Settings, run_id: str) -> PreprocessResult:
@@ -165,4 +198,5 @@ def preprocess(s: Settings, run_id: str) -> PreprocessResult:
         quarantined_rows=count_rows(quarantine) - before[1],
         job_id=job_id,
         features_snapshot_id=snapshot.snapshot_id if snapshot else None,
+        flink_job_url=job_web_url(s, job_id) if s.flink_mode == "session" and job_id else None,
     )

@@ -143,8 +143,11 @@ class Settings(BaseSettings):
     # When set, /predict, /predict/bulk and /model need the header X-API-Key with this value.
     serve_api_key: str | None = Field(default=None, repr=False)
 
-    # Flink.
+    # Flink. "local": PyFlink's mini-cluster, started per job; "session": the job is submitted to
+    # the session cluster at flink_rest_url (python -m infra.flink_cluster up starts one).
     flink_parallelism: int = 1
+    flink_mode: Literal["local", "session"] = "local"
+    flink_rest_url: str = "http://127.0.0.1:8081"
 
     # Logging: "json" writes one JSON object per line with the run id (mlplatform/logs.py).
     log_format: Literal["text", "json"] = "text"

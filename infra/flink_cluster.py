@@ -1,0 +1,205 @@
+"""A Flink session cluster (one JobManager, one TaskManager) from the scripts inside the PyFlink
+distribution, for MLP_FLINK_MODE=session.
+
+Usage: python -m infra.flink_cluster up|down|status
+
+Its configuration is generated into its own folder (FLINK_CONF_DIR,
+.local/state/flink-cluster/conf), every server binds loopback only, and the REST/web UI port
+comes from MLP_FLINK_REST_URL. Logs go to .local/logs/flink-cluster.
+`jobmanager.sh start` / `taskmanager.sh start` put each JVM in the background and append its pid
+to FLINK_PID_DIR/flink-<ident>-<daemon>.pid; `down` kills exactly those pids. The connector jars
+are on the cluster's classpath because infra/setup.sh copied them into pyflink/lib.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+
+from mlplatform.settings import Settings, get_settings
+
+DAEMONS = ("standalonesession", "taskexecutor")
+IDENT = "mlp"  # FLINK_IDENT_STRING: names the pid and log files
+
+
+class FlinkClusterError(RuntimeError):
+    """The session cluster could not be started or stopped."""
+
+
+@dataclass(frozen=True)
+class ClusterDirs:
+    conf: Path
+    logs: Path
+    pids: Path
+
+    @classmethod
+    def default(cls, s: Settings) -> ClusterDirs:
+        state = s.state_dir / "flink-cluster"
+        return cls(state / "conf", s.log_dir / "flink-cluster", state / "pids")
+
+
+def flink_home(s: Settings) -> Path:
+    """The Flink distribution inside the PyFlink wheel of the Flink environment."""
+    lib = s.flink_python.parent.parent / "lib"
+    homes = sorted(lib.glob("python3*/site-packages/pyflink"))
+    if not homes or not (homes[0] / "bin" / "jobmanager.sh").exists():
+        raise FlinkClusterError(f"no PyFlink distribution under {lib}: run `make setup`")
+    return homes[0]
+
+
+def cluster_config(s: Settings, rpc_port: int = 6123) -> dict[str, str]:
+    """Flat config.yaml keys: loopback only, small memory, the REST port from the URL."""
+    url = urlparse(s.flink_rest_url)
+    return {
+        "jobmanager.rpc.address": "127.0.0.1",
+        "jobmanager.rpc.port": str(rpc_port),
+        "jobmanager.bind-host": "127.0.0.1",
+        "jobmanager.memory.process.size": "768m",
+        "jobmanager.execution.failover-strategy": "region",
+        "taskmanager.bind-host": "127.0.0.1",
+        "taskmanager.host": "127.0.0.1",
+        "taskmanager.numberOfTaskSlots": "2",
+        "taskmanager.memory.process.size": "1g",
+        # The default 40% managed memory would leave ~26 MiB of task heap in a 1g process.
+        "taskmanager.memory.managed.size": "128m",
+        "rest.address": url.hostname or "127.0.0.1",
+        "rest.bind-address": "127.0.0.1",
+        "rest.port": str(url.port or 8081),
+        "parallelism.default": str(s.flink_parallelism),
+        "python.executable": str(s.flink_python),
+        "python.client.executable": str(s.flink_python),
+    }
+
+
+def write_conf(s: Settings, dirs: ClusterDirs, rpc_port: int = 6123) -> None:
+    """The distribution's config.yaml (its JVM options are needed on Java 17) with ours on top."""
+    home = flink_home(s)
+    dirs.conf.mkdir(parents=True, exist_ok=True)
+    for name in ("log4j.properties", "log4j-cli.properties", "log4j-console.properties"):
+        shutil.copy(home / "conf" / name, dirs.conf / name)
+    java_opts = ""
+    lines = (home / "conf" / "config.yaml").read_text().splitlines()
+    for line in lines:  # env.java.opts.all, nested in the distribution's file
+        if line.strip().startswith("all: "):
+            java_opts = line.strip()[len("all: ") :]
+    options = {"env.java.opts.all": java_opts, **cluster_config(s, rpc_port)}
+    (dirs.conf / "config.yaml").write_text("".join(f"{k}: {v}\n" for k, v in options.items()))
+
+
+def _env(dirs: ClusterDirs) -> dict[str, str]:
+    return {
+        **os.environ,
+        "FLINK_CONF_DIR": str(dirs.conf),
+        "FLINK_LOG_DIR": str(dirs.logs),
+        "FLINK_PID_DIR": str(dirs.pids),
+        "FLINK_IDENT_STRING": IDENT,
+    }
+
+
+def cluster_pids(dirs: ClusterDirs) -> list[int]:
+    """The JVMs the scripts recorded that are still alive."""
+    alive = []
+    for daemon in DAEMONS:
+        path = dirs.pids / f"flink-{IDENT}-{daemon}.pid"
+        if not path.exists():
+            continue
+        for line in path.read_text().split():
+            try:
+                os.kill(int(line), 0)
+            except (ProcessLookupError, ValueError):
+                continue
+            alive.append(int(line))
+    return alive
+
+
+def healthy(s: Settings, slots: int = 1) -> bool:
+    """The REST API answers and at least `slots` task slots are registered."""
+    try:
+        response = httpx.get(f"{s.flink_rest_url}/overview", timeout=3.0)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200 and response.json().get("slots-total", 0) >= slots
+
+
+def start_cluster(
+    s: Settings, dirs: ClusterDirs | None = None, rpc_port: int = 6123, timeout_s: float = 120
+) -> str:
+    """Start the JobManager and one TaskManager unless the cluster already answers."""
+    dirs = dirs or ClusterDirs.default(s)
+    if healthy(s):
+        return "flink-cluster: already running"
+    if cluster_pids(dirs):
+        stop_cluster(s, dirs)
+    write_conf(s, dirs, rpc_port)
+    dirs.logs.mkdir(parents=True, exist_ok=True)
+    bin_dir = flink_home(s) / "bin"
+    for script in ("jobmanager.sh", "taskmanager.sh"):
+        completed = subprocess.run(
+            ["bash", str(bin_dir / script), "start"],
+            env=_env(dirs), capture_output=True, text=True, timeout=120,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        if completed.returncode != 0:
+            stop_cluster(s, dirs)
+            raise FlinkClusterError(f"{script} start failed: {completed.stdout}{completed.stderr}")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if healthy(s):
+            return f"flink-cluster: started, web UI {s.flink_rest_url}"
+        if len(cluster_pids(dirs)) < len(DAEMONS):
+            break
+        time.sleep(1.0)
+    stop_cluster(s, dirs)
+    raise FlinkClusterError(f"the Flink session cluster did not become healthy; see {dirs.logs}")
+
+
+def stop_cluster(s: Settings, dirs: ClusterDirs | None = None, grace_s: float = 15) -> str:
+    """SIGTERM to the recorded JVMs, SIGKILL after `grace_s`; the pid files are removed."""
+    dirs = dirs or ClusterDirs.default(s)
+    pids = cluster_pids(dirs)
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and cluster_pids(dirs):
+        time.sleep(0.5)
+    for pid in cluster_pids(dirs):
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    if cluster_pids(dirs):
+        raise FlinkClusterError(f"Flink JVMs {cluster_pids(dirs)} survived SIGKILL")
+    for daemon in DAEMONS:
+        (dirs.pids / f"flink-{IDENT}-{daemon}.pid").unlink(missing_ok=True)
+    return "flink-cluster: stopped" if pids else "flink-cluster: not running"
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in {"up", "down", "status"}:
+        print(__doc__, file=sys.stderr)
+        return 2
+    s = get_settings()
+    try:
+        if argv[0] == "up":
+            print(start_cluster(s))
+        elif argv[0] == "down":
+            print(stop_cluster(s))
+        else:
+            up = healthy(s)
+            print(f"flink-cluster   {'healthy' if up else 'down':8} {s.flink_rest_url}")
+            return 0 if up else 1
+    except FlinkClusterError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
