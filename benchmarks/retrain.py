@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import ray
 from sklearn.datasets import load_iris
 
 from mlplatform.candidates import train_grid_on_ray, train_grid_sequential
@@ -36,6 +35,12 @@ def timed(fn, *args) -> tuple[float, list]:
     started = time.perf_counter()
     result = fn(*args)
     return time.perf_counter() - started, result
+
+
+def ray_cpus() -> float | None:
+    import ray  # after mlplatform: its import keeps Ray on loopback (see mlplatform/__init__)
+
+    return ray.cluster_resources().get("CPU")
 
 
 def main() -> None:
@@ -61,7 +66,7 @@ def main() -> None:
         "rows_train": args.rows,
         "rows_holdout": args.rows // 4,
         "candidates": len(s.candidate_grid),
-        "ray_cpus": ray.cluster_resources().get("CPU"),
+        "ray_cpus": ray_cpus(),
         "repeats": args.repeats,
         "sequential_s_median": round(statistics.median(sequential), 3),
         "ray_parallel_s_median": round(statistics.median(parallel), 3),
