@@ -15,7 +15,8 @@ Delivery protocol (effectively once, the default `stream_subscription_type=failo
    last persisted sequence id is not sent again, and the broker's de-duplication drops one that
    raced a crash. (Batching stays off on these producers: the broker de-duplicates a batch by
    its first sequence id only.)
-4. Results are buffered and appended to Iceberg every `stream_commit_interval_s`; the snapshot
+4. Results are buffered and appended to Iceberg every `stream_commit_interval_s`, by a thread
+   of the actor so that predicting goes on meanwhile (one commit at a time, in order); the snapshot
    summary records each producer's highest sequence id (`mlp.hwm.<producer>`), so rows already
    in Iceberg are not appended twice after a crash.
 5. Inputs are acknowledged only once their results are in Iceberg, hence already on the topic.
@@ -33,6 +34,7 @@ import json
 import logging
 import math
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -187,6 +189,8 @@ class StreamConsumer:
         self.written = high_water_marks(self.table) if self.dedup else {}
         self.pending = _Pending()
         self.committed = 0
+        self.committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iceberg-commit")
+        self.committing: Future[None] | None = None
 
     def _subscribe(self, partitions: list[int] | None) -> pulsar.Consumer:
         kind = self.s.stream_subscription_type
@@ -336,16 +340,24 @@ class StreamConsumer:
             raise RuntimeError(f"publishing {len(errors)} predictions failed: {errors[:3]}")
         return published
 
-    def commit(self) -> int:
-        """Append the buffered results to Iceberg, then acknowledge their inputs."""
+    def commit(self, wait: bool = False) -> None:
+        """Hand the buffered results to the commit thread (after the previous commit, whose
+        error is raised here), so that predicting goes on while Iceberg commits."""
         pending, self.pending = self.pending, _Pending()
+        if self.committing is not None:
+            self.committing.result()
+        self.committing = self.committer.submit(self._commit, pending)
+        if wait:
+            self.committing.result()
+
+    def _commit(self, pending: _Pending) -> None:
+        """Append to Iceberg, then acknowledge the inputs (the commit thread)."""
         if pending.rows:
             self._append(pending)
         for message in pending.messages:
             self.consumer.acknowledge(message)
         self.written.update(pending.marks)
         self.committed += len(pending.rows)
-        return len(pending.rows)
 
     def _append(self, pending: _Pending, attempts: int = 10) -> None:
         data = pa.Table.from_pylist(pending.rows, schema=self.table.schema().as_arrow())
@@ -363,7 +375,8 @@ class StreamConsumer:
 
     def close(self) -> int:
         """Commit what is buffered, close the clients; the rows this actor wrote to Iceberg."""
-        self.commit()
+        self.commit(wait=True)
+        self.committer.shutdown()
         for producer in self.producers.values():
             producer.close()
         self.consumer.close()

@@ -45,8 +45,11 @@ def stream(isolated: Settings) -> Settings:
     return s
 
 
-def _consumer_pids() -> list[int]:
-    actors = list_actors(filters=[("class_name", "=", "StreamConsumer"), ("state", "=", "ALIVE")])
+def _consumer_pids(s: Settings) -> list[int]:
+    actors = list_actors(
+        address=s.ray_address,
+        filters=[("class_name", "=", "StreamConsumer"), ("state", "=", "ALIVE")],
+    )
     return [a.pid for a in actors if a.pid]
 
 
@@ -73,7 +76,7 @@ def test_a_killed_consumer_loses_and_doubles_nothing(stream: Settings) -> None:
     while seen < ROWS // 5:  # a fifth of the stream is out: kill a consumer mid-stream
         watch.acknowledge(watch.receive(timeout_millis=120_000))
         seen += 1
-    pids = _consumer_pids()
+    pids = _consumer_pids(stream)
     assert pids, "no StreamConsumer actor is alive"
     os.kill(pids[0], signal.SIGKILL)
     runner.join(timeout=300)
@@ -102,7 +105,8 @@ def test_a_poison_message_is_dead_lettered_and_the_stream_goes_on(stream: Settin
     producer.send(json.dumps(good).encode(), partition_key="poison-neighbour")
     client.close()
     started = time.monotonic()
-    result = run_stream_inference(stream, timeout_s=8)
+    # Unbounded by count: long enough for three deliveries 0.2 s apart, even on a busy machine.
+    result = run_stream_inference(stream, timeout_s=15)
     assert result.published == 1  # the good message, while the poison is retried
     assert result.failed == 2 * stream.stream_max_redeliveries
     parked = read_all(stream, stream.dead_letter_topic)
