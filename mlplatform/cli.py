@@ -237,8 +237,9 @@ def _print_status(report: dict) -> None:
             continue
         rates = f"in {t['msg_rate_in']}/s out {t['msg_rate_out']}/s"
         typer.echo(f"{t['topic']}: {t['messages_in']} messages, {rates}, backlog {t['backlog']}")
-    if "ray" in report:
-        typer.echo(f"ray: {report['ray']}")
+    for engine in ("ray", "flink"):
+        if engine in report:
+            typer.echo(f"{engine}: {report[engine]}")
     for r in report.get("runs", []):
         done = f"rows {r['rows_done']}/{r['rows_total']}"
         typer.echo(f"run {r['run_id']} {r['kind']} {r['status']} {done} started {r['started_at']}")
@@ -254,7 +255,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     """
     from infra.services import SERVICES
     from infra.services import status as service_status
-    from mlplatform.operations import links, list_runs, ray_resources, topic_stats
+    from mlplatform.operations import flink_jobs, links, list_runs, ray_resources, topic_stats
 
     s = get_settings()
     lines = [service_status(service, s) for service in SERVICES.values()]
@@ -264,6 +265,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         topics = (s.features_topic, s.predictions_topic, s.dead_letter_topic)
         report["topics"] = [topic_stats(s, t) for t in topics]
         report["ray"] = ray_resources(s)
+        report["flink"] = flink_jobs(s)
         report["runs"] = [asdict(r) for r in list_runs(s, 5)]
     report["links"] = links(s)
     if as_json:

@@ -93,6 +93,26 @@ def ray_resources(s: Settings) -> dict[str, Any]:
     }
 
 
+def flink_jobs(s: Settings) -> dict[str, Any]:
+    """The session cluster's jobs (MLP_FLINK_MODE=session); local mode runs one per flow run."""
+    if s.flink_mode != "session":
+        return {"mode": "local", "jobs": "a local mini-cluster per preprocess run"}
+    try:
+        response = httpx.get(f"{s.flink_rest_url}/jobs/overview", timeout=5.0)
+        response.raise_for_status()
+    except httpx.HTTPError as error:
+        return {"mode": "session", "error": f"{s.flink_rest_url} did not answer: {error}"}
+    jobs = [
+        {"id": job["jid"], "name": job["name"], "state": job["state"]}
+        for job in response.json()["jobs"]
+    ]
+    return {
+        "mode": "session",
+        "running": [j for j in jobs if j["state"] == "RUNNING"],
+        "jobs": len(jobs),
+    }
+
+
 def links(s: Settings) -> dict[str, str]:
     """Where each engine's own dashboard is."""
     prefect_ui = s.prefect_api_url.removesuffix("/api")
@@ -102,5 +122,7 @@ def links(s: Settings) -> dict[str, str]:
         "ray_dashboard": f"http://{host}:{s.ray_dashboard_port}",
         "serve_docs": f"http://127.0.0.1:{s.serve_port}{s.serve_route_prefix.rstrip('/')}/docs",
         "pulsar_admin": f"{s.pulsar_admin_url}/admin/v2/clusters",
-        "flink": "local mini-cluster per job: its web UI lives as long as the job",
+        "flink": s.flink_rest_url
+        if s.flink_mode == "session"
+        else "local mini-cluster per job: its web UI lives as long as the job",
     }

@@ -9,15 +9,18 @@ from collections import Counter
 
 import pytest
 from pyiceberg.expressions import EqualTo
+from typer.testing import CliRunner
 
 from mlplatform.batch_inference import run_batch_inference
+from mlplatform.cli import app
 from mlplatform.dataset import MALFORMED_KINDS, write_demo_raw
 from mlplatform.iceberg_tables import load_table
 from mlplatform.preprocess import preprocess
 from mlplatform.pulsar_io import read_all
-from mlplatform.settings import Settings
+from mlplatform.settings import Settings, get_settings
 from mlplatform.stream_inference import run_stream_inference
 from mlplatform.training import retrain
+from tests.conftest import settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -106,3 +109,30 @@ def test_stream_actors_predict_every_message_once(isolated: Settings, trained) -
     keys = [m[isolated.key_column] for m in out]
     assert len(keys) == len(set(keys)) == sent
     assert {m["label_name"] for m in out} <= set(isolated.label_names)
+
+
+def test_operator_cli_on_the_real_services(
+    isolated: Settings, trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in settings_env(isolated).items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        status = runner.invoke(app, ["status", "--json"])
+        assert status.exit_code == 0, status.output
+        report = json.loads(status.output)
+        assert len(report["services"]) == 4
+        assert all(" healthy " in line for line in report["services"])
+        [features] = [t for t in report["topics"] if t["topic"] == isolated.features_topic]
+        assert features["exists"] and features["messages_in"] >= ROWS
+        assert report["ray"]["nodes"] >= 1 and report["ray"]["cpus"] > 0
+        runs = json.loads(runner.invoke(app, ["runs", "list", "--json"]).output)
+        assert runs and runs[0]["status"] == "succeeded"
+        assert runs[0]["rows_done"] == runs[0]["rows_total"] > 0
+        quarantined = json.loads(runner.invoke(app, ["quarantine", "--json"]).output)
+        expected = Counter(MALFORMED_KINDS[i % len(MALFORMED_KINDS)][0] for i in range(MALFORMED))
+        assert quarantined["by_reason"] == dict(expected)
+        assert runner.invoke(app, ["runs", "resume", "no-such-run"]).exit_code == 1
+    finally:
+        get_settings.cache_clear()
