@@ -26,6 +26,16 @@ else
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
 fi
 
+# Debian's PostgreSQL binaries: the scale-out test makes its own cluster with initdb and pg_ctl.
+if compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  echo "setup: postgresql in place"
+else
+  echo "setup: installing Debian's postgresql"
+  SUDO=$([[ $EUID -eq 0 ]] || echo sudo)  # root on CI
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql
+fi
+
 h=$(hash_of uv.lock pyproject.toml)
 if [[ -x .venv/bin/python ]] && stamp_ok main-venv "$h"; then
   echo "setup: main environment up to date"
