@@ -76,6 +76,11 @@ def _prefect_env(s: Settings) -> dict[str, str]:
         "PREFECT_WORKER_QUERY_SECONDS": "2",
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "10",
         **_prefect_auth_env(s),
+        **(
+            {"PREFECT_API_DATABASE_CONNECTION_URL": s.prefect_database_url.get_secret_value()}
+            if s.prefect_database_url
+            else {}
+        ),
     }
 
 

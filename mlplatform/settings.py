@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # Basic auth of the Prefect API: PREFECT_SERVER_API_AUTH_STRING on the server and
     # PREFECT_API_AUTH_STRING on clients (infra passes both). "user:password" by convention.
     prefect_api_auth_string: SecretStr | None = None
+    # The embedded Prefect server's database (SQLAlchemy async URL, e.g.
+    # postgresql+asyncpg://user:password@host/db); default: SQLite under its PREFECT_HOME.
+    prefect_database_url: SecretStr | None = None
 
     # Inference engine: an address of a running Ray cluster, or "local" for a private ray.init().
     ray_address: str = "127.0.0.1:6379"

@@ -22,9 +22,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prefect import flow
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from pydantic import SecretStr
 from pyiceberg.expressions import EqualTo
 from sqlalchemy import create_engine, inspect, text
 
+from infra.services import SERVICES, ServiceError, start, stop
 from mlplatform.batch_inference import run_batch_inference
 from mlplatform.dataset import write_demo_raw
 from mlplatform.iceberg_tables import load_table
@@ -169,6 +173,48 @@ def test_pipeline_on_postgresql(pg_settings: Settings, pg_pipeline: dict) -> Non
     finally:
         platform.dispose()
         catalog.dispose()
+
+
+@flow(name="scale-out-hello")
+def _hello() -> str:
+    return "hello"
+
+
+def test_prefect_server_on_postgresql(
+    postgres: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A second Prefect server, started by infra like `make up`, keeps its runs in PostgreSQL."""
+    admin = create_engine(f"{postgres}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text("CREATE DATABASE prefect"))
+    admin.dispose()
+    async_url = postgres.replace("+psycopg2", "+asyncpg")
+    s = Settings(
+        local_dir=tmp_path_factory.mktemp("prefect-pg"),
+        prefect_api_url=f"http://127.0.0.1:{_free_port()}/api",
+        prefect_database_url=SecretStr(f"{async_url}/prefect"),
+    )
+    service = SERVICES["prefect-server"]
+    try:
+        try:
+            start(service, s)
+        except ServiceError as error:
+            pytest.fail(f"the Prefect server on PostgreSQL did not start: {error}")
+        with temporary_settings({PREFECT_API_URL: s.prefect_api_url}):
+            state = _hello(return_state=True)
+        assert state.is_completed()
+        engine = create_engine(f"{postgres}/prefect")
+        with engine.connect() as connection:
+            names = connection.execute(
+                text(
+                    "SELECT f.name FROM flow_run r JOIN flow f ON f.id = r.flow_id "
+                    "WHERE r.state_type = 'COMPLETED'"
+                )
+            ).scalars()
+            assert "scale-out-hello" in set(names)
+        engine.dispose()
+    finally:
+        stop(service, s)
 
 
 def _ray_env() -> dict[str, str]:
