@@ -22,7 +22,7 @@ def batch_inference(
     An unfinished run over the same snapshot and model is continued automatically.
 
     Args:
-        resume_run_id: continue this checkpointed run (`mlp runs list` shows them).
+        resume_run_id: continue this checkpointed run (mlp runs list shows them).
         model_version: the registry version to predict with; default: the champion.
         snapshot_id: the Iceberg features snapshot to read; default: the latest.
     """
