@@ -110,7 +110,10 @@ def drive(
             totals.consumed += consumed
             totals.done += done
             totals.failed += failed
-            (empty.add if consumed == 0 else empty.discard)(actor)
+            if consumed == 0:
+                empty.add(actor)
+            else:
+                empty.discard(actor)
             if max_messages is not None and empty >= actors_left and not down:
                 drained = totals.done + uncertain >= max_messages
         idle.append(actor)

@@ -12,7 +12,7 @@ import httpx
 
 from checkpoints.store import CheckpointStore
 from mlplatform.iceberg_tables import load_table
-from mlplatform.pulsar_io import _topic_path, admin_headers
+from mlplatform.pulsar_io import admin_headers, topic_path
 from mlplatform.settings import Settings
 
 
@@ -58,7 +58,7 @@ def quarantine_summary(s: Settings, limit: int = 10) -> tuple[dict[str, int], li
 
 def topic_stats(s: Settings, topic: str) -> dict[str, Any]:
     """Rates in and out and each subscription's backlog, summed over the topic's partitions."""
-    base = f"{s.pulsar_admin_url}/admin/v2/{_topic_path(topic)}"
+    base = f"{s.pulsar_admin_url}/admin/v2/{topic_path(topic)}"
     headers = admin_headers(s)
     response = httpx.get(f"{base}/partitioned-stats", headers=headers, timeout=10.0)
     if response.status_code in (404, 409):  # not partitioned, or not there

@@ -10,7 +10,7 @@ import pulsar
 from mlplatform.settings import Settings
 
 
-def _topic_path(topic: str) -> str:
+def topic_path(topic: str) -> str:
     """persistent://tenant/ns/name -> persistent/tenant/ns/name, as the admin API wants it."""
     scheme, _, rest = topic.partition("://")
     if not rest:
@@ -26,7 +26,7 @@ def admin_headers(s: Settings) -> dict[str, str]:
 
 def ensure_partitioned_topic(s: Settings, topic: str, partitions: int) -> None:
     """Create a partitioned topic; an existing one is left as it is."""
-    url = f"{s.pulsar_admin_url}/admin/v2/{_topic_path(topic)}/partitions"
+    url = f"{s.pulsar_admin_url}/admin/v2/{topic_path(topic)}/partitions"
     response = httpx.put(url, json=partitions, headers=admin_headers(s), timeout=30.0)
     if response.status_code not in (204, 409):
         raise RuntimeError(
@@ -37,7 +37,7 @@ def ensure_partitioned_topic(s: Settings, topic: str, partitions: int) -> None:
 def ensure_subscription(s: Settings, topic: str, subscription: str) -> None:
     """Create a durable subscription at the earliest message, so the topic keeps its backlog
     for the stream consumers even before they first connect."""
-    url = f"{s.pulsar_admin_url}/admin/v2/{_topic_path(topic)}/subscription/{subscription}"
+    url = f"{s.pulsar_admin_url}/admin/v2/{topic_path(topic)}/subscription/{subscription}"
     position = {"entryId": -1, "ledgerId": -1}
     response = httpx.put(url, json=position, headers=admin_headers(s), timeout=30.0)
     if response.status_code not in (204, 409):
@@ -48,7 +48,7 @@ def ensure_subscription(s: Settings, topic: str, subscription: str) -> None:
 
 
 def topic_partitions(s: Settings, topic: str) -> int:
-    url = f"{s.pulsar_admin_url}/admin/v2/{_topic_path(topic)}/partitions"
+    url = f"{s.pulsar_admin_url}/admin/v2/{topic_path(topic)}/partitions"
     response = httpx.get(url, headers=admin_headers(s), timeout=30.0)
     response.raise_for_status()
     return int(response.json()["partitions"])

@@ -79,17 +79,18 @@ def module_settings(isolated: Settings, name: str, **overrides: object) -> Setti
 
 
 @contextmanager
-def extra_broker(s: Settings, what: str) -> Iterator[Settings]:
-    """A second Pulsar broker with settings `s` (own ports and state), stopped however the test
-    ends; one that does not start fails the test."""
+def extra_service(name: str, s: Settings, what: str) -> Iterator[Settings]:
+    """A second instance of an infra service (`name` in infra.services.SERVICES) with settings
+    `s` (own ports and state), stopped however the test ends; one that does not start fails
+    the test."""
     from infra.services import SERVICES, ServiceError, start, stop
 
-    service = SERVICES["pulsar"]
+    service = SERVICES[name]
     try:
         try:
             start(service, s)
         except ServiceError as error:
-            pytest.fail(f"the broker {what} did not start: {error}")
+            pytest.fail(f"{what} did not start: {error}")
         yield s
     finally:
         stop(service, s)

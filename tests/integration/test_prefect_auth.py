@@ -17,16 +17,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from infra.services import (
-    SERVICES,
-    VENV_BIN,
-    ServiceError,
-    _prefect_env,
-    prefect_auth_headers,
-    start,
-    stop,
-)
+from infra.services import VENV_BIN, _prefect_env, prefect_auth_headers
 from mlplatform.settings import Settings
+from tests.conftest import extra_service
 
 pytestmark = pytest.mark.integration
 
@@ -47,16 +40,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         prefect_api_url=f"http://127.0.0.1:{_free_port()}/api",
         prefect_api_auth_string=SecretStr(AUTH),
     )
-    service = SERVICES["prefect-server"]
-    try:
-        start(service, s)
-    except ServiceError as error:
-        stop(service, s)
-        pytest.fail(f"the second Prefect server did not start: {error}")
-    try:
+    with extra_service("prefect-server", s, "the second Prefect server"):
         yield s
-    finally:
-        stop(service, s)
 
 
 def _post(s: Settings, headers: dict[str, str]) -> httpx.Response:

@@ -26,7 +26,7 @@ from sklearn.tree import DecisionTreeClassifier
 from mlplatform import model_registry
 from mlplatform.pulsar_functions import champion_user_config
 from mlplatform.settings import PROJECT_DIR, Settings, get_settings
-from tests.conftest import extra_broker
+from tests.conftest import extra_service
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +92,7 @@ def worker_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings
         feature_order=MODEL_ORDER, label_names=[str(n) for n in load_iris().target_names],
     )  # fmt: skip
     model_registry.promote(s, row.version)
-    with extra_broker(s, "with the functions worker"):
+    with extra_service("pulsar", s, "the broker with the functions worker"):
         yield s
 
 

@@ -36,7 +36,7 @@ from mlplatform.pulsar_io import (
     topic_partitions,
 )
 from mlplatform.settings import Settings, get_settings
-from tests.conftest import extra_broker
+from tests.conftest import extra_service
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +78,7 @@ def auth_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         warehouse=f"file://{root / 'warehouse'}",
         database_url=f"sqlite:///{root / 'platform.db'}",
     )
-    with extra_broker(s, "with token authentication"):
+    with extra_service("pulsar", s, "the broker with token authentication"):
         yield s
 
 

@@ -28,14 +28,13 @@ from pydantic import SecretStr
 from pyiceberg.expressions import EqualTo
 from sqlalchemy import create_engine, inspect, text
 
-from infra.services import SERVICES, ServiceError, start, stop
 from mlplatform.batch_inference import run_batch_inference
 from mlplatform.dataset import write_demo_raw
 from mlplatform.iceberg_tables import load_table
 from mlplatform.preprocess import jdbc_catalog_options, preprocess
 from mlplatform.settings import PROJECT_DIR, Settings
 from mlplatform.training import retrain
-from tests.conftest import settings_env
+from tests.conftest import extra_service, settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -194,12 +193,7 @@ def test_prefect_server_on_postgresql(
         prefect_api_url=f"http://127.0.0.1:{_free_port()}/api",
         prefect_database_url=SecretStr(f"{async_url}/prefect"),
     )
-    service = SERVICES["prefect-server"]
-    try:
-        try:
-            start(service, s)
-        except ServiceError as error:
-            pytest.fail(f"the Prefect server on PostgreSQL did not start: {error}")
+    with extra_service("prefect-server", s, "the Prefect server on PostgreSQL"):
         with temporary_settings({PREFECT_API_URL: s.prefect_api_url}):
             state = _hello(return_state=True)
         assert state.is_completed()
@@ -213,8 +207,6 @@ def test_prefect_server_on_postgresql(
             ).scalars()
             assert "scale-out-hello" in set(names)
         engine.dispose()
-    finally:
-        stop(service, s)
 
 
 def _ray_env() -> dict[str, str]:
