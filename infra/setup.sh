@@ -45,27 +45,26 @@ else
   stamp main-venv "$h"
 fi
 
-h=$(hash_of infra/flink/requirements.lock)
-if [[ -x .venv-flink/bin/python ]] && stamp_ok flink-venv "$h"; then
-  echo "setup: Flink environment up to date"
-else
-  echo "setup: Flink environment (.venv-flink) from infra/flink/requirements.lock"
-  [[ -x .venv-flink/bin/python ]] || uv venv --python 3.11 .venv-flink
-  uv pip sync --python .venv-flink/bin/python infra/flink/requirements.lock
-  rm -f "$LOCAL/stamps/flink-jars"
-  stamp flink-venv "$h"
-fi
+# A locked venv beside the main one: sync_venv <name> <folder> <lock>; returns 1 when it synced.
+sync_venv() {
+  local h
+  h=$(hash_of "$3")
+  if [[ -x "$2/bin/python" ]] && stamp_ok "$1-venv" "$h"; then
+    echo "setup: $1 environment up to date"
+    return 0
+  fi
+  echo "setup: $1 environment ($2) from $3"
+  # Called as `sync_venv ... || ...`, where set -e is off: stop on a failure explicitly.
+  [[ -x "$2/bin/python" ]] || uv venv --python 3.11 "$2" || exit 1
+  uv pip sync --python "$2/bin/python" "$3" || exit 1
+  stamp "$1-venv" "$h"
+  return 1
+}
 
-h=$(hash_of infra/functions/requirements.lock)
-if [[ -x .venv-functions/bin/python3 ]] && stamp_ok functions-venv "$h"; then
-  echo "setup: functions environment up to date"
-else
-  # The Python that Pulsar's own functions worker starts its instances with (MLP_PULSAR_FUNCTIONS_WORKER).
-  echo "setup: functions environment (.venv-functions) from infra/functions/requirements.lock"
-  [[ -x .venv-functions/bin/python3 ]] || uv venv --python 3.11 .venv-functions
-  uv pip sync --python .venv-functions/bin/python infra/functions/requirements.lock
-  stamp functions-venv "$h"
-fi
+# A new Flink environment needs the connector jars copied into it again.
+sync_venv flink .venv-flink infra/flink/requirements.lock || rm -f "$LOCAL/stamps/flink-jars"
+# The Python that Pulsar's own functions worker starts its instances with (MLP_PULSAR_FUNCTIONS_WORKER).
+sync_venv functions .venv-functions infra/functions/requirements.lock || true
 
 h=$(hash_of infra/jvm/pom.xml)
 if stamp_ok jvm "$h" && [[ -x "$LOCAL/pulsar/bin/pulsar" ]]; then
