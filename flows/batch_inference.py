@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Literal
 
 from prefect import flow
 
@@ -16,21 +17,25 @@ def batch_inference(
     resume_run_id: str | None = None,
     model_version: int | None = None,
     snapshot_id: int | None = None,
+    row_filter: str | None = None,
+    mode: Literal["fused", "separated"] | None = None,
 ) -> dict:
     """Predict every row of a features snapshot exactly once.
 
-    An unfinished run over the same snapshot and model is continued automatically.
+    An unfinished run over the same snapshot, model and filter is continued automatically.
 
     Args:
-        resume_run_id: continue this checkpointed run (mlp runs list shows them).
+        resume_run_id: resume this checkpointed run (mlp runs list); failed units get new attempts.
         model_version: the registry version to predict with; default: the champion.
         snapshot_id: the Iceberg features snapshot to read; default: the latest.
+        row_filter: only rows matching this Iceberg filter, e.g. petal_length > 2.5; default: all.
+        mode: fused (model in Ray Data actors) or separated (Ray Serve); default MLP_BATCH_MODE.
     """
-    configure_logging(get_settings())
-    result = batch_predict(get_settings(), resume_run_id, model_version, snapshot_id)
+    s = get_settings()
+    configure_logging(s)
+    result = batch_predict(s, resume_run_id, model_version, snapshot_id, row_filter, mode)
     print(f"batch-inference: {result}")
     return asdict(result)
-
 
 if __name__ == "__main__":
     batch_inference()

@@ -1,105 +1,262 @@
-"""Batch inference: Ray Data over a pinned Iceberg snapshot, predictions back into Iceberg.
+"""Batch inference: Ray Data over a pinned Iceberg snapshot, one prediction per input row.
 
-read_iceberg(snapshot) -> drop keys already predicted by this run -> map_batches(Predictor,
-actor pool) -> the driver appends every `commit_every_rows` rows to the predictions table in one
-Iceberg commit, then records the unit in the checkpoint store (protocol: checkpoints.store).
+Units (mlplatform.batch_units) -> read stage (CPU tasks) -> model stage (fused: actor pool with
+the model; separated: Ray Serve deployment) -> the driver gathers each unit's rows and commits
+complete units to the Iceberg predictions table, then marks them done in the checkpoint store.
+The protocol that makes crashes, restarts and concurrent runs lose and double nothing is in the
+checkpoints package's docstring. A unit whose attempt fails is tried again in a later pass, up to
+unit_max_attempts; then it is failed, and the run fails when failed units hold more than
+max_failed_fraction of the rows.
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import ray
-from pyiceberg.expressions import EqualTo
+from pyiceberg.table import Table
 
-from checkpoints.store import CheckpointStore
+from checkpoints.store import FAILED, PENDING, CheckpointStore, Run, RunInProgress, process_owner
 from mlplatform import model_registry
-from mlplatform.iceberg_tables import catalog_properties, ensure_tables, load_table
+from mlplatform.batch_commit import commit_units, committed_units, disable_auto_retry
+from mlplatform.batch_predictors import Predictor, ServePredictor, deploy_batch_model
+from mlplatform.batch_units import ERROR, UNIT, UNIT_ROWS, parse_row_filter, plan_units, read_units
+from mlplatform.iceberg_tables import ensure_tables
 from mlplatform.model_registry import ModelRef
 from mlplatform.ray_runtime import connect
 from mlplatform.settings import Settings
 
 KIND = "batch-inference"
+Mode = Literal["fused", "separated"]
+
+
+class BatchInferenceFailed(RuntimeError):
+    """Too many rows are in failed units; the message lists them."""
+
+
+@dataclass(frozen=True)
+class FailedUnit:
+    unit: int
+    file_path: str
+    rows: int
+    attempts: int
+    error: str
 
 
 @dataclass(frozen=True)
 class BatchResult:
     run_id: str
     resumed: bool
+    mode: str
     snapshot_id: int
     model_version: int
     input_rows: int
+    units_total: int
+    skipped_units: int
     skipped_rows: int
     predicted_rows: int
-    units_committed: int
-    seconds: float
+    commits: int
+    failed_units: list[FailedUnit] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.predicted_rows / self.seconds if self.seconds else 0.0
 
 
-class Predictor:
-    """Ray Data callable class: loads the verified model once per actor, predicts per batch."""
+@dataclass
+class _Job:
+    """Everything one execution of a run needs."""
 
-    def __init__(
-        self, ref: ModelRef, key: str, loader: Callable[[ModelRef], Any] | None = None
-    ) -> None:
-        self.ref, self.key = ref, key
-        self.model = (loader or model_registry.load_model)(ref)
+    s: Settings
+    run: Run
+    ref: ModelRef
+    mode: Mode
+    predictions: Table
+    store: CheckpointStore
+    owner: str
+    columns: list[str]
+    row_filter: str | None
+    schema_json: str
+    on_progress: Callable[[int, int], None] | None
+    lease_lost: threading.Event = field(default_factory=threading.Event)
+    committed_rows: int = 0
+    commits: int = 0
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        features = batch[list(self.ref.feature_order)].to_numpy(dtype=np.float64)
-        probabilities = self.model.predict_proba(features)
-        return pd.DataFrame(
-            {
-                self.key: batch[self.key].to_numpy(),
-                "prediction": probabilities.argmax(axis=1).astype(np.int32),
-                "probabilities": list(probabilities.astype(np.float64)),
-                "model_version": np.full(len(batch), self.ref.version, dtype=np.int32),
-            }
+
+def job_key(dataset: str, snapshot_id: int, model_version: int, row_filter: str | None) -> str:
+    text = f"{KIND}|{dataset}|{snapshot_id}|{model_version}|{row_filter or ''}"
+    return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+@contextmanager
+def _lease(job: _Job) -> Iterator[None]:
+    """Hold the run's lease, renewed in the background, for the duration of the block."""
+    job.store.acquire(job.run.run_id, job.owner, job.s.lease_ttl_s)
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(job.s.lease_ttl_s / 3):
+            if not job.store.heartbeat(job.run.run_id, job.owner):
+                job.lease_lost.set()
+                return
+
+    thread = threading.Thread(target=renew, name="checkpoint-lease", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def unit_pipeline(
+    s: Settings, ref: ModelRef, mode: Mode, units: list[dict], read_kwargs: dict
+) -> ray.data.Dataset:
+    """Units -> read stage (tasks) -> model stage (actor pool), streamed by Ray Data.
+
+    read_kwargs: columns (the key column first), row_filter, schema_json (see read_units).
+    """
+    predictor: type = Predictor
+    kwargs = {"ref": ref, "key": s.key_column, "timeout_s": s.batch_timeout_s}
+    if mode == "separated":
+        predictor, kwargs = ServePredictor, {**kwargs, "app_name": deploy_batch_model(s, ref)}
+    fused = mode == "fused"
+    return (
+        ray.data.from_items(units, override_num_blocks=max(1, len(units)))
+        .map_batches(read_units, fn_kwargs=read_kwargs, batch_size=1, batch_format="pandas")
+        .map_batches(
+            predictor,
+            fn_constructor_kwargs=kwargs,
+            batch_size=s.batch_size,
+            batch_format="pandas",
+            compute=ray.data.ActorPoolStrategy(
+                min_size=s.actor_pool_min, max_size=s.actor_pool_max
+            ),
+            num_cpus=s.actor_num_cpus if fused else 0.1,
+            num_gpus=s.actor_num_gpus if fused else 0,
         )
-
-
-def _drop_done(batch: pd.DataFrame, key: str, done: frozenset[str]) -> pd.DataFrame:
-    return batch[~batch[key].isin(done)] if done else batch
-
-
-def predicted_keys(s: Settings, run_id: str) -> frozenset[str]:
-    """Keys that already have a prediction from this run, read from Iceberg (the truth)."""
-    table = load_table(s, s.predictions_table)
-    scan = table.scan(row_filter=EqualTo("run_id", run_id), selected_fields=(s.key_column,))
-    return frozenset(scan.to_arrow().column(s.key_column).to_pylist())
-
-
-def prediction_batches(
-    s: Settings, ref: ModelRef, snapshot_id: int, done: frozenset[str]
-) -> Iterator[pd.DataFrame]:
-    """The streaming Ray Data pipeline; yields prediction frames of commit_every_rows rows."""
-    dataset = ray.data.read_iceberg(
-        table_identifier=s.table_id(s.features_table),
-        catalog_kwargs={"name": s.catalog_name, **catalog_properties(s)},
-        snapshot_id=snapshot_id,
-        selected_fields=(s.key_column, *ref.feature_order),
     )
-    predictions = dataset.map_batches(
-        _drop_done, fn_kwargs={"key": s.key_column, "done": done}, batch_format="pandas"
-    ).map_batches(
-        Predictor,
-        fn_constructor_kwargs={"ref": ref, "key": s.key_column},
-        batch_format="pandas",
-        batch_size=s.batch_size,
-        compute=ray.data.ActorPoolStrategy(min_size=s.actor_pool_min, max_size=s.actor_pool_max),
-        num_cpus=s.actor_num_cpus,
+
+
+def _to_arrow(job: _Job, frame: pd.DataFrame) -> pa.Table:
+    key = job.s.key_column
+    rows = frame[frame[key].notna()]
+    out = rows[[key, "prediction", "probabilities", "model_version"]].assign(
+        run_id=job.run.run_id, input_snapshot_id=job.run.snapshot_id
     )
-    yield from predictions.iter_batches(batch_size=s.commit_every_rows, batch_format="pandas")
+    return pa.Table.from_pandas(
+        out, schema=job.predictions.schema().as_arrow(), preserve_index=False
+    )
 
 
-def _to_arrow(frame: pd.DataFrame, schema: pa.Schema, run_id: str, snapshot_id: int) -> pa.Table:
-    frame = frame.assign(run_id=run_id, input_snapshot_id=snapshot_id)
-    return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+def _commit(job: _Job, ready: dict[int, pa.Table]) -> None:
+    """Steps 3 and 4 of the protocol for the complete units in `ready`, which it empties."""
+    if not ready:
+        return
+    if job.lease_lost.is_set():
+        raise RunInProgress(f"run {job.run.run_id}: lease lost to another process; stopping")
+    snapshot_id, rows = commit_units(job.predictions, job.run.run_id, ready)
+    ready.clear()
+    if rows:
+        job.store.mark_done(job.run.run_id, rows, snapshot_id)
+        job.committed_rows += sum(rows.values())
+        job.commits += 1
+    if job.on_progress:
+        job.on_progress(job.store.progress(job.run.run_id)[0], job.run.units_total)
+
+
+def _run_pass(job: _Job, units: list[dict]) -> dict[int, str]:
+    """Predict and commit the units; {unit: error} of those whose attempt failed."""
+    buffers: dict[int, list[pd.DataFrame]] = {}
+    arrived: dict[int, int] = {}
+    errors: dict[int, str] = {}
+    finished: set[int] = set()
+    ready: dict[int, pa.Table] = {}
+    last_commit = time.monotonic()
+    read_kwargs = {
+        "columns": job.columns,
+        "row_filter": job.row_filter,
+        "schema_json": job.schema_json,
+    }
+    pipeline = unit_pipeline(job.s, job.ref, job.mode, units, read_kwargs)
+    for frame in pipeline.iter_batches(batch_size=None, batch_format="pandas"):
+        for unit, part in frame.groupby(UNIT, sort=False):
+            unit = int(unit)
+            if unit in errors:
+                continue
+            failed = part[ERROR][part[ERROR] != ""]
+            if len(failed):
+                errors[unit] = str(failed.iloc[0])
+                buffers.pop(unit, None)
+                continue
+            buffers.setdefault(unit, []).append(part)
+            arrived[unit] = arrived.get(unit, 0) + len(part)
+            if arrived[unit] >= max(int(part[UNIT_ROWS].iloc[0]), 1):
+                ready[unit] = _to_arrow(job, pd.concat(buffers.pop(unit), ignore_index=True))
+                finished.add(unit)
+        pending_rows = sum(t.num_rows for t in ready.values())
+        due = time.monotonic() - last_commit >= job.s.commit_every_s
+        if pending_rows >= job.s.commit_every_rows or (ready and due):
+            _commit(job, ready)
+            last_commit = time.monotonic()
+    _commit(job, ready)
+    for spec in units:
+        if spec["unit"] not in finished and spec["unit"] not in errors:
+            errors[spec["unit"]] = (
+                f"incomplete: {arrived.get(spec['unit'], 0)} of its rows came back from Ray Data"
+            )
+    return errors
+
+
+def _execute(job: _Job) -> list[FailedUnit]:
+    """Passes over the run's pending units until none is left; the units that failed for good."""
+    s, run_id = job.s, job.run.run_id
+    while True:
+        pending = job.store.units(run_id, PENDING)
+        if not pending:
+            break
+        specs = [
+            {"unit": u.unit, "file_path": u.file_path, "first_row_group": u.first_row_group,
+             "row_groups": u.row_groups}
+            for u in pending
+        ]  # fmt: skip
+        errors = _run_pass(job, specs)
+        job.store.mark_attempt_failed(run_id, errors, s.unit_max_attempts)
+    return [
+        FailedUnit(u.unit, u.file_path or "", u.rows_in, u.attempts, u.last_error or "")
+        for u in job.store.units(run_id, FAILED)
+    ]
+
+
+def _reconcile(job: _Job) -> None:
+    """Resume: units Iceberg holds but the store does not mark done (a crash between 3 and 4)."""
+    in_iceberg = committed_units(job.predictions, job.run.run_id)
+    done = {u.unit for u in job.store.units(job.run.run_id, "done")}
+    missing = {unit: rows for unit, rows in in_iceberg.items() if unit not in done}
+    if missing:
+        job.store.mark_done(job.run.run_id, missing, None)
+
+
+def failure_report(run_id: str, failed: list[FailedUnit], rows_total: int) -> str:
+    rows = sum(f.rows for f in failed)
+    lines = [
+        f"run {run_id}: {len(failed)} unit(s) with {rows} of {rows_total} rows failed after "
+        "their last attempt:"
+    ]
+    lines += [
+        f"  unit {f.unit} ({f.file_path}, {f.rows} rows, {f.attempts} attempts): {f.error}"
+        for f in failed
+    ]
+    return "\n".join(lines)
 
 
 def run_batch_inference(
@@ -108,64 +265,64 @@ def run_batch_inference(
     resume_run_id: str | None = None,
     model_version: int | None = None,
     snapshot_id: int | None = None,
+    row_filter: str | None = None,
+    mode: Mode | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> BatchResult:
-    """Predict every row of a features snapshot exactly once, resuming an unfinished run."""
+    """Predict every row of a features snapshot exactly once, continuing an unfinished run.
+
+    on_progress(units done, units in the run) is called after every commit, from the store.
+    """
     started = time.monotonic()
     catalog = ensure_tables(s)
     store = CheckpointStore(s.resolved_database_url)
     dataset = s.table_id(s.features_table)
     if resume_run_id:
-        run = store.get_run(resume_run_id)
-        snapshot_id, model_version = run.snapshot_id, run.model_version
+        previous = store.get_run(resume_run_id)
+        snapshot_id, model_version = previous.snapshot_id, previous.model_version
+        row_filter, dataset = previous.row_filter, previous.dataset
+        store.retry_failed(resume_run_id)  # an explicit resume gives failed units new attempts
     features = catalog.load_table(dataset)
-    predictions = catalog.load_table(s.table_id(s.predictions_table))
+    predictions = disable_auto_retry(catalog.load_table(s.table_id(s.predictions_table)))
     snapshot = features.snapshot_by_id(snapshot_id) if snapshot_id else features.current_snapshot()
     if snapshot is None:
-        raise LookupError(f"{dataset} has no snapshot yet; run the preprocess flow first")
-    row = model_registry.get_version(s, model_version)
-    ref = model_registry.model_ref(row)
-    if not resume_run_id:
-        run = store.find_unfinished(KIND, dataset, snapshot.snapshot_id, ref.version)
-    resumed = run is not None if not resume_run_id else True
-    if run is None:
-        total = int((snapshot.summary or {}).get("total-records", 0))
-        run = store.start_run(
-            run_id, kind=KIND, dataset=dataset, snapshot_id=snapshot.snapshot_id,
-            model_version=ref.version, mode="fused", rows_total=total,
-        )  # fmt: skip
-    else:
-        store.set_status(run.run_id, "running")
-    done = predicted_keys(s, run.run_id)
-    schema = predictions.schema().as_arrow()
-    unit = store.next_unit(run.run_id)
-    predicted = units = 0
-    connect(s)
-    try:
-        for frame in prediction_batches(s, ref, snapshot.snapshot_id, done):
-            if frame.empty:
-                continue
-            predictions.append(
-                _to_arrow(frame, schema, run.run_id, snapshot.snapshot_id),
-                snapshot_properties={"mlp.run_id": run.run_id, "mlp.unit": str(unit)},
-            )
-            committed = predictions.current_snapshot()
-            store.record_unit(
-                run.run_id,
-                unit,
-                len(frame),
-                len(frame),
-                committed.snapshot_id if committed else None,
-            )
-            predicted, units, unit = predicted + len(frame), units + 1, unit + 1
-            if on_progress:
-                on_progress(len(done) + predicted, run.rows_total)
-    except BaseException as error:
-        store.set_status(run.run_id, "failed", error=repr(error)[:2000])
-        raise
-    store.set_status(run.run_id, "succeeded")
+        where = f"snapshot {snapshot_id}" if snapshot_id else "no snapshot yet"
+        raise LookupError(f"{dataset} has {where}; run the preprocess flow first")
+    ref = model_registry.model_ref(model_registry.get_version(s, model_version))
+    expression = parse_row_filter(row_filter, features)
+    key = job_key(dataset, snapshot.snapshot_id, ref.version, row_filter)
+    units = plan_units(features, snapshot.snapshot_id, expression, s.unit_rows)
+    mode = mode or s.batch_mode
+    run, resumed = store.open_run(
+        key, run_id, units, kind=KIND, dataset=dataset, snapshot_id=snapshot.snapshot_id,
+        model_version=ref.version, mode=mode, row_filter=row_filter,
+    )  # fmt: skip
+    if resume_run_id and run.run_id != resume_run_id:
+        raise LookupError(f"run {resume_run_id} is not the current run of its job ({run.run_id})")
+    job = _Job(
+        s, run, ref, mode, predictions, store, process_owner(),
+        columns=[s.key_column, *ref.feature_order], row_filter=row_filter,
+        schema_json=features.schema().model_dump_json(), on_progress=on_progress,
+    )  # fmt: skip
+    with _lease(job):
+        _reconcile(job)
+        skipped_units, skipped_rows = store.progress(run.run_id)
+        connect(s)
+        try:
+            failed = _execute(job)
+        except BaseException as error:
+            store.finish(run.run_id, job.owner, "failed", repr(error)[:2000])
+            raise
+        failed_rows = sum(f.rows for f in failed)
+        if failed and failed_rows > s.max_failed_fraction * run.rows_total:
+            report = failure_report(run.run_id, failed, run.rows_total)
+            store.finish(run.run_id, job.owner, "failed", report[:2000])
+            raise BatchInferenceFailed(report)
+        store.finish(run.run_id, job.owner, "partial" if failed else "succeeded")
     return BatchResult(
-        run_id=run.run_id, resumed=resumed, snapshot_id=snapshot.snapshot_id,
-        model_version=ref.version, input_rows=run.rows_total, skipped_rows=len(done),
-        predicted_rows=predicted, units_committed=units, seconds=time.monotonic() - started,
+        run_id=run.run_id, resumed=resumed, mode=mode, snapshot_id=snapshot.snapshot_id,
+        model_version=ref.version, input_rows=run.rows_total, units_total=run.units_total,
+        skipped_units=skipped_units, skipped_rows=skipped_rows,
+        predicted_rows=job.committed_rows, commits=job.commits,
+        failed_units=failed, seconds=time.monotonic() - started,
     )  # fmt: skip

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     stream_subscription: str = "stream-inference"
     stream_max_redeliveries: int = 3
     dead_letter_topic: str = "persistent://public/default/features-dlq"
+    # Raw rows the Flink job rejects, as JSON with their reason (the Iceberg quarantine's twin).
+    quarantine_topic: str = "persistent://public/default/raw-quarantine"
 
     # Orchestration.
     prefect_api_url: str = "http://127.0.0.1:4200/api"
@@ -81,6 +83,9 @@ class Settings(BaseSettings):
 
     # Raw data landing folder read by the Flink job.
     landing_dir: Path | None = None
+    # A raw line longer than this (in bytes) is quarantined as oversized_payload, its first
+    # max_line_bytes characters kept; the cap keeps that within a Pulsar message (5 MB).
+    max_line_bytes: int = Field(default=16_384, gt=0, le=1_048_576)
 
     # The dataset: key, feature columns with their valid ranges, the label and its classes.
     key_column: str = "event_id"
@@ -114,12 +119,25 @@ class Settings(BaseSettings):
     # Stream consumers check this often whether a new champion was promoted.
     model_refresh_s: float = 5.0
 
-    # Batch inference.
+    # Batch inference (protocol: checkpoints). fused: the model in a Ray Data actor pool;
+    # separated: the model in a Ray Serve deployment called through a handle.
+    batch_mode: Literal["fused", "separated"] = "fused"
     batch_size: int = 4096
     actor_pool_min: int = 1
     actor_pool_max: int = 2
     actor_num_cpus: float = 0.5
-    commit_every_rows: int = 20_000
+    actor_num_gpus: float = 0.0
+    # A unit of work: consecutive Parquet row groups of one data file, up to this many rows.
+    unit_rows: int = 20_000
+    # Complete units are committed to Iceberg together every this many rows or seconds.
+    commit_every_rows: int = 100_000
+    commit_every_s: float = 10.0
+    batch_timeout_s: float = 60.0
+    unit_max_attempts: int = 3
+    # The run fails when more than this fraction of the input rows is in units that failed.
+    max_failed_fraction: float = 0.0
+    # A run's lease is taken over when its holder's heartbeat is older than this.
+    lease_ttl_s: float = 30.0
 
     # Stream inference.
     # failover: effectively once, an actor per partition or more partitions per actor;

@@ -3,13 +3,42 @@
 from __future__ import annotations
 
 from prefect import task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.runtime import flow_run
 
-from mlplatform.batch_inference import BatchResult, run_batch_inference
+from mlplatform.batch_inference import BatchResult, Mode, run_batch_inference
 from mlplatform.settings import Settings
 from mlplatform.stream_inference import StreamResult, run_stream_inference
 from tasks.artifacts import publish_summary
+
+
+def batch_summary_rows(result: BatchResult) -> list[dict]:
+    """The final table: the run's figures, then one row per failed unit."""
+    rows = [
+        {"figure": "run id", "value": result.run_id},
+        {"figure": "mode", "value": result.mode},
+        {"figure": "resumed", "value": result.resumed},
+        {"figure": "input snapshot", "value": result.snapshot_id},
+        {"figure": "model version", "value": result.model_version},
+        {"figure": "units", "value": result.units_total},
+        {"figure": "input rows", "value": result.input_rows},
+        {"figure": "units skipped (committed before)", "value": result.skipped_units},
+        {"figure": "rows skipped (committed before)", "value": result.skipped_rows},
+        {"figure": "rows predicted now", "value": result.predicted_rows},
+        {"figure": "Iceberg commits", "value": result.commits},
+        {"figure": "seconds", "value": round(result.seconds, 1)},
+        {"figure": "rows/s", "value": round(result.rows_per_s)},
+        {"figure": "failed units", "value": len(result.failed_units)},
+    ]
+    rows += [
+        {"figure": f"failed unit {f.unit} ({f.rows} rows, {f.attempts} attempts)", "value": f.error}
+        for f in result.failed_units
+    ]
+    return rows
 
 
 @task(name="ray-data-batch-inference")
@@ -18,12 +47,14 @@ def batch_predict(
     resume_run_id: str | None = None,
     model_version: int | None = None,
     snapshot_id: int | None = None,
+    row_filter: str | None = None,
+    mode: Mode | None = None,
 ) -> BatchResult:
-    """Predict a features snapshot with Ray Data; progress shown as it commits."""
-    progress = create_progress_artifact(progress=0.0, description="rows predicted")
+    """Predict a features snapshot with Ray Data; progress from the checkpoint tables."""
+    progress = create_progress_artifact(progress=0.0, description="units committed")
 
-    def report(done: int, total: int) -> None:
-        update_progress_artifact(progress, progress=100.0 * done / max(total, 1))
+    def report(units_done: int, units_total: int) -> None:
+        update_progress_artifact(progress, progress=100.0 * units_done / max(units_total, 1))
 
     result = run_batch_inference(
         settings,
@@ -31,10 +62,15 @@ def batch_predict(
         resume_run_id=resume_run_id,
         model_version=model_version,
         snapshot_id=snapshot_id,
+        row_filter=row_filter,
+        mode=mode,
         on_progress=report,
     )
     update_progress_artifact(progress, progress=100.0)
-    publish_summary("batch-inference-summary", "Batch inference", result)
+    create_table_artifact(
+        key="batch-inference-summary", table=batch_summary_rows(result),
+        description="Batch inference: rows, throughput, skipped on resume, failures",
+    )  # fmt: skip
     return result
 
 

@@ -161,7 +161,7 @@ def test_pipeline_on_postgresql(pg_settings: Settings, pg_pipeline: dict) -> Non
                 text("SELECT count(*) FROM checkpoint_units WHERE run_id = :r"), {"r": batch.run_id}
             ).scalar_one()
             models = connection.execute(text("SELECT count(*) FROM model_versions")).scalar_one()
-        assert (status, units) == ("succeeded", batch.units_committed)
+        assert (status, units) == ("succeeded", batch.units_total)
         assert models == len(pg_pipeline["trained"].candidates)
         with catalog.connect() as connection:
             tables = connection.execute(

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from checkpoints.store import CheckpointStore, Unit
+from checkpoints.store import CheckpointStore, RunInProgress, UnitPlan, process_owner
 
 pytestmark = pytest.mark.unit
 
@@ -87,35 +86,76 @@ def test_set_status_unknown_run(store: CheckpointStore) -> None:
         store.set_status("ghost", "failed")
 
 
-def test_record_unit_progress_and_next_unit(store: CheckpointStore) -> None:
-    _start(store, "r1")
-    _start(store, "r2")
+PLAN = [UnitPlan(0, "f1.parquet", 0, 2, 10), UnitPlan(1, "f1.parquet", 2, 1, 7),
+        UnitPlan(2, "f2.parquet", 0, 1, 3)]  # fmt: skip
+
+
+def _open(store: CheckpointStore, key: str = "job", run_id: str | None = None):
+    return store.open_run(key, run_id, PLAN, **JOB, mode="fused")
+
+
+def test_open_run_plans_units_once_and_resumes_the_unfinished_run(store: CheckpointStore) -> None:
+    run, resumed = _open(store, run_id="r1")
+    assert not resumed and (run.units_total, run.rows_total) == (3, 20)
+    assert [(u.unit, u.status, u.rows_in) for u in store.units("r1")] == [
+        (0, "pending", 10), (1, "pending", 7), (2, "pending", 3),
+    ]  # fmt: skip
+    again, resumed = _open(store, run_id="r2")
+    assert resumed and again.run_id == "r1"
+    assert store.units("r2") == []
+
+
+def test_open_run_after_success_starts_a_new_run(store: CheckpointStore) -> None:
+    _open(store, run_id="r1")
+    store.set_status("r1", "succeeded")
+    run, resumed = _open(store, run_id="r2")
+    assert not resumed and run.run_id == "r2"
+    assert _open(store, run_id="r3")[0].run_id == "r2"
+
+
+def test_units_progress_done_and_failed_attempts(store: CheckpointStore) -> None:
+    _open(store, run_id="r1")
     assert store.progress("r1") == (0, 0)
-    assert store.next_unit("r1") == 0
-    store.record_unit("r1", 0, rows_in=10, rows_out=10, snapshot_id=100)
-    store.record_unit("r1", 1, rows_in=7, rows_out=7, snapshot_id=101)
-    store.record_unit("r2", 0, rows_in=3, rows_out=3, snapshot_id=None)
-    assert store.progress("r1") == (2, 17)
-    assert store.progress("r2") == (1, 3)
-    assert store.next_unit("r1") == 2
-    assert store.next_unit("r2") == 1
+    store.mark_done("r1", {0: 10}, snapshot_id=100)
+    store.mark_done("r1", {0: 99}, snapshot_id=200)  # already done: unchanged
+    assert store.progress("r1") == (1, 10)
+    store.mark_attempt_failed("r1", {1: "boom", 0: "ignored, done"}, max_attempts=2)
+    [unit1] = [u for u in store.units("r1") if u.unit == 1]
+    assert (unit1.status, unit1.attempts, unit1.last_error) == ("pending", 1, "boom")
+    store.mark_attempt_failed("r1", {1: "boom again"}, max_attempts=2)
+    [failed] = store.units("r1", "failed")
+    assert (failed.unit, failed.attempts, failed.last_error) == (1, 2, "boom again")
+    assert [u.unit for u in store.units("r1", "pending")] == [2]
+    assert store.retry_failed("r1") == 1
+    assert [u.unit for u in store.units("r1", "pending")] == [1, 2]
+    [done] = store.units("r1", "done")
+    assert (done.committed_snapshot_id, done.rows_out) == (100, 10)
 
 
-def test_record_unit_same_unit_merges(store: CheckpointStore) -> None:
-    _start(store, "r1")
-    store.record_unit("r1", 0, rows_in=10, rows_out=10, snapshot_id=100)
-    store.record_unit("r1", 0, rows_in=10, rows_out=9, snapshot_id=200)
-    assert store.progress("r1") == (1, 9)
-    assert store.next_unit("r1") == 1
-    with Session(store.engine) as session:
-        units = session.scalars(select(Unit).where(Unit.run_id == "r1")).all()
-    assert len(units) == 1
-    assert units[0].status == "done"
-    assert units[0].committed_snapshot_id == 200
+def test_lease_refuses_a_live_holder_and_takes_over_a_stale_one(store: CheckpointStore) -> None:
+    _open(store, run_id="r1")
+    store.acquire("r1", "other-host:1:a", ttl_s=30)
+    with pytest.raises(RunInProgress, match="other-host:1:a"):
+        store.acquire("r1", "me:2:b", ttl_s=30)
+    assert store.heartbeat("r1", "other-host:1:a")
+    assert not store.heartbeat("r1", "me:2:b")
+    store.acquire("r1", "me:2:b", ttl_s=0)  # heartbeat older than the TTL: taken over
+    assert not store.heartbeat("r1", "other-host:1:a")
+    store.finish("r1", "me:2:b", "succeeded")
+    run = store.get_run("r1")
+    assert (run.status, run.owner) == ("succeeded", None)
 
 
-def test_next_unit_follows_max_not_count(store: CheckpointStore) -> None:
-    _start(store, "r1")
-    store.record_unit("r1", 4, rows_in=1, rows_out=1, snapshot_id=1)
-    assert store.next_unit("r1") == 5
-    assert store.progress("r1") == (1, 1)
+def test_lease_of_a_dead_process_on_this_host_is_taken_over(store: CheckpointStore) -> None:
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    _open(store, run_id="r1")
+    store.acquire("r1", f"{socket.gethostname()}:{dead.stdout.strip()}:x", ttl_s=3600)
+    me = process_owner()
+    store.acquire("r1", me, ttl_s=3600)  # its owner's process is gone: taken over at once
+    assert store.get_run("r1").owner == me
+    with pytest.raises(RunInProgress):  # this process is alive: refused
+        store.acquire("r1", process_owner(), ttl_s=3600)

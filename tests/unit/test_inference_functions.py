@@ -1,16 +1,14 @@
-"""Pure parts of batch and stream inference: Predictor, _drop_done, message parsing and
-prediction, sequence ids, sticky ranges, high-water marks."""
+"""Pure parts of stream inference: message parsing and prediction, sequence ids, sticky
+ranges, high-water marks."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from mlplatform.batch_inference import Predictor, _drop_done
 from mlplatform.model_registry import ModelRef
 from mlplatform.stream_inference import (
     InvalidMessage,
@@ -48,55 +46,6 @@ class _Recorder:
         self.seen = x
         p = np.clip(x[:, 0:1] / 10.0, 0.0, 1.0)
         return np.hstack([1.0 - p, p])
-
-
-def test_predictor_uses_injected_loader() -> None:
-    loaded: list[ModelRef] = []
-    recorder = _Recorder()
-
-    def loader(ref: ModelRef) -> _Recorder:
-        loaded.append(ref)
-        return recorder
-
-    predictor = Predictor(REF, "event_id", loader=loader)
-    assert loaded == [REF]
-    assert predictor.model is recorder
-
-
-def test_predictor_output(model: LogisticRegression) -> None:
-    predictor = Predictor(REF, "event_id", loader=lambda ref: model)
-    batch = pd.DataFrame({"event_id": ["a", "b", "c"], "f1": [0.5, 9.5, 1.0], "f2": [1, 2, 3]})
-    out = predictor(batch)
-    assert list(out.columns) == ["event_id", "prediction", "probabilities", "model_version"]
-    assert list(out["event_id"]) == ["a", "b", "c"]
-    assert list(out["prediction"]) == [0, 1, 0]
-    assert out["prediction"].dtype == np.int32
-    assert out["model_version"].dtype == np.int32
-    assert set(out["model_version"]) == {5}
-    for probabilities in out["probabilities"]:
-        assert len(probabilities) == 2
-        assert sum(probabilities) == pytest.approx(1.0)
-
-
-def test_predictor_reorders_columns_by_feature_order() -> None:
-    recorder = _Recorder()
-    predictor = Predictor(REF, "event_id", loader=lambda ref: recorder)
-    batch = pd.DataFrame(
-        {"f2": [7.0, 8.0], "event_id": ["x", "y"], "extra": [0.0, 0.0], "f1": [2.0, 9.0]}
-    )
-    out = predictor(batch)
-    assert recorder.seen is not None and recorder.seen.dtype == np.float64
-    np.testing.assert_array_equal(recorder.seen, [[2.0, 7.0], [9.0, 8.0]])
-    assert list(out["prediction"]) == [0, 1]
-
-
-def test_drop_done() -> None:
-    batch = pd.DataFrame({"event_id": ["a", "b", "c", "d"], "f1": [1, 2, 3, 4]})
-    kept = _drop_done(batch, "event_id", frozenset({"b", "d", "zz"}))
-    assert list(kept["event_id"]) == ["a", "c"]
-    assert list(kept["f1"]) == [1, 3]
-    assert _drop_done(batch, "event_id", frozenset()) is batch
-    assert _drop_done(batch, "event_id", frozenset("abcd")).empty
 
 
 def predict_payloads(model: object, payloads: list[bytes]) -> list[dict]:

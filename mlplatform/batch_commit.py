@@ -1,0 +1,58 @@
+"""Step 3 of the checkpoint protocol (see checkpoints): commit units of predictions to Iceberg at
+most once, with the run and its units in the snapshot summary."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pyarrow as pa
+from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.table import Table
+
+RUN_KEY, UNITS_KEY = "mlp.run_id", "mlp.units"
+# PyIceberg retries a failed commit by re-applying the append on the new table state, which would
+# defeat the compare-and-set below; this writer retries itself, after checking the summaries.
+NO_AUTO_RETRY = {"commit.retry.num-retries": "0"}
+
+
+def disable_auto_retry(table: Table) -> Table:
+    if table.properties.get("commit.retry.num-retries") != "0":
+        with table.transaction() as transaction:
+            transaction.set_properties(NO_AUTO_RETRY)
+    return table
+
+
+def committed_units(table: Table, run_id: str) -> dict[int, int]:
+    """{unit: rows} of every unit of the run found in the table's snapshot summaries."""
+    units: dict[int, int] = {}
+    for snapshot in table.snapshots():
+        summary = snapshot.summary
+        if summary is not None and summary.get(RUN_KEY) == run_id:
+            units.update({int(k): int(v) for k, v in json.loads(summary[UNITS_KEY]).items()})
+    return units
+
+
+def commit_units(
+    table: Table, run_id: str, parts: dict[int, pa.Table], tries: int = 20
+) -> tuple[int | None, dict[int, int]]:
+    """Append the units not yet committed for the run, in one commit; (snapshot id, {unit: rows}).
+
+    Returns (None, {}) when every unit was already committed (by an earlier or a concurrent run).
+    """
+    for attempt in range(tries):
+        table.refresh()
+        done = committed_units(table, run_id)
+        todo = {unit: data for unit, data in parts.items() if unit not in done}
+        if not todo:
+            return None, {}
+        rows = {unit: data.num_rows for unit, data in todo.items()}
+        summary = {RUN_KEY: run_id, UNITS_KEY: json.dumps(rows, separators=(",", ":"))}
+        try:
+            table.append(pa.concat_tables(todo.values()), snapshot_properties=summary)
+        except CommitFailedException:
+            time.sleep(min(0.05 * 2**attempt, 2.0))  # a concurrent commit won; check again
+            continue
+        snapshot = table.current_snapshot()
+        return (snapshot.snapshot_id if snapshot else None), rows
+    raise CommitFailedException(f"run {run_id}: {tries} commits in a row lost to other writers")

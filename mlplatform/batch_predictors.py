@@ -1,0 +1,122 @@
+"""The model stage of batch inference, in its two modes.
+
+fused: Predictor is a Ray Data callable class in an actor pool; each actor loads the verified
+model once. separated: the model runs in a Ray Serve deployment (BatchModel, autoscaling
+replicas) and ServePredictor calls it through a deployment handle. Both turn a batch of feature
+rows into the same prediction columns; a batch that fails or exceeds its timeout marks its rows
+with the error instead, unit by unit, so that one bad unit does not fail its neighbours.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from ray import serve
+
+from mlplatform import model_registry
+from mlplatform.batch_units import ERROR, UNIT, UNIT_ROWS
+from mlplatform.model_registry import ModelRef
+from mlplatform.settings import Settings
+
+PredictProba = Callable[[np.ndarray], np.ndarray]
+
+
+def predict_frame(
+    batch: pd.DataFrame, ref: ModelRef, key: str, predict: PredictProba
+) -> pd.DataFrame:
+    """Prediction columns for the batch's rows; rows of a unit whose prediction failed get the
+    error. Placeholder rows (null key) and rows that arrived with an error pass through."""
+    out = batch[[UNIT, UNIT_ROWS, key, ERROR]].copy()
+    n_classes = len(ref.label_names)
+    out["model_version"] = np.full(len(batch), ref.version, dtype=np.int32)
+    probabilities = np.zeros((len(batch), n_classes), dtype=np.float64)
+    todo = (batch[key].notna() & (batch[ERROR] == "")).to_numpy()
+    features = batch[list(ref.feature_order)].to_numpy(dtype=np.float64)
+    try:
+        if todo.any():
+            probabilities[todo] = predict(features[todo])
+    except Exception:  # find the units that fail, one unit at a time
+        units = batch[UNIT].to_numpy()
+        for unit in np.unique(units[todo]):
+            rows = todo & (units == unit)
+            try:
+                probabilities[rows] = predict(features[rows])
+            except Exception as error:
+                out.loc[rows, ERROR] = f"predict failed: {error!r}"[:2000]
+    out["prediction"] = probabilities.argmax(axis=1).astype(np.int32)
+    out["probabilities"] = list(probabilities)
+    return out
+
+
+class Predictor:
+    """fused mode: the model in the Ray Data actor, loaded and verified once per actor."""
+
+    def __init__(
+        self, ref: ModelRef, key: str, timeout_s: float,
+        loader: Callable[[ModelRef], Any] | None = None,
+    ) -> None:  # fmt: skip
+        self.ref, self.key, self.timeout_s = ref, key, timeout_s
+        self.model = (loader or model_registry.load_model)(ref)
+        self._pool = concurrent.futures.ThreadPoolExecutor(1)
+
+    def _predict(self, features: np.ndarray) -> np.ndarray:
+        future = self._pool.submit(self.model.predict_proba, features)
+        try:
+            return future.result(timeout=self.timeout_s)
+        except concurrent.futures.TimeoutError as error:
+            # The stuck call cannot be interrupted; later batches get a fresh thread.
+            self._pool = concurrent.futures.ThreadPoolExecutor(1)
+            message = f"batch of {len(features)} rows took over {self.timeout_s} s"
+            raise TimeoutError(message) from error
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        return predict_frame(batch, self.ref, self.key, self._predict)
+
+
+@serve.deployment
+class BatchModel:
+    """separated mode: one pinned model version behind a deployment handle (no HTTP route)."""
+
+    def __init__(self, ref: ModelRef) -> None:
+        self.model = model_registry.load_model(ref)
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        return self.model.predict_proba(features)
+
+
+def batch_app_name(s: Settings, ref: ModelRef) -> str:
+    return f"{s.serve_app_name}-batch-v{ref.version}"
+
+
+def deploy_batch_model(s: Settings, ref: ModelRef) -> str:
+    """Deploy (or keep) the model version's autoscaling Serve application; its name."""
+    name = batch_app_name(s, ref)
+    deployment = BatchModel.options(
+        autoscaling_config={
+            "min_replicas": s.serve_min_replicas,
+            "max_replicas": s.serve_max_replicas,
+            "target_ongoing_requests": 2,
+        },
+        ray_actor_options={"num_cpus": s.serve_replica_cpus},
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": s.serve_port})
+    serve.run(deployment.bind(ref), name=name, route_prefix=None)
+    return name
+
+
+class ServePredictor:
+    """separated mode: a light Ray Data actor that sends each batch to the Serve deployment."""
+
+    def __init__(self, ref: ModelRef, key: str, timeout_s: float, app_name: str) -> None:
+        self.ref, self.key, self.timeout_s = ref, key, timeout_s
+        self.handle = serve.get_deployment_handle("BatchModel", app_name)
+
+    def _predict(self, features: np.ndarray) -> np.ndarray:
+        return self.handle.predict_proba.remote(features).result(timeout_s=self.timeout_s)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        return predict_frame(batch, self.ref, self.key, self._predict)
