@@ -31,6 +31,7 @@ test-unit: setup
 	$(PY) -m pytest tests/unit
 
 bench: up  ## the benchmarks under benchmarks/, JSON results in benchmarks/results/
+	uv sync --frozen --inexact --group bench
 	$(PY) -m benchmarks.retrain
 	$(PY) -m benchmarks.streaming
 

@@ -41,7 +41,8 @@ if [[ -x .venv/bin/python ]] && stamp_ok main-venv "$h"; then
   echo "setup: main environment up to date"
 else
   echo "setup: main environment (.venv) from uv.lock"
-  uv sync --frozen --python 3.11
+  # --inexact keeps the optional benchmark group (make bench) where it was installed.
+  uv sync --frozen --inexact --python 3.11
   stamp main-venv "$h"
 fi
 
