@@ -13,13 +13,13 @@ from mlplatform.settings import Settings
 
 # One example of each kind of malformed line the Flink job must quarantine, keyed by reason.
 MALFORMED_KINDS = (
-    ("wrong_field_count", lambda key: f"{key},5.1,3.5,1.4,0"),
+    ("missing_fields", lambda key: f"{key},5.1,3.5,1.4,0"),
     ("not_a_number:sepal_width", lambda key: f"{key},5.1,abc,1.4,0.2,0"),
     ("out_of_range:petal_length", lambda key: f"{key},5.1,3.5,99.0,0.2,0"),
-    ("out_of_range:sepal_length", lambda key: f"{key},NaN,3.5,1.4,0.2,0"),
-    ("bad_label", lambda key: f"{key},5.1,3.5,1.4,0.2,7"),
+    ("not_finite:sepal_length", lambda key: f"{key},NaN,3.5,1.4,0.2,0"),
+    ("out_of_range:label", lambda key: f"{key},5.1,3.5,1.4,0.2,7"),
     ("missing_key:event_id", lambda key: ",5.1,3.5,1.4,0.2,0"),
-    ("wrong_field_count", lambda key: f"{key},5.1,3.5,1.4,0.2,0,extra"),
+    ("extra_fields", lambda key: f"{key},5.1,3.5,1.4,0.2,0,extra"),
 )
 
 

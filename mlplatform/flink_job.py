@@ -1,9 +1,35 @@
 """The PyFlink preprocessing job. It runs in the Flink environment (.venv-flink), so it imports
 only pyflink and the standard library; its configuration arrives as one JSON file.
 
-Reads raw CSV lines from a folder, validates each line with SQL generated from the dataset spec,
-and in one Flink job writes valid rows to the Iceberg features table and the Pulsar features topic,
-and invalid rows, with the reason, to the Iceberg quarantine table.
+Reads raw CSV lines (as bytes) from a folder and classifies each with SQL generated from the
+dataset spec. In one Flink job it writes the valid rows to the Iceberg features table and the
+Pulsar features topic, the rejected rows (raw payload, reason, source, time) to the Iceberg
+quarantine table and the Pulsar quarantine topic, and a count per outcome to a small JSON file
+(`counts_path`) that the caller reads back. Bad data never fails the job: every line gets an
+outcome.
+
+Reasons, the first failed check in this order: empty_payload, oversized_payload (more than
+max_line_bytes bytes), not_utf8, missing_fields / extra_fields (the wrong number of fields),
+missing_key:<key>, missing_value:<col>, not_a_number:<col>, not_finite:<col> (NaN, infinity),
+out_of_range:<col>, not_an_integer:<label>, out_of_range:<label>; then, among rows that pass
+all of them, duplicate_key (the same event id again in this input).
+
+Exactly-once for replays. A valid row whose event id is already in the Iceberg features table
+(read in this same job, at its start) is not written again, to either sink, and is counted as
+already_ingested; it is not quarantined, because nothing is wrong with it and its data is
+already in the lake. Among new valid rows with the same event id, one is written and the
+others are quarantined as duplicate_key: the one from the earliest file (modification time, then
+path) and, within it, the smallest line, so the choice is deterministic (Flink's raw line source
+gives no line numbers). Replaying a file, whole or in part, therefore adds nothing to the
+features table or topic; its bad rows are quarantined again, once per run, with that run's time.
+Limits:
+- runs must not overlap: two jobs started before either commits both see a key as new (the
+  preprocess deployment has concurrency_limit 1);
+- the two sinks are not one transaction: Iceberg commits at the end of the job, the Pulsar sink
+  publishes as it goes (no Pulsar transactions), so a job that fails after publishing and before
+  the Iceberg commit leaves rows on the topic that Iceberg lacks, and its retry publishes them
+  again (at least once on the topic in that window; Iceberg stays exact);
+- the check reads every event id of the features table, a cost that grows with the table.
 
 Usage: python flink_job.py CONFIG_JSON   (prints a JSON line {"job_id": ..., "status": "SUBMITTED"}
 once submitted, and a last one with "status": "FINISHED"). With "rest_url" in the config the job
@@ -17,6 +43,13 @@ import sys
 from typing import Any
 from urllib.parse import urlparse
 
+ALREADY_INGESTED = "already_ingested"
+DUPLICATE_KEY = "duplicate_key"
+OVERSIZED = "oversized_payload"
+WRITTEN = "written"  # the outcome of a row that reached both feature sinks
+# A double cast to text reads one of these when it is not finite.
+NOT_FINITE_TEXT = ("NaN", "Infinity", "-Infinity")
+
 
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
@@ -26,34 +59,92 @@ def _options(options: dict[str, str]) -> str:
     return ", ".join(f"{_quote(k)} = {_quote(v)}" for k, v in options.items())
 
 
+def _field(i: int) -> str:
+    return f"TRIM(SPLIT_INDEX(line, ',', {i}))"
+
+
 def validation_sql(cfg: dict[str, Any]) -> str:
-    """A view over raw lines: the parsed columns and a reason (NULL when the row is valid)."""
+    """A view over raw lines: the decoded line, its source, the parsed columns and the first
+    failed check as reason (NULL when the row is valid on its own)."""
     key, label, features = cfg["key_column"], cfg["label_column"], cfg["feature_columns"]
     n_fields = len(features) + 2
     lo, hi = float(cfg["feature_min"]), float(cfg["feature_max"])
     n_labels = len(cfg["label_names"])
     field_count = "CHAR_LENGTH(line) - CHAR_LENGTH(REPLACE(line, ',', '')) + 1"
-    parsed = [f"TRIM(SPLIT_INDEX(line, ',', 0)) AS `{key}`"]
-    parsed += [
-        f"TRY_CAST(TRIM(SPLIT_INDEX(line, ',', {i})) AS DOUBLE) AS `{c}`"
-        for i, c in enumerate(features, start=1)
+    parsed = [f"{_field(0)} AS `{key}`"]
+    parsed += [f"TRY_CAST({_field(i)} AS DOUBLE) AS `{c}`" for i, c in enumerate(features, start=1)]
+    parsed.append(f"TRY_CAST({_field(n_fields - 1)} AS INT) AS `{label}`")
+    not_finite = ", ".join(_quote(t) for t in NOT_FINITE_TEXT)
+    checks = [
+        r"WHEN REGEXP(line, '^\s*$') THEN 'empty_payload'",
+        # ISO-8859-1 decodes each byte to one character: the length in bytes.
+        f"WHEN CHAR_LENGTH(DECODE(payload, 'ISO-8859-1')) > {int(cfg['max_line_bytes'])} "
+        f"THEN '{OVERSIZED}'",
+        # Decoding replaces bytes that are not UTF-8 with U+FFFD, so they do not round-trip.
+        "WHEN ENCODE(line, 'UTF-8') <> payload THEN 'not_utf8'",
+        f"WHEN {field_count} < {n_fields} THEN 'missing_fields'",
+        f"WHEN {field_count} > {n_fields} THEN 'extra_fields'",
+        f"WHEN `{key}` = '' THEN 'missing_key:{key}'",
     ]
-    parsed.append(f"TRY_CAST(TRIM(SPLIT_INDEX(line, ',', {n_fields - 1})) AS INT) AS `{label}`")
-    checks = [f"WHEN {field_count} <> {n_fields} THEN 'wrong_field_count'"]
-    checks.append(f"WHEN `{key}` IS NULL OR `{key}` = '' THEN 'missing_key:{key}'")
+    columns = [*features, label]
+    checks += [
+        f"WHEN {_field(i)} = '' THEN 'missing_value:{c}'" for i, c in enumerate(columns, start=1)
+    ]
     checks += [f"WHEN `{c}` IS NULL THEN 'not_a_number:{c}'" for c in features]
-    # NaN and infinity fail both comparisons, so they are caught as out of range too.
+    checks += [
+        f"WHEN CAST(`{c}` AS STRING) IN ({not_finite}) THEN 'not_finite:{c}'" for c in features
+    ]
     checks += [
         f"WHEN NOT (`{c}` >= {lo!r} AND `{c}` <= {hi!r}) THEN 'out_of_range:{c}'" for c in features
     ]
-    checks.append(
-        f"WHEN `{label}` IS NULL OR `{label}` < 0 OR `{label}` >= {n_labels} THEN 'bad_label'"
-    )
+    checks.append(f"WHEN `{label}` IS NULL THEN 'not_an_integer:{label}'")
+    checks.append(f"WHEN `{label}` < 0 OR `{label}` >= {n_labels} THEN 'out_of_range:{label}'")
     reason = "CASE " + " ".join(checks) + " ELSE CAST(NULL AS STRING) END"
+    decoded = (
+        "SELECT payload, DECODE(payload, 'UTF-8') AS line, `file.path` AS source, "
+        "`file.modification-time` AS modified FROM raw_lines"
+    )
     return (
-        f"SELECT line, source, *, {reason} AS reason FROM ("
-        f"SELECT line, `file.path` AS source, {', '.join(parsed)} FROM raw_lines "
+        f"SELECT payload, line, source, modified, *, {reason} AS reason FROM ("
+        f"SELECT payload, line, source, modified, {', '.join(parsed)} FROM ({decoded}) "
         f"WHERE line <> {_quote(cfg['header'])})"
+    )
+
+
+def classification_sql(cfg: dict[str, Any]) -> str:
+    """Over the `checked` view: the final reason of each row, adding already_ingested (its
+    event id is in the features table) and duplicate_key (not the first of its event id)."""
+    key, label, features = cfg["key_column"], cfg["label_column"], cfg["feature_columns"]
+    table = f"`{cfg['catalog_name']}`.`{cfg['namespace']}`.`{cfg['features_table']}`"
+    columns = ", ".join(f"c.`{c}`" for c in [key, *features, label])
+    # Valid rows sort first, so the row kept for an event id is a valid one when there is one.
+    first = (
+        f"ROW_NUMBER() OVER (PARTITION BY c.`{key}` ORDER BY "
+        "CASE WHEN c.reason IS NULL THEN 0 ELSE 1 END, c.modified, c.source, c.line)"
+    )
+    final = (
+        f"COALESCE(reason, CASE WHEN known IS NOT NULL THEN '{ALREADY_INGESTED}' "
+        f"WHEN rn > 1 THEN '{DUPLICATE_KEY}' END)"
+    )
+    return (
+        f"SELECT payload, line, source, {', '.join(f'`{c}`' for c in [key, *features, label])}, "
+        f"{final} AS reason FROM ("
+        f"SELECT c.payload, c.line, c.source, {columns}, c.reason, k.known, {first} AS rn "
+        f"FROM checked AS c LEFT JOIN (SELECT DISTINCT `{key}` AS known FROM {table}) AS k "
+        f"ON c.`{key}` = k.known)"
+    )
+
+
+def rejected_sql(cfg: dict[str, Any]) -> str:
+    """Over `classified`: the rows for the quarantine, raw payload (an oversized one cut to
+    max_line_bytes characters), its exact bytes in base64, reason and source."""
+    limit = int(cfg["max_line_bytes"])
+    return (
+        f"SELECT CASE WHEN reason = '{OVERSIZED}' THEN SUBSTRING(line, 1, {limit}) "
+        "ELSE line END AS `raw`, "
+        f"CASE WHEN reason = '{OVERSIZED}' THEN CAST(NULL AS STRING) "
+        "ELSE TO_BASE64(payload) END AS raw_base64, reason, source "
+        f"FROM classified WHERE reason IS NOT NULL AND reason <> '{ALREADY_INGESTED}'"
     )
 
 
@@ -72,43 +163,71 @@ def pulsar_auth_options(cfg: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def _pulsar_table(cfg: dict[str, Any], name: str, columns: str, topic: str, **extra: str) -> str:
+    options = {
+        "connector": "pulsar",
+        "topics": topic,
+        "service-url": cfg["pulsar_service_url"],
+        "format": "json",
+        **extra,
+        **pulsar_auth_options(cfg),
+    }
+    return f"CREATE TEMPORARY TABLE {name} ({columns}) WITH ({_options(options)})"
+
+
 def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
     """DDL to run first, then the INSERTs that make up the job."""
     key, label, features = cfg["key_column"], cfg["label_column"], cfg["feature_columns"]
     catalog, ns = cfg["catalog_name"], cfg["namespace"]
     typed = ", ".join([f"`{key}` STRING"] + [f"`{c}` DOUBLE" for c in features])
     files = {"connector": "filesystem", "path": cfg["input_path"], "format": "raw"}
+    counts = {"connector": "filesystem", "path": cfg["counts_path"], "format": "json"}
     ddl = [
         f"CREATE CATALOG `{catalog}` WITH ({_options(cfg['iceberg_catalog_options'])})",
-        "CREATE TEMPORARY TABLE raw_lines (line STRING, `file.path` STRING NOT NULL METADATA) "
+        # Bytes, not text: the job itself decodes them, so it can tell which are not UTF-8.
+        "CREATE TEMPORARY TABLE raw_lines (payload BYTES, "
+        "`file.path` STRING NOT NULL METADATA, "
+        "`file.modification-time` TIMESTAMP_LTZ(3) NOT NULL METADATA) "
         f"WITH ({_options(files)})",
         # The message key is a copy of the row key (key fields leave the value): Key_Shared
         # subscribers hash it, and the topic's partitions are chosen by it.
-        f"CREATE TEMPORARY TABLE features_topic (`{MESSAGE_KEY}` STRING, {typed}, `{label}` INT) "
-        "WITH ("
-        + _options(
-            {
-                "connector": "pulsar",
-                "topics": cfg["features_topic"],
-                "service-url": cfg["pulsar_service_url"],
-                "format": "json",
+        _pulsar_table(
+            cfg,
+            "features_topic",
+            f"`{MESSAGE_KEY}` STRING, {typed}, `{label}` INT",
+            cfg["features_topic"],
+            **{
                 "key.format": "raw",
                 "key.fields": MESSAGE_KEY,
                 "sink.topic-routing-mode": "message-key-hash",
-                **pulsar_auth_options(cfg),
-            }
-        )
-        + ")",
+            },
+        ),
+        _pulsar_table(
+            cfg,
+            "quarantine_topic",
+            "`raw` STRING, raw_base64 STRING, reason STRING, source STRING, "
+            "quarantined_at TIMESTAMP(3)",
+            cfg["quarantine_topic"],
+        ),
+        f"CREATE TEMPORARY TABLE run_counts (outcome STRING, `rows` BIGINT) "
+        f"WITH ({_options(counts)})",
         f"CREATE TEMPORARY VIEW checked AS {validation_sql(cfg)}",
+        f"CREATE TEMPORARY VIEW classified AS {classification_sql(cfg)}",
+        f"CREATE TEMPORARY VIEW rejected AS {rejected_sql(cfg)}",
     ]
     columns = ", ".join([f"`{key}`"] + [f"`{c}`" for c in features] + [f"`{label}`"])
     now = "CAST(LOCALTIMESTAMP AS TIMESTAMP(6))"
+    outcome = f"COALESCE(reason, '{WRITTEN}')"
     inserts = [
         f"INSERT INTO `{catalog}`.`{ns}`.`{cfg['features_table']}` "
-        f"SELECT {columns}, {now} FROM checked WHERE reason IS NULL",
-        f"INSERT INTO features_topic SELECT `{key}`, {columns} FROM checked WHERE reason IS NULL",
+        f"SELECT {columns}, {now} FROM classified WHERE reason IS NULL",
+        f"INSERT INTO features_topic SELECT `{key}`, {columns} "
+        "FROM classified WHERE reason IS NULL",
         f"INSERT INTO `{catalog}`.`{ns}`.`{cfg['quarantine_table']}` "
-        f"SELECT COALESCE(line, ''), reason, source, {now} FROM checked WHERE reason IS NOT NULL",
+        f"SELECT COALESCE(`raw`, ''), reason, source, {now} FROM rejected",
+        "INSERT INTO quarantine_topic SELECT `raw`, raw_base64, reason, source, "
+        "CAST(LOCALTIMESTAMP AS TIMESTAMP(3)) FROM rejected",
+        f"INSERT INTO run_counts SELECT {outcome}, COUNT(*) FROM classified GROUP BY {outcome}",
     ]
     return ddl, inserts
 

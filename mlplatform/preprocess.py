@@ -6,14 +6,15 @@ import json
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 from sqlalchemy.engine import make_url
 
 from mlplatform.dataset import header
-from mlplatform.iceberg_tables import count_rows, ensure_tables
+from mlplatform.flink_job import ALREADY_INGESTED, WRITTEN
+from mlplatform.iceberg_tables import ensure_tables
 from mlplatform.pulsar_io import ensure_partitioned_topic, ensure_subscription
 from mlplatform.settings import PROJECT_DIR, Settings
 
@@ -27,11 +28,14 @@ class FlinkJobError(RuntimeError):
 @dataclass(frozen=True)
 class PreprocessResult:
     files: int
-    features_rows: int
+    features_rows: int  # written to both feature sinks
     quarantined_rows: int
     job_id: str
     features_snapshot_id: int | None
     flink_job_url: str | None = None  # the job in the session cluster's web UI
+    rows_read: int = 0  # data lines (headers excluded)
+    already_ingested: int = 0  # valid rows whose event id the features table had: skipped
+    quarantined_by_reason: dict[str, int] = field(default_factory=dict)
 
 
 def jdbc_catalog_options(s: Settings) -> dict[str, str]:
@@ -64,6 +68,8 @@ def job_config(s: Settings, input_dir: Path, job_name: str, token_file: Path | N
     return {
         "job_name": job_name,
         "input_path": f"file://{input_dir}",
+        "counts_path": f"file://{counts_dir(s, job_name)}",
+        "max_line_bytes": s.max_line_bytes,
         "header": header(s),
         "key_column": s.key_column,
         "feature_columns": s.feature_columns,
@@ -75,6 +81,7 @@ def job_config(s: Settings, input_dir: Path, job_name: str, token_file: Path | N
         "namespace": s.namespace,
         "features_table": s.features_table,
         "quarantine_table": s.quarantine_table,
+        "quarantine_topic": s.quarantine_topic,
         "iceberg_catalog_options": jdbc_catalog_options(s),
         "features_topic": s.features_topic,
         "pulsar_service_url": s.pulsar_service_url,
@@ -84,6 +91,23 @@ def job_config(s: Settings, input_dir: Path, job_name: str, token_file: Path | N
         "python_executable": str(s.flink_python),
         "rest_url": s.flink_rest_url if s.flink_mode == "session" else None,
     }
+
+
+def counts_dir(s: Settings, job_name: str) -> Path:
+    """Where the job writes its count of rows per outcome (JSON lines)."""
+    return s.state_dir / "flink" / f"{job_name}-counts"
+
+
+def read_counts(folder: Path) -> dict[str, int]:
+    """The job's rows per outcome ("written", "already_ingested" or a quarantine reason)."""
+    counts: dict[str, int] = {}
+    for part in sorted(folder.rglob("*")):
+        if part.is_file() and not part.name.startswith((".", "_")):
+            for line in part.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    counts[row["outcome"]] = counts.get(row["outcome"], 0) + int(row["rows"])
+    return counts
 
 
 def claim_landing_files(s: Settings, run_id: str) -> Path | None:
@@ -121,6 +145,7 @@ def run_flink_job(s: Settings, input_dir: Path, job_name: str, timeout_s: float 
         temporary_token.write_text(s.pulsar_auth_token.get_secret_value())
         token_file = temporary_token
     config_path.write_text(json.dumps(job_config(s, input_dir, job_name, token_file)))
+    shutil.rmtree(counts_dir(s, job_name), ignore_errors=True)  # a retry's counts are its own
     flink_logs = s.log_dir / "flink"
     flink_logs.mkdir(parents=True, exist_ok=True)
     try:
@@ -178,25 +203,30 @@ def preprocess(s: Settings, run_id: str) -> PreprocessResult:
     catalog = ensure_tables(s)
     ensure_partitioned_topic(s, s.features_topic, s.features_topic_partitions)
     ensure_subscription(s, s.features_topic, s.stream_subscription)
+    ensure_partitioned_topic(s, s.quarantine_topic, 1)
     features = catalog.load_table(s.table_id(s.features_table))
-    quarantine = catalog.load_table(s.table_id(s.quarantine_table))
-    before = count_rows(features), count_rows(quarantine)
     input_dir = claim_landing_files(s, run_id)
     if input_dir is None:
         snapshot = features.current_snapshot()
         return PreprocessResult(0, 0, 0, "", snapshot.snapshot_id if snapshot else None)
     n_files = len(list(input_dir.glob("**/*.csv")))
-    job_id = run_flink_job(s, input_dir, job_name=f"preprocess-{run_id}")
-    features, quarantine = features.refresh(), quarantine.refresh()
+    job_name = f"preprocess-{run_id}"
+    job_id = run_flink_job(s, input_dir, job_name=job_name)
+    counts = read_counts(counts_dir(s, job_name))
+    shutil.rmtree(counts_dir(s, job_name), ignore_errors=True)
     processed = s.resolved_landing_dir / "_processed" / run_id
     processed.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(input_dir), processed)
-    snapshot = features.current_snapshot()
+    snapshot = features.refresh().current_snapshot()
+    by_reason = {k: v for k, v in counts.items() if k not in (WRITTEN, ALREADY_INGESTED)}
     return PreprocessResult(
         files=n_files,
-        features_rows=count_rows(features) - before[0],
-        quarantined_rows=count_rows(quarantine) - before[1],
+        features_rows=counts.get(WRITTEN, 0),
+        quarantined_rows=sum(by_reason.values()),
         job_id=job_id,
         features_snapshot_id=snapshot.snapshot_id if snapshot else None,
         flink_job_url=job_web_url(s, job_id) if s.flink_mode == "session" and job_id else None,
+        rows_read=sum(counts.values()),
+        already_ingested=counts.get(ALREADY_INGESTED, 0),
+        quarantined_by_reason=dict(sorted(by_reason.items())),
     )

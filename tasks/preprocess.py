@@ -9,16 +9,16 @@ from prefect.runtime import flow_run
 from mlplatform.preprocess import PreprocessResult, preprocess
 from mlplatform.settings import Settings
 from mlplatform.training import rows_since_training
-from tasks.artifacts import publish_summary
+from tasks.artifacts import publish_preprocess_report
 
 RETRAIN_DUE_EVENT = "mlplatform.features.retrain-due"
 
 
 @task(name="run-flink-preprocess", retries=1, retry_delay_seconds=10)
 def run_preprocess(settings: Settings) -> PreprocessResult:
-    """Run the PyFlink job over the landing folder; publish its counts."""
+    """Run the PyFlink job over the landing folder; publish its report."""
     result = preprocess(settings, run_id=str(flow_run.id or "adhoc"))
-    publish_summary("preprocess-summary", "Flink preprocessing", result)
+    publish_preprocess_report(result)
     return result
 
 

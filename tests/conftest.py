@@ -53,6 +53,7 @@ def isolated(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Se
         features_topic=f"persistent://public/default/features-it-{tag}",
         predictions_topic=f"persistent://public/default/predictions-it-{tag}",
         dead_letter_topic=f"persistent://public/default/features-dlq-it-{tag}",
+        quarantine_topic=f"persistent://public/default/raw-quarantine-it-{tag}",
         stream_subscription=f"stream-it-{tag}",
         landing_dir=root / "landing",
         database_url=f"sqlite:///{root / 'platform.db'}",
@@ -70,6 +71,7 @@ def module_settings(isolated: Settings, name: str, **overrides: object) -> Setti
             "features_topic": f"{isolated.features_topic}-{tag}",
             "predictions_topic": f"{isolated.predictions_topic}-{tag}",
             "dead_letter_topic": f"{isolated.dead_letter_topic}-{tag}",
+            "quarantine_topic": f"{isolated.quarantine_topic}-{tag}",
             "stream_subscription": tag,
             "landing_dir": isolated.resolved_landing_dir.parent / f"landing-{tag}",
             "database_url": isolated.resolved_database_url.replace(".db", f"-{tag}.db"),
@@ -100,7 +102,8 @@ def settings_env(s: Settings) -> dict[str, str]:
     """The MLP_ variables that make another process (a flow run) use settings `s`."""
     fields = (
         "namespace", "features_topic", "predictions_topic", "dead_letter_topic",
-        "stream_subscription", "landing_dir", "database_url", "commit_every_rows",
+        "quarantine_topic", "stream_subscription", "landing_dir", "database_url",
+        "commit_every_rows",
     )  # fmt: skip
     return {f"MLP_{name.upper()}": str(getattr(s, name)) for name in fields}
 

@@ -82,7 +82,7 @@ def test_malformed_kinds_cycle(settings: Settings) -> None:
     # The first three kinds appear three times, the rest twice.
     reasons = Counter(MALFORMED_KINDS[i % len(MALFORMED_KINDS)][0] for i in range(n_malformed))
     assert reasons["not_a_number:sepal_width"] == 3
-    assert reasons["bad_label"] == 2
+    assert reasons["out_of_range:label"] == 2
 
 
 def test_same_seed_same_values(settings: Settings) -> None:

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from mlplatform.dataset import header
-from mlplatform.flink_job import _options, _quote, build_statements, validation_sql
+from mlplatform.flink_job import (
+    _options,
+    _quote,
+    build_statements,
+    classification_sql,
+    rejected_sql,
+    validation_sql,
+)
 from mlplatform.preprocess import job_config
 from mlplatform.settings import Settings
 
@@ -25,6 +32,8 @@ def settings(tmp_path: Path) -> Settings:
         features_table="feat_t",
         quarantine_table="quar_t",
         features_topic="persistent://public/default/my-topic",
+        quarantine_topic="persistent://public/default/my-quarantine",
+        max_line_bytes=512,
         pulsar_service_url="pulsar://127.0.0.1:16650",
         feature_min=0.5,
         feature_max=12.0,
@@ -48,12 +57,15 @@ def test_job_config_carries_settings(cfg: dict, settings: Settings, tmp_path: Pa
     assert cfg["header"] == "event_id,sepal_length,sepal_width,petal_length,petal_width,label"
     assert cfg["header"] == header(settings)
     assert cfg["features_topic"] == settings.features_topic
+    assert cfg["quarantine_topic"] == "persistent://public/default/my-quarantine"
+    assert cfg["max_line_bytes"] == 512
+    assert cfg["counts_path"] == f"file://{tmp_path}/state/flink/job-1-counts"
     assert cfg["job_name"] == "job-1"
 
 
 def test_ddl_names_catalog_source_and_topic(cfg: dict) -> None:
     ddl, _ = build_statements(cfg)
-    catalog, raw, topic, view = ddl
+    catalog, raw, topic, quarantine_topic, counts, checked, classified, rejected = ddl
     assert catalog.startswith("CREATE CATALOG `mylake` WITH (")
     for key, value in cfg["iceberg_catalog_options"].items():
         assert f"{_quote(key)} = {_quote(value)}" in catalog
@@ -61,6 +73,9 @@ def test_ddl_names_catalog_source_and_topic(cfg: dict) -> None:
     assert "CREATE TEMPORARY TABLE raw_lines" in raw
     assert f"'path' = '{cfg['input_path']}'" in raw
     assert "'format' = 'raw'" in raw
+    # Bytes, decoded by the job itself, so bytes that are not UTF-8 can be told apart.
+    assert "(payload BYTES, `file.path` STRING NOT NULL METADATA, " in raw
+    assert "`file.modification-time` TIMESTAMP_LTZ(3) NOT NULL METADATA" in raw
     assert "CREATE TEMPORARY TABLE features_topic" in topic
     assert "'connector' = 'pulsar'" in topic
     assert "'topics' = 'persistent://public/default/my-topic'" in topic
@@ -70,53 +85,134 @@ def test_ddl_names_catalog_source_and_topic(cfg: dict) -> None:
     assert "`event_id` STRING" in topic and "`label` INT" in topic
     # The row key is also the message key, so Key_Shared consumers and partitions follow it.
     assert "'key.fields' = '_message_key'" in topic and "`_message_key` STRING" in topic
-    assert view.startswith("CREATE TEMPORARY VIEW checked AS SELECT")
-    assert validation_sql(cfg) in view
+    assert checked == f"CREATE TEMPORARY VIEW checked AS {validation_sql(cfg)}"
+    assert classified == f"CREATE TEMPORARY VIEW classified AS {classification_sql(cfg)}"
+    assert rejected == f"CREATE TEMPORARY VIEW rejected AS {rejected_sql(cfg)}"
+
+
+def test_quarantine_topic_and_counts_tables(cfg: dict) -> None:
+    ddl, _ = build_statements(cfg)
+    quarantine_topic, counts = ddl[3], ddl[4]
+    assert quarantine_topic.startswith(
+        "CREATE TEMPORARY TABLE quarantine_topic (`raw` STRING, raw_base64 STRING, "
+        "reason STRING, source STRING, quarantined_at TIMESTAMP(3))"
+    )
+    assert "'topics' = 'persistent://public/default/my-quarantine'" in quarantine_topic
+    assert "'connector' = 'pulsar'" in quarantine_topic and "'format' = 'json'" in quarantine_topic
+    assert "key.fields" not in quarantine_topic
+    assert counts.startswith("CREATE TEMPORARY TABLE run_counts (outcome STRING, `rows` BIGINT)")
+    assert f"'path' = '{cfg['counts_path']}'" in counts and "'format' = 'json'" in counts
+
+
+def test_token_file_reaches_both_pulsar_tables(cfg: dict) -> None:
+    ddl, _ = build_statements({**cfg, "pulsar_token_file": "/run/t.token"})
+    for topic in (ddl[2], ddl[3]):
+        assert "'pulsar.client.authParams' = 'file:///run/t.token'" in topic
 
 
 def test_inserts_target_configured_tables(cfg: dict) -> None:
     _, inserts = build_statements(cfg)
-    features, topic, quarantine = inserts
+    features, topic, quarantine, quarantine_topic, counts = inserts
     columns = "`event_id`, `sepal_length`, `sepal_width`, `petal_length`, `petal_width`, `label`"
     assert features.startswith("INSERT INTO `mylake`.`myns`.`feat_t` SELECT " + columns)
-    assert features.endswith("FROM checked WHERE reason IS NULL")
+    assert features.endswith("FROM classified WHERE reason IS NULL")
     assert topic == (
-        f"INSERT INTO features_topic SELECT `event_id`, {columns} FROM checked WHERE reason IS NULL"
+        f"INSERT INTO features_topic SELECT `event_id`, {columns} "
+        "FROM classified WHERE reason IS NULL"
     )
     assert quarantine.startswith("INSERT INTO `mylake`.`myns`.`quar_t` SELECT ")
-    assert quarantine.endswith("FROM checked WHERE reason IS NOT NULL")
+    assert quarantine.endswith("FROM rejected")
     assert "reason, source" in quarantine
+    assert quarantine_topic.startswith(
+        "INSERT INTO quarantine_topic SELECT `raw`, raw_base64, reason, source, "
+    )
+    assert quarantine_topic.endswith("FROM rejected")
+    assert counts == (
+        "INSERT INTO run_counts SELECT COALESCE(reason, 'written'), COUNT(*) FROM classified "
+        "GROUP BY COALESCE(reason, 'written')"
+    )
 
 
-def test_every_feature_gets_number_and_range_checks(cfg: dict) -> None:
+def test_every_feature_gets_value_number_finite_and_range_checks(cfg: dict) -> None:
     sql = validation_sql(cfg)
     for i, column in enumerate(cfg["feature_columns"], start=1):
         assert f"TRY_CAST(TRIM(SPLIT_INDEX(line, ',', {i})) AS DOUBLE) AS `{column}`" in sql
+        assert f"WHEN TRIM(SPLIT_INDEX(line, ',', {i})) = '' THEN 'missing_value:{column}'" in sql
         assert f"WHEN `{column}` IS NULL THEN 'not_a_number:{column}'" in sql
+        # Named apart from out_of_range; the text of the parsed double, not a comparison, since
+        # the planner folds a full-range comparison into IS NOT NULL, which NaN passes.
+        assert (
+            f"WHEN CAST(`{column}` AS STRING) IN ('NaN', 'Infinity', '-Infinity') "
+            f"THEN 'not_finite:{column}'" in sql
+        )
         assert (
             f"WHEN NOT (`{column}` >= 0.5 AND `{column}` <= 12.0) THEN 'out_of_range:{column}'"
             in sql
         )
-    assert len(re.findall(r"'not_a_number:", sql)) == len(cfg["feature_columns"])
-    assert len(re.findall(r"'out_of_range:", sql)) == len(cfg["feature_columns"])
+        assert sql.index(f"'not_finite:{column}'") < sql.index(f"'out_of_range:{column}'")
+    for kind in ("missing_value", "not_a_number", "not_finite", "out_of_range"):
+        n = len(cfg["feature_columns"]) + (kind in ("missing_value", "out_of_range"))
+        assert len(re.findall(rf"'{kind}:", sql)) == n, kind
+
+
+def test_payload_checks(cfg: dict) -> None:
+    sql = validation_sql(cfg)
+    assert r"WHEN REGEXP(line, '^\s*$') THEN 'empty_payload'" in sql
+    # ISO-8859-1 gives one character per byte: the payload's length in bytes.
+    assert "WHEN CHAR_LENGTH(DECODE(payload, 'ISO-8859-1')) > 512 THEN 'oversized_payload'" in sql
+    assert "WHEN ENCODE(line, 'UTF-8') <> payload THEN 'not_utf8'" in sql
+    assert "DECODE(payload, 'UTF-8') AS line" in sql
 
 
 def test_checks_are_ordered_and_complete(cfg: dict) -> None:
     sql = validation_sql(cfg)
     n_fields = len(cfg["feature_columns"]) + 2
-    assert f"<> {n_fields} THEN 'wrong_field_count'" in sql
-    assert "WHEN `event_id` IS NULL OR `event_id` = '' THEN 'missing_key:event_id'" in sql
-    assert "`label` < 0 OR `label` >= 3 THEN 'bad_label'" in sql
+    assert f"< {n_fields} THEN 'missing_fields'" in sql
+    assert f"> {n_fields} THEN 'extra_fields'" in sql
+    assert "WHEN `event_id` = '' THEN 'missing_key:event_id'" in sql
+    assert "WHEN `label` IS NULL THEN 'not_an_integer:label'" in sql
+    assert "WHEN `label` < 0 OR `label` >= 3 THEN 'out_of_range:label'" in sql
     assert f"TRY_CAST(TRIM(SPLIT_INDEX(line, ',', {n_fields - 1})) AS INT) AS `label`" in sql
-    reasons = ["'wrong_field_count'", "'missing_key:", "'not_a_number:", "'out_of_range:"]
-    positions = [sql.index(r) for r in [*reasons, "'bad_label'"]]
+    reasons = [
+        "'empty_payload'", "'oversized_payload'", "'not_utf8'", "'missing_fields'",
+        "'extra_fields'", "'missing_key:", "'missing_value:", "'not_a_number:", "'not_finite:",
+        "'out_of_range:sepal", "'not_an_integer:label'", "'out_of_range:label'",
+    ]  # fmt: skip
+    positions = [sql.index(r) for r in reasons]
     assert positions == sorted(positions)
     assert "ELSE CAST(NULL AS STRING) END AS reason" in sql
 
 
+def test_classification_skips_known_keys_and_quarantines_duplicates(cfg: dict) -> None:
+    sql = classification_sql(cfg)
+    # The features table, read in the same job: a key already there is not written again.
+    assert (
+        "LEFT JOIN (SELECT DISTINCT `event_id` AS known FROM `mylake`.`myns`.`feat_t`) AS k "
+        "ON c.`event_id` = k.known"
+    ) in sql
+    # One row per key is kept: valid rows first, then by file and line, deterministically.
+    assert (
+        "ROW_NUMBER() OVER (PARTITION BY c.`event_id` ORDER BY "
+        "CASE WHEN c.reason IS NULL THEN 0 ELSE 1 END, c.modified, c.source, c.line) AS rn"
+    ) in sql
+    # A row's own failure wins; then already_ingested; then duplicate_key.
+    assert (
+        "COALESCE(reason, CASE WHEN known IS NOT NULL THEN 'already_ingested' "
+        "WHEN rn > 1 THEN 'duplicate_key' END) AS reason"
+    ) in sql
+    assert sql.endswith("ON c.`event_id` = k.known)")
+
+
+def test_rejected_rows_leave_already_ingested_out_and_cut_oversized(cfg: dict) -> None:
+    sql = rejected_sql(cfg)
+    assert sql.endswith("FROM classified WHERE reason IS NOT NULL AND reason <> 'already_ingested'")
+    assert "CASE WHEN reason = 'oversized_payload' THEN SUBSTRING(line, 1, 512)" in sql
+    assert "ELSE TO_BASE64(payload) END AS raw_base64" in sql
+
+
 def test_header_line_is_filtered(cfg: dict) -> None:
     sql = validation_sql(cfg)
-    assert sql.endswith(f"FROM raw_lines WHERE line <> '{cfg['header']}')")
+    assert sql.endswith(f"FROM raw_lines) WHERE line <> '{cfg['header']}')")
 
 
 def test_header_with_single_quote_is_escaped(cfg: dict) -> None:
@@ -147,8 +243,9 @@ def test_custom_schema_changes_generated_sql(cfg: dict) -> None:
         "header": "id,x,y,cls",
     }
     sql = validation_sql(cfg)
-    assert "<> 4 THEN 'wrong_field_count'" in sql
+    assert "< 4 THEN 'missing_fields'" in sql and "> 4 THEN 'extra_fields'" in sql
     assert "TRY_CAST(TRIM(SPLIT_INDEX(line, ',', 3)) AS INT) AS `cls`" in sql
-    assert "`cls` >= 5 THEN 'bad_label'" in sql
-    assert "'missing_key:id'" in sql
+    assert "`cls` >= 5 THEN 'out_of_range:cls'" in sql
+    assert "'missing_key:id'" in sql and "'missing_value:cls'" in sql
     assert "sepal_length" not in sql
+    assert "PARTITION BY c.`id`" in classification_sql(cfg)

@@ -1,4 +1,5 @@
-"""mlplatform.preprocess helpers: JDBC catalog options and claiming landing files."""
+"""mlplatform.preprocess helpers: JDBC catalog options, claiming landing files, the job's counts
+and the run's report artifact."""
 
 from __future__ import annotations
 
@@ -6,8 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from mlplatform.preprocess import claim_landing_files, jdbc_catalog_options
+from mlplatform.preprocess import (
+    PreprocessResult,
+    claim_landing_files,
+    jdbc_catalog_options,
+    read_counts,
+)
 from mlplatform.settings import Settings
+from tasks.artifacts import preprocess_markdown
 
 pytestmark = pytest.mark.unit
 
@@ -116,3 +123,51 @@ def test_claim_retried_with_same_run_id_keeps_its_files(tmp_path: Path) -> None:
     again = claim_landing_files(s, "run-1")
     assert again == first
     assert [p.name for p in again.iterdir()] == ["a.csv"]
+
+
+def test_read_counts_sums_every_part_file(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "part-a-0").write_text(
+        '{"outcome":"written","rows":5}\n{"outcome":"not_utf8","rows":1}\n'
+    )
+    (tmp_path / "sub" / "part-b-0").write_text('{"outcome":"written","rows":2}\n\n')
+    (tmp_path / ".part-c.inprogress").write_text('{"outcome":"written","rows":100}\n')
+    (tmp_path / "_SUCCESS").write_text("")
+    assert read_counts(tmp_path) == {"written": 7, "not_utf8": 1}
+    assert read_counts(tmp_path / "missing") == {}
+
+
+def _result(**kwargs: object) -> PreprocessResult:
+    figures = {"files": 2, "features_rows": 90, "quarantined_rows": 7, "job_id": "abc123"}
+    return PreprocessResult(**{"features_snapshot_id": 42, **figures, **kwargs})
+
+
+def test_report_shows_counts_and_reasons_table() -> None:
+    result = _result(
+        rows_read=100,
+        already_ingested=3,
+        quarantined_by_reason={"duplicate_key": 2, "not_utf8": 5},
+    )
+    markdown = preprocess_markdown(result)
+    for row in (
+        "| files | 2 |",
+        "| rows read | 100 |",
+        "| rows written (Iceberg features + Pulsar topic) | 90 |",
+        "| already ingested (skipped) | 3 |",
+        "| rows quarantined | 7 |",
+        "| features snapshot | 42 |",
+        "| Flink job | abc123 |",
+        "| reason | rows |",
+        "| duplicate_key | 2 |",
+        "| not_utf8 | 5 |",
+    ):
+        assert row in markdown, row
+    assert "Flink UI" not in markdown  # local mode: no web UI to link
+
+
+def test_report_links_the_session_clusters_ui() -> None:
+    url = "http://127.0.0.1:8081/#/job/abc123"
+    markdown = preprocess_markdown(_result(quarantined_rows=0, flink_job_url=url))
+    assert f"| Flink job | [abc123]({url}) |" in markdown
+    assert f"| Flink UI | [{url}]({url}) |" in markdown
+    assert "No row was quarantined." in markdown
