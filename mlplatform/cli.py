@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 
 import typer
+from sqlalchemy import Engine
 
 from mlplatform import model_registry
 from mlplatform.settings import get_settings
@@ -23,6 +24,11 @@ runs = typer.Typer(help="Checkpointed runs: list with progress, resume.", no_arg
 app.add_typer(runs, name="runs")
 services = typer.Typer(help="The embedded services: up, down, status.", no_args_is_help=True)
 app.add_typer(services, name="services")
+database = typer.Typer(
+    help="The platform's SQL database (checkpoints, registry): schema revisions.",
+    no_args_is_help=True,
+)
+app.add_typer(database, name="db")
 SERVICE_NAMES = typer.Argument(None, help="Services (default: all).")
 FLOWS = ("preprocess", "retrain", "batch-inference", "stream-inference", "serving")
 
@@ -134,6 +140,49 @@ def services_down(names: list[str] | None = SERVICE_NAMES) -> None:
 def services_status(names: list[str] | None = SERVICE_NAMES) -> None:
     """Health and address of each service; exit code 1 when one is down."""
     _services("status", names)
+
+
+@contextmanager
+def _database() -> Iterator[tuple[Engine, str]]:
+    """An engine on the settings' database that leaves its schema alone, and its printable URL."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from mlplatform.database import new_engine
+
+    url = get_settings().resolved_database_url
+    engine = new_engine(url)
+    try:
+        with failing_on(SQLAlchemyError, RuntimeError):
+            yield engine, engine.url.render_as_string(hide_password=True)
+    finally:
+        engine.dispose()
+
+
+@database.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate the database to the newest revision (the platform also does on first use)."""
+    from mlplatform.database import current_revision, upgrade
+
+    with _database() as (engine, url):
+        with engine.connect() as connection:
+            before = current_revision(connection)
+        head = upgrade(engine)
+    done = f"at {head} already" if before == head else f"{before or 'none'} -> {head}"
+    typer.echo(f"{url}: {done}")
+
+
+@database.command("current")
+def db_current() -> None:
+    """The database's schema revision; exit code 1 when it is not the newest."""
+    from mlplatform.database import current_revision, head_revision
+
+    with _database() as (engine, url), engine.connect() as connection:
+        current, head = current_revision(connection), head_revision()
+    if current == head:
+        typer.echo(f"{url}: {current} (head)")
+        return
+    typer.echo(f"{url}: {current or 'none'} (head is {head}; run `mlp db upgrade`)")
+    raise typer.Exit(1)
 
 
 def _parse_params(params: list[str]) -> dict[str, object]:

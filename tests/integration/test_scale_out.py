@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -19,9 +20,11 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import pytest
+from alembic import command
 from prefect import flow
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from pydantic import SecretStr
@@ -29,6 +32,14 @@ from pyiceberg.expressions import EqualTo
 from sqlalchemy import create_engine, inspect, text
 
 from mlplatform.batch_inference import run_batch_inference
+from mlplatform.database import (
+    alembic_config,
+    current_revision,
+    head_revision,
+    new_engine,
+    schema_differences,
+    upgrade,
+)
 from mlplatform.dataset import write_demo_raw
 from mlplatform.iceberg_tables import load_table
 from mlplatform.preprocess import jdbc_catalog_options, preprocess
@@ -172,6 +183,40 @@ def test_pipeline_on_postgresql(pg_settings: Settings, pg_pipeline: dict) -> Non
     finally:
         platform.dispose()
         catalog.dispose()
+
+
+def _upgrade_after(barrier: Barrier, url: str) -> None:
+    barrier.wait()
+    upgrade(new_engine(url))
+
+
+def test_migrations_on_postgresql(postgres: str) -> None:
+    """Concurrent first upgrades of a fresh database all succeed (the advisory lock), and give
+    exactly the models' schema; downgrading to 0001 and upgrading again does too."""
+    admin = create_engine(f"{postgres}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text("CREATE DATABASE migrations"))
+    admin.dispose()
+    url = f"{postgres}/migrations"
+    fork = multiprocessing.get_context("fork")  # separate processes, each with its connections
+    barrier = fork.Barrier(3)
+    openers = [fork.Process(target=_upgrade_after, args=(barrier, url)) for _ in range(3)]
+    for opener in openers:
+        opener.start()
+    for opener in openers:
+        opener.join(timeout=180)
+    assert [opener.exitcode for opener in openers] == [0, 0, 0]
+    engine = new_engine(url)
+    try:
+        with engine.connect() as connection:
+            assert current_revision(connection) == head_revision()
+        assert schema_differences(engine) == []
+        command.downgrade(alembic_config(url=url), "0001")
+        assert "checkpoint_jobs" not in inspect(engine).get_table_names()
+        upgrade(engine)
+        assert schema_differences(engine) == []
+    finally:
+        engine.dispose()
 
 
 @flow(name="scale-out-hello")

@@ -180,3 +180,27 @@ def test_run_rejects_unknown_flows_and_bad_params(settings: Settings, runner: Cl
     }  # fmt: skip
     result = runner.invoke(app, ["run", "retrain", "--param", "novalue"])
     assert result.exit_code == 2 and "is not key=value" in result.output
+
+
+def test_db_current_and_upgrade(settings: Settings, runner: CliRunner) -> None:
+    from mlplatform.database import head_revision
+
+    head = head_revision()
+    result = runner.invoke(app, ["db", "current"])
+    assert result.exit_code == 1 and f"none (head is {head}; run `mlp db upgrade`)" in result.output
+    result = runner.invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 0 and f"none -> {head}" in result.output
+    assert f"at {head} already" in runner.invoke(app, ["db", "upgrade"]).output
+    result = runner.invoke(app, ["db", "current"])
+    assert result.exit_code == 0 and f"{head} (head)" in result.output
+
+
+def test_db_on_an_unreachable_database_exits_1(
+    settings: Settings, runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLP_DATABASE_URL", "postgresql+psycopg2://mlp:secret@127.0.0.1:1/platform")
+    get_settings.cache_clear()
+    for command in ("current", "upgrade"):
+        result = runner.invoke(app, ["db", command])
+        assert result.exit_code == 1 and "error:" in result.output, result.output
+        assert "secret" not in result.output
