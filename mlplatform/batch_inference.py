@@ -12,10 +12,11 @@ max_failed_fraction of the rows.
 from __future__ import annotations
 
 import hashlib
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -27,7 +28,12 @@ from pyiceberg.table import Table
 from checkpoints.store import FAILED, PENDING, CheckpointStore, Run, RunInProgress, process_owner
 from mlplatform import model_registry
 from mlplatform.batch_commit import commit_units, committed_units, disable_auto_retry
-from mlplatform.batch_predictors import Predictor, ServePredictor, deploy_batch_model
+from mlplatform.batch_predictors import (
+    Predictor,
+    ServePredictor,
+    deploy_batch_model,
+    serving_batch_model,
+)
 from mlplatform.batch_units import ERROR, UNIT, UNIT_ROWS, parse_row_filter, plan_units, read_units
 from mlplatform.iceberg_tables import ensure_tables
 from mlplatform.model_registry import ModelRef
@@ -40,6 +46,10 @@ Mode = Literal["fused", "separated"]
 
 class BatchInferenceFailed(RuntimeError):
     """Too many rows are in failed units; the message lists them."""
+
+
+class BatchInferenceStalled(RuntimeError):
+    """Ray Data produced nothing for too long (typically: no free resources for a stage)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,7 @@ class _Job:
     row_filter: str | None
     schema_json: str
     on_progress: Callable[[int, int], None] | None
+    app_name: str | None = None  # the Serve application in separated mode
     lease_lost: threading.Event = field(default_factory=threading.Event)
     committed_rows: int = 0
     commits: int = 0
@@ -119,20 +130,29 @@ def _lease(job: _Job) -> Iterator[None]:
 
 
 def unit_pipeline(
-    s: Settings, ref: ModelRef, mode: Mode, units: list[dict], read_kwargs: dict
-) -> ray.data.Dataset:
+    s: Settings, ref: ModelRef, mode: Mode, units: list[dict], read_kwargs: dict,
+    app_name: str | None = None,
+) -> ray.data.Dataset:  # fmt: skip
     """Units -> read stage (tasks) -> model stage (actor pool), streamed by Ray Data.
 
     read_kwargs: columns (the key column first), row_filter, schema_json (see read_units).
+    In separated mode the model is the Serve application app_name (default: deployed now).
     """
     predictor: type = Predictor
     kwargs = {"ref": ref, "key": s.key_column, "timeout_s": s.batch_timeout_s}
     if mode == "separated":
-        predictor, kwargs = ServePredictor, {**kwargs, "app_name": deploy_batch_model(s, ref)}
+        app_name = app_name or deploy_batch_model(s, ref)
+        predictor, kwargs = ServePredictor, {**kwargs, "app_name": app_name}
     fused = mode == "fused"
     return (
         ray.data.from_items(units, override_num_blocks=max(1, len(units)))
-        .map_batches(read_units, fn_kwargs=read_kwargs, batch_size=1, batch_format="pandas")
+        .map_batches(
+            read_units,
+            fn_kwargs=read_kwargs,
+            batch_size=1,
+            batch_format="pandas",
+            num_cpus=s.reader_num_cpus,
+        )  # fmt: skip
         .map_batches(
             predictor,
             fn_constructor_kwargs=kwargs,
@@ -145,6 +165,36 @@ def unit_pipeline(
             num_gpus=s.actor_num_gpus if fused else 0,
         )
     )
+
+
+def _watched(pipeline: ray.data.Dataset, stall_timeout_s: float) -> Iterator[pd.DataFrame]:
+    """The pipeline's output blocks; BatchInferenceStalled when none comes for stall_timeout_s
+    (Ray Data waits for resources forever, and a run should fail with a reason instead)."""
+    frames: queue.Queue = queue.Queue(maxsize=8)
+    end = object()
+
+    def pump() -> None:
+        try:
+            for frame in pipeline.iter_batches(batch_size=None, batch_format="pandas"):
+                frames.put(frame)
+            frames.put(end)
+        except BaseException as error:  # re-raised in the driver below
+            frames.put(error)
+
+    threading.Thread(target=pump, name="ray-data-output", daemon=True).start()
+    while True:
+        try:
+            item = frames.get(timeout=stall_timeout_s)
+        except queue.Empty:
+            raise BatchInferenceStalled(
+                f"no prediction came back from Ray Data for {stall_timeout_s:.0f} s; "
+                f"cluster resources available: {ray.available_resources()}"
+            ) from None
+        if item is end:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 def _to_arrow(job: _Job, frame: pd.DataFrame) -> pa.Table:
@@ -187,8 +237,8 @@ def _run_pass(job: _Job, units: list[dict]) -> dict[int, str]:
         "row_filter": job.row_filter,
         "schema_json": job.schema_json,
     }
-    pipeline = unit_pipeline(job.s, job.ref, job.mode, units, read_kwargs)
-    for frame in pipeline.iter_batches(batch_size=None, batch_format="pandas"):
+    pipeline = unit_pipeline(job.s, job.ref, job.mode, units, read_kwargs, job.app_name)
+    for frame in _watched(pipeline, job.s.stall_timeout_s):
         for unit, part in frame.groupby(UNIT, sort=False):
             unit = int(unit)
             if unit in errors:
@@ -309,7 +359,10 @@ def run_batch_inference(
         skipped_units, skipped_rows = store.progress(run.run_id)
         connect(s)
         try:
-            failed = _execute(job)
+            with ExitStack() as stack:
+                if mode == "separated":
+                    job.app_name = stack.enter_context(serving_batch_model(s, ref))
+                failed = _execute(job)
         except BaseException as error:
             store.finish(run.run_id, job.owner, "failed", repr(error)[:2000])
             raise

@@ -10,7 +10,8 @@ with the error instead, unit by unit, so that one bad unit does not fail its nei
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -89,7 +90,8 @@ class BatchModel:
 
 
 def batch_app_name(s: Settings, ref: ModelRef) -> str:
-    return f"{s.serve_app_name}-batch-v{ref.version}"
+    """Versions of different registries share numbers; their artifacts' digests differ."""
+    return f"{s.serve_app_name}-batch-v{ref.version}-{ref.sha256[:8]}"
 
 
 def deploy_batch_model(s: Settings, ref: ModelRef) -> str:
@@ -106,6 +108,16 @@ def deploy_batch_model(s: Settings, ref: ModelRef) -> str:
     serve.start(http_options={"host": "127.0.0.1", "port": s.serve_port})
     serve.run(deployment.bind(ref), name=name, route_prefix=None)
     return name
+
+
+@contextmanager
+def serving_batch_model(s: Settings, ref: ModelRef) -> Iterator[str]:
+    """The model's Serve application for the duration of a run; deleted afterwards."""
+    name = deploy_batch_model(s, ref)
+    try:
+        yield name
+    finally:
+        serve.delete(name, _blocking=False)
 
 
 class ServePredictor:

@@ -238,7 +238,8 @@ def runs_list(
     for r in rows:
         typer.echo(
             f"{r.run_id:34} {r.kind:16} {r.status:10} {r.mode:9} rows {r.rows_done}/{r.rows_total}"
-            f" units {r.units_done} model v{r.model_version} snapshot {r.snapshot_id}"
+            f" units {r.units_done}/{r.units_total} failed {r.units_failed}"
+            f" model v{r.model_version} snapshot {r.snapshot_id}"
             f" started {r.started_at}" + (f" error: {r.error}" if r.error else "")
         )
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from checkpoints.store import CheckpointStore
+from checkpoints.store import FAILED, CheckpointStore
 from mlplatform.iceberg_tables import load_table
 from mlplatform.pulsar_io import admin_headers, topic_path
 from mlplatform.settings import Settings
@@ -25,7 +25,9 @@ class RunProgress:
     snapshot_id: int
     model_version: int
     rows_total: int
+    units_total: int
     units_done: int
+    units_failed: int
     rows_done: int
     started_at: str
     error: str | None
@@ -37,11 +39,12 @@ def list_runs(s: Settings, limit: int = 20) -> list[RunProgress]:
     runs = []
     for run in store.list_runs(limit):
         units, rows = store.progress(run.run_id)
+        failed = len(store.units(run.run_id, FAILED))
         runs.append(
             RunProgress(
                 run.run_id, run.kind, run.status, run.mode, run.snapshot_id, run.model_version,
-                run.rows_total, units, rows, run.started_at.isoformat(timespec="seconds"),
-                run.error,
+                run.rows_total, run.units_total, units, failed, rows,
+                run.started_at.isoformat(timespec="seconds"), run.error,
             )
         )  # fmt: skip
     return runs

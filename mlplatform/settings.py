@@ -127,12 +127,15 @@ class Settings(BaseSettings):
     actor_pool_max: int = 2
     actor_num_cpus: float = 0.5
     actor_num_gpus: float = 0.0
+    reader_num_cpus: float = 0.25
     # A unit of work: consecutive Parquet row groups of one data file, up to this many rows.
     unit_rows: int = 20_000
     # Complete units are committed to Iceberg together every this many rows or seconds.
     commit_every_rows: int = 100_000
     commit_every_s: float = 10.0
     batch_timeout_s: float = 60.0
+    # A run fails (and can be resumed) when Ray Data returns nothing for this long.
+    stall_timeout_s: float = 300.0
     unit_max_attempts: int = 3
     # The run fails when more than this fraction of the input rows is in units that failed.
     max_failed_fraction: float = 0.0

@@ -149,20 +149,23 @@ def test_models_rollback_on_empty_registry(settings: Settings, runner: CliRunner
 
 
 def test_runs_list_shows_checkpoint_progress(settings: Settings, runner: CliRunner) -> None:
-    from checkpoints.store import CheckpointStore
+    from checkpoints.store import CheckpointStore, UnitPlan
 
     store = CheckpointStore(settings.resolved_database_url)
-    run = store.start_run(
-        kind="batch-inference", dataset="ml.features", snapshot_id=42, model_version=3,
-        mode="fused", rows_total=500,
+    plan = [UnitPlan(0, "a", 0, 1, 200), UnitPlan(1, "a", 1, 1, 100), UnitPlan(2, "b", 0, 1, 200)]
+    run, _ = store.open_run(
+        "job", None, plan, kind="batch-inference", dataset="ml.features", snapshot_id=42,
+        model_version=3, mode="fused",
     )  # fmt: skip
-    store.record_unit(run.run_id, 0, 200, 200, 7)
-    store.record_unit(run.run_id, 1, 100, 100, 8)
+    store.mark_done(run.run_id, {0: 200, 1: 100}, snapshot_id=7)
+    store.mark_attempt_failed(run.run_id, {2: "boom"}, max_attempts=1)
     result = runner.invoke(app, ["runs", "list"])
     assert result.exit_code == 0, result.output
-    assert run.run_id in result.output and "rows 300/500 units 2" in result.output
+    assert run.run_id in result.output and "rows 300/500 units 2/3 failed 1" in result.output
     [row] = json.loads(runner.invoke(app, ["runs", "list", "--json"]).output)
-    assert (row["rows_done"], row["units_done"], row["status"]) == (300, 2, "running")
+    assert (row["rows_done"], row["units_done"], row["units_failed"], row["status"]) == (
+        300, 2, 1, "running",
+    )  # fmt: skip
 
 
 def test_resuming_an_unknown_run_fails_with_its_id(settings: Settings, runner: CliRunner) -> None:
