@@ -24,10 +24,10 @@ import pytest
 from pyiceberg.expressions import EqualTo
 from ray.util.state import list_actors
 
-from checkpoints.store import CheckpointStore, RunInProgress
+from checkpoints.store import CheckpointStore, RunInProgress, UnitPlan
 from mlplatform.batch_commit import commit_units, committed_units, disable_auto_retry
 from mlplatform.batch_inference import BatchInferenceFailed, job_key, run_batch_inference
-from mlplatform.iceberg_tables import load_table
+from mlplatform.iceberg_tables import ensure_tables, load_table
 from mlplatform.settings import PROJECT_DIR, Settings
 from mlplatform.synthetic_features import append_features, feature_rows
 from mlplatform.training import retrain
@@ -223,11 +223,12 @@ def test_a_concurrent_second_run_is_refused_and_nothing_doubles(batch: Settings)
     assert len(everything) == len(rows)  # no other run wrote predictions
 
 
-def test_concurrent_commits_of_the_same_unit_land_once(batch: Settings) -> None:
+def race_commits(s: Settings) -> None:
+    """Four writers commit overlapping units of one run at the same moment: each unit lands once."""
     run_id = f"race-{time.time_ns()}"
-    table = disable_auto_retry(load_table(batch, batch.predictions_table))
+    table = disable_auto_retry(ensure_tables(s).load_table(s.table_id(s.predictions_table)))
     rows = pd.DataFrame({
-        batch.key_column: [f"k{i}" for i in range(10)], "prediction": 0,
+        s.key_column: [f"k{i}" for i in range(10)], "prediction": 0,
         "probabilities": [[1.0, 0.0, 0.0]] * 10, "model_version": 1, "run_id": run_id,
         "input_snapshot_id": 0,
     })  # fmt: skip
@@ -236,7 +237,7 @@ def test_concurrent_commits_of_the_same_unit_land_once(batch: Settings) -> None:
     snapshots: list[int | None] = []
 
     def commit(unit: int) -> None:
-        own = load_table(batch, batch.predictions_table)  # each writer its own table object
+        own = load_table(s, s.predictions_table)  # each writer its own table object
         barrier.wait()
         snapshots.append(commit_units(own, run_id, {unit: data, 99: data})[0])
 
@@ -247,8 +248,37 @@ def test_concurrent_commits_of_the_same_unit_land_once(batch: Settings) -> None:
         t.join(120)
     table.refresh()
     assert committed_units(table, run_id) == {1: 10, 2: 10, 99: 10}
-    assert len(predictions_of(batch, run_id)) == 30  # units 1, 2 and 99 once each
+    assert len(predictions_of(s, run_id)) == 30  # units 1, 2 and 99 once each
     assert len([x for x in snapshots if x is not None]) == 2, snapshots
+
+
+def race_open_run(s: Settings) -> None:
+    """Four processes' worth of threads open the same new job at once: one run, planned once."""
+    store = CheckpointStore(s.resolved_database_url)
+    plan = [UnitPlan(i, "f.parquet", i, 1, 10) for i in range(5)]
+    key = f"race-{time.time_ns()}"
+    barrier = threading.Barrier(4)
+    opened: list[tuple[str, bool]] = []
+
+    def open_run() -> None:
+        barrier.wait()
+        run, resumed = store.open_run(key, None, plan, kind="test", dataset="d", snapshot_id=1,
+                                      model_version=1, mode="fused")  # fmt: skip
+        opened.append((run.run_id, resumed))
+
+    threads = [threading.Thread(target=open_run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len({run_id for run_id, _ in opened}) == 1, opened
+    assert sorted(resumed for _, resumed in opened) == [False, True, True, True]
+    assert len(store.units(opened[0][0])) == 5
+
+
+def test_concurrent_commits_and_starts_of_one_job_land_once(batch: Settings) -> None:
+    race_commits(batch)
+    race_open_run(batch)
 
 
 def test_job_key_separates_filters_and_models() -> None:

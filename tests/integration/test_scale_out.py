@@ -44,8 +44,14 @@ from mlplatform.dataset import write_demo_raw
 from mlplatform.iceberg_tables import load_table
 from mlplatform.preprocess import jdbc_catalog_options, preprocess
 from mlplatform.settings import PROJECT_DIR, Settings
+from mlplatform.synthetic_features import append_features
 from mlplatform.training import retrain
 from tests.conftest import extra_service, settings_env
+from tests.integration.test_batch_inference import (
+    assert_exactly_once,
+    race_commits,
+    race_open_run,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -137,6 +143,30 @@ def pg_pipeline(pg_settings: Settings) -> dict:
     trained = retrain(pg_settings)
     batch = run_batch_inference(pg_settings)
     return {"preprocess": processed, "trained": trained, "batch": batch}
+
+
+def test_batch_inference_resumes_and_races_safely_on_postgresql(pg_settings: Settings) -> None:
+    s = pg_settings.model_copy(update={
+        "namespace": f"{pg_settings.namespace}_batch", "unit_rows": 500, "commit_every_rows": 500,
+    })  # fmt: skip
+    append_features(s, 3000, seed=4, row_group_rows=500)
+    assert retrain(s, on_ray=False).decision == "promote"
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_the_second_commit(units_done: int, units_total: int) -> None:
+        if units_done >= 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_batch_inference(s, on_progress=crash_at_the_second_commit)
+    resumed = run_batch_inference(s)
+    assert resumed.resumed and resumed.skipped_rows >= 1000
+    assert resumed.skipped_rows + resumed.predicted_rows == 3000
+    assert_exactly_once(s, resumed.run_id)
+    race_commits(s)
+    race_open_run(s)
 
 
 def test_flink_gets_the_postgresql_catalog_as_jdbc(pg_settings: Settings) -> None:
