@@ -34,6 +34,7 @@ bench: up  ## the benchmarks under benchmarks/, JSON results in benchmarks/resul
 	uv sync --frozen --inexact --group bench
 	$(PY) -m benchmarks.retrain
 	$(PY) -m benchmarks.streaming
+	$(PY) -m benchmarks.batch_inference
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .

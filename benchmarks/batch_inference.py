@@ -1,0 +1,847 @@
+"""Benchmark: batch inference over an Iceberg snapshot, every variant in one run on the same data.
+
+For each size (default 1M and 10M rows) and model (a depth-3 decision tree and a 100-tree random
+forest), rows/s of:
+- raw: model.predict_proba on the rows as one in-memory float64 array, in the benchmark process,
+  one thread and two threads over chunks; the better of the two is the raw limit;
+- fused: run_batch_inference(mode="fused"), checkpoints on (units, compare-and-set commits);
+- separated: run_batch_inference(mode="separated"), the model in a Ray Serve deployment;
+- no_checkpoint: the same streaming pipeline (unit_pipeline, fused), the same rows gathered at
+  the driver and the same Arrow tables, appended to Iceberg in one commit at the end: no
+  checkpoint store, no run lease, no per-commit compare-and-set (checkpointing off);
+- bsp: the same stages run one after the other with materialize() between them (read all units,
+  then predict all rows, then write), one commit at the end like no_checkpoint;
+- spark: PySpark local[2] on the same Parquet files, mapInPandas with the same model (broadcast),
+  written as Parquet to a temporary folder. The JVM start and a warm-up job are not counted.
+Then a fused run on the largest size is killed (SIGKILL) once the checkpoint store shows >= 50%
+of the rows committed, and resumed in this process; the rows recomputed are the rows that had
+come back to the killed driver from Ray Data but were not committed (counted in the child by
+wrapping ray.data.Dataset.iter_batches), checked against exactly-once in the predictions table.
+
+Everything (Iceberg catalog and warehouse, registry and checkpoint database, models, Serve app)
+is this run's own, under a temporary folder removed at the end; the shared Ray cluster runs it.
+Usage: python -m benchmarks.batch_inference [--sizes 1000000 10000000] [--budget-s 900] [--quick]
+Prints a table and saves benchmarks/results/batch_inference.json and batch_inference.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.tree import DecisionTreeClassifier
+
+from checkpoints.store import CheckpointStore
+from mlplatform import model_registry
+from mlplatform.batch_commit import committed_units
+from mlplatform.batch_inference import run_batch_inference, unit_pipeline
+from mlplatform.batch_predictors import Predictor, deploy_batch_model
+from mlplatform.batch_units import plan_units, read_units
+from mlplatform.iceberg_tables import ensure_tables
+from mlplatform.model_registry import ModelRef
+from mlplatform.ray_runtime import connect
+from mlplatform.settings import Settings, get_settings
+from mlplatform.synthetic_features import append_features, feature_rows
+
+RESULTS = Path(__file__).parent / "results"
+MODELS = {
+    "tree_d3": (DecisionTreeClassifier, {"max_depth": 3}),
+    # The platform's own grid entry with 100 trees (settings.candidate_grid).
+    "forest_100": (RandomForestClassifier, {"n_estimators": 100, "max_depth": 6}),
+}
+# Run in this order; when the time budget runs short, the last ones are skipped first.
+VARIANTS = ("raw", "fused", "no_checkpoint", "spark", "bsp", "separated")
+TARGETS = {
+    "fused_over_raw_forest": 0.5,
+    "fused_over_spark": 3.0,
+    "checkpoint_overhead": 0.05,
+    "recomputed_fraction": 0.02,
+}
+
+
+# Pure parts (unit-tested).
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+        return None
+    return round(a / b, 3)
+
+
+def rows_per_s(rows: int, seconds: float) -> float:
+    return round(rows / seconds, 1) if seconds > 0 else math.nan
+
+
+def fits(elapsed_s: float, projected_s: float, budget_s: float) -> bool:
+    """Whether work projected to take projected_s still fits in the budget."""
+    return elapsed_s + projected_s <= budget_s
+
+
+def projected_seconds(rows: int, measured: dict[str, float], variant: str, slack: float = 1.2):
+    """Seconds a variant should take on `rows`, from its rows/s at a smaller size (None: unknown,
+    and then it is run)."""
+    rate = measured.get(variant)
+    return None if not rate or math.isnan(rate) else slack * rows / rate
+
+
+def predictions_table(
+    frame: pd.DataFrame, key: str, schema: pa.Schema, run_id: str, snapshot_id: int
+) -> pa.Table:
+    """The predictions table's rows of a Ray Data output batch (placeholder rows dropped), as
+    batch inference writes them."""
+    rows = frame[frame[key].notna()]
+    out = rows[[key, "prediction", "probabilities", "model_version"]].assign(
+        run_id=run_id, input_snapshot_id=snapshot_id
+    )
+    return pa.Table.from_pandas(out, schema=schema, preserve_index=False)
+
+
+def targets_met(ratios: dict[str, float | None]) -> dict[str, bool | None]:
+    def at_least(value: float | None, target: float) -> bool | None:
+        return None if value is None else value >= target
+
+    def at_most(value: float | None, target: float) -> bool | None:
+        return None if value is None else value <= target
+
+    return {
+        "fused >= 50% of the raw limit (forest, largest size)": at_least(
+            ratios.get("fused_over_raw_forest"), TARGETS["fused_over_raw_forest"]
+        ),
+        "fused >= 3x the Spark peer (forest, largest size)": at_least(
+            ratios.get("fused_over_spark_forest"), TARGETS["fused_over_spark"]
+        ),
+        "checkpoint overhead <= 5%": at_most(
+            ratios.get("checkpoint_overhead"), TARGETS["checkpoint_overhead"]
+        ),
+        "recomputed after a kill <= 2% of rows": at_most(
+            ratios.get("recomputed_fraction"), TARGETS["recomputed_fraction"]
+        ),
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--budget-s", type=float, default=900, help="skip what would not fit")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per variant (median)")
+    parser.add_argument("--train-rows", type=int, default=20_000)
+    parser.add_argument("--row-group-rows", type=int, default=10_000)
+    parser.add_argument("--file-rows", type=int, default=1_000_000, help="rows per data file")
+    parser.add_argument("--kill-at", type=float, default=0.5, help="fraction committed")
+    parser.add_argument("--skip", choices=[*VARIANTS, "kill"], nargs="*", default=[])
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a setting for this run, e.g. commit_every_rows=200000 (repeatable)",
+    )
+    parser.add_argument(
+        "--shared-ray", action="store_true", help="use settings.ray_address, not a private Ray"
+    )
+    parser.add_argument("--quick", action="store_true", help="100k rows, a smoke run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes = [min(args.sizes[0], 100_000)]
+        args.budget_s = min(args.budget_s, 300)
+    args.sizes = sorted(set(args.sizes))
+    return args
+
+
+# Set-up: private settings, data and models.
+
+
+class Bench:
+    """This run's own folder, settings per size (a namespace each), models and Ray."""
+
+    def __init__(self, args: argparse.Namespace, tag: str, ray_address: str | None) -> None:
+        self.args, self.tag = args, tag
+        self.root = Path(tempfile.mkdtemp(prefix=f"mlp-bench-{tag}-"))
+        self.overrides: dict[str, Any] = {
+            "local_dir": str(self.root),  # catalog, warehouse, models: this run's own
+            # A private Ray gets a Serve HTTP proxy of its own: a free port, not the shared one.
+            **({"ray_address": ray_address, "serve_port": free_port()} if ray_address else {}),
+            "database_url": f"sqlite:///{self.root / 'bench.db'}",
+            "serve_app_name": f"bench-{tag}",  # never replaces a shared Serve application
+            **dict(item.split("=", 1) for item in args.overrides),
+        }
+        self.base = self.settings("models")
+        self.refs: dict[str, ModelRef] = {}
+        self.serve_apps: set[str] = set()
+
+    def settings(self, name: str) -> Settings:
+        return Settings(**{**self.overrides, "namespace": f"bench_{self.tag}_{name}"})
+
+    def train_models(self) -> None:
+        """Both models, trained on synthetic rows like the benchmark's, registered here."""
+        s = self.base
+        data = feature_rows(s, self.args.train_rows, seed=12345)
+        x = np.column_stack([data[c].to_numpy() for c in s.feature_columns])
+        y = data[s.label_column].to_numpy()
+        for name, (kind, params) in MODELS.items():
+            model = kind(random_state=s.seed, **params).fit(x, y)
+            row = model_registry.register(
+                s,
+                model,
+                family=name,
+                params=params,
+                metrics={"train_accuracy": float(model.score(x, y))},
+                training_table="synthetic (benchmark)",
+                training_snapshot_id=0,
+                training_rows=len(y),
+                feature_order=list(s.feature_columns),
+                label_names=list(s.label_names),
+            )
+            self.refs[name] = model_registry.model_ref(row)
+
+    def delete_serve_apps(self) -> None:
+        from ray import serve
+
+        for name in sorted(self.serve_apps):
+            serve.delete(name)
+        self.serve_apps.clear()
+
+    def clean_up(self) -> list[str]:
+        problems = []
+        try:
+            self.delete_serve_apps()
+        except Exception as error:  # noqa: BLE001 - reported, never fatal at the end
+            problems.append(f"serve apps {sorted(self.serve_apps)}: {error}")
+        shutil.rmtree(self.root, ignore_errors=True)
+        return problems
+
+
+class Dataset:
+    """One size: its namespace, features snapshot, data files and in-memory feature matrix."""
+
+    def __init__(self, bench: Bench, rows: int) -> None:
+        self.rows = rows
+        self.s = bench.settings(f"{rows}")
+        started = time.perf_counter()
+        self.snapshot_id = append_features(
+            self.s,
+            rows,
+            seed=rows,
+            row_group_rows=bench.args.row_group_rows,
+            chunk_rows=bench.args.file_rows,
+        )
+        self.write_s = time.perf_counter() - started
+        catalog = ensure_tables(self.s)
+        self.features = catalog.load_table(self.s.table_id(self.s.features_table))
+        self.predictions = catalog.load_table(self.s.table_id(self.s.predictions_table))
+        tasks = self.features.scan(snapshot_id=self.snapshot_id).plan_files()
+        self.files = sorted(t.file.file_path for t in tasks)
+        self.file_bytes = sum(t.file.file_size_in_bytes for t in tasks)
+        columns = list(self.s.feature_columns)
+        table = self.features.scan(snapshot_id=self.snapshot_id, selected_fields=tuple(columns))
+        arrow = table.to_arrow()
+        self.matrix = np.column_stack([arrow[c].to_numpy() for c in columns]).astype(np.float64)
+        assert len(self.matrix) == rows
+
+    def unit_specs(self) -> list[dict]:
+        from pyiceberg.expressions import AlwaysTrue
+
+        units = plan_units(self.features, self.snapshot_id, AlwaysTrue(), self.s.unit_rows)
+        return [
+            {
+                "unit": u.unit,
+                "file_path": u.file_path,
+                "first_row_group": u.first_row_group,
+                "row_groups": u.row_groups,
+            }
+            for u in units
+        ]
+
+    def read_kwargs(self, ref: ModelRef) -> dict:
+        return {
+            "columns": [self.s.key_column, *ref.feature_order],
+            "row_filter": None,
+            "schema_json": self.features.schema().model_dump_json(),
+        }
+
+    def count_predictions(self, run_id: str) -> tuple[int, int]:
+        """(rows, distinct keys) of a run in the predictions table."""
+        self.predictions.refresh()
+        rows = self.predictions.scan(
+            row_filter=f"run_id == '{run_id}'", selected_fields=(self.s.key_column,)
+        ).to_arrow()
+        return rows.num_rows, len(pc.unique(rows[self.s.key_column]))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_private_ray(s: Settings) -> str:
+    """A Ray of this run's own, sized like the platform's (ray_num_cpus, ray_object_store_bytes):
+    on the shared cluster, other jobs' actors hold CPUs in Ray's bookkeeping and would leave our
+    1-CPU read tasks pending (or our actors would do that to theirs). Its GCS address."""
+    import ray
+
+    ray.init(
+        num_cpus=s.ray_num_cpus, object_store_memory=s.ray_object_store_bytes,
+        include_dashboard=False, log_to_driver=False, configure_logging=False,
+    )  # fmt: skip
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    return ray.get_runtime_context().gcs_address
+
+
+# The variants.
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
+
+
+def raw_limit(model: Any, matrix: np.ndarray) -> dict[str, float]:
+    """predict_proba on the in-memory array: one thread, and two threads over chunks (tree
+    prediction releases the GIL), chunks of up to 500k rows to bound the memory."""
+    chunks = np.array_split(matrix, max(2, math.ceil(len(matrix) / 500_000)))
+    one, _ = timed(lambda: [model.predict_proba(c) for c in chunks])
+    with ThreadPoolExecutor(2) as pool:
+        two, _ = timed(lambda: list(pool.map(model.predict_proba, chunks)))
+    rows = len(matrix)
+    return {"one_thread": rows_per_s(rows, one), "two_threads": rows_per_s(rows, two)}
+
+
+def gather_and_append(data: Dataset, ref: ModelRef, batches, run_id: str) -> int:
+    """Ray Data output batches -> predictions rows at the driver -> one Iceberg append."""
+    schema = data.predictions.schema().as_arrow()
+    parts = [
+        predictions_table(frame, data.s.key_column, schema, run_id, data.snapshot_id)
+        for frame in batches
+    ]
+    table = pa.concat_tables(parts)
+    data.predictions.refresh()  # committed to by the runs before: append on its current state
+    data.predictions.append(table, snapshot_properties={"mlp.bench": run_id})
+    return table.num_rows
+
+
+def no_checkpoint(data: Dataset, ref: ModelRef, tag: str) -> int:
+    """The fused streaming pipeline, gathered at the driver, one commit, no checkpoints."""
+    pipeline = unit_pipeline(data.s, ref, "fused", data.unit_specs(), data.read_kwargs(ref))
+    batches = pipeline.iter_batches(batch_size=None, batch_format="pandas")
+    return gather_and_append(data, ref, batches, f"bench-off-{tag}")
+
+
+def bsp(data: Dataset, ref: ModelRef, tag: str) -> int:
+    """Stage by stage: every unit read and materialized, then every row predicted and
+    materialized, then written. The stages are unit_pipeline's, with the same settings."""
+    import ray
+
+    s, specs = data.s, data.unit_specs()
+    read = (
+        ray.data.from_items(specs, override_num_blocks=max(1, len(specs)))
+        .map_batches(
+            read_units, fn_kwargs=data.read_kwargs(ref), batch_size=1, batch_format="pandas"
+        )
+        .materialize()
+    )
+    predicted = read.map_batches(
+        Predictor,
+        fn_constructor_kwargs={"ref": ref, "key": s.key_column, "timeout_s": s.batch_timeout_s},
+        batch_size=s.batch_size,
+        batch_format="pandas",
+        compute=ray.data.ActorPoolStrategy(min_size=s.actor_pool_min, max_size=s.actor_pool_max),
+        num_cpus=s.actor_num_cpus,
+    ).materialize()
+    batches = predicted.iter_batches(batch_size=None, batch_format="pandas")
+    return gather_and_append(data, ref, batches, f"bench-bsp-{tag}")
+
+
+def start_spark(partitions: int) -> Any:
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    return (
+        SparkSession.builder.master("local[2]")
+        .appName("mlp-bench-batch-inference")
+        .config("spark.driver.memory", "2g")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", str(partitions))
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .getOrCreate()
+    )
+
+
+def spark_job(spark: Any, data: Dataset, ref: ModelRef, model: Any, out: Path | None, limit=0):
+    """Read the snapshot's Parquet files, mapInPandas with the broadcast model, write Parquet
+    (out None: the noop sink, which still computes every row)."""
+    import pyspark.sql.types as T
+
+    key, features, version = data.s.key_column, list(ref.feature_order), ref.version
+    # Splits of a few row groups, so both cores work even on one data file.
+    split = max(1 << 20, data.file_bytes // (8 * len(data.files)))
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(split))
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(data.s.batch_size))
+    shared = spark.sparkContext.broadcast(model)
+    schema = T.StructType(
+        [
+            T.StructField(key, T.StringType()),
+            T.StructField("prediction", T.IntegerType()),
+            T.StructField("probabilities", T.ArrayType(T.DoubleType())),
+            T.StructField("model_version", T.IntegerType()),
+        ]
+    )
+
+    def predict(frames):
+        model = shared.value
+        for frame in frames:
+            p = model.predict_proba(frame[features].to_numpy(dtype=np.float64))
+            yield pd.DataFrame(
+                {
+                    key: frame[key],
+                    "prediction": p.argmax(axis=1).astype(np.int32),
+                    "probabilities": list(p),
+                    "model_version": np.full(len(p), version, np.int32),
+                }
+            )
+
+    frame = spark.read.parquet(*data.files).select(key, *features)
+    if limit:
+        frame = frame.limit(limit)
+    result = frame.mapInPandas(predict, schema)
+    if out is None:
+        result.write.format("noop").mode("overwrite").save()
+    else:
+        result.write.mode("overwrite").parquet(str(out))
+    shared.unpersist()
+
+
+# The kill at 50%.
+
+
+def _killed_child(overrides: dict, version: int, run_id: str, key: str, arrived: Any) -> None:
+    """A fused run in its own process; counts the rows Ray Data hands its driver."""
+    import ray.data
+
+    original = ray.data.Dataset.iter_batches
+
+    def counted(self, *args, **kwargs):
+        for batch in original(self, *args, **kwargs):
+            with arrived.get_lock():
+                arrived.value += int(batch[key].notna().sum())
+            yield batch
+
+    ray.data.Dataset.iter_batches = counted
+    run_batch_inference(Settings(**overrides), run_id=run_id, model_version=version, mode="fused")
+
+
+def kill_and_resume(bench: Bench, data: Dataset, ref: ModelRef, kill_at: float) -> dict:
+    s, run_id = data.s, f"bench-kill-{uuid.uuid4().hex[:8]}"
+    overrides = {**bench.overrides, "namespace": s.namespace}
+    context = multiprocessing.get_context("spawn")
+    arrived = context.Value("q", 0)
+    child = context.Process(
+        target=_killed_child, args=(overrides, ref.version, run_id, s.key_column, arrived)
+    )
+    store = CheckpointStore(s.resolved_database_url)
+    started = time.perf_counter()
+    child.start()
+    committed_seen = 0
+    while child.is_alive() and committed_seen < kill_at * data.rows:
+        time.sleep(0.05)
+        committed_seen = store.progress(run_id)[1]
+    if not child.is_alive():
+        raise RuntimeError(f"the run to kill ended before {kill_at:.0%} (exit {child.exitcode})")
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    killed_after = time.perf_counter() - started
+    data.predictions.refresh()
+    in_iceberg = sum(committed_units(data.predictions, run_id).values())
+    store_rows = store.progress(run_id)[1]
+    came_back = int(arrived.value)
+    resumed = run_batch_inference(s, model_version=ref.version, mode="fused")
+    rows, keys = data.count_predictions(run_id)
+    recomputed = max(0, came_back - in_iceberg)
+    return {
+        "rows": data.rows,
+        "model": ref.version,
+        "run_id": run_id,
+        "killed_after_s": round(killed_after, 2),
+        "committed_rows_in_store_at_kill": store_rows,
+        "committed_rows_in_iceberg_at_kill": in_iceberg,
+        "committed_fraction_at_kill": round(in_iceberg / data.rows, 4),
+        # Killed after its last commit (units of commit_every_rows too coarse for this size),
+        # the run tells nothing about recomputation.
+        "valid": 0 < in_iceberg < data.rows and resumed.run_id == run_id,
+        "rows_back_at_killed_driver": came_back,
+        "rows_recomputed": recomputed,
+        "recomputed_fraction": round(recomputed / data.rows, 4),
+        "resumed": resumed.resumed,
+        "resumed_same_run": resumed.run_id == run_id,
+        "resume_skipped_rows": resumed.skipped_rows,
+        "resume_predicted_rows": resumed.predicted_rows,
+        "resume_seconds": round(resumed.seconds, 2),
+        "predictions_rows": rows,
+        "predictions_distinct_keys": keys,
+        "exactly_once": rows == keys == data.rows,
+        "method": "rows_recomputed = rows handed to the killed driver by Ray Data (counted in "
+        "the child around Dataset.iter_batches) - rows of the run in Iceberg snapshot summaries "
+        "after the kill. Rows predicted in actors but not yet handed over are not counted "
+        "(a lower bound by at most Ray Data's in-flight output); the resumed run predicts "
+        "exactly rows - committed (resume_predicted_rows).",
+    }
+
+
+# The run.
+
+
+class Runner:
+    def __init__(self, bench: Bench, args: argparse.Namespace) -> None:
+        self.bench, self.args = bench, args
+        self.started = time.perf_counter()
+        self.results: list[dict] = []
+        self.skipped: list[dict] = []
+        self.rates: dict[tuple[str, str], float] = {}  # (model, variant) -> rows/s, last size
+        self.spark = None
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def should_run(self, rows: int, model: str, variant: str) -> bool:
+        if variant in self.args.skip:
+            return False
+        measured = {v: r for (m, v), r in self.rates.items() if m == model}
+        seconds = projected_seconds(rows, measured, variant)
+        seconds = seconds * self.args.repeats if seconds else None
+        if seconds is None or fits(self.elapsed(), seconds, self.args.budget_s):
+            return True
+        self.skipped.append(
+            {
+                "rows": rows,
+                "model": model,
+                "variant": variant,
+                "projected_s": round(seconds, 1),
+                "reason": "time budget",
+            }
+        )
+        print(f"  skip {variant} on {rows:,} rows: ~{seconds:.0f} s would pass the budget")
+        return False
+
+    def record(self, data: Dataset, model: str, variant: str, seconds: list[float], **extra):
+        rate = rows_per_s(data.rows, statistics.median(seconds))
+        self.rates[(model, variant)] = rate
+        row = {
+            "rows": data.rows,
+            "model": model,
+            "variant": variant,
+            "rows_per_s": rate,
+            "seconds": [round(t, 3) for t in seconds],
+            **extra,
+        }
+        self.results.append(row)
+        print(f"  {model:<11}{variant:<15}{rate:>14,.0f} rows/s  {row['seconds']}", flush=True)
+
+    def repeat(self, fn: Callable[[], Any]) -> tuple[list[float], Any]:
+        times, result = [], None
+        for _ in range(self.args.repeats):
+            seconds, result = timed(fn)
+            times.append(seconds)
+        return times, result
+
+    def size(self, data: Dataset) -> None:
+        """Every variant on one size, for both models, in the order of VARIANTS."""
+        for model_name, ref in self.bench.refs.items():
+            model = model_registry.load_model(ref)
+            for variant in VARIANTS:
+                if self.should_run(data.rows, model_name, variant):
+                    self.run_variant(data, model_name, ref, model, variant)
+
+    def run_variant(
+        self, data: Dataset, model_name: str, ref: ModelRef, model: Any, variant: str
+    ) -> None:
+        if variant == "raw":
+            raw = [raw_limit(model, data.matrix) for _ in range(self.args.repeats)]
+            best = [data.rows / max(r.values()) for r in raw]
+            one, two = [r["one_thread"] for r in raw], [r["two_threads"] for r in raw]
+            self.record(data, model_name, "raw", best, one_thread=one, two_threads=two)
+        elif variant in ("fused", "separated"):
+            if variant == "separated":  # deployed before, as it stays up between runs
+                self.bench.serve_apps.add(deploy_batch_model(data.s, ref))
+            times, result = self.repeat(
+                lambda: run_batch_inference(data.s, model_version=ref.version, mode=variant)
+            )
+            if variant == "separated":  # its replicas would take CPU from the other variants
+                self.bench.delete_serve_apps()
+            assert result.predicted_rows == data.rows, result
+            self.record(
+                data, model_name, variant, times, commits=result.commits,
+                units=result.units_total, seconds_inside=round(result.seconds, 3),
+            )  # fmt: skip
+        elif variant in ("no_checkpoint", "bsp"):
+            fn, tag = (no_checkpoint if variant == "no_checkpoint" else bsp), uuid.uuid4().hex[:6]
+            times, written = self.repeat(lambda: fn(data, ref, tag))
+            assert written == data.rows, (variant, written)
+            self.record(data, model_name, variant, times, commits=1)
+        elif variant == "spark":
+            self.run_spark(data, model_name, ref, model)
+
+    def run_spark(self, data: Dataset, model_name: str, ref: ModelRef, model: Any) -> None:
+        if self.spark is None:
+            seconds, self.spark = timed(lambda: start_spark(4))
+            self.spark.sparkContext.setLogLevel("ERROR")
+            self.spark_start_s = round(seconds, 2)
+        out = self.bench.root / f"spark-{data.rows}-{model_name}"
+        spark_job(self.spark, data, ref, model, None, limit=20_000)  # warm-up: workers, model
+        times, _ = self.repeat(lambda: spark_job(self.spark, data, ref, model, out))
+        written = self.spark.read.parquet(str(out)).count()
+        assert written == data.rows, written
+        noop, _ = timed(lambda: spark_job(self.spark, data, ref, model, None))
+        self.record(
+            data,
+            model_name,
+            "spark",
+            times,
+            noop_sink_rows_per_s=rows_per_s(data.rows, noop),
+            partitions=self.spark.read.parquet(*data.files).rdd.getNumPartitions(),
+        )
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def rate_of(results: list[dict], rows: int, model: str, variant: str) -> float | None:
+    for row in results:
+        if (row["rows"], row["model"], row["variant"]) == (rows, model, variant):
+            return row["rows_per_s"]
+    return None
+
+
+def derived(results: list[dict], kill: dict | None) -> dict[str, float | None]:
+    sizes = sorted({r["rows"] for r in results})
+    ratios: dict[str, float | None] = {}
+    for rows in sizes:
+        for model in MODELS:
+            fused = rate_of(results, rows, model, "fused")
+            for other in ("raw", "spark", "separated", "bsp", "no_checkpoint"):
+                value = ratio(fused, rate_of(results, rows, model, other))
+                if value is not None:
+                    ratios[f"fused_over_{other}/{model}/{rows}"] = value
+    # The headline figures: the largest size where the forest has both figures.
+    for name, other in (("fused_over_raw_forest", "raw"), ("fused_over_spark_forest", "spark")):
+        values = [ratios.get(f"fused_over_{other}/forest_100/{rows}") for rows in sizes]
+        ratios[name] = next((v for v in reversed(values) if v is not None), None)
+    for rows in reversed(sizes):  # the largest size with both figures, the worse model
+        overheads = [
+            1 / v - 1
+            for model in MODELS
+            if (v := ratios.get(f"fused_over_no_checkpoint/{model}/{rows}"))
+        ]
+        if overheads:
+            ratios["checkpoint_overhead"] = round(max(overheads), 3)
+            break
+    else:
+        ratios["checkpoint_overhead"] = None
+    valid = kill is not None and kill.get("valid")
+    ratios["recomputed_fraction"] = kill.get("recomputed_fraction") if valid else None
+    return ratios
+
+
+def print_table(summary: dict) -> None:
+    print(f"\n=== batch inference benchmark ({summary['started_at']}) ===")
+    m = summary["machine"]
+    print(
+        f"machine: {m['cpus']} CPUs, load average 1m {m['loadavg_start'][0]:.2f} at start, "
+        f"{m['loadavg_end'][0]:.2f} at end; Ray CPUs free {m['ray_cpus_free_at_start']}"
+    )
+    header = f"  {'rows':>11} {'model':<11}" + "".join(f"{v:>14}" for v in VARIANTS)
+    print("\nrows/s (median of repeats; '-' not run)\n" + header)
+    for rows in sorted({r["rows"] for r in summary["results"]}):
+        for model in MODELS:
+            cells = []
+            for variant in VARIANTS:
+                rate = rate_of(summary["results"], rows, model, variant)
+                cells.append(f"{rate:>14,.0f}" if rate else f"{'-':>14}")
+            print(f"  {rows:>11,} {model:<11}" + "".join(cells))
+    kill = summary.get("kill")
+    if kill and "error" in kill:
+        print(f"\nkill test on {kill['rows']:,} rows failed: {kill['error']}")
+    elif kill:
+        print(
+            f"\nkill at {summary['args']['kill_at']:.0%} ({kill['rows']:,} rows): committed "
+            f"{kill['committed_rows_in_iceberg_at_kill']:,}, back at the driver "
+            f"{kill['rows_back_at_killed_driver']:,}, recomputed {kill['rows_recomputed']:,} "
+            f"({kill['recomputed_fraction']:.2%}); resume predicted "
+            f"{kill['resume_predicted_rows']:,}, exactly once: {kill['exactly_once']}, "
+            f"valid (killed between commits, resumed the same run): {kill['valid']}"
+        )
+    print("\nratios and targets")
+    for name, value in summary["ratios"].items():
+        print(f"  {name:<44}{'-' if value is None else value:>10}")
+    for name, value in summary["targets"].items():
+        print(f"  {name:<54}{value!s:>6}")
+    for row in summary["skipped"]:
+        print(f"  skipped: {row['variant']} {row['model']} {row['rows']:,} ({row['reason']})")
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [
+        (rows, model)
+        for rows in sorted({r["rows"] for r in summary["results"]})
+        for model in MODELS
+    ]
+    fig, ax = plt.subplots(figsize=(max(6, 2.4 * len(groups)), 4.5))
+    width = 0.8 / len(VARIANTS)
+    for i, variant in enumerate(VARIANTS):
+        values = [rate_of(summary["results"], rows, model, variant) or 0 for rows, model in groups]
+        ax.bar([g + i * width for g in range(len(groups))], values, width, label=variant)
+    ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
+    ax.set_xticklabels([f"{model}\n{rows:,} rows" for rows, model in groups])
+    ax.set_yscale("log")
+    ax.set_ylabel("rows/s (log)")
+    ax.set_title(f"batch inference, {summary['machine']['cpus']} CPUs ({summary['started_at']})")
+    ax.legend(fontsize=8, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    loadavg_start, started_at = os.getloadavg(), datetime.now(UTC)
+    import ray  # after mlplatform: its import keeps Ray on loopback (see mlplatform/__init__)
+
+    address = None if args.shared_ray else start_private_ray(get_settings())
+    bench = Bench(args, uuid.uuid4().hex[:8], address)
+    connect(bench.base)
+    free = ray.available_resources().get("CPU", 0.0)
+    runner = Runner(bench, args)
+    datasets: dict[int, dict] = {}
+    made: list[Dataset] = []
+    kill: dict | None = None
+    try:
+        bench.train_models()
+        for rows in args.sizes:
+            print(f"{rows:,} rows (elapsed {runner.elapsed():.0f} s)", flush=True)
+            data = Dataset(bench, rows)
+            datasets[rows] = {
+                "files": len(data.files),
+                "bytes": data.file_bytes,
+                "write_s": round(data.write_s, 2),
+                "units": len(data.unit_specs()),
+            }
+            if not runner.results:  # warm-up: Ray's workers started, their imports done
+                ref = bench.refs["tree_d3"]
+                warm = data.unit_specs()[:2]
+                unit_pipeline(data.s, ref, "fused", warm, data.read_kwargs(ref)).materialize()
+            runner.size(data)
+            made.append(data)
+        fused = runner.rates.get(("forest_100", "fused"))
+        if "kill" not in args.skip and fused:
+            # The largest size whose killed run and resume (about 1.3 runs) fit the budget.
+            fitting = [
+                d for d in made if fits(runner.elapsed(), 1.3 * d.rows / fused, args.budget_s)
+            ]
+            target = fitting[-1] if fitting else made[0]
+            print(f"kill at {args.kill_at:.0%} on {target.rows:,} rows", flush=True)
+            try:
+                kill = kill_and_resume(bench, target, bench.refs["forest_100"], args.kill_at)
+            except Exception as error:  # noqa: BLE001 - recorded; the other figures still count
+                kill = {"rows": target.rows, "error": repr(error)}
+    finally:
+        if runner.spark is not None:
+            runner.spark.stop()
+        problems = bench.clean_up()
+    summary: dict[str, Any] = {
+        "benchmark": "batch inference: fused, separated, BSP, no checkpoints, Spark, raw limit",
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "seconds": round(runner.elapsed(), 1),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "loadavg_start": loadavg_start,
+            "loadavg_end": os.getloadavg(),
+            "ray_cpus_free_at_start": free,
+            "ray": "the shared cluster at settings.ray_address"
+            if args.shared_ray
+            else f"a private Ray at {address}, the CPUs and object store of settings",
+            "note": "shared machine: Pulsar, Prefect, Ray and other developers' jobs use the "
+            "same 2 cores during the benchmark",
+        },
+        "args": vars(args),
+        "models": {
+            name: {"kind": kind.__name__, **params} for name, (kind, params) in MODELS.items()
+        },
+        "settings": {
+            k: getattr(bench.base, k)
+            for k in (
+                "batch_size",
+                "actor_pool_min",
+                "actor_pool_max",
+                "actor_num_cpus",
+                "unit_rows",
+                "commit_every_rows",
+                "commit_every_s",
+                "serve_min_replicas",
+                "serve_max_replicas",
+                "serve_replica_cpus",
+                "ray_address",
+            )
+        },
+        "datasets": datasets,
+        "methods": {
+            "rows_per_s": "input rows / wall seconds of the whole call, planning, actor start-up "
+            "and Iceberg commits included; Spark: the job from reading to the written Parquet, "
+            "JVM start (spark_start_s) and one 20k-row warm-up job excluded; raw: the better of "
+            "one and two threads (details per row)",
+            "no_checkpoint": "unit_pipeline (fused), the same gathering and Arrow conversion at "
+            "the driver as run_batch_inference, one plain Iceberg append at the end; no store, "
+            "lease, compare-and-set or summaries. checkpoint_overhead = the largest "
+            "no_checkpoint/fused rows/s ratio - 1 over the sizes and models run",
+            "bsp": "the same read and model stages with materialize() after each, then the "
+            "same one-commit write as no_checkpoint",
+            "spark": "spark.read.parquet(the snapshot's data files) -> mapInPandas(predict_proba "
+            "of the broadcast model, Arrow batches of batch_size) -> Parquet in a temporary "
+            "folder; noop_sink_rows_per_s: the same job with Spark's noop sink",
+        },
+        "spark_start_s": getattr(runner, "spark_start_s", None),
+        "results": runner.results,
+        "skipped": runner.skipped,
+        "kill": kill,
+        "cleanup_problems": problems,
+    }
+    summary["ratios"] = derived(runner.results, kill)
+    summary["targets"] = targets_met(summary["ratios"])
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "batch_inference.json").write_text(json.dumps(summary, indent=2, default=str))
+    plot(summary, RESULTS / "batch_inference.png")
+    print_table(summary)
+    print(f"\nsaved {RESULTS / 'batch_inference.json'} and batch_inference.png", flush=True)
+
+
+if __name__ == "__main__":
+    main()
