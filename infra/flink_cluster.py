@@ -71,6 +71,10 @@ def cluster_config(s: Settings, rpc_port: int = 6123) -> dict[str, str]:
         "taskmanager.memory.process.size": "1g",
         # The default 40% managed memory would leave ~26 MiB of task heap in a 1g process.
         "taskmanager.memory.managed.size": "128m",
+        # A batch job's blocking (sort-based) shuffle takes 512 network buffers per result
+        # partition by default; the preprocess job has several shuffles (replay join, duplicate
+        # window, counts), more than the 2048 buffers of a 1g TaskManager hold at 512 each.
+        "taskmanager.network.sort-shuffle.min-buffers": "64",
         "rest.address": url.hostname or "127.0.0.1",
         "rest.bind-address": "127.0.0.1",
         "rest.port": str(url.port or 8081),

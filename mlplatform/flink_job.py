@@ -249,6 +249,13 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     conf.set("parallelism.default", str(cfg["parallelism"]))
     conf.set("python.executable", cfg["python_executable"])
     conf.set("pipeline.name", cfg["job_name"])
+    # The two Iceberg committers commit at the same moment. On the SQLite catalog one of them can
+    # get SQLITE_BUSY at once (Iceberg's JdbcCatalog leaves a metadata query open on a pooled
+    # connection, so SQLite cannot wait for the lock). A committer is a failover region of its
+    # own in batch mode: restarting it commits the same files again; nothing upstream reruns.
+    conf.set("restart-strategy.type", "fixed-delay")
+    conf.set("restart-strategy.fixed-delay.attempts", "3")
+    conf.set("restart-strategy.fixed-delay.delay", "2 s")
     ddl, inserts = build_statements(cfg)
     for statement in ddl:
         env.execute_sql(statement)

@@ -29,6 +29,7 @@ from mlplatform.iceberg_tables import count_rows, ensure_tables
 from mlplatform.preprocess import FlinkJobError, preprocess
 from mlplatform.pulsar_io import read_all
 from mlplatform.settings import Settings
+from tasks.artifacts import preprocess_markdown
 from tests.conftest import module_settings
 
 pytestmark = pytest.mark.integration
@@ -99,6 +100,9 @@ def test_preprocess_runs_on_the_session_cluster(session: tuple[Settings, Cluster
     assert (result.files, result.features_rows, result.quarantined_rows) == (1, VALID, MALFORMED)
     assert result.job_id and _jobs(s)[result.job_id] == "FINISHED"
     assert result.flink_job_url == f"{s.flink_rest_url}/#/job/{result.job_id}"
+    link = f"[{result.flink_job_url}]({result.flink_job_url})"
+    assert f"| Flink UI | {link} |" in preprocess_markdown(result)  # the run's artifact
+    assert sum(result.quarantined_by_reason.values()) == MALFORMED
     catalog = ensure_tables(s)
     assert count_rows(catalog.load_table(s.table_id(s.features_table))) == VALID
     quarantine = catalog.load_table(s.table_id(s.quarantine_table)).scan().to_arrow()
