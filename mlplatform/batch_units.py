@@ -91,11 +91,10 @@ def read_unit(
 
 
 def _arrow_filter(row_filter: str, schema_json: str | None) -> pa.compute.Expression:
-    schema = Schema.model_validate_json(schema_json) if schema_json else None
-    expression = parse(row_filter)
-    if schema is not None:
-        expression = bind(schema, expression, case_sensitive=True)
-    return expression_to_pyarrow(expression, schema)
+    if not schema_json:
+        raise ValueError("a row filter needs the table's schema (schema_json) to bind to")
+    schema = Schema.model_validate_json(schema_json)
+    return expression_to_pyarrow(bind(schema, parse(row_filter), case_sensitive=True), schema)
 
 
 def read_units(

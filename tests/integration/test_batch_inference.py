@@ -180,7 +180,7 @@ def test_a_poisoned_unit_is_reported_not_retried_forever(batch: Settings) -> Non
     assert store.get_run(run.run_id).status == "partial"
 
 
-def test_fused_and_separated_modes_predict_the_same(batch: Settings) -> None:
+def test_fused_and_separated_modes_predict_the_same_and_filters_apply(batch: Settings) -> None:
     s = _fresh(batch, "modes", 2000, row_group=500)
     fused = run_batch_inference(s, mode="fused")
     separated = run_batch_inference(s, mode="separated")
@@ -191,6 +191,14 @@ def test_fused_and_separated_modes_predict_the_same(batch: Settings) -> None:
     b = assert_exactly_once(s, separated.run_id).set_index(s.key_column).sort_index()
     assert (a["prediction"] == b["prediction"]).all()
     np.testing.assert_array_equal(np.stack(a["probabilities"]), np.stack(b["probabilities"]))
+
+    column = s.feature_columns[0]
+    filtered = run_batch_inference(s, row_filter=f"{column} > 6.0")
+    assert filtered.run_id not in (fused.run_id, separated.run_id)  # another job
+    features = load_table(s, s.features_table).scan().to_pandas()
+    wanted = set(features[features[column] > 6.0][s.key_column])
+    got = predictions_of(s, filtered.run_id)[s.key_column]
+    assert 0 < len(wanted) < len(features) and got.is_unique and set(got) == wanted
 
 
 def test_a_concurrent_second_run_is_refused_and_nothing_doubles(batch: Settings) -> None:
