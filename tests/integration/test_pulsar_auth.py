@@ -194,6 +194,7 @@ def test_the_flink_job_writes_with_the_token_file_and_never_shows_it(
     result = preprocess(s, run_id="auth-preprocess")
     assert (result.features_rows, result.quarantined_rows) == (40, 3)
     assert len(read_all(s, s.features_topic)) == 40
+    assert len(read_all(s, s.quarantine_topic)) == 3  # the Flink job's second Pulsar sink
     # Neither token nor key appears in any config, log or artifact outside the auth folder.
     secrets = [p.read_bytes().strip() for p in s.pulsar_auth_dir.iterdir()]
     written = [
