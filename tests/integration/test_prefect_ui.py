@@ -174,7 +174,7 @@ def test_finished_flow_run_page_shows_task_runs_logs_and_artifacts(
 
     page.get_by_text("Artifacts", exact=True).click()
     expect(page.get_by_text("batch-inference-summary", exact=True).first).to_be_visible()
-    progress = page.get_by_text("rows predicted", exact=True)
+    progress = page.get_by_text("units committed", exact=True)
     expect(progress).to_be_visible()
     shot(page, "flow-run-artifacts")
 
