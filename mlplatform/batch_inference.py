@@ -329,9 +329,10 @@ def run_batch_inference(
     dataset = s.table_id(s.features_table)
     if resume_run_id:
         previous = store.get_run(resume_run_id)
+        if previous.status == "succeeded":
+            raise ValueError(f"run {resume_run_id} has succeeded already: nothing to resume")
         snapshot_id, model_version = previous.snapshot_id, previous.model_version
         row_filter, dataset = previous.row_filter, previous.dataset
-        store.retry_failed(resume_run_id)  # an explicit resume gives failed units new attempts
     features = catalog.load_table(dataset)
     predictions = disable_auto_retry(catalog.load_table(s.table_id(s.predictions_table)))
     snapshot = features.snapshot_by_id(snapshot_id) if snapshot_id else features.current_snapshot()
@@ -355,6 +356,8 @@ def run_batch_inference(
         schema_json=features.schema().model_dump_json(), on_progress=on_progress,
     )  # fmt: skip
     with _lease(job):
+        if resume_run_id:
+            store.retry_failed(run.run_id)  # an explicit resume gives failed units new attempts
         _reconcile(job)
         skipped_units, skipped_rows = store.progress(run.run_id)
         connect(s)
