@@ -37,5 +37,6 @@ def batch_inference(
     print(f"batch-inference: {result}")
     return asdict(result)
 
+
 if __name__ == "__main__":
     batch_inference()
