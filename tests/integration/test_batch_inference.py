@@ -35,7 +35,7 @@ from tests.conftest import module_settings, settings_env
 
 pytestmark = pytest.mark.integration
 
-ROWS, ROW_GROUP = 12_000, 300  # 40 units of one row group each
+ROWS, ROW_GROUP = 6000, 300  # 20 units of one row group each
 
 
 @pytest.fixture(scope="module")
