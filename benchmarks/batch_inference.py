@@ -7,10 +7,11 @@ forest), rows/s of:
 - fused: run_batch_inference(mode="fused"), checkpoints on (units, compare-and-set commits);
 - separated: run_batch_inference(mode="separated"), the model in a Ray Serve deployment;
 - no_checkpoint: the same streaming pipeline (unit_pipeline, fused), the same rows gathered at
-  the driver and the same Arrow tables, appended to Iceberg in one commit at the end: no
-  checkpoint store, no run lease, no per-commit compare-and-set (checkpointing off);
+  the driver and the same Arrow tables, appended to Iceberg at the same cadence (commit_every_rows
+  or commit_every_s) by plain appends: no checkpoint store, run lease, units in snapshot
+  summaries or compare-and-set (checkpointing off);
 - bsp: the same stages run one after the other with materialize() between them (read all units,
-  then predict all rows, then write), one commit at the end like no_checkpoint;
+  then predict all rows, then write as no_checkpoint does);
 - spark: PySpark local[2] on the same Parquet files, mapInPandas with the same model (broadcast),
   written as Parquet to a temporary folder. The JVM start and a warm-up job are not counted.
 Then a fused run on the largest size is killed (SIGKILL) once the checkpoint store shows >= 50%
@@ -331,27 +332,41 @@ def raw_limit(model: Any, matrix: np.ndarray) -> dict[str, float]:
     return {"one_thread": rows_per_s(rows, one), "two_threads": rows_per_s(rows, two)}
 
 
-def gather_and_append(data: Dataset, ref: ModelRef, batches, run_id: str) -> int:
-    """Ray Data output batches -> predictions rows at the driver -> one Iceberg append."""
-    schema = data.predictions.schema().as_arrow()
-    parts = [
-        predictions_table(frame, data.s.key_column, schema, run_id, data.snapshot_id)
-        for frame in batches
-    ]
-    table = pa.concat_tables(parts)
+def gather_and_append(data: Dataset, ref: ModelRef, batches, run_id: str) -> tuple[int, int]:
+    """Ray Data output batches -> predictions rows at the driver -> plain Iceberg appends at the
+    cadence of run_batch_inference's commits (commit_every_rows or commit_every_s), without its
+    units, summaries, compare-and-set or store. (rows, commits)."""
+    s, schema = data.s, data.predictions.schema().as_arrow()
     data.predictions.refresh()  # committed to by the runs before: append on its current state
-    data.predictions.append(table, snapshot_properties={"mlp.bench": run_id})
-    return table.num_rows
+    parts: list[pa.Table] = []
+    rows = commits = 0
+    last = time.monotonic()
+
+    def append() -> None:
+        nonlocal rows, commits, last
+        table = pa.concat_tables(parts)
+        data.predictions.append(table, snapshot_properties={"mlp.bench": run_id})
+        rows, commits, last = rows + table.num_rows, commits + 1, time.monotonic()
+        parts.clear()
+
+    for frame in batches:
+        parts.append(predictions_table(frame, s.key_column, schema, run_id, data.snapshot_id))
+        pending = sum(p.num_rows for p in parts)
+        if pending >= s.commit_every_rows or time.monotonic() - last >= s.commit_every_s:
+            append()
+    if parts:
+        append()
+    return rows, commits
 
 
-def no_checkpoint(data: Dataset, ref: ModelRef, tag: str) -> int:
-    """The fused streaming pipeline, gathered at the driver, one commit, no checkpoints."""
+def no_checkpoint(data: Dataset, ref: ModelRef, tag: str) -> tuple[int, int]:
+    """The fused streaming pipeline, gathered and committed at the driver, no checkpoints."""
     pipeline = unit_pipeline(data.s, ref, "fused", data.unit_specs(), data.read_kwargs(ref))
     batches = pipeline.iter_batches(batch_size=None, batch_format="pandas")
     return gather_and_append(data, ref, batches, f"bench-off-{tag}")
 
 
-def bsp(data: Dataset, ref: ModelRef, tag: str) -> int:
+def bsp(data: Dataset, ref: ModelRef, tag: str) -> tuple[int, int]:
     """Stage by stage: every unit read and materialized, then every row predicted and
     materialized, then written. The stages are unit_pipeline's, with the same settings."""
     import ray
@@ -471,6 +486,11 @@ def kill_and_resume(bench: Bench, data: Dataset, ref: ModelRef, kill_at: float) 
     while child.is_alive() and committed_seen < kill_at * data.rows:
         time.sleep(0.05)
         committed_seen = store.progress(run_id)[1]
+    # Right after a commit the driver holds almost nothing: kill half a commit interval later
+    # (half of commit_every_rows more rows back at the driver, or at the next commit).
+    mid = committed_seen + s.commit_every_rows // 2
+    while child.is_alive() and arrived.value < mid and store.progress(run_id)[1] == committed_seen:
+        time.sleep(0.01)
     if not child.is_alive():
         raise RuntimeError(f"the run to kill ended before {kill_at:.0%} (exit {child.exitcode})")
     os.kill(child.pid, signal.SIGKILL)
@@ -505,6 +525,10 @@ def kill_and_resume(bench: Bench, data: Dataset, ref: ModelRef, kill_at: float) 
         "predictions_rows": rows,
         "predictions_distinct_keys": keys,
         "exactly_once": rows == keys == data.rows,
+        # Just before a commit: up to commit_every_rows + a unit, plus partial units in flight.
+        "approx_worst_case_rows": s.commit_every_rows + s.unit_rows,
+        "kill_point": "the first moment >= kill_at of the rows was committed, then half of "
+        "commit_every_rows more rows back at the driver (or the next commit)",
         "method": "rows_recomputed = rows handed to the killed driver by Ray Data (counted in "
         "the child around Dataset.iter_batches) - rows of the run in Iceberg snapshot summaries "
         "after the kill. Rows predicted in actors but not yet handed over are not counted "
@@ -522,6 +546,7 @@ class Runner:
         self.started = time.perf_counter()
         self.results: list[dict] = []
         self.skipped: list[dict] = []
+        self.failed: list[dict] = []
         self.rates: dict[tuple[str, str], float] = {}  # (model, variant) -> rows/s, last size
         self.spark = None
 
@@ -547,6 +572,17 @@ class Runner:
         )
         print(f"  skip {variant} on {rows:,} rows: ~{seconds:.0f} s would pass the budget")
         return False
+
+    def any_fits(self, rows: int) -> bool:
+        """Whether any variant but raw is projected to fit in the rest of the budget on `rows`
+        (else the size is not even written)."""
+        for (_, variant), rate in self.rates.items():
+            if variant == "raw" or variant in self.args.skip:
+                continue
+            seconds = projected_seconds(rows, {variant: rate}, variant)
+            if seconds is None or fits(self.elapsed(), seconds, self.args.budget_s):
+                return True
+        return not self.rates
 
     def record(self, data: Dataset, model: str, variant: str, seconds: list[float], **extra):
         rate = rows_per_s(data.rows, statistics.median(seconds))
@@ -575,7 +611,12 @@ class Runner:
             model = model_registry.load_model(ref)
             for variant in VARIANTS:
                 if self.should_run(data.rows, model_name, variant):
-                    self.run_variant(data, model_name, ref, model, variant)
+                    try:
+                        self.run_variant(data, model_name, ref, model, variant)
+                    except Exception as error:  # noqa: BLE001 - recorded, the others still run
+                        print(f"  {model_name:<11}{variant:<15}failed: {error!r}", flush=True)
+                        failure = {"rows": data.rows, "model": model_name, "variant": variant}
+                        self.failed.append({**failure, "error": repr(error)[:2000]})
 
     def run_variant(
         self, data: Dataset, model_name: str, ref: ModelRef, model: Any, variant: str
@@ -600,9 +641,9 @@ class Runner:
             )  # fmt: skip
         elif variant in ("no_checkpoint", "bsp"):
             fn, tag = (no_checkpoint if variant == "no_checkpoint" else bsp), uuid.uuid4().hex[:6]
-            times, written = self.repeat(lambda: fn(data, ref, tag))
+            times, (written, commits) = self.repeat(lambda: fn(data, ref, tag))
             assert written == data.rows, (variant, written)
-            self.record(data, model_name, variant, times, commits=1)
+            self.record(data, model_name, variant, times, commits=commits)
         elif variant == "spark":
             self.run_spark(data, model_name, ref, model)
 
@@ -698,6 +739,8 @@ def print_table(summary: dict) -> None:
         print(f"  {name:<44}{'-' if value is None else value:>10}")
     for name, value in summary["targets"].items():
         print(f"  {name:<54}{value!s:>6}")
+    for row in summary["failed"]:
+        print(f"  failed: {row['variant']} {row['model']} {row['rows']:,}: {row['error'][:200]}")
     for row in summary["skipped"]:
         print(f"  skipped: {row['variant']} {row['model']} {row['rows']:,} ({row['reason']})")
 
@@ -745,6 +788,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         bench.train_models()
         for rows in args.sizes:
+            if not runner.any_fits(rows):
+                print(f"skip {rows:,} rows: no variant would fit in the budget", flush=True)
+                runner.skipped.append({"rows": rows, "model": "all", "variant": "all",
+                                       "reason": "time budget: no variant fits"})  # fmt: skip
+                continue
             print(f"{rows:,} rows (elapsed {runner.elapsed():.0f} s)", flush=True)
             data = Dataset(bench, rows)
             datasets[rows] = {
@@ -819,11 +867,12 @@ def main(argv: list[str] | None = None) -> None:
             "JVM start (spark_start_s) and one 20k-row warm-up job excluded; raw: the better of "
             "one and two threads (details per row)",
             "no_checkpoint": "unit_pipeline (fused), the same gathering and Arrow conversion at "
-            "the driver as run_batch_inference, one plain Iceberg append at the end; no store, "
-            "lease, compare-and-set or summaries. checkpoint_overhead = the largest "
-            "no_checkpoint/fused rows/s ratio - 1 over the sizes and models run",
+            "the driver as run_batch_inference, plain Iceberg appends at the same cadence "
+            "(commit_every_rows or commit_every_s); no store, lease, compare-and-set or "
+            "summaries. checkpoint_overhead = no_checkpoint/fused rows/s - 1 at the largest "
+            "size, the worse model",
             "bsp": "the same read and model stages with materialize() after each, then the "
-            "same one-commit write as no_checkpoint",
+            "same write as no_checkpoint",
             "spark": "spark.read.parquet(the snapshot's data files) -> mapInPandas(predict_proba "
             "of the broadcast model, Arrow batches of batch_size) -> Parquet in a temporary "
             "folder; noop_sink_rows_per_s: the same job with Spark's noop sink",
@@ -831,6 +880,7 @@ def main(argv: list[str] | None = None) -> None:
         "spark_start_s": getattr(runner, "spark_start_s", None),
         "results": runner.results,
         "skipped": runner.skipped,
+        "failed": runner.failed,
         "kill": kill,
         "cleanup_problems": problems,
     }
