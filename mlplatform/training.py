@@ -23,7 +23,7 @@ from mlplatform.candidates import (
     train_grid_sequential,
 )
 from mlplatform.drift import drift_report
-from mlplatform.iceberg_tables import count_rows, load_table
+from mlplatform.iceberg_tables import count_rows, load_catalog, load_table
 from mlplatform.ray_runtime import connect
 from mlplatform.settings import Settings
 
@@ -43,13 +43,16 @@ class RetrainResult:
     drift: list[dict[str, Any]] = field(default_factory=list)
 
 
-def read_snapshot(s: Settings, snapshot_id: int | None = None) -> tuple[pd.DataFrame, int]:
-    """The features table at one snapshot (default: the current one) and that snapshot's id."""
-    table = load_table(s, s.features_table)
+def read_snapshot(
+    s: Settings, snapshot_id: int | None = None, table_id: str | None = None
+) -> tuple[pd.DataFrame, int]:
+    """A features table (default: the configured one) at one snapshot (default: the current
+    one), and that snapshot's id."""
+    table = load_catalog(s).load_table(table_id) if table_id else load_table(s, s.features_table)
     snapshot = table.snapshot_by_id(snapshot_id) if snapshot_id else table.current_snapshot()
     if snapshot is None:
         wanted = f"snapshot {snapshot_id}" if snapshot_id else "any snapshot"
-        raise LookupError(f"{s.table_id(s.features_table)} has no {wanted}: nothing to train on")
+        raise LookupError(f"{table_id or s.table_id(s.features_table)} has no {wanted}")
     columns = [s.key_column, *s.feature_columns, s.label_column]
     frame = table.scan(snapshot_id=snapshot.snapshot_id, selected_fields=tuple(columns)).to_pandas()
     # Sorting by key makes the split independent of file order: same snapshot, same model.
@@ -109,7 +112,8 @@ def decide(s: Settings, score: float, champion_score: float | None) -> tuple[str
 def _drift(s: Settings, current: pd.DataFrame, champion) -> list[dict[str, Any]]:
     if champion is None:
         return []
-    reference, _ = read_snapshot(s, champion.training_snapshot_id)
+    # The champion's own training data: it may come from another table than today's.
+    reference, _ = read_snapshot(s, champion.training_snapshot_id, champion.training_table)
     return drift_report(reference, current, s.feature_columns, s.drift_bins, s.drift_psi_threshold)
 
 
