@@ -145,30 +145,6 @@ def pg_pipeline(pg_settings: Settings) -> dict:
     return {"preprocess": processed, "trained": trained, "batch": batch}
 
 
-def test_batch_inference_resumes_and_races_safely_on_postgresql(pg_settings: Settings) -> None:
-    s = pg_settings.model_copy(update={
-        "namespace": f"{pg_settings.namespace}_batch", "unit_rows": 500, "commit_every_rows": 500,
-    })  # fmt: skip
-    append_features(s, 3000, seed=4, row_group_rows=500)
-    assert retrain(s, on_ray=False).decision == "promote"
-
-    class Crash(Exception):
-        pass
-
-    def crash_at_the_second_commit(units_done: int, units_total: int) -> None:
-        if units_done >= 2:
-            raise Crash
-
-    with pytest.raises(Crash):
-        run_batch_inference(s, on_progress=crash_at_the_second_commit)
-    resumed = run_batch_inference(s)
-    assert resumed.resumed and resumed.skipped_rows >= 1000
-    assert resumed.skipped_rows + resumed.predicted_rows == 3000
-    assert_exactly_once(s, resumed.run_id)
-    race_commits(s)
-    race_open_run(s)
-
-
 def test_flink_gets_the_postgresql_catalog_as_jdbc(pg_settings: Settings) -> None:
     options = jdbc_catalog_options(pg_settings)
     assert options["uri"].startswith("jdbc:postgresql://127.0.0.1:")
@@ -228,9 +204,9 @@ def test_migrations_on_postgresql(postgres: str) -> None:
         connection.execute(text("CREATE DATABASE migrations"))
     admin.dispose()
     url = f"{postgres}/migrations"
-    fork = multiprocessing.get_context("fork")  # separate processes, each with its connections
-    barrier = fork.Barrier(3)
-    openers = [fork.Process(target=_upgrade_after, args=(barrier, url)) for _ in range(3)]
+    spawn = multiprocessing.get_context("spawn")  # not fork: this process holds Ray threads
+    barrier = spawn.Barrier(3)
+    openers = [spawn.Process(target=_upgrade_after, args=(barrier, url)) for _ in range(3)]
     for opener in openers:
         opener.start()
     for opener in openers:
@@ -418,6 +394,8 @@ def test_batch_inference_on_a_two_node_ray_cluster(
         "MLP_RAY_ADDRESS": address,
         "MLP_ACTOR_POOL_MIN": "2",
         "MLP_ACTOR_POOL_MAX": "2",
+        # Two actors of 1.5 CPUs cannot share a 2-CPU node: one runs on each.
+        "MLP_ACTOR_NUM_CPUS": "1.5",
     }
     completed = subprocess.run(
         [str(VENV_BIN / "python"), "-c", BATCH_ON_CLUSTER],
@@ -442,3 +420,28 @@ def test_batch_inference_on_a_two_node_ray_cluster(
         capture_output=True, text=True, timeout=60, cwd=PROJECT_DIR,
     )  # fmt: skip
     assert completed.returncode == 0 and "healthy" in completed.stdout, completed.stdout
+
+
+def test_batch_inference_resumes_and_races_safely_on_postgresql(pg_settings: Settings) -> None:
+    s = pg_settings.model_copy(update={
+        "namespace": f"{pg_settings.namespace}_batch", "unit_rows": 500, "commit_every_rows": 500,
+    })  # fmt: skip
+    append_features(s, 3000, seed=4, row_group_rows=500)
+    # The registry is shared with the pipeline test: pin this table's model, champion or not.
+    version = retrain(s, on_ray=False).best_version
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_the_second_commit(units_done: int, units_total: int) -> None:
+        if units_done >= 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_batch_inference(s, model_version=version, on_progress=crash_at_the_second_commit)
+    resumed = run_batch_inference(s, model_version=version)
+    assert resumed.resumed and resumed.skipped_rows >= 1000
+    assert resumed.skipped_rows + resumed.predicted_rows == 3000
+    assert_exactly_once(s, resumed.run_id)
+    race_commits(s)
+    race_open_run(s)

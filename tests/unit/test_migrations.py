@@ -172,7 +172,7 @@ def _open_in_process(url: str, barrier: threading.Barrier) -> None:
 
 def open_in_processes(url: str, count: int = 3) -> list[int | None]:
     """Exit codes of `count` processes that open the database at the same moment."""
-    context = multiprocessing.get_context("fork")  # the models are imported already
+    context = multiprocessing.get_context("spawn")  # not fork: this process may hold Ray threads
     barrier = context.Barrier(count)
     processes = [
         context.Process(target=_open_in_process, args=(url, barrier)) for _ in range(count)
