@@ -35,7 +35,7 @@ from tests.conftest import module_settings, settings_env
 
 pytestmark = pytest.mark.integration
 
-ROWS, ROW_GROUP = 6000, 300  # 20 units of one row group each
+ROWS, ROW_GROUP = 9000, 300  # 30 units of one row group each
 
 
 @pytest.fixture(scope="module")
@@ -96,18 +96,23 @@ def test_kill_minus_nine_of_the_flow_process_at_random_points_then_resume(batch:
     flow = [sys.executable, "-c", "from flows.batch_inference import batch_inference as f; f()"]
     run_id = None
     kills = []
-    for fraction in sorted(rng.uniform(0.1, 0.8) for _ in range(3)):
-        process = subprocess.Popen(flow, cwd=PROJECT_DIR, env=_env(s), stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)  # fmt: skip
+    log = s.local_dir / "killed-flow.log"
+    for fraction in sorted(rng.uniform(0.1, 0.6) for _ in range(3)):
+        with log.open("w") as output:
+            process = subprocess.Popen(flow, cwd=PROJECT_DIR, env=_env(s), stdout=output,
+                                       stderr=subprocess.STDOUT)  # fmt: skip
         try:
             deadline = time.monotonic() + 240
             while time.monotonic() < deadline and process.poll() is None:
                 run_id = run_id or _current_run_id(s)
                 if run_id and store.progress(run_id)[1] >= fraction * ROWS:
-                    time.sleep(rng.uniform(0.0, 0.5))  # land between any two steps
+                    time.sleep(rng.uniform(0.0, 0.2))  # land between any two steps
                     break
                 time.sleep(0.05)
-            assert process.poll() is None, f"the flow process ended before {fraction:.0%}"
+            ended = process.poll()
+            assert ended is None, (
+                f"the flow process ended ({ended}) before {fraction:.0%}: {log.read_text()[-3000:]}"
+            )
         finally:
             process.send_signal(signal.SIGKILL)
             process.wait(30)
