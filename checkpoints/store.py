@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -119,26 +119,17 @@ class CheckpointStore:
     def _session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
 
-    def _newest(self, kind: str, dataset: str, snapshot_id: int, model_version: int, *where):
-        with self._session() as session:
-            return session.scalars(
-                select(Run)
-                .where(Run.kind == kind, Run.dataset == dataset, Run.snapshot_id == snapshot_id)
-                .where(Run.model_version == model_version, *where)
-                .order_by(Run.started_at.desc())
-            ).first()
-
-    def find_unfinished(
-        self, kind: str, dataset: str, snapshot_id: int, model_version: int
-    ) -> Run | None:
-        """The newest run of the same job that did not succeed, to be continued."""
-        return self._newest(kind, dataset, snapshot_id, model_version, Run.status != "succeeded")
-
     def find_succeeded(
         self, kind: str, dataset: str, snapshot_id: int, model_version: int
     ) -> Run | None:
         """The newest successful run of the same job."""
-        return self._newest(kind, dataset, snapshot_id, model_version, Run.status == "succeeded")
+        with self._session() as session:
+            return session.scalars(
+                select(Run)
+                .where(Run.kind == kind, Run.dataset == dataset, Run.snapshot_id == snapshot_id)
+                .where(Run.model_version == model_version, Run.status == "succeeded")
+                .order_by(Run.started_at.desc())
+            ).first()
 
     def get_run(self, run_id: str) -> Run:
         with self._session() as session:
@@ -155,21 +146,23 @@ class CheckpointStore:
         return run
 
     def open_run(
-        self, job_key: str, run_id: str | None, units: Iterable[UnitPlan], **fields: object
-    ) -> tuple[Run, bool]:
-        """The job's unfinished run (resumed=True), or a new run with its units planned.
+        self, job_key: str, run_id: str | None, plan: Callable[[], list[UnitPlan]],
+        **fields: object,
+    ) -> tuple[Run, bool]:  # fmt: skip
+        """The job's unfinished run (resumed=True), or a new run with the units plan() gives.
 
-        The run, its units and the job row are written in one transaction; when another process
-        creates the same job at the same moment, the job row's key makes one of them lose and
-        continue the winner's run instead.
+        plan() runs only for a new run. The run, its units and the job row are written in one
+        transaction; when another process creates the same job at the same moment, the job
+        row's key makes one of them lose and continue the winner's run instead.
         """
-        units = list(units)
+        units: list[UnitPlan] | None = None
         for _ in range(3):
             with self._session() as session:
                 job = session.get(Job, job_key)
                 current = session.get(Run, job.run_id) if job else None
             if current is not None and current.status != "succeeded":
                 return current, True
+            units = plan() if units is None else units
             run = Run(
                 run_id=run_id or uuid.uuid4().hex, status="running", job_key=job_key,
                 units_total=len(units), rows_total=sum(u.rows for u in units), **fields,
@@ -246,14 +239,6 @@ class CheckpointStore:
                 .where(Run.run_id == run_id, Run.owner == owner)
                 .values(status=status, error=error, finished_at=_now(), owner=None)
             )
-
-    def set_status(self, run_id: str, status: str, error: str | None = None) -> None:
-        with self._session() as session, session.begin():
-            run = session.get(Run, run_id)
-            if run is None:
-                raise LookupError(f"no checkpointed run with id {run_id!r}")
-            run.status, run.error = status, error
-            run.finished_at = _now() if status != "running" else None
 
     def units(self, run_id: str, *statuses: str) -> list[Unit]:
         """The run's units in order, only those with the given statuses when any are given."""

@@ -93,9 +93,7 @@ class _Job:
     predictions: Table
     store: CheckpointStore
     owner: str
-    columns: list[str]
-    row_filter: str | None
-    schema_json: str
+    read_kwargs: dict  # for read_units: columns (key first), row_filter, schema_json
     on_progress: Callable[[int, int], None] | None
     app_name: str | None = None  # the Serve application in separated mode
     lease_lost: threading.Event = field(default_factory=threading.Event)
@@ -232,12 +230,7 @@ def _run_pass(job: _Job, units: list[dict]) -> dict[int, str]:
     finished: set[int] = set()
     ready: dict[int, pa.Table] = {}
     last_commit = time.monotonic()
-    read_kwargs = {
-        "columns": job.columns,
-        "row_filter": job.row_filter,
-        "schema_json": job.schema_json,
-    }
-    pipeline = unit_pipeline(job.s, job.ref, job.mode, units, read_kwargs, job.app_name)
+    pipeline = unit_pipeline(job.s, job.ref, job.mode, units, job.read_kwargs, job.app_name)
     for frame in _watched(pipeline, job.s.stall_timeout_s):
         for unit, part in frame.groupby(UNIT, sort=False):
             unit = int(unit)
@@ -342,18 +335,21 @@ def run_batch_inference(
     ref = model_registry.model_ref(model_registry.get_version(s, model_version))
     expression = parse_row_filter(row_filter, features)
     key = job_key(dataset, snapshot.snapshot_id, ref.version, row_filter)
-    units = plan_units(features, snapshot.snapshot_id, expression, s.unit_rows)
     mode = mode or s.batch_mode
     run, resumed = store.open_run(
-        key, run_id, units, kind=KIND, dataset=dataset, snapshot_id=snapshot.snapshot_id,
+        key, run_id, lambda: plan_units(features, snapshot.snapshot_id, expression, s.unit_rows),
+        kind=KIND, dataset=dataset, snapshot_id=snapshot.snapshot_id,
         model_version=ref.version, mode=mode, row_filter=row_filter,
     )  # fmt: skip
     if resume_run_id and run.run_id != resume_run_id:
         raise LookupError(f"run {resume_run_id} is not the current run of its job ({run.run_id})")
     job = _Job(
         s, run, ref, mode, predictions, store, process_owner(),
-        columns=[s.key_column, *ref.feature_order], row_filter=row_filter,
-        schema_json=features.schema().model_dump_json(), on_progress=on_progress,
+        read_kwargs={
+            "columns": [s.key_column, *ref.feature_order], "row_filter": row_filter,
+            "schema_json": features.schema().model_dump_json(),
+        },
+        on_progress=on_progress,
     )  # fmt: skip
     with _lease(job):
         if resume_run_id:

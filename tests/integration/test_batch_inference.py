@@ -275,8 +275,8 @@ def race_open_run(s: Settings) -> None:
 
     def open_run() -> None:
         barrier.wait()
-        run, resumed = store.open_run(key, None, plan, kind="test", dataset="d", snapshot_id=1,
-                                      model_version=1, mode="fused")  # fmt: skip
+        run, resumed = store.open_run(key, None, lambda: plan, kind="test", dataset="d",
+                                      snapshot_id=1, model_version=1, mode="fused")  # fmt: skip
         opened.append((run.run_id, resumed))
 
     threads = [threading.Thread(target=open_run) for _ in range(4)]

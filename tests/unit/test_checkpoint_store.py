@@ -47,43 +47,18 @@ def test_get_run_unknown(store: CheckpointStore) -> None:
         store.get_run("nope")
 
 
-def test_find_unfinished_returns_newest_unsucceeded(store: CheckpointStore) -> None:
-    assert store.find_unfinished(**JOB) is None
-    _start(store, "old", minutes=0)
-    _start(store, "new", minutes=5)
-    _start(store, "newest-done", minutes=10)
-    store.set_status("newest-done", "succeeded")
-    assert store.find_unfinished(**JOB).run_id == "new"
-    store.set_status("new", "succeeded")
-    assert store.find_unfinished(**JOB).run_id == "old"
-    store.set_status("old", "failed", error="boom")
-    assert store.find_unfinished(**JOB).run_id == "old"
-
-
-def test_find_unfinished_matches_the_same_job_only(store: CheckpointStore) -> None:
+def test_finish_records_the_outcome_and_releases_the_lease(store: CheckpointStore) -> None:
     _start(store, "r1")
-    assert store.find_unfinished(**{**JOB, "snapshot_id": 12}) is None
-    assert store.find_unfinished(**{**JOB, "model_version": 3}) is None
-    assert store.find_unfinished(**{**JOB, "dataset": "ml.other"}) is None
-    assert store.find_unfinished(**{**JOB, "kind": "stream"}) is None
-    assert store.find_unfinished(**JOB).run_id == "r1"
-
-
-def test_set_status(store: CheckpointStore) -> None:
-    _start(store, "r1")
-    store.set_status("r1", "failed", error="RuntimeError('x')")
+    store.acquire("r1", "me:1:a", ttl_s=30)
+    store.finish("r1", "someone-else:2:b", "succeeded")  # not the holder: nothing changes
+    assert (store.get_run("r1").status, store.get_run("r1").owner) == ("running", "me:1:a")
+    store.finish("r1", "me:1:a", "failed", error="RuntimeError('x')")
     failed = store.get_run("r1")
-    assert failed.status == "failed" and failed.error == "RuntimeError('x')"
+    assert (failed.status, failed.error, failed.owner) == ("failed", "RuntimeError('x')", None)
     assert failed.finished_at is not None
-    store.set_status("r1", "running")
+    store.acquire("r1", "me:3:c", ttl_s=30)  # a resume takes it back up
     resumed = store.get_run("r1")
-    assert resumed.status == "running"
-    assert resumed.finished_at is None and resumed.error is None
-
-
-def test_set_status_unknown_run(store: CheckpointStore) -> None:
-    with pytest.raises(LookupError):
-        store.set_status("ghost", "failed")
+    assert (resumed.status, resumed.finished_at) == ("running", None)
 
 
 PLAN = [UnitPlan(0, "f1.parquet", 0, 2, 10), UnitPlan(1, "f1.parquet", 2, 1, 7),
@@ -91,7 +66,7 @@ PLAN = [UnitPlan(0, "f1.parquet", 0, 2, 10), UnitPlan(1, "f1.parquet", 2, 1, 7),
 
 
 def _open(store: CheckpointStore, key: str = "job", run_id: str | None = None):
-    return store.open_run(key, run_id, PLAN, **JOB, mode="fused")
+    return store.open_run(key, run_id, lambda: PLAN, **JOB, mode="fused")
 
 
 def test_open_run_plans_units_once_and_resumes_the_unfinished_run(store: CheckpointStore) -> None:
@@ -100,14 +75,27 @@ def test_open_run_plans_units_once_and_resumes_the_unfinished_run(store: Checkpo
     assert [(u.unit, u.status, u.rows_in) for u in store.units("r1")] == [
         (0, "pending", 10), (1, "pending", 7), (2, "pending", 3),
     ]  # fmt: skip
-    again, resumed = _open(store, run_id="r2")
+    planned = []
+    again, resumed = store.open_run("job", "r2", lambda: planned.append(1) or PLAN, **JOB,
+                                    mode="fused")  # fmt: skip
     assert resumed and again.run_id == "r1"
-    assert store.units("r2") == []
+    assert store.units("r2") == [] and planned == []  # a resume does not plan again
+
+
+def test_open_run_resumes_a_failed_run_and_keeps_jobs_apart(store: CheckpointStore) -> None:
+    _open(store, run_id="r1")
+    store.acquire("r1", "me:1:a", ttl_s=30)
+    store.finish("r1", "me:1:a", "failed", error="boom")
+    run, resumed = _open(store, run_id="r2")
+    assert resumed and run.run_id == "r1"
+    other, resumed = _open(store, key="another-job", run_id="r3")
+    assert not resumed and other.run_id == "r3"
 
 
 def test_open_run_after_success_starts_a_new_run(store: CheckpointStore) -> None:
     _open(store, run_id="r1")
-    store.set_status("r1", "succeeded")
+    store.acquire("r1", "me:1:a", ttl_s=30)
+    store.finish("r1", "me:1:a", "succeeded")
     run, resumed = _open(store, run_id="r2")
     assert not resumed and run.run_id == "r2"
     assert _open(store, run_id="r3")[0].run_id == "r2"

@@ -154,7 +154,7 @@ def test_runs_list_shows_checkpoint_progress(settings: Settings, runner: CliRunn
     store = CheckpointStore(settings.resolved_database_url)
     plan = [UnitPlan(0, "a", 0, 1, 200), UnitPlan(1, "a", 1, 1, 100), UnitPlan(2, "b", 0, 1, 200)]
     run, _ = store.open_run(
-        "job", None, plan, kind="batch-inference", dataset="ml.features", snapshot_id=42,
+        "job", None, lambda: plan, kind="batch-inference", dataset="ml.features", snapshot_id=42,
         model_version=3, mode="fused",
     )  # fmt: skip
     store.mark_done(run.run_id, {0: 200, 1: 100}, snapshot_id=7)
