@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import skops.io
 from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, Text, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -77,6 +76,8 @@ def sha256_of(path: Path) -> str:
 
 def register(s: Settings, model: Any, **record: Any) -> ModelVersion:
     """Save the artifact under model_dir, then record it with its SHA-256 as a candidate."""
+    import skops.io  # here: importing it imports all of scikit-learn, seconds at every start
+
     s.model_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC)
     path = s.model_dir / f"model-{stamp:%Y%m%dT%H%M%S%f}.skops"
@@ -195,6 +196,8 @@ def load_model(ref: ModelRef) -> Any:
             f"model version {ref.version}: {path} has SHA-256 {actual}, but the registry "
             f"recorded {ref.sha256}. Refusing to load it; retrain or restore the artifact."
         )
+    import skops.io
+
     try:
         untrusted = skops.io.get_untrusted_types(data=data)
     except zipfile.BadZipFile as error:
