@@ -1,0 +1,296 @@
+"""Benchmark: the Flink preprocessing job against a plain pandas implementation of the same
+cleaning, on the same raw CSV files, in one run.
+
+Usage: python -m benchmarks.preprocess [--rows 1000000 10000000] [--bad-fraction 0.01]
+
+For each size: CSV files with valid Iris-like rows, a share of malformed rows (one of each
+reason the job knows, in turn) and a share of duplicated event ids are written once. Flink
+(`mlplatform.preprocess.preprocess`, the job the preprocess flow runs: validate, classify,
+write the Iceberg features and quarantine tables and the Pulsar features and quarantine
+topics) processes them into a namespace and topics of their own. pandas then cleans the same
+files with the same rules in one process, timed by stage: parse + validate + de-duplicate,
+then the two Iceberg appends, then publishing the features to Pulsar. Both count rows per
+outcome; the counts must agree (the pandas peer is the same cleaning, not a different one).
+
+Prints a JSON summary and saves it to benchmarks/results/preprocess.json. Stream-mode latency
+(raw-events topic to the features topic) is not measured: the job has no stream mode yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from sklearn.datasets import load_iris
+
+from mlplatform.dataset import MALFORMED_KINDS, header
+from mlplatform.flink_job import ALREADY_INGESTED, DUPLICATE_KEY, NOT_FINITE_TEXT, OVERSIZED
+from mlplatform.iceberg_tables import ensure_tables
+from mlplatform.preprocess import preprocess
+from mlplatform.pulsar_io import (
+    admin_headers,
+    ensure_partitioned_topic,
+    make_client,
+    topic_path,
+)
+from mlplatform.settings import Settings, get_settings
+
+RESULTS = Path(__file__).parent / "results"
+WRITTEN = "written"
+
+
+def write_raw(folder: Path, rows: int, bad_fraction: float, dup_fraction: float, files: int,
+              s: Settings, seed: int = 0) -> dict[str, int]:  # fmt: skip
+    """CSV files under folder: valid rows, malformed ones, repeated event ids; what was made."""
+    rng = np.random.default_rng(seed)
+    iris = load_iris()
+    n_bad = int(rows * bad_fraction)
+    n_dup = int(rows * dup_fraction)
+    n_valid = rows - n_bad - n_dup
+    picks = rng.integers(0, len(iris.target), size=n_valid)
+    x = np.clip(iris.data[picks] + rng.normal(0.0, 0.1, size=(n_valid, 4)), 0.1, None)
+    batch = uuid.uuid4().hex[:8]
+    keys = pd.Series(np.arange(n_valid)).astype(str).radd(f"{batch}-")
+    frame = pd.DataFrame({s.key_column: keys})
+    for j, name in enumerate(s.feature_columns):
+        frame[name] = np.round(x[:, j], 3)
+    frame[s.label_column] = iris.target[picks]
+    valid = frame.to_csv(header=False, index=False).splitlines()
+    duplicates = [valid[i] for i in rng.integers(0, n_valid, size=n_dup)]
+    bad = [MALFORMED_KINDS[i % len(MALFORMED_KINDS)][1](f"{batch}-bad-{i}") for i in range(n_bad)]
+    lines = np.array(valid + duplicates + bad, dtype=object)
+    lines = lines[rng.permutation(len(lines))]
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, part in enumerate(np.array_split(lines, files)):
+        body = "\n".join([header(s), *part]) + "\n"
+        (folder / f"raw-{batch}-{i}.csv").write_text(body)
+    return {"valid": n_valid, "duplicates": n_dup, "malformed": n_bad}
+
+
+def _reasons(lines: pd.Series, s: Settings) -> tuple[pd.Series, pd.DataFrame]:
+    """The first failed check of each line, in the Flink job's order, and the parsed columns."""
+    columns = [s.key_column, *s.feature_columns, s.label_column]
+    reason = pd.Series(None, index=lines.index, dtype=object)
+
+    def first(mask: pd.Series, why: str | pd.Series) -> None:
+        hit = mask & reason.isna()
+        reason[hit] = why if isinstance(why, str) else why[hit]
+
+    first(lines.str.fullmatch(r"\s*"), "empty_payload")
+    first(lines.str.encode("utf-8", "surrogateescape").str.len() > s.max_line_bytes, OVERSIZED)
+    first(lines.str.contains("[\udc80-\udcff]", regex=True), "not_utf8")
+    n_fields = lines.str.count(",") + 1
+    first(n_fields < len(columns), "missing_fields")
+    first(n_fields > len(columns), "extra_fields")
+    fields = lines.str.split(",", n=len(columns) - 1, expand=True)
+    fields = fields.reindex(columns=range(len(columns))).fillna("")
+    fields.columns = columns
+    fields = fields.apply(lambda c: c.str.strip())
+    first(fields[s.key_column] == "", f"missing_key:{s.key_column}")
+    for c in columns[1:]:
+        first(fields[c] == "", f"missing_value:{c}")
+    parsed = pd.DataFrame({s.key_column: fields[s.key_column]})
+    for c in s.feature_columns:
+        text = fields[c]
+        special = text.isin(NOT_FINITE_TEXT)
+        parsed[c] = pd.to_numeric(text.where(~special), errors="coerce")
+        first(parsed[c].isna() & ~special, f"not_a_number:{c}")
+        first(special, f"not_finite:{c}")
+    for c in s.feature_columns:
+        first(~parsed[c].between(s.feature_min, s.feature_max), f"out_of_range:{c}")
+    integer = fields[s.label_column].str.fullmatch(r"[+-]?\d+")
+    label = pd.to_numeric(fields[s.label_column].where(integer), errors="coerce")
+    first(label.isna(), f"not_an_integer:{s.label_column}")
+    first((label < 0) | (label >= len(s.label_names)), f"out_of_range:{s.label_column}")
+    parsed[s.label_column] = label.fillna(-1).astype("int32")
+    return reason, parsed
+
+
+def pandas_clean(folder: Path, known_keys: set[str], s: Settings) -> dict[str, Any]:
+    """Classify every line of the folder's CSV files as the Flink job does, a file at a time;
+    an event id seen in an earlier file is a duplicate (the job keeps the earliest file's)."""
+    seen: set[str] = set()
+    valid, rejected, counts = [], [], Counter()
+    for path in sorted(folder.glob("*.csv")):
+        text = path.read_bytes().decode("utf-8", "surrogateescape").split("\n")
+        lines = pd.Series([ln for ln in text if ln and ln != header(s)], dtype=object)
+        del text
+        reason, parsed = _reasons(lines, s)
+        key = parsed[s.key_column]
+        reason[reason.isna() & key.isin(known_keys)] = ALREADY_INGESTED
+        repeated = key.where(reason.isna()).duplicated(keep="first") | key.isin(seen)
+        reason[reason.isna() & repeated] = DUPLICATE_KEY
+        seen.update(key[reason.isna()])
+        valid.append(parsed[reason.isna()])
+        bad = reason.notna() & (reason != ALREADY_INGESTED)
+        rejected.append(
+            pd.DataFrame({"raw": lines[bad], "reason": reason[bad], "source": str(path)})
+        )
+        counts.update(reason.fillna(WRITTEN))
+    return {
+        "valid": pd.concat(valid, ignore_index=True),
+        "rejected": pd.concat(rejected, ignore_index=True),
+        "counts": dict(sorted(counts.items())),
+    }
+
+
+def pandas_write(cleaned: dict[str, Any], s: Settings) -> None:
+    """The two Iceberg appends of the cleaned rows."""
+    catalog = ensure_tables(s)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    features = catalog.load_table(s.table_id(s.features_table))
+    valid = cleaned["valid"].assign(ingested_at=now)
+    features.append(pa.Table.from_pandas(valid, schema=features.schema().as_arrow(),
+                                         preserve_index=False))  # fmt: skip
+    quarantine = catalog.load_table(s.table_id(s.quarantine_table))
+    rejected = cleaned["rejected"].assign(quarantined_at=now)
+    quarantine.append(pa.Table.from_pandas(rejected, schema=quarantine.schema().as_arrow(),
+                                           preserve_index=False))  # fmt: skip
+
+
+def pandas_publish(cleaned: dict[str, Any], s: Settings) -> None:
+    """The valid rows to the features topic as JSON, keyed by event id, batched producer."""
+    client = make_client(s)
+    try:
+        producer = client.create_producer(s.features_topic, batching_enabled=True,
+                                          block_if_queue_full=True)  # fmt: skip
+        records = cleaned["valid"].to_dict("records")
+        for record in records:
+            key = record[s.key_column]
+            producer.send_async(json.dumps(record).encode(), None, partition_key=key)
+        producer.flush()
+    finally:
+        client.close()
+
+
+def timed(fn, *args) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = fn(*args)
+    return time.perf_counter() - started, result
+
+
+def bench_settings(base: Settings, tag: str, landing: Path) -> Settings:
+    return base.model_copy(
+        update={
+            "namespace": f"bench_pre_{tag}",
+            "features_topic": f"persistent://public/default/bench-pre-{tag}-features",
+            "quarantine_topic": f"persistent://public/default/bench-pre-{tag}-quarantine",
+            "stream_subscription": f"bench-pre-{tag}",
+            "landing_dir": landing,
+        }
+    )
+
+
+def drop_everything(s: Settings) -> list[str]:
+    """Delete the run's tables, namespace and topics; what could not be deleted."""
+    import httpx
+
+    problems = []
+    catalog = ensure_tables(s)
+    for table in catalog.list_tables(s.namespace):
+        catalog.purge_table(table)
+    catalog.drop_namespace(s.namespace)
+    for topic in (s.features_topic, s.quarantine_topic):
+        url = f"{s.pulsar_admin_url}/admin/v2/{topic_path(topic)}/partitions?force=true"
+        response = httpx.delete(url, headers=admin_headers(s), timeout=60)
+        if response.status_code not in (204, 404):
+            problems.append(f"{topic}: {response.status_code} {response.text[:200]}")
+    return problems
+
+
+def run_size(base: Settings, rows: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    tag = f"{rows}_{uuid.uuid4().hex[:6]}"
+    source = work / f"raw-{tag}"
+    made = write_raw(source, rows, args.bad_fraction, args.dup_fraction, args.files, base)
+    lines = sum(made.values())
+    size_mb = sum(p.stat().st_size for p in source.glob("*.csv")) / 1e6
+    flink_s = bench_settings(base, f"flink_{tag}", work / f"landing-flink-{tag}")
+    pandas_s = bench_settings(base, f"pandas_{tag}", work / f"landing-pandas-{tag}")
+    result: dict[str, Any] = {"rows": lines, "made": made, "input_mb": round(size_mb, 1)}
+    try:
+        shutil.copytree(source, flink_s.resolved_landing_dir)
+        seconds, done = timed(preprocess, flink_s, f"bench-{tag}")
+        result["flink"] = {
+            "seconds": round(seconds, 2),
+            "rows_per_s": round(lines / seconds),
+            "counts": dict(
+                sorted({**done.quarantined_by_reason, WRITTEN: done.features_rows}.items())
+            ),
+            "already_ingested": done.already_ingested,
+        }
+        ensure_tables(pandas_s)  # both start from empty tables and topics
+        ensure_partitioned_topic(pandas_s, pandas_s.features_topic, base.features_topic_partitions)
+        clean_s, cleaned = timed(pandas_clean, source, set(), pandas_s)
+        write_s, _ = timed(pandas_write, cleaned, pandas_s)
+        publish_s, _ = timed(pandas_publish, cleaned, pandas_s)
+        total = clean_s + write_s + publish_s
+        result["pandas"] = {
+            "clean_seconds": round(clean_s, 2),
+            "iceberg_seconds": round(write_s, 2),
+            "pulsar_seconds": round(publish_s, 2),
+            "seconds": round(total, 2),
+            "rows_per_s": round(lines / total),
+            "clean_only_rows_per_s": round(lines / clean_s),
+            "clean_and_iceberg_rows_per_s": round(lines / (clean_s + write_s)),
+            "counts": {k: v for k, v in cleaned["counts"].items() if k != ALREADY_INGESTED},
+        }
+        result["counts_agree"] = result["flink"]["counts"] == result["pandas"]["counts"]
+        result["flink_over_pandas_rows_per_s"] = round(
+            result["flink"]["rows_per_s"] / result["pandas"]["rows_per_s"], 3
+        )
+    finally:
+        result["cleanup_problems"] = drop_everything(flink_s) + drop_everything(pandas_s)
+        shutil.rmtree(source, ignore_errors=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--bad-fraction", type=float, default=0.01)
+    parser.add_argument("--dup-fraction", type=float, default=0.01)
+    parser.add_argument("--files", type=int, default=4)
+    args = parser.parse_args()
+    base = get_settings()
+    started = datetime.now(UTC)
+    summary: dict[str, Any] = {
+        "benchmark": "preprocess: Flink job vs pandas, same files, same cleaning",
+        "started_at": started.isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "loadavg_start": os.getloadavg(),
+            "flink_parallelism": base.flink_parallelism,
+            "flink_mode": base.flink_mode,
+            "note": "shared machine: the broker, Ray, Prefect and other jobs use the same cores",
+        },
+        "args": vars(args),
+        "sizes": [],
+        "stream_latency": "not measured: the Flink job has no stream mode yet",
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-preprocess-") as tmp:
+        for rows in args.rows:
+            summary["sizes"].append(run_size(base, rows, args, Path(tmp)))
+            print(json.dumps(summary["sizes"][-1], indent=2), flush=True)
+    summary["machine"]["loadavg_end"] = os.getloadavg()
+    summary["seconds"] = round((datetime.now(UTC) - started).total_seconds(), 1)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "preprocess.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
