@@ -35,6 +35,7 @@ bench: up  ## the benchmarks under benchmarks/, JSON results in benchmarks/resul
 	$(PY) -m benchmarks.retrain
 	$(PY) -m benchmarks.streaming
 	$(PY) -m benchmarks.batch_inference
+	$(PY) -m benchmarks.preprocess
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
