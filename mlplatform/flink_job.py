@@ -63,16 +63,33 @@ def _field(i: int) -> str:
     return f"TRIM(SPLIT_INDEX(line, ',', {i}))"
 
 
+def feature_names(cfg: dict[str, Any]) -> list[str]:
+    return [f["name"] for f in cfg["features"]]
+
+
+def _sql_type(feature: dict[str, Any]) -> str:
+    return "INT" if feature["type"] == "int" else "DOUBLE"
+
+
+def _type_check(feature: dict[str, Any]) -> str:
+    """The reason a value that does not parse as the feature's type gets."""
+    kind = "not_an_integer" if feature["type"] == "int" else "not_a_number"
+    return f"WHEN `{feature['name']}` IS NULL THEN '{kind}:{feature['name']}'"
+
+
 def validation_sql(cfg: dict[str, Any]) -> str:
     """A view over raw lines: the decoded line, its source, the parsed columns and the first
     failed check as reason (NULL when the row is valid on its own)."""
-    key, label, features = cfg["key_column"], cfg["label_column"], cfg["feature_columns"]
+    key, label, specs = cfg["key_column"], cfg["label_column"], cfg["features"]
+    features = feature_names(cfg)
     n_fields = len(features) + 2
-    lo, hi = float(cfg["feature_min"]), float(cfg["feature_max"])
     n_labels = len(cfg["label_names"])
     field_count = "CHAR_LENGTH(line) - CHAR_LENGTH(REPLACE(line, ',', '')) + 1"
     parsed = [f"{_field(0)} AS `{key}`"]
-    parsed += [f"TRY_CAST({_field(i)} AS DOUBLE) AS `{c}`" for i, c in enumerate(features, start=1)]
+    parsed += [
+        f"TRY_CAST({_field(i)} AS {_sql_type(f)}) AS `{f['name']}`"
+        for i, f in enumerate(specs, start=1)
+    ]
     parsed.append(f"TRY_CAST({_field(n_fields - 1)} AS INT) AS `{label}`")
     not_finite = ", ".join(_quote(t) for t in NOT_FINITE_TEXT)
     checks = [
@@ -90,12 +107,17 @@ def validation_sql(cfg: dict[str, Any]) -> str:
     checks += [
         f"WHEN {_field(i)} = '' THEN 'missing_value:{c}'" for i, c in enumerate(columns, start=1)
     ]
-    checks += [f"WHEN `{c}` IS NULL THEN 'not_a_number:{c}'" for c in features]
+    checks += [_type_check(f) for f in specs]
     checks += [
-        f"WHEN CAST(`{c}` AS STRING) IN ({not_finite}) THEN 'not_finite:{c}'" for c in features
+        f"WHEN CAST(`{f['name']}` AS STRING) IN ({not_finite}) THEN 'not_finite:{f['name']}'"
+        for f in specs
+        if f["type"] == "double"
     ]
     checks += [
-        f"WHEN NOT (`{c}` >= {lo!r} AND `{c}` <= {hi!r}) THEN 'out_of_range:{c}'" for c in features
+        f"WHEN NOT (`{c}` >= {float(f['min'])!r} AND `{c}` <= {float(f['max'])!r}) "
+        f"THEN 'out_of_range:{c}'"
+        for f in specs
+        for c in [f["name"]]
     ]
     checks.append(f"WHEN `{label}` IS NULL THEN 'not_an_integer:{label}'")
     checks.append(f"WHEN `{label}` < 0 OR `{label}` >= {n_labels} THEN 'out_of_range:{label}'")
@@ -114,7 +136,7 @@ def validation_sql(cfg: dict[str, Any]) -> str:
 def classification_sql(cfg: dict[str, Any]) -> str:
     """Over the `checked` view: the final reason of each row, adding already_ingested (its
     event id is in the features table) and duplicate_key (not the first of its event id)."""
-    key, label, features = cfg["key_column"], cfg["label_column"], cfg["feature_columns"]
+    key, label, features = cfg["key_column"], cfg["label_column"], feature_names(cfg)
     table = f"`{cfg['catalog_name']}`.`{cfg['namespace']}`.`{cfg['features_table']}`"
     columns = ", ".join(f"c.`{c}`" for c in [key, *features, label])
     # Valid rows sort first, so the row kept for an event id is a valid one when there is one.
@@ -177,9 +199,11 @@ def _pulsar_table(cfg: dict[str, Any], name: str, columns: str, topic: str, **ex
 
 def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
     """DDL to run first, then the INSERTs that make up the job."""
-    key, label, features = cfg["key_column"], cfg["label_column"], cfg["feature_columns"]
+    key, label, features = cfg["key_column"], cfg["label_column"], feature_names(cfg)
     catalog, ns = cfg["catalog_name"], cfg["namespace"]
-    typed = ", ".join([f"`{key}` STRING"] + [f"`{c}` DOUBLE" for c in features])
+    typed = ", ".join(
+        [f"`{key}` STRING"] + [f"`{f['name']}` {_sql_type(f)}" for f in cfg["features"]]
+    )
     files = {"connector": "filesystem", "path": cfg["input_path"], "format": "raw"}
     counts = {"connector": "filesystem", "path": cfg["counts_path"], "format": "json"}
     ddl = [

@@ -53,7 +53,10 @@ def _fields(*specs: tuple[str, object, bool]) -> Schema:
 def features_schema(s: Settings) -> Schema:
     return _fields(
         (s.key_column, StringType(), False),
-        *((column, DoubleType(), False) for column in s.feature_columns),
+        *(
+            (f.name, IntegerType() if f.type == "int" else DoubleType(), False)
+            for f in s.dataset_spec.features
+        ),
         (s.label_column, IntegerType(), False),
         ("ingested_at", TimestampType(), False),
     )

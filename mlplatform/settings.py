@@ -14,6 +14,8 @@ from urllib.parse import urlparse
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mlplatform.dataset_spec import DatasetSpec, load_spec, spec_of_settings
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -87,7 +89,11 @@ class Settings(BaseSettings):
     # max_line_bytes characters kept; the cap keeps that within a Pulsar message (5 MB).
     max_line_bytes: int = Field(default=16_384, gt=0, le=1_048_576)
 
-    # The dataset: key, feature columns with their valid ranges, the label and its classes.
+    # The dataset: a bundled spec by name (iris, wine) or the path of a JSON spec file
+    # (mlplatform/dataset_spec.py): key, typed feature columns with per-column ranges, label and
+    # classes. It fills in the column settings below; any of them set explicitly overrides
+    # the spec (MLP_FEATURE_MIN/MAX then give every feature one range).
+    dataset: str = "iris"
     key_column: str = "event_id"
     feature_columns: list[str] = Field(
         default=["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -184,6 +190,25 @@ class Settings(BaseSettings):
                 "remove one of them from the environment or .env"
             )
         return self
+
+    @model_validator(mode="after")
+    def _columns_from_dataset(self) -> Settings:
+        spec = load_spec(self.dataset)
+        filled = {
+            "key_column": spec.key_column,
+            "feature_columns": spec.feature_columns,
+            "label_column": spec.label_column,
+            "label_names": list(spec.label_names),
+        }
+        for name, value in filled.items():
+            if name not in self.model_fields_set:
+                self.__dict__[name] = value  # not marked as set: the spec stays the source
+        return self
+
+    @property
+    def dataset_spec(self) -> DatasetSpec:
+        """The dataset spec with the column settings applied."""
+        return spec_of_settings(self)
 
     @property
     def pulsar_auth_dir(self) -> Path:

@@ -13,6 +13,7 @@ from mlplatform.flink_job import (
     _quote,
     build_statements,
     classification_sql,
+    feature_names,
     rejected_sql,
     validation_sql,
 )
@@ -80,7 +81,7 @@ def test_ddl_names_catalog_source_and_topic(cfg: dict) -> None:
     assert "'connector' = 'pulsar'" in topic
     assert "'topics' = 'persistent://public/default/my-topic'" in topic
     assert "'service-url' = 'pulsar://127.0.0.1:16650'" in topic
-    for column in cfg["feature_columns"]:
+    for column in feature_names(cfg):
         assert f"`{column}` DOUBLE" in topic
     assert "`event_id` STRING" in topic and "`label` INT" in topic
     # The row key is also the message key, so Key_Shared consumers and partitions follow it.
@@ -135,7 +136,7 @@ def test_inserts_target_configured_tables(cfg: dict) -> None:
 
 def test_every_feature_gets_value_number_finite_and_range_checks(cfg: dict) -> None:
     sql = validation_sql(cfg)
-    for i, column in enumerate(cfg["feature_columns"], start=1):
+    for i, column in enumerate(feature_names(cfg), start=1):
         assert f"TRY_CAST(TRIM(SPLIT_INDEX(line, ',', {i})) AS DOUBLE) AS `{column}`" in sql
         assert f"WHEN TRIM(SPLIT_INDEX(line, ',', {i})) = '' THEN 'missing_value:{column}'" in sql
         assert f"WHEN `{column}` IS NULL THEN 'not_a_number:{column}'" in sql
@@ -151,7 +152,7 @@ def test_every_feature_gets_value_number_finite_and_range_checks(cfg: dict) -> N
         )
         assert sql.index(f"'not_finite:{column}'") < sql.index(f"'out_of_range:{column}'")
     for kind in ("missing_value", "not_a_number", "not_finite", "out_of_range"):
-        n = len(cfg["feature_columns"]) + (kind in ("missing_value", "out_of_range"))
+        n = len(cfg["features"]) + (kind in ("missing_value", "out_of_range"))
         assert len(re.findall(rf"'{kind}:", sql)) == n, kind
 
 
@@ -166,7 +167,7 @@ def test_payload_checks(cfg: dict) -> None:
 
 def test_checks_are_ordered_and_complete(cfg: dict) -> None:
     sql = validation_sql(cfg)
-    n_fields = len(cfg["feature_columns"]) + 2
+    n_fields = len(cfg["features"]) + 2
     assert f"< {n_fields} THEN 'missing_fields'" in sql
     assert f"> {n_fields} THEN 'extra_fields'" in sql
     assert "WHEN `event_id` = '' THEN 'missing_key:event_id'" in sql
@@ -237,7 +238,10 @@ def test_custom_schema_changes_generated_sql(cfg: dict) -> None:
     cfg = {
         **cfg,
         "key_column": "id",
-        "feature_columns": ["x", "y"],
+        "features": [
+            {"name": "x", "type": "double", "min": -1.0, "max": 1.0},
+            {"name": "y", "type": "int", "min": 10, "max": 99},
+        ],
         "label_column": "cls",
         "label_names": ["a", "b", "c", "d", "e"],
         "header": "id,x,y,cls",
@@ -248,4 +252,11 @@ def test_custom_schema_changes_generated_sql(cfg: dict) -> None:
     assert "`cls` >= 5 THEN 'out_of_range:cls'" in sql
     assert "'missing_key:id'" in sql and "'missing_value:cls'" in sql
     assert "sepal_length" not in sql
+    # Each feature its own type and range: an integer column is checked as one.
+    assert "TRY_CAST(TRIM(SPLIT_INDEX(line, ',', 2)) AS INT) AS `y`" in sql
+    assert "WHEN `y` IS NULL THEN 'not_an_integer:y'" in sql and "'not_finite:y'" not in sql
+    assert "WHEN NOT (`x` >= -1.0 AND `x` <= 1.0) THEN 'out_of_range:x'" in sql
+    assert "WHEN NOT (`y` >= 10.0 AND `y` <= 99.0) THEN 'out_of_range:y'" in sql
+    ddl, _ = build_statements(cfg)
+    assert "`id` STRING, `x` DOUBLE, `y` INT, `cls` INT" in ddl[2]
     assert "PARTITION BY c.`id`" in classification_sql(cfg)

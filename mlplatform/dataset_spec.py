@@ -1,0 +1,120 @@
+"""Datasets by configuration: a spec names the key, the typed feature columns with their valid
+ranges, and the label with its classes. One setting (`MLP_DATASET`) picks a bundled spec
+(mlplatform/datasets/<name>.json: iris, the default, or wine) or a spec file by path.
+
+Everything downstream (the Flink job's validation, the Iceberg features table, training, batch
+and stream inference, serving) reads the columns from the settings this spec fills in.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SPEC_DIR = Path(__file__).resolve().parent / "datasets"
+# Column names go into SQL (backtick-quoted), CSV headers and JSON keys: plain identifiers only.
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+
+
+class FeatureSpec(BaseModel):
+    """One feature column: its type and the closed range a valid value lies in."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN)
+    type: Literal["double", "int"] = "double"
+    min: float
+    max: float
+
+    @model_validator(mode="after")
+    def _range_is_ordered(self) -> FeatureSpec:
+        if not self.min < self.max:
+            raise ValueError(f"feature {self.name}: min {self.min} must be below max {self.max}")
+        return self
+
+
+class DatasetSpec(BaseModel):
+    """A dataset's columns: key, features (in model input order) and label."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    key_column: str = Field(pattern=NAME_PATTERN)
+    features: tuple[FeatureSpec, ...] = Field(min_length=1)
+    label_column: str = Field(pattern=NAME_PATTERN)
+    label_names: tuple[str, ...] = Field(min_length=2)
+    # Demo data: sklearn.datasets.<loader>() gives rows in the features' order.
+    sklearn_loader: str | None = None
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> DatasetSpec:
+        names = [self.key_column, *self.feature_columns, self.label_column]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"column names used twice: {', '.join(repeated)}")
+        return self
+
+    @property
+    def feature_columns(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    @property
+    def columns(self) -> list[str]:
+        """Every column of a raw row, in the canonical (CSV) order."""
+        return [self.key_column, *self.feature_columns, self.label_column]
+
+    def with_global_range(self, low: float, high: float) -> DatasetSpec:
+        """The same spec with one range for every feature (the MLP_FEATURE_MIN/MAX settings)."""
+        features = tuple(f.model_copy(update={"min": low, "max": high}) for f in self.features)
+        return self.model_copy(update={"features": features})
+
+
+def bundled_names() -> list[str]:
+    return sorted(p.stem for p in SPEC_DIR.glob("*.json"))
+
+
+@lru_cache
+def load_spec(ref: str) -> DatasetSpec:
+    """A bundled dataset by name, or a spec file by path; a clear error for anything else."""
+    path = SPEC_DIR / f"{ref}.json" if re.fullmatch(NAME_PATTERN, ref) else Path(ref)
+    if not path.is_file():
+        raise ValueError(
+            f"MLP_DATASET={ref!r} is neither a bundled dataset ({', '.join(bundled_names())}) "
+            "nor a readable spec file: give one of those names or a path to a JSON spec"
+        )
+    try:
+        return DatasetSpec.model_validate(json.loads(path.read_text()))
+    except (json.JSONDecodeError, ValidationError) as error:
+        raise ValueError(f"dataset spec {path} is not valid: {error}") from None
+
+
+def spec_of_settings(s: Any) -> DatasetSpec:
+    """The spec of `s.dataset` with the column settings that were set explicitly applied: the
+    key, label and classes by name; feature columns of their own get the global range
+    (feature_min..feature_max), as does every feature when only that range is set."""
+    spec = load_spec(s.dataset)
+    explicit = s.model_fields_set
+    low, high = s.feature_min, s.feature_max
+    if s.feature_columns != spec.feature_columns:
+        if "feature_columns" not in explicit:
+            raise ValueError(
+                f"these settings' feature columns are not those of dataset {spec.name}: a copy "
+                "with another dataset does not fill them in again; build Settings(dataset=...)"
+            )
+        features = tuple(FeatureSpec(name=name, min=low, max=high) for name in s.feature_columns)
+        spec = spec.model_copy(update={"features": features})
+    elif {"feature_min", "feature_max"} & explicit:
+        spec = spec.with_global_range(low, high)
+    return spec.model_copy(
+        update={
+            "key_column": s.key_column,
+            "label_column": s.label_column,
+            "label_names": tuple(s.label_names),
+        }
+    )
