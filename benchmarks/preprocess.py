@@ -80,18 +80,20 @@ def write_raw(folder: Path, rows: int, bad_fraction: float, dup_fraction: float,
     return {"valid": n_valid, "duplicates": n_dup, "malformed": n_bad}
 
 
-def _reasons(lines: pd.Series, s: Settings) -> tuple[pd.Series, pd.DataFrame]:
-    """The first failed check of each line, in the Flink job's order, and the parsed columns."""
+def _reasons(
+    lines: pd.Series, n_bytes: np.ndarray, not_utf8: np.ndarray, s: Settings
+) -> tuple[pd.Series, pd.DataFrame]:
+    """The first failed check of each line (Arrow-backed strings), in the Flink job's order,
+    and the parsed columns."""
     columns = [s.key_column, *s.feature_columns, s.label_column]
     reason = pd.Series(None, index=lines.index, dtype=object)
 
-    def first(mask: pd.Series, why: str | pd.Series) -> None:
-        hit = mask & reason.isna()
-        reason[hit] = why if isinstance(why, str) else why[hit]
+    def first(mask: pd.Series | np.ndarray, why: str) -> None:
+        reason[_bools(mask) & reason.isna().to_numpy()] = why
 
     first(lines.str.fullmatch(r"\s*"), "empty_payload")
-    first(lines.str.encode("utf-8", "surrogateescape").str.len() > s.max_line_bytes, OVERSIZED)
-    first(lines.str.contains("[\udc80-\udcff]", regex=True), "not_utf8")
+    first(n_bytes > s.max_line_bytes, OVERSIZED)
+    first(not_utf8, "not_utf8")
     n_fields = lines.str.count(",") + 1
     first(n_fields < len(columns), "missing_fields")
     first(n_fields > len(columns), "extra_fields")
@@ -105,18 +107,45 @@ def _reasons(lines: pd.Series, s: Settings) -> tuple[pd.Series, pd.DataFrame]:
     parsed = pd.DataFrame({s.key_column: fields[s.key_column]})
     for c in s.feature_columns:
         text = fields[c]
-        special = text.isin(NOT_FINITE_TEXT)
-        parsed[c] = pd.to_numeric(text.where(~special), errors="coerce")
-        first(parsed[c].isna() & ~special, f"not_a_number:{c}")
+        special = _bools(text.isin(NOT_FINITE_TEXT))
+        parsed[c] = pd.to_numeric(text.where(~special), errors="coerce").astype("float64")
+        first(_bools(parsed[c].isna()) & ~special, f"not_a_number:{c}")
         first(special, f"not_finite:{c}")
     for c in s.feature_columns:
         first(~parsed[c].between(s.feature_min, s.feature_max), f"out_of_range:{c}")
-    integer = fields[s.label_column].str.fullmatch(r"[+-]?\d+")
+    integer = _bools(fields[s.label_column].str.fullmatch(r"[+-]?\d+"))
     label = pd.to_numeric(fields[s.label_column].where(integer), errors="coerce")
+    label = label.astype("float64")
     first(label.isna(), f"not_an_integer:{s.label_column}")
     first((label < 0) | (label >= len(s.label_names)), f"out_of_range:{s.label_column}")
     parsed[s.label_column] = label.fillna(-1).astype("int32")
     return reason, parsed
+
+
+def _bools(mask: pd.Series | np.ndarray) -> np.ndarray:
+    if isinstance(mask, pd.Series):
+        return mask.to_numpy(dtype=bool, na_value=False)
+    return np.asarray(mask, dtype=bool)
+
+
+def _read_lines(path: Path, s: Settings) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    """The file's data lines as Arrow-backed strings, their lengths in bytes, and which are not
+    UTF-8 (decoded with replacement characters so that the other checks can still run)."""
+    raw = path.read_bytes().split(b"\n")
+    skip = header(s).encode()
+    raw = [line for line in raw if line and line != skip]
+    try:
+        text = b"\n".join(raw).decode("utf-8").split("\n")
+        not_utf8 = np.zeros(len(raw), dtype=bool)
+    except UnicodeDecodeError:  # the slow path, only for a file that has such lines
+        text = [line.decode("utf-8", "replace") for line in raw]
+        not_utf8 = np.array([t.encode() != line for t, line in zip(text, raw, strict=True)])
+    n_bytes = np.fromiter(map(len, raw), dtype=np.int64, count=len(raw))
+    return (
+        pd.Series(pa.array(text, pa.string()), dtype=pd.ArrowDtype(pa.string())),
+        n_bytes,
+        not_utf8,
+    )
 
 
 def pandas_clean(folder: Path, known_keys: set[str], s: Settings) -> dict[str, Any]:
@@ -125,21 +154,21 @@ def pandas_clean(folder: Path, known_keys: set[str], s: Settings) -> dict[str, A
     seen: set[str] = set()
     valid, rejected, counts = [], [], Counter()
     for path in sorted(folder.glob("*.csv")):
-        text = path.read_bytes().decode("utf-8", "surrogateescape").split("\n")
-        lines = pd.Series([ln for ln in text if ln and ln != header(s)], dtype=object)
-        del text
-        reason, parsed = _reasons(lines, s)
+        lines, n_bytes, not_utf8 = _read_lines(path, s)
+        reason, parsed = _reasons(lines, n_bytes, not_utf8, s)
         key = parsed[s.key_column]
-        reason[reason.isna() & key.isin(known_keys)] = ALREADY_INGESTED
-        repeated = key.where(reason.isna()).duplicated(keep="first") | key.isin(seen)
-        reason[reason.isna() & repeated] = DUPLICATE_KEY
-        seen.update(key[reason.isna()])
-        valid.append(parsed[reason.isna()])
-        bad = reason.notna() & (reason != ALREADY_INGESTED)
+        reason[reason.isna().to_numpy() & _bools(key.isin(known_keys))] = ALREADY_INGESTED
+        open_ = reason.isna().to_numpy()
+        repeated = _bools(key.where(open_).duplicated(keep="first")) | _bools(key.isin(seen))
+        reason[open_ & repeated] = DUPLICATE_KEY
+        ok = reason.isna().to_numpy()
+        seen.update(key[ok].tolist())
+        valid.append(parsed[ok])
+        bad = (reason.notna() & (reason != ALREADY_INGESTED)).to_numpy()
         rejected.append(
             pd.DataFrame({"raw": lines[bad], "reason": reason[bad], "source": str(path)})
         )
-        counts.update(reason.fillna(WRITTEN))
+        counts.update(reason.fillna(WRITTEN).value_counts().to_dict())
     return {
         "valid": pd.concat(valid, ignore_index=True),
         "rejected": pd.concat(rejected, ignore_index=True),
