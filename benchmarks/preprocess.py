@@ -111,8 +111,8 @@ def _reasons(
         parsed[c] = pd.to_numeric(text.where(~special), errors="coerce").astype("float64")
         first(_bools(parsed[c].isna()) & ~special, f"not_a_number:{c}")
         first(special, f"not_finite:{c}")
-    for c in s.feature_columns:
-        first(~parsed[c].between(s.feature_min, s.feature_max), f"out_of_range:{c}")
+    for f in s.dataset_spec.features:
+        first(~parsed[f.name].between(f.min, f.max), f"out_of_range:{f.name}")
     integer = _bools(fields[s.label_column].str.fullmatch(r"[+-]?\d+"))
     label = pd.to_numeric(fields[s.label_column].where(integer), errors="coerce")
     label = label.astype("float64")
