@@ -14,13 +14,17 @@ import numpy as np
 import pytest
 
 from mlplatform import model_registry
-from mlplatform.dataset import write_demo_raw
 from mlplatform.model_registry import ModelIntegrityError
-from mlplatform.preprocess import preprocess
-from mlplatform.pulsar_io import ensure_partitioned_topic, make_client, read_all
+from mlplatform.pulsar_io import (
+    ensure_partitioned_topic,
+    ensure_subscription,
+    make_client,
+    read_all,
+)
 from mlplatform.serving import start_serving, stop_serving
 from mlplatform.settings import Settings
 from mlplatform.stream_inference import run_stream_inference
+from mlplatform.synthetic_features import append_features
 from mlplatform.training import read_snapshot, retrain, split, train_candidates
 from tests.conftest import module_settings
 
@@ -29,10 +33,12 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def lake(isolated: Settings) -> Settings:
-    """Tables, topics and a registry of this module's own, with 600 rows preprocessed."""
+    """Tables, topics and a registry of this module's own, with 600 feature rows (appended
+    straight to Iceberg: the Flink job that writes them has tests of its own)."""
     s = module_settings(isolated, "retrain", model_refresh_s=1.0)
-    write_demo_raw(s, 600, 0, seed=31)
-    preprocess(s, run_id="retrain-it")
+    append_features(s, 600, seed=31)
+    ensure_partitioned_topic(s, s.features_topic, s.features_topic_partitions)
+    ensure_subscription(s, s.features_topic, s.stream_subscription)
     return s
 
 
