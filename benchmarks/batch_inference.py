@@ -7,9 +7,9 @@ forest), rows/s of:
 - fused: run_batch_inference(mode="fused"), checkpoints on (units, compare-and-set commits);
 - separated: run_batch_inference(mode="separated"), the model in a Ray Serve deployment;
 - no_checkpoint: the same streaming pipeline (unit_pipeline, fused), the same rows gathered at
-  the driver and the same Arrow tables, appended to Iceberg at the same cadence (commit_every_rows
-  or commit_every_s) by plain appends: no checkpoint store, run lease, units in snapshot
-  summaries or compare-and-set (checkpointing off);
+  the driver and the same Arrow tables, appended to Iceberg at the same cadence
+  (commit_interval_rows or commit_every_s) by plain appends: no checkpoint store, run lease,
+  units in snapshot summaries or compare-and-set (checkpointing off);
 - bsp: the same stages run one after the other with materialize() between them (read all units,
   then predict all rows, then write as no_checkpoint does);
 - spark: PySpark local[2] on the same Parquet files, mapInPandas with the same model (broadcast),
@@ -57,7 +57,12 @@ from sklearn.tree import DecisionTreeClassifier
 from checkpoints.store import CheckpointStore
 from mlplatform import model_registry
 from mlplatform.batch_commit import committed_units
-from mlplatform.batch_inference import run_batch_inference, unit_pipeline
+from mlplatform.batch_inference import (
+    commit_interval_rows,
+    predictions_rows,
+    run_batch_inference,
+    unit_pipeline,
+)
 from mlplatform.batch_predictors import Predictor, deploy_batch_model
 from mlplatform.batch_units import plan_units, read_units
 from mlplatform.iceberg_tables import ensure_tables
@@ -105,18 +110,6 @@ def projected_seconds(rows: int, measured: dict[str, float], variant: str, slack
     and then it is run)."""
     rate = measured.get(variant)
     return None if not rate or math.isnan(rate) else slack * rows / rate
-
-
-def predictions_table(
-    frame: pd.DataFrame, key: str, schema: pa.Schema, run_id: str, snapshot_id: int
-) -> pa.Table:
-    """The predictions table's rows of a Ray Data output batch (placeholder rows dropped), as
-    batch inference writes them."""
-    rows = frame[frame[key].notna()]
-    out = rows[[key, "prediction", "probabilities", "model_version"]].assign(
-        run_id=run_id, input_snapshot_id=snapshot_id
-    )
-    return pa.Table.from_pandas(out, schema=schema, preserve_index=False)
 
 
 def targets_met(ratios: dict[str, float | None]) -> dict[str, bool | None]:
@@ -304,10 +297,18 @@ def start_private_ray(s: Settings) -> str:
     1-CPU read tasks pending (or our actors would do that to theirs). Its GCS address."""
     import ray
 
-    ray.init(
-        num_cpus=s.ray_num_cpus, object_store_memory=s.ray_object_store_bytes,
-        include_dashboard=False, log_to_driver=False, configure_logging=False,
-    )  # fmt: skip
+    for attempt in range(3):  # a loaded machine can miss Ray's fixed 30 s raylet start wait
+        try:
+            ray.init(
+                num_cpus=s.ray_num_cpus, object_store_memory=s.ray_object_store_bytes,
+                include_dashboard=False, log_to_driver=False, configure_logging=False,
+            )  # fmt: skip
+            break
+        except Exception as error:  # noqa: BLE001 - retried, then raised
+            ray.shutdown()
+            if attempt == 2:
+                raise
+            print(f"private Ray did not start ({error}); trying again", flush=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
     return ray.get_runtime_context().gcs_address
 
@@ -334,9 +335,10 @@ def raw_limit(model: Any, matrix: np.ndarray) -> dict[str, float]:
 
 def gather_and_append(data: Dataset, ref: ModelRef, batches, run_id: str) -> tuple[int, int]:
     """Ray Data output batches -> predictions rows at the driver -> plain Iceberg appends at the
-    cadence of run_batch_inference's commits (commit_every_rows or commit_every_s), without its
-    units, summaries, compare-and-set or store. (rows, commits)."""
+    cadence of run_batch_inference's commits (commit_interval_rows or commit_every_s), without
+    its units, summaries, compare-and-set or store. (rows, commits)."""
     s, schema = data.s, data.predictions.schema().as_arrow()
+    every_rows = commit_interval_rows(s, data.rows)
     data.predictions.refresh()  # committed to by the runs before: append on its current state
     parts: list[pa.Table] = []
     rows = commits = 0
@@ -349,10 +351,10 @@ def gather_and_append(data: Dataset, ref: ModelRef, batches, run_id: str) -> tup
         rows, commits, last = rows + table.num_rows, commits + 1, time.monotonic()
         parts.clear()
 
-    for frame in batches:
-        parts.append(predictions_table(frame, s.key_column, schema, run_id, data.snapshot_id))
+    for table in batches:
+        parts.append(predictions_rows(table, s.key_column, schema, run_id, data.snapshot_id))
         pending = sum(p.num_rows for p in parts)
-        if pending >= s.commit_every_rows or time.monotonic() - last >= s.commit_every_s:
+        if pending >= every_rows or time.monotonic() - last >= s.commit_every_s:
             append()
     if parts:
         append()
@@ -362,7 +364,7 @@ def gather_and_append(data: Dataset, ref: ModelRef, batches, run_id: str) -> tup
 def no_checkpoint(data: Dataset, ref: ModelRef, tag: str) -> tuple[int, int]:
     """The fused streaming pipeline, gathered and committed at the driver, no checkpoints."""
     pipeline = unit_pipeline(data.s, ref, "fused", data.unit_specs(), data.read_kwargs(ref))
-    batches = pipeline.iter_batches(batch_size=None, batch_format="pandas")
+    batches = pipeline.iter_batches(batch_size=None, batch_format="pyarrow")
     return gather_and_append(data, ref, batches, f"bench-off-{tag}")
 
 
@@ -375,7 +377,7 @@ def bsp(data: Dataset, ref: ModelRef, tag: str) -> tuple[int, int]:
     read = (
         ray.data.from_items(specs, override_num_blocks=max(1, len(specs)))
         .map_batches(
-            read_units, fn_kwargs=data.read_kwargs(ref), batch_size=1, batch_format="pandas"
+            read_units, fn_kwargs=data.read_kwargs(ref), batch_size=1, batch_format="pyarrow"
         )
         .materialize()
     )
@@ -383,11 +385,11 @@ def bsp(data: Dataset, ref: ModelRef, tag: str) -> tuple[int, int]:
         Predictor,
         fn_constructor_kwargs={"ref": ref, "key": s.key_column, "timeout_s": s.batch_timeout_s},
         batch_size=s.batch_size,
-        batch_format="pandas",
+        batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=s.actor_pool_min, max_size=s.actor_pool_max),
         num_cpus=s.actor_num_cpus,
     ).materialize()
-    batches = predicted.iter_batches(batch_size=None, batch_format="pandas")
+    batches = predicted.iter_batches(batch_size=None, batch_format="pyarrow")
     return gather_and_append(data, ref, batches, f"bench-bsp-{tag}")
 
 
@@ -464,7 +466,7 @@ def _killed_child(overrides: dict, version: int, run_id: str, key: str, arrived:
     def counted(self, *args, **kwargs):
         for batch in original(self, *args, **kwargs):
             with arrived.get_lock():
-                arrived.value += int(batch[key].notna().sum())
+                arrived.value += batch.num_rows - batch[key].null_count
             yield batch
 
     ray.data.Dataset.iter_batches = counted
@@ -487,8 +489,9 @@ def kill_and_resume(bench: Bench, data: Dataset, ref: ModelRef, kill_at: float) 
         time.sleep(0.05)
         committed_seen = store.progress(run_id)[1]
     # Right after a commit the driver holds almost nothing: kill half a commit interval later
-    # (half of commit_every_rows more rows back at the driver, or at the next commit).
-    mid = committed_seen + s.commit_every_rows // 2
+    # (half a commit interval more rows back at the driver, or at the next commit).
+    every_rows = commit_interval_rows(s, data.rows)
+    mid = committed_seen + every_rows // 2
     while child.is_alive() and arrived.value < mid and store.progress(run_id)[1] == committed_seen:
         time.sleep(0.01)
     if not child.is_alive():
@@ -511,7 +514,7 @@ def kill_and_resume(bench: Bench, data: Dataset, ref: ModelRef, kill_at: float) 
         "committed_rows_in_store_at_kill": store_rows,
         "committed_rows_in_iceberg_at_kill": in_iceberg,
         "committed_fraction_at_kill": round(in_iceberg / data.rows, 4),
-        # Killed after its last commit (units of commit_every_rows too coarse for this size),
+        # Killed after its last commit (commit intervals too coarse for this size),
         # the run tells nothing about recomputation.
         "valid": 0 < in_iceberg < data.rows and resumed.run_id == run_id,
         "rows_back_at_killed_driver": came_back,
@@ -525,10 +528,12 @@ def kill_and_resume(bench: Bench, data: Dataset, ref: ModelRef, kill_at: float) 
         "predictions_rows": rows,
         "predictions_distinct_keys": keys,
         "exactly_once": rows == keys == data.rows,
-        # Just before a commit: up to commit_every_rows + a unit, plus partial units in flight.
-        "approx_worst_case_rows": s.commit_every_rows + s.unit_rows,
+        # Just before a commit: up to a commit interval + a unit, plus partial units in flight.
+        "commit_interval_rows": every_rows,
+        "approx_worst_case_rows": every_rows + s.unit_rows,
         "kill_point": "the first moment >= kill_at of the rows was committed, then half of "
-        "commit_every_rows more rows back at the driver (or the next commit)",
+        "a commit interval (commit_interval_rows) more rows back at the driver (or the next "
+        "commit)",
         "method": "rows_recomputed = rows handed to the killed driver by Ray Data (counted in "
         "the child around Dataset.iter_batches) - rows of the run in Iceberg snapshot summaries "
         "after the kill. Rows predicted in actors but not yet handed over are not counted "
@@ -853,6 +858,7 @@ def main(argv: list[str] | None = None) -> None:
                 "actor_num_cpus",
                 "unit_rows",
                 "commit_every_rows",
+                "commit_every_fraction",
                 "commit_every_s",
                 "serve_min_replicas",
                 "serve_max_replicas",
@@ -868,7 +874,7 @@ def main(argv: list[str] | None = None) -> None:
             "one and two threads (details per row)",
             "no_checkpoint": "unit_pipeline (fused), the same gathering and Arrow conversion at "
             "the driver as run_batch_inference, plain Iceberg appends at the same cadence "
-            "(commit_every_rows or commit_every_s); no store, lease, compare-and-set or "
+            "(commit_interval_rows or commit_every_s); no store, lease, compare-and-set or "
             "summaries. checkpoint_overhead = no_checkpoint/fused rows/s - 1 at the largest "
             "size, the worse model",
             "bsp": "the same read and model stages with materialize() after each, then the "

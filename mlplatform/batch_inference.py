@@ -12,6 +12,7 @@ max_failed_fraction of the rows.
 from __future__ import annotations
 
 import hashlib
+import math
 import queue
 import threading
 import time
@@ -20,8 +21,9 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
-import pandas as pd
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 from pyiceberg.table import Table
 
@@ -101,6 +103,13 @@ class _Job:
     commits: int = 0
 
 
+def commit_interval_rows(s: Settings, rows_total: int) -> int:
+    """Complete units are committed once this many rows wait (or commit_every_s passed): at most
+    commit_every_rows, and at most commit_every_fraction of the run, which bounds the rows a
+    crash makes predict again to that fraction while a run has about 1/fraction commits."""
+    return max(1, min(s.commit_every_rows, math.ceil(s.commit_every_fraction * rows_total)))
+
+
 def job_key(dataset: str, snapshot_id: int, model_version: int, row_filter: str | None) -> str:
     text = f"{KIND}|{dataset}|{snapshot_id}|{model_version}|{row_filter or ''}"
     return hashlib.sha256(text.encode()).hexdigest()[:40]
@@ -148,14 +157,14 @@ def unit_pipeline(
             read_units,
             fn_kwargs=read_kwargs,
             batch_size=1,
-            batch_format="pandas",
+            batch_format="pyarrow",
             num_cpus=s.reader_num_cpus,
         )  # fmt: skip
         .map_batches(
             predictor,
             fn_constructor_kwargs=kwargs,
             batch_size=s.batch_size,
-            batch_format="pandas",
+            batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(
                 min_size=s.actor_pool_min, max_size=s.actor_pool_max
             ),
@@ -165,7 +174,7 @@ def unit_pipeline(
     )
 
 
-def _watched(pipeline: ray.data.Dataset, stall_timeout_s: float) -> Iterator[pd.DataFrame]:
+def _watched(pipeline: ray.data.Dataset, stall_timeout_s: float) -> Iterator[pa.Table]:
     """The pipeline's output blocks; BatchInferenceStalled when none comes for stall_timeout_s
     (Ray Data waits for resources forever, and a run should fail with a reason instead)."""
     frames: queue.Queue = queue.Queue(maxsize=8)
@@ -173,8 +182,8 @@ def _watched(pipeline: ray.data.Dataset, stall_timeout_s: float) -> Iterator[pd.
 
     def pump() -> None:
         try:
-            for frame in pipeline.iter_batches(batch_size=None, batch_format="pandas"):
-                frames.put(frame)
+            for table in pipeline.iter_batches(batch_size=None, batch_format="pyarrow"):
+                frames.put(table)
             frames.put(end)
         except BaseException as error:  # re-raised in the driver below
             frames.put(error)
@@ -195,15 +204,34 @@ def _watched(pipeline: ray.data.Dataset, stall_timeout_s: float) -> Iterator[pd.
         yield item
 
 
-def _to_arrow(job: _Job, frame: pd.DataFrame) -> pa.Table:
-    key = job.s.key_column
-    rows = frame[frame[key].notna()]
-    out = rows[[key, "prediction", "probabilities", "model_version"]].assign(
-        run_id=job.run.run_id, input_snapshot_id=job.run.snapshot_id
-    )
-    return pa.Table.from_pandas(
-        out, schema=job.predictions.schema().as_arrow(), preserve_index=False
-    )
+def predictions_rows(
+    table: pa.Table, key: str, schema: pa.Schema, run_id: str, snapshot_id: int
+) -> pa.Table:
+    """The predictions table's rows of model-stage output (placeholder rows dropped), in the
+    table's Arrow schema."""
+    if table[key].null_count:
+        table = table.filter(pc.is_valid(table[key]))
+    n = table.num_rows
+    out = table.select([key, "prediction", "probabilities", "model_version"])
+    out = out.append_column("run_id", pa.repeat(pa.scalar(run_id, pa.string()), n))
+    out = out.append_column("input_snapshot_id", pa.repeat(pa.scalar(snapshot_id, pa.int64()), n))
+    return out.cast(schema)
+
+
+def unit_parts(table: pa.Table) -> Iterator[tuple[int, pa.Table]]:
+    """(unit, its rows) of model-stage output; zero-copy slices when a unit's rows are adjacent."""
+    units = table[UNIT].to_numpy()
+    if len(units) == 0:
+        return
+    if units[0] == units[-1] and (units == units[0]).all():
+        yield int(units[0]), table
+        return
+    if (np.diff(units) != 0).sum() + 1 != len(np.unique(units)):  # not grouped: group them
+        order = np.argsort(units, kind="stable")
+        table, units = table.take(order), units[order]
+    starts = [0, *(np.flatnonzero(np.diff(units)) + 1).tolist(), len(units)]
+    for first, end in zip(starts, starts[1:], strict=False):
+        yield int(units[first]), table.slice(first, end - first)
 
 
 def _commit(job: _Job, ready: dict[int, pa.Table]) -> None:
@@ -222,33 +250,45 @@ def _commit(job: _Job, ready: dict[int, pa.Table]) -> None:
         job.on_progress(job.store.progress(job.run.run_id)[0], job.run.units_total)
 
 
+def _first_error(part: pa.Table) -> str | None:
+    errors = part[ERROR]
+    failed = pc.not_equal(errors, "")
+    if not pc.any(failed).as_py():
+        return None
+    return errors.filter(failed)[0].as_py()
+
+
 def _run_pass(job: _Job, units: list[dict]) -> dict[int, str]:
     """Predict and commit the units; {unit: error} of those whose attempt failed."""
-    buffers: dict[int, list[pd.DataFrame]] = {}
+    buffers: dict[int, list[pa.Table]] = {}
     arrived: dict[int, int] = {}
     errors: dict[int, str] = {}
     finished: set[int] = set()
     ready: dict[int, pa.Table] = {}
     last_commit = time.monotonic()
+    schema = job.predictions.schema().as_arrow()
+    every_rows = commit_interval_rows(job.s, job.run.rows_total)
     pipeline = unit_pipeline(job.s, job.ref, job.mode, units, job.read_kwargs, job.app_name)
-    for frame in _watched(pipeline, job.s.stall_timeout_s):
-        for unit, part in frame.groupby(UNIT, sort=False):
-            unit = int(unit)
+    for table in _watched(pipeline, job.s.stall_timeout_s):
+        for unit, part in unit_parts(table):
             if unit in errors:
                 continue
-            failed = part[ERROR][part[ERROR] != ""]
-            if len(failed):
-                errors[unit] = str(failed.iloc[0])
+            error = _first_error(part)
+            if error is not None:
+                errors[unit] = error
                 buffers.pop(unit, None)
                 continue
             buffers.setdefault(unit, []).append(part)
-            arrived[unit] = arrived.get(unit, 0) + len(part)
-            if arrived[unit] >= max(int(part[UNIT_ROWS].iloc[0]), 1):
-                ready[unit] = _to_arrow(job, pd.concat(buffers.pop(unit), ignore_index=True))
+            arrived[unit] = arrived.get(unit, 0) + part.num_rows
+            if arrived[unit] >= max(part[UNIT_ROWS][0].as_py(), 1):
+                ready[unit] = predictions_rows(
+                    pa.concat_tables(buffers.pop(unit)), job.s.key_column, schema,
+                    job.run.run_id, job.run.snapshot_id,
+                )  # fmt: skip
                 finished.add(unit)
         pending_rows = sum(t.num_rows for t in ready.values())
         due = time.monotonic() - last_commit >= job.s.commit_every_s
-        if pending_rows >= job.s.commit_every_rows or (ready and due):
+        if pending_rows >= every_rows or (ready and due):
             _commit(job, ready)
             last_commit = time.monotonic()
     _commit(job, ready)

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from ray import serve
 
 from mlplatform import model_registry
@@ -26,31 +27,41 @@ from mlplatform.settings import Settings
 PredictProba = Callable[[np.ndarray], np.ndarray]
 
 
-def predict_frame(
-    batch: pd.DataFrame, ref: ModelRef, key: str, predict: PredictProba
-) -> pd.DataFrame:
-    """Prediction columns for the batch's rows; rows of a unit whose prediction failed get the
-    error. Placeholder rows (null key) and rows that arrived with an error pass through."""
-    out = batch[[UNIT, UNIT_ROWS, key, ERROR]].copy()
-    n_classes = len(ref.label_names)
-    out["model_version"] = np.full(len(batch), ref.version, dtype=np.int32)
-    probabilities = np.zeros((len(batch), n_classes), dtype=np.float64)
-    todo = (batch[key].notna() & (batch[ERROR] == "")).to_numpy()
-    features = batch[list(ref.feature_order)].to_numpy(dtype=np.float64)
+def predict_table(batch: pa.Table, ref: ModelRef, key: str, predict: PredictProba) -> pa.Table:
+    """Prediction columns for the batch's rows (Arrow in and out, no per-row Python); rows of a
+    unit whose prediction failed get the error. Placeholder rows (null key) and rows that arrived
+    with an error pass through."""
+    n, n_classes = batch.num_rows, len(ref.label_names)
+    errors = batch[ERROR]
+    todo = pc.and_(pc.is_valid(batch[key]), pc.equal(errors, "")).to_numpy(zero_copy_only=False)
+    features = np.empty((n, len(ref.feature_order)), dtype=np.float64)
+    for i, name in enumerate(ref.feature_order):
+        features[:, i] = batch[name].to_numpy()
+    probabilities = np.zeros((n, n_classes), dtype=np.float64)
+    everything = bool(todo.all())
     try:
-        if todo.any():
+        if everything:
+            probabilities[:] = predict(features)
+        elif todo.any():
             probabilities[todo] = predict(features[todo])
     except Exception:  # find the units that fail, one unit at a time
         units = batch[UNIT].to_numpy()
+        failed = np.full(n, "", dtype=object)
         for unit in np.unique(units[todo]):
             rows = todo & (units == unit)
             try:
                 probabilities[rows] = predict(features[rows])
             except Exception as error:
-                out.loc[rows, ERROR] = f"predict failed: {error!r}"[:2000]
-    out["prediction"] = probabilities.argmax(axis=1).astype(np.int32)
-    out["probabilities"] = list(probabilities)
-    return out
+                failed[rows] = f"predict failed: {error!r}"[:2000]
+        errors = pc.if_else(pc.equal(errors, ""), pa.array(failed, pa.string()), errors)
+    return pa.table({
+        UNIT: batch[UNIT], UNIT_ROWS: batch[UNIT_ROWS], key: batch[key], ERROR: errors,
+        "model_version": pa.repeat(pa.scalar(ref.version, pa.int32()), n),
+        "prediction": pa.array(probabilities.argmax(axis=1).astype(np.int32)),
+        "probabilities": pa.FixedSizeListArray.from_arrays(
+            pa.array(probabilities.ravel()), n_classes
+        ).cast(pa.list_(pa.float64())),
+    })  # fmt: skip
 
 
 class Predictor:
@@ -74,8 +85,8 @@ class Predictor:
             message = f"batch of {len(features)} rows took over {self.timeout_s} s"
             raise TimeoutError(message) from error
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        return predict_frame(batch, self.ref, self.key, self._predict)
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return predict_table(batch, self.ref, self.key, self._predict)
 
 
 @serve.deployment
@@ -130,5 +141,5 @@ class ServePredictor:
     def _predict(self, features: np.ndarray) -> np.ndarray:
         return self.handle.predict_proba.remote(features).result(timeout_s=self.timeout_s)
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        return predict_frame(batch, self.ref, self.key, self._predict)
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return predict_table(batch, self.ref, self.key, self._predict)

@@ -6,7 +6,6 @@ group larger than that is a unit by itself). Planning reads only the files' foot
 
 from __future__ import annotations
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
@@ -64,19 +63,33 @@ def _row_groups(metadata: pq.FileMetaData) -> list[pq.RowGroupMetaData]:
     return [metadata.row_group(i) for i in range(metadata.num_row_groups)]
 
 
-def _unit_frame(columns: list[str], unit: int, rows: int, error: str) -> pd.DataFrame:
+def _unit_table(columns: list[str], unit: int, rows: int, error: str) -> pa.Table:
     """A placeholder row of a unit: no matching rows (error "") or a unit that failed."""
-    frame = pd.DataFrame({c: [None] if i == 0 else [0.0] for i, c in enumerate(columns)})
-    return frame.assign(**{UNIT: unit, UNIT_ROWS: rows, ERROR: error})
+    data = {c: pa.array([None] if i == 0 else [0.0], _type(i)) for i, c in enumerate(columns)}
+    return _tagged(pa.table(data), unit, rows, error)
+
+
+def _type(position: int) -> pa.DataType:
+    """The read stage's column types: the key as a string, features as float64 (the model's)."""
+    return pa.string() if position == 0 else pa.float64()
+
+
+def _tagged(table: pa.Table, unit: int, rows: int, error: str) -> pa.Table:
+    """The table with the unit columns appended: its unit, the unit's row count, its error."""
+    n = table.num_rows
+    for name, value, kind in ((UNIT, unit, pa.int64()), (UNIT_ROWS, rows, pa.int64()),
+                              (ERROR, error, pa.string())):  # fmt: skip
+        table = table.append_column(name, pa.repeat(pa.scalar(value, kind), n))
+    return table
 
 
 def read_unit(
     unit: int, path: str, first_row_group: int, row_groups: int, columns: list[str],
     row_filter: str | None = None, schema_json: str | None = None,
-) -> pd.DataFrame:  # fmt: skip
-    """The unit's rows (the key column first, then features), tagged with the unit and its row
-    count. A unit with no matching rows is one placeholder row with a null key, so that its
-    completion is still seen downstream.
+) -> pa.Table:  # fmt: skip
+    """The unit's rows (the key column first, as a string, then features as float64), tagged
+    with the unit and its row count. A unit with no matching rows is one placeholder row with a
+    null key, so that its completion is still seen downstream.
     """
     io = load_file_io({}, path)
     with io.new_input(path).open() as handle:
@@ -86,8 +99,11 @@ def read_unit(
     if row_filter:
         table = table.filter(_arrow_filter(row_filter, schema_json))
     if table.num_rows == 0:
-        return _unit_frame(columns, unit, 0, "")
-    return table.to_pandas().assign(**{UNIT: unit, UNIT_ROWS: table.num_rows, ERROR: ""})
+        return _unit_table(columns, unit, 0, "")
+    table = table.select(columns).cast(
+        pa.schema([pa.field(c, _type(i)) for i, c in enumerate(columns)])
+    )
+    return _tagged(table, unit, table.num_rows, "")
 
 
 def _arrow_filter(row_filter: str, schema_json: str | None) -> pa.compute.Expression:
@@ -98,17 +114,17 @@ def _arrow_filter(row_filter: str, schema_json: str | None) -> pa.compute.Expres
 
 
 def read_units(
-    batch: pd.DataFrame, columns: list[str], row_filter: str | None, schema_json: str | None
-) -> pd.DataFrame:
+    batch: pa.Table, columns: list[str], row_filter: str | None, schema_json: str | None
+) -> pa.Table:
     """Ray Data stage: read each unit of the batch; a unit that cannot be read is one error row."""
-    frames = []
-    for row in batch.itertuples(index=False):
+    tables = []
+    for row in batch.to_pylist():
         try:
-            frame = read_unit(
-                row.unit, row.file_path, row.first_row_group, row.row_groups, columns,
-                row_filter, schema_json,
+            table = read_unit(
+                row["unit"], row["file_path"], row["first_row_group"], row["row_groups"],
+                columns, row_filter, schema_json,
             )  # fmt: skip
         except Exception as error:  # reported per unit, retried, never fails the whole run
-            frame = _unit_frame(columns, row.unit, 0, f"read failed: {error!r}"[:2000])
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
+            table = _unit_table(columns, row["unit"], 0, f"read failed: {error!r}"[:2000])
+        tables.append(table)
+    return pa.concat_tables(tables)

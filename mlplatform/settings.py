@@ -128,7 +128,8 @@ class Settings(BaseSettings):
     # Batch inference (protocol: checkpoints). fused: the model in a Ray Data actor pool;
     # separated: the model in a Ray Serve deployment called through a handle.
     batch_mode: Literal["fused", "separated"] = "fused"
-    batch_size: int = 4096
+    # Rows per model call: large enough that a forest's per-call cost is small (a unit's rows).
+    batch_size: int = 20_000
     actor_pool_min: int = 1
     actor_pool_max: int = 2
     actor_num_cpus: float = 0.5
@@ -136,8 +137,10 @@ class Settings(BaseSettings):
     reader_num_cpus: float = 0.25
     # A unit of work: consecutive Parquet row groups of one data file, up to this many rows.
     unit_rows: int = 20_000
-    # Complete units are committed to Iceberg together every this many rows or seconds.
+    # Complete units are committed to Iceberg together every this many rows or seconds, and at
+    # the latest every commit_every_fraction of the run's rows (what a crash may recompute).
     commit_every_rows: int = 100_000
+    commit_every_fraction: float = Field(default=0.02, gt=0, le=1)
     commit_every_s: float = 10.0
     batch_timeout_s: float = 60.0
     # A run fails (and can be resumed) when Ray Data returns nothing for this long.

@@ -15,8 +15,15 @@ import pytest
 from pyiceberg.schema import Schema
 from pyiceberg.types import DoubleType, NestedField, StringType
 
-from mlplatform.batch_inference import BatchInferenceStalled, _watched, failure_report
-from mlplatform.batch_predictors import Predictor, predict_frame
+from mlplatform.batch_inference import (
+    BatchInferenceStalled,
+    _watched,
+    commit_interval_rows,
+    failure_report,
+    predictions_rows,
+    unit_parts,
+)
+from mlplatform.batch_predictors import Predictor, predict_table
 from mlplatform.batch_units import ERROR, UNIT, UNIT_ROWS, read_unit, read_units
 from mlplatform.model_registry import ModelRef
 
@@ -45,24 +52,28 @@ def parquet(tmp_path: Path) -> str:
 
 
 def test_read_unit_reads_its_row_groups_only(parquet: str) -> None:
-    frame = read_unit(4, parquet, first_row_group=1, row_groups=2, columns=COLUMNS)
-    assert list(frame["event_id"]) == ["e2", "e3", "e4", "e5"]
-    assert list(frame.columns) == [*COLUMNS, UNIT, UNIT_ROWS, ERROR]
-    assert set(frame[UNIT]) == {4} and set(frame[UNIT_ROWS]) == {4} and set(frame[ERROR]) == {""}
+    table = read_unit(4, parquet, first_row_group=1, row_groups=2, columns=COLUMNS)
+    assert table["event_id"].to_pylist() == ["e2", "e3", "e4", "e5"]
+    assert table.column_names == [*COLUMNS, UNIT, UNIT_ROWS, ERROR]
+    assert table.schema.field("f1").type == pa.float64()
+    assert set(table[UNIT].to_pylist()) == {4} and set(table[UNIT_ROWS].to_pylist()) == {4}
+    assert set(table[ERROR].to_pylist()) == {""}
 
 
 def test_read_unit_filter_and_an_empty_unit(parquet: str) -> None:
-    frame = read_unit(0, parquet, 0, 5, COLUMNS, "f1 >= 7.0", SCHEMA)
-    assert list(frame["event_id"]) == ["e7", "e8", "e9"] and set(frame[UNIT_ROWS]) == {3}
+    table = read_unit(0, parquet, 0, 5, COLUMNS, "f1 >= 7.0", SCHEMA)
+    assert table["event_id"].to_pylist() == ["e7", "e8", "e9"]
+    assert set(table[UNIT_ROWS].to_pylist()) == {3}
     empty = read_unit(1, parquet, 0, 1, COLUMNS, "f1 > 100", SCHEMA)
-    assert len(empty) == 1 and empty["event_id"].isna().all()  # a placeholder row
-    assert (int(empty[UNIT_ROWS].iloc[0]), empty[ERROR].iloc[0]) == (0, "")
+    assert empty["event_id"].to_pylist() == [None]  # a placeholder row
+    assert (empty[UNIT_ROWS][0].as_py(), empty[ERROR][0].as_py()) == (0, "")
+    assert empty.schema == table.schema  # blocks of both kinds concatenate
 
 
 def test_read_units_turns_an_unreadable_unit_into_an_error_row(parquet: str) -> None:
-    batch = pd.DataFrame({"unit": [0, 1], "file_path": [parquet, parquet + ".gone"],
-                          "first_row_group": [0, 0], "row_groups": [1, 1]})  # fmt: skip
-    out = read_units(batch, COLUMNS, None, None)
+    batch = pa.table({"unit": [0, 1], "file_path": [parquet, parquet + ".gone"],
+                      "first_row_group": [0, 0], "row_groups": [1, 1]})  # fmt: skip
+    out = read_units(batch, COLUMNS, None, None).to_pandas()
     assert list(out[out[UNIT] == 0]["event_id"]) == ["e0", "e1"]
     [error] = out[out[UNIT] == 1][ERROR]
     assert error.startswith("read failed:") and ".gone" in error
@@ -76,36 +87,39 @@ class _FailsOnNegative:
         return np.hstack([1.0 - p, p])
 
 
-def _batch(rows: list[tuple[int, str | None, float]]) -> pd.DataFrame:
+def _batch(rows: list[tuple[int, str | None, float]], unit_rows: list[int] | None = None):
     units = [u for u, _, _ in rows]
-    return pd.DataFrame({
-        "event_id": [k for _, k, _ in rows], "f1": [f for _, _, f in rows], "f2": 0.0,
-        UNIT: units, UNIT_ROWS: [units.count(u) for u in units], ERROR: "",
+    return pa.table({
+        "event_id": pa.array([k for _, k, _ in rows], pa.string()),
+        "f1": [f for _, _, f in rows], "f2": [0.0] * len(rows), UNIT: units,
+        UNIT_ROWS: unit_rows or [units.count(u) for u in units], ERROR: [""] * len(rows),
     })  # fmt: skip
 
 
-def test_predict_frame_marks_only_the_failing_unit() -> None:
+def test_predict_table_marks_only_the_failing_unit() -> None:
     batch = _batch([(0, "a", 9.0), (1, "b", -1.0), (1, "c", 2.0), (2, "d", 1.0)])
-    out = predict_frame(batch, REF, "event_id", _FailsOnNegative().predict_proba)
+    out = predict_table(batch, REF, "event_id", _FailsOnNegative().predict_proba).to_pandas()
     assert list(out[ERROR] != "") == [False, True, True, False]
     assert "negative feature" in out[ERROR].iloc[1]
     assert list(out.loc[[0, 3], "prediction"]) == [1, 0]
     assert set(out["model_version"]) == {7}
     assert out["probabilities"].iloc[0] == pytest.approx([0.1, 0.9])
+    assert out["probabilities"].iloc[3] == pytest.approx([0.9, 0.1])
 
 
-def test_predict_frame_passes_placeholders_and_read_errors_through() -> None:
-    batch = _batch([(0, None, 0.0), (1, "b", 5.0)])
-    batch.loc[0, UNIT_ROWS] = 0
+def test_predict_table_passes_placeholders_and_read_errors_through() -> None:
+    batch = _batch([(0, None, 0.0), (1, "b", 5.0), (2, "c", 1.0)], unit_rows=[0, 1, 1])
+    batch = batch.set_column(5, ERROR, pa.array(["", "", "read failed: x"]))
     seen: list[int] = []
 
     def predict(x: np.ndarray) -> np.ndarray:
         seen.append(len(x))
         return _FailsOnNegative().predict_proba(x)
 
-    out = predict_frame(batch, REF, "event_id", predict)
-    assert seen == [1]  # the placeholder row is not predicted
-    assert list(out["event_id"].isna()) == [True, False]
+    out = predict_table(batch, REF, "event_id", predict)
+    assert seen == [1]  # neither the placeholder row nor the failed read is predicted
+    assert out["event_id"].to_pylist() == [None, "b", "c"]
+    assert out[ERROR].to_pylist() == ["", "", "read failed: x"]
 
 
 def test_predictor_times_out_a_stuck_batch() -> None:
@@ -121,7 +135,7 @@ def test_predictor_times_out_a_stuck_batch() -> None:
     out = predictor(_batch([(0, "a", 1.0), (0, "b", 2.0)]))
     release.set()
     assert time.monotonic() - started < 5
-    assert all("took over 0.2 s" in e for e in out[ERROR])
+    assert all("took over 0.2 s" in e for e in out[ERROR].to_pylist())
 
 
 class _Pipeline:
@@ -155,3 +169,34 @@ def test_failure_report_names_each_unit() -> None:
                             10_000)  # fmt: skip
     assert "run r1: 1 unit(s) with 500 of 10000 rows failed" in report
     assert "unit 3 (s3://b/f.parquet, 500 rows, 3 attempts): ValueError('x')" in report
+
+
+def test_unit_parts_groups_rows_by_unit_without_reordering_a_unit() -> None:
+    table = pa.table({UNIT: [3, 3, 1, 1, 1], "x": [0, 1, 2, 3, 4]})
+    assert [(u, p["x"].to_pylist()) for u, p in unit_parts(table)] == [(3, [0, 1]), (1, [2, 3, 4])]
+    scattered = pa.table({UNIT: [2, 5, 2], "x": [0, 1, 2]})
+    assert [(u, p["x"].to_pylist()) for u, p in unit_parts(scattered)] == [(2, [0, 2]), (5, [1])]
+    assert list(unit_parts(scattered.slice(0, 0))) == []
+
+
+def test_predictions_rows_drop_placeholders_and_take_the_table_schema() -> None:
+    from mlplatform.iceberg_tables import predictions_schema
+    from mlplatform.settings import Settings
+
+    schema = predictions_schema(Settings()).as_arrow()
+    out = predict_table(_batch([(0, "a", 9.0), (1, None, 0.0)], unit_rows=[1, 0]), REF,
+                        "event_id", _FailsOnNegative().predict_proba)  # fmt: skip
+    rows = predictions_rows(out, "event_id", schema, "run-1", 99)
+    assert rows.schema == schema
+    assert rows["event_id"].to_pylist() == ["a"]
+    assert rows["probabilities"].to_pylist() == [pytest.approx([0.1, 0.9])]
+    assert (rows["run_id"].to_pylist(), rows["input_snapshot_id"].to_pylist()) == (["run-1"], [99])
+
+
+def test_commit_interval_is_the_smaller_of_rows_and_fraction_of_the_run() -> None:
+    from mlplatform.settings import Settings
+
+    s = Settings(commit_every_rows=100_000, commit_every_fraction=0.02)
+    assert commit_interval_rows(s, 1_000_000) == 20_000
+    assert commit_interval_rows(s, 100_000_000) == 100_000
+    assert commit_interval_rows(s, 10) == 1

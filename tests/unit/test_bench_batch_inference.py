@@ -1,27 +1,21 @@
-"""Pure parts of the batch inference benchmark: ratios, the time budget, the predictions rows,
-the derived figures and the targets."""
+"""Pure parts of the batch inference benchmark: ratios, the time budget, the derived figures and
+the targets (the predictions rows are batch inference's own, tested in test_batch_units)."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
-import pandas as pd
-import pyarrow as pa
 import pytest
 
 from benchmarks.batch_inference import (
     derived,
     fits,
     parse_args,
-    predictions_table,
     projected_seconds,
     ratio,
     rows_per_s,
     targets_met,
 )
-from mlplatform.iceberg_tables import predictions_schema
-from mlplatform.settings import Settings
 
 pytestmark = pytest.mark.unit
 
@@ -45,26 +39,6 @@ def test_quick_is_one_small_size() -> None:
     args = parse_args(["--quick"])
     assert args.sizes == [100_000] and args.budget_s <= 300
     assert parse_args(["--sizes", "10", "5", "10"]).sizes == [5, 10]
-
-
-def test_predictions_rows_drop_placeholders_and_match_the_table_schema() -> None:
-    s = Settings()
-    schema = predictions_schema(s).as_arrow()
-    frame = pd.DataFrame(
-        {
-            s.key_column: ["a", None, "b"],
-            "prediction": np.array([1, 0, 2], dtype=np.int32),
-            "probabilities": [np.array([0.1, 0.8, 0.1]), np.zeros(3), np.array([0, 0, 1.0])],
-            "model_version": np.array([4, 4, 4], dtype=np.int32),
-            "_unit": [0, 1, 0],
-        }
-    )
-    table = predictions_table(frame, s.key_column, schema, "run-1", 99)
-    assert table.schema == schema
-    assert table.column(s.key_column).to_pylist() == ["a", "b"]
-    assert table.column("run_id").to_pylist() == ["run-1", "run-1"]
-    assert table.column("input_snapshot_id").to_pylist() == [99, 99]
-    assert isinstance(table, pa.Table)
 
 
 def _result(rows: int, model: str, variant: str, rate: float) -> dict:
