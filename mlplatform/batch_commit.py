@@ -41,7 +41,8 @@ def commit_units(
     Returns (None, {}) when every unit was already committed (by an earlier or a concurrent run).
     """
     for attempt in range(tries):
-        table.refresh()
+        if attempt:  # the first try is on the table as this writer last saw it: if another
+            table.refresh()  # commit came since, the catalog's compare-and-set refuses ours
         done = committed_units(table, run_id)
         todo = {unit: data for unit, data in parts.items() if unit not in done}
         if not todo:
