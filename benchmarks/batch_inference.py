@@ -377,13 +377,21 @@ def bsp(data: Dataset, ref: ModelRef, tag: str) -> tuple[int, int]:
     read = (
         ray.data.from_items(specs, override_num_blocks=max(1, len(specs)))
         .map_batches(
-            read_units, fn_kwargs=data.read_kwargs(ref), batch_size=1, batch_format="pyarrow"
-        )
+            read_units,
+            fn_kwargs={**data.read_kwargs(ref), "niceness": s.batch_niceness},
+            batch_size=1,
+            batch_format="pyarrow",
+        )  # fmt: skip
         .materialize()
     )
     predicted = read.map_batches(
         Predictor,
-        fn_constructor_kwargs={"ref": ref, "key": s.key_column, "timeout_s": s.batch_timeout_s},
+        fn_constructor_kwargs={
+            "ref": ref,
+            "key": s.key_column,
+            "timeout_s": s.batch_timeout_s,
+            "niceness": s.batch_niceness,
+        },  # fmt: skip
         batch_size=s.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=s.actor_pool_min, max_size=s.actor_pool_max),
@@ -859,6 +867,7 @@ def main(argv: list[str] | None = None) -> None:
                 "unit_rows",
                 "commit_every_rows",
                 "commit_every_fraction",
+                "batch_niceness",
                 "commit_every_s",
                 "serve_min_replicas",
                 "serve_max_replicas",

@@ -146,7 +146,10 @@ def unit_pipeline(
     In separated mode the model is the Serve application app_name (default: deployed now).
     """
     predictor: type = Predictor
-    kwargs = {"ref": ref, "key": s.key_column, "timeout_s": s.batch_timeout_s}
+    kwargs = {
+        "ref": ref, "key": s.key_column, "timeout_s": s.batch_timeout_s,
+        "niceness": s.batch_niceness,
+    }  # fmt: skip
     if mode == "separated":
         app_name = app_name or deploy_batch_model(s, ref)
         predictor, kwargs = ServePredictor, {**kwargs, "app_name": app_name}
@@ -155,7 +158,7 @@ def unit_pipeline(
         ray.data.from_items(units, override_num_blocks=max(1, len(units)))
         .map_batches(
             read_units,
-            fn_kwargs=read_kwargs,
+            fn_kwargs={**read_kwargs, "niceness": s.batch_niceness},
             batch_size=1,
             batch_format="pyarrow",
             num_cpus=s.reader_num_cpus,

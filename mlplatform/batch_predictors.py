@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from ray import serve
 
 from mlplatform import model_registry
-from mlplatform.batch_units import ERROR, UNIT, UNIT_ROWS
+from mlplatform.batch_units import ERROR, UNIT, UNIT_ROWS, set_niceness
 from mlplatform.model_registry import ModelRef
 from mlplatform.settings import Settings
 
@@ -69,8 +69,10 @@ class Predictor:
 
     def __init__(
         self, ref: ModelRef, key: str, timeout_s: float,
-        loader: Callable[[ModelRef], Any] | None = None,
+        loader: Callable[[ModelRef], Any] | None = None, niceness: int | None = None,
     ) -> None:  # fmt: skip
+        if niceness is not None:  # this actor's process is the model's alone
+            set_niceness(niceness)
         self.ref, self.key, self.timeout_s = ref, key, timeout_s
         self.model = (loader or model_registry.load_model)(ref)
         self._pool = concurrent.futures.ThreadPoolExecutor(1)
@@ -93,7 +95,9 @@ class Predictor:
 class BatchModel:
     """separated mode: one pinned model version behind a deployment handle (no HTTP route)."""
 
-    def __init__(self, ref: ModelRef) -> None:
+    def __init__(self, ref: ModelRef, niceness: int | None = None) -> None:
+        if niceness is not None:
+            set_niceness(niceness)
         self.model = model_registry.load_model(ref)
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
@@ -117,7 +121,7 @@ def deploy_batch_model(s: Settings, ref: ModelRef) -> str:
         ray_actor_options={"num_cpus": s.serve_replica_cpus},
     )
     serve.start(http_options={"host": "127.0.0.1", "port": s.serve_port})
-    serve.run(deployment.bind(ref), name=name, route_prefix=None)
+    serve.run(deployment.bind(ref, s.batch_niceness), name=name, route_prefix=None)
     return name
 
 
@@ -134,7 +138,12 @@ def serving_batch_model(s: Settings, ref: ModelRef) -> Iterator[str]:
 class ServePredictor:
     """separated mode: a light Ray Data actor that sends each batch to the Serve deployment."""
 
-    def __init__(self, ref: ModelRef, key: str, timeout_s: float, app_name: str) -> None:
+    def __init__(
+        self, ref: ModelRef, key: str, timeout_s: float, app_name: str,
+        niceness: int | None = None,
+    ) -> None:  # fmt: skip
+        if niceness is not None:
+            set_niceness(niceness)
         self.ref, self.key, self.timeout_s = ref, key, timeout_s
         self.handle = serve.get_deployment_handle("BatchModel", app_name)
 

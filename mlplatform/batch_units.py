@@ -6,6 +6,10 @@ group larger than that is a unit by itself). Planning reads only the files' foot
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
@@ -114,17 +118,50 @@ def _arrow_filter(row_filter: str, schema_json: str | None) -> pa.compute.Expres
 
 
 def read_units(
-    batch: pa.Table, columns: list[str], row_filter: str | None, schema_json: str | None
-) -> pa.Table:
+    batch: pa.Table, columns: list[str], row_filter: str | None, schema_json: str | None,
+    niceness: int | None = None,
+) -> pa.Table:  # fmt: skip
     """Ray Data stage: read each unit of the batch; a unit that cannot be read is one error row."""
     tables = []
-    for row in batch.to_pylist():
-        try:
-            table = read_unit(
-                row["unit"], row["file_path"], row["first_row_group"], row["row_groups"],
-                columns, row_filter, schema_json,
-            )  # fmt: skip
-        except Exception as error:  # reported per unit, retried, never fails the whole run
-            table = _unit_table(columns, row["unit"], 0, f"read failed: {error!r}"[:2000])
-        tables.append(table)
+    with at_niceness(niceness):
+        for row in batch.to_pylist():
+            try:
+                table = read_unit(
+                    row["unit"], row["file_path"], row["first_row_group"], row["row_groups"],
+                    columns, row_filter, schema_json,
+                )  # fmt: skip
+            except Exception as error:  # reported per unit, retried, never fails the whole run
+                table = _unit_table(columns, row["unit"], 0, f"read failed: {error!r}"[:2000])
+            tables.append(table)
     return pa.concat_tables(tables)
+
+
+def set_niceness(niceness: int) -> dict[int, int]:
+    """Every thread of this process at `niceness` (Linux keeps one per thread; Ray starts its
+    workers at 15); {thread: its niceness before}. Raising priority needs root or CAP_SYS_NICE:
+    without it the threads keep theirs."""
+    before: dict[int, int] = {}
+    tasks = "/proc/self/task"
+    for tid in [int(t) for t in os.listdir(tasks)] if os.path.isdir(tasks) else []:
+        try:
+            before[tid] = os.getpriority(os.PRIO_PROCESS, tid)
+            if before[tid] != niceness:
+                os.setpriority(os.PRIO_PROCESS, tid, niceness)
+        except (PermissionError, ProcessLookupError):  # no privilege, or the thread ended
+            continue
+    return before
+
+
+@contextmanager
+def at_niceness(niceness: int | None) -> Iterator[None]:
+    """The block at `niceness` (None: as Ray runs it), then each thread as it was: a pooled task
+    worker runs other tasks afterwards."""
+    before = set_niceness(niceness) if niceness is not None else {}
+    try:
+        yield
+    finally:
+        for tid, value in before.items():
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, value)
+            except (PermissionError, ProcessLookupError):
+                continue

@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     actor_num_cpus: float = 0.5
     actor_num_gpus: float = 0.0
     reader_num_cpus: float = 0.25
+    # Niceness of batch inference's Ray Data workers. None: Ray's (15, below every other process
+    # on the node, which suits a shared node); 0: level with them (needs root or CAP_SYS_NICE).
+    batch_niceness: int | None = None
     # A unit of work: consecutive Parquet row groups of one data file, up to this many rows.
     unit_rows: int = 20_000
     # Complete units are committed to Iceberg together every this many rows or seconds, and at

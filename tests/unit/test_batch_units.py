@@ -3,6 +3,8 @@ isolation and timeout, and the driver's stall watchdog."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -200,3 +202,29 @@ def test_commit_interval_is_the_smaller_of_rows_and_fraction_of_the_run() -> Non
     assert commit_interval_rows(s, 1_000_000) == 20_000
     assert commit_interval_rows(s, 100_000_000) == 100_000
     assert commit_interval_rows(s, 10) == 1
+
+
+def test_niceness_is_set_for_every_thread_and_restored_after_a_block() -> None:
+    """In a child process (a test must not change its own priority): raising niceness needs no
+    privilege; the block's niceness is undone afterwards where the process may lower it."""
+    code = """
+import os, threading
+from mlplatform.batch_units import at_niceness, set_niceness
+start = os.getpriority(os.PRIO_PROCESS, 0)
+waiting = threading.Event()
+other = threading.Thread(target=waiting.wait, daemon=True)
+other.start()
+with at_niceness(None):
+    assert os.getpriority(os.PRIO_PROCESS, 0) == start
+before = set_niceness(start + 1)
+assert before[other.native_id] == start, before
+assert os.getpriority(os.PRIO_PROCESS, other.native_id) == start + 1
+with at_niceness(start + 2):
+    assert os.getpriority(os.PRIO_PROCESS, 0) == start + 2
+restored = os.getpriority(os.PRIO_PROCESS, 0)
+assert restored == (start + 1 if os.geteuid() == 0 else start + 2), restored
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert result.stdout.strip() == "ok", result.stderr
