@@ -1,18 +1,24 @@
 """The PyFlink preprocessing job. It runs in the Flink environment (.venv-flink), so it imports
 only pyflink and the standard library; its configuration arrives as one JSON file.
 
-Reads raw CSV lines (as bytes) from a folder and classifies each with SQL generated from the
-dataset spec. In one Flink job it writes the valid rows to the Iceberg features table and the
-Pulsar features topic, the rejected rows (raw payload, reason, source, time) to the Iceberg
-quarantine table and the Pulsar quarantine topic, and a count per outcome to a small JSON file
-(`counts_path`) that the caller reads back. Bad data never fails the job: every line gets an
-outcome.
+Reads raw lines (as bytes) from its sources, CSV folders (one per header) and JSON-lines
+folders (Parquet files arrive as JSON lines, see raw_files), brings each row into one shape
+(every column's value as text) and classifies it with SQL generated from the dataset spec. In
+one Flink job it writes the valid rows to the Iceberg features table and the Pulsar features
+topic, the rejected rows (raw payload, reason, source, time) to the Iceberg quarantine table
+and the Pulsar quarantine topic, and a count per outcome to a small JSON file (`counts_path`)
+that the caller reads back. Bad data never fails the job: every line gets an outcome.
 
 Reasons, the first failed check in this order: empty_payload, oversized_payload (more than
-max_line_bytes bytes), not_utf8, missing_fields / extra_fields (the wrong number of fields),
-missing_key:<key>, missing_value:<col>, not_a_number:<col>, not_finite:<col> (NaN, infinity),
-out_of_range:<col>, not_an_integer:<label>, out_of_range:<label>; then, among rows that pass
-all of them, duplicate_key (the same event id again in this input).
+max_line_bytes bytes), not_utf8, not_json (JSON lines: not an object), missing_fields /
+extra_fields (CSV: the wrong number of fields; JSON: a required key absent, a key that is no
+column), missing_key:<key>, missing_value:<col> (empty, or JSON null), wrong_type:<col> (JSON:
+a string, boolean, object or array where a number belongs; "NaN" and "Infinity" strings are
+read as those numbers), not_a_number:<col> / not_an_integer:<col> (int columns and the label:
+digits only), not_finite:<col> (NaN, infinity), out_of_range:<col> (each feature its own
+range; the label a class index); then, among rows that pass all of them, duplicate_key (the
+same event id again in this input). Optional columns (added by schema evolution) may be
+absent or empty (NULL), but a value must parse as their type.
 
 Exactly-once for replays. A valid row whose event id is already in the Iceberg features table
 (read in this same job, at its start) is not written again, to either sink, and is counted as
@@ -59,39 +65,185 @@ def _options(options: dict[str, str]) -> str:
     return ", ".join(f"{_quote(k)} = {_quote(v)}" for k, v in options.items())
 
 
-def _field(i: int) -> str:
-    return f"TRIM(SPLIT_INDEX(line, ',', {i}))"
+SQL_TYPES = {"string": "STRING", "double": "DOUBLE", "int": "INT", "long": "BIGINT"}
+SQL_TYPES["boolean"] = "BOOLEAN"
+# The reason a value that does not parse as its column's type gets.
+PARSE_REASONS = {"double": "not_a_number", "int": "not_an_integer", "long": "not_an_integer"}
+PARSE_REASONS["boolean"] = "not_a_boolean"
 
 
 def feature_names(cfg: dict[str, Any]) -> list[str]:
     return [f["name"] for f in cfg["features"]]
 
 
-def _sql_type(feature: dict[str, Any]) -> str:
-    return "INT" if feature["type"] == "int" else "DOUBLE"
+def row_columns(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every column of a features row in the table's order: the key, the features, the label
+    (an int from 0 to the number of classes - 1), then the optional columns that schema
+    evolution added (name, type), which may be absent or empty (NULL)."""
+    label = {
+        "name": cfg["label_column"],
+        "type": "int",
+        "min": 0,
+        "max": len(cfg["label_names"]) - 1,
+    }
+    return [
+        {"name": cfg["key_column"], "type": "string", "required": True, "key": True},
+        *({**f, "required": True} for f in cfg["features"]),
+        {**label, "required": True},
+        *({**c, "required": False} for c in cfg.get("optional_columns", [])),
+    ]
 
 
-def _type_check(feature: dict[str, Any]) -> str:
-    """The reason a value that does not parse as the feature's type gets."""
-    kind = "not_an_integer" if feature["type"] == "int" else "not_a_number"
-    return f"WHEN `{feature['name']}` IS NULL THEN '{kind}:{feature['name']}'"
+def _sql_type(column: dict[str, Any]) -> str:
+    return SQL_TYPES[column["type"]]
+
+
+def _csv_source_sql(source: dict[str, Any], table: str, columns: list[dict[str, Any]]) -> str:
+    """One CSV source's lines: each column's text by its position in the file's header (NULL
+    when the file lacks an optional column), and a shape reason for a wrong number of fields."""
+    names = source["columns"]
+    n = len(names)
+    count = "CHAR_LENGTH(line) - CHAR_LENGTH(REPLACE(line, ',', '')) + 1"
+    shape = (
+        f"CASE WHEN {count} < {n} THEN 'missing_fields' WHEN {count} > {n} "
+        "THEN 'extra_fields' ELSE CAST(NULL AS STRING) END"
+    )
+    values = [
+        f"TRIM(SPLIT_INDEX(line, ',', {names.index(c['name'])}))" if c["name"] in names
+        else "CAST(NULL AS STRING)"
+        for c in columns
+    ]  # fmt: skip
+    header = f" WHERE line <> {_quote(source['header'])}" if source.get("header") else ""
+    return _source_select(table, shape, values, ["CAST(NULL AS STRING)"] * len(columns), header)
+
+
+def _json_source_sql(table: str, columns: list[dict[str, Any]]) -> str:
+    """One JSON-lines source: each column's value as text (a nested value as its JSON), a
+    wrong_type reason per column (JSON's own types: a string, boolean, object or array where a
+    number belongs), and a shape reason: not a JSON object, a required key absent, a key that
+    is no column."""
+    # The object's keys as text (',"a","b",'), and per column: p<j> whether its key is there,
+    # k<j> the first character of its value inside a JSON array, which tells its JSON type.
+    keys = "CONCAT(',', SUBSTRING(ks FROM 2 FOR CHAR_LENGTH(ks) - 2), ',')"
+    probes = []
+    for j, c in enumerate(columns):
+        path = _quote(f"$.{c['name']}")
+        key_text = _quote(',"' + c["name"] + '",')
+        probes.append(f"POSITION({key_text} IN {keys}) > 0 AS p{j}")
+        probes.append(f"SUBSTRING(JSON_QUERY(line, {path} WITH WRAPPER) FROM 2 FOR 1) AS k{j}")
+    n_present = " + ".join(f"CASE WHEN p{j} THEN 1 ELSE 0 END" for j in range(len(columns)))
+    absent = " OR ".join(f"NOT p{j}" for j, c in enumerate(columns) if c["required"])
+    shape = (
+        "CASE WHEN NOT (line IS JSON OBJECT) THEN 'not_json' "
+        f"WHEN {absent} THEN 'missing_fields' "
+        f"WHEN JSON_VALUE(line, '$.length()' RETURNING INT) > {n_present} THEN 'extra_fields' "
+        "ELSE CAST(NULL AS STRING) END"
+    )
+    values, wrong = [], []
+    not_finite = ", ".join(_quote(t) for t in NOT_FINITE_TEXT)
+    for j, c in enumerate(columns):
+        path, kind = _quote(f"$.{c['name']}"), f"k{j}"
+        values.append(
+            f"CASE WHEN {kind} IN ('{{', '[') THEN JSON_QUERY(line, {path}) "
+            f"ELSE JSON_VALUE(line, {path}) END"
+        )
+        if c["type"] == "string":
+            bad = f"{kind} IN ('{{', '[')"
+        elif c["type"] == "boolean":
+            bad = f"{kind} IN ('\"', '{{', '[') OR {kind} BETWEEN '0' AND '9' OR {kind} = '-'"
+        else:  # a number; a string only for the non-finite values JSON cannot spell
+            bad = (
+                f"{kind} IN ('t', 'f', '{{', '[') OR ({kind} = '\"' AND "
+                f"JSON_VALUE(line, {path}) NOT IN ({not_finite}))"
+            )
+        wrong.append(
+            f"CASE WHEN p{j} AND ({bad}) THEN 'wrong_type:{c['name']}' "
+            "ELSE CAST(NULL AS STRING) END"
+        )
+    inner = (
+        "SELECT payload, line, source, modified, JSON_QUERY(line, '$.keys()') AS ks FROM ("
+        f"{_decoded(table)})"
+    )
+    probed = f"(SELECT *, {', '.join(probes)} FROM ({inner}))"
+    return _source_select(probed, shape, values, wrong, "", decoded=False)
+
+
+def _decoded(table: str) -> str:
+    return (
+        "SELECT payload, DECODE(payload, 'UTF-8') AS line, `file.path` AS source, "
+        f"`file.modification-time` AS modified FROM {table}"
+    )
+
+
+def _source_select(
+    table: str, shape: str, values: list[str], wrong: list[str], where: str, decoded: bool = True
+) -> str:
+    columns = [f"{v} AS v{j}" for j, v in enumerate(values)]
+    columns += [f"{w} AS w{j}" for j, w in enumerate(wrong)]
+    rows = f"({_decoded(table)})" if decoded else table
+    return (
+        f"SELECT payload, line, source, modified, {shape} AS shape, {', '.join(columns)} "
+        f"FROM {rows}{where}"
+    )
+
+
+def source_sql(cfg: dict[str, Any]) -> str:
+    """Every source's rows in one shape (payload, line, source, modified, shape, v<j>, w<j>),
+    unioned: the same checks then apply to CSV, JSON lines and Parquet (as JSON lines)."""
+    columns = row_columns(cfg)
+    parts = [
+        _csv_source_sql(source, f"raw_{i}", columns) if source["format"] == "csv"
+        else _json_source_sql(f"raw_{i}", columns)
+        for i, source in enumerate(cfg["sources"])
+    ]  # fmt: skip
+    return " UNION ALL ".join(parts)
+
+
+def _checks(column: dict[str, Any], j: int) -> dict[str, str]:
+    """The checks of one column, by phase, as CASE branches."""
+    name, kind = column["name"], column["type"]
+    v, checks = f"v{j}", {}
+    if column.get("key"):
+        checks["key"] = f"WHEN {v} IS NULL OR {v} = '' THEN 'missing_key:{name}'"
+    elif column["required"]:
+        checks["missing"] = f"WHEN {v} IS NULL OR {v} = '' THEN 'missing_value:{name}'"
+    checks["wrong"] = f"WHEN w{j} IS NOT NULL THEN w{j}"
+    if kind in PARSE_REASONS:
+        checks["parse"] = f"WHEN {v} <> '' AND `{name}` IS NULL THEN '{PARSE_REASONS[kind]}:{name}'"
+    if kind == "double":
+        not_finite = ", ".join(_quote(t) for t in NOT_FINITE_TEXT)
+        checks["finite"] = (
+            f"WHEN CAST(`{name}` AS STRING) IN ({not_finite}) THEN 'not_finite:{name}'"
+        )
+    if "min" in column:
+        lo, hi = float(column["min"]), float(column["max"])
+        checks["range"] = (
+            f"WHEN NOT (`{name}` >= {lo!r} AND `{name}` <= {hi!r}) THEN 'out_of_range:{name}'"
+        )
+    return checks
+
+
+def _parsed(column: dict[str, Any], j: int) -> str:
+    if column["type"] == "string":
+        value = f"v{j}" if column.get("key") else f"NULLIF(v{j}, '')"
+    elif column["type"] in ("int", "long"):  # digits only: TRY_CAST would cut "1.5" to 1
+        value = (
+            rf"CASE WHEN REGEXP(v{j}, '^\s*[+-]?[0-9]+\s*$') "
+            f"THEN TRY_CAST(v{j} AS {_sql_type(column)}) END"
+        )
+    else:
+        value = f"TRY_CAST(v{j} AS {_sql_type(column)})"
+    return f"{value} AS `{column['name']}`"
 
 
 def validation_sql(cfg: dict[str, Any]) -> str:
-    """A view over raw lines: the decoded line, its source, the parsed columns and the first
-    failed check as reason (NULL when the row is valid on its own)."""
-    key, label, specs = cfg["key_column"], cfg["label_column"], cfg["features"]
-    features = feature_names(cfg)
-    n_fields = len(features) + 2
-    n_labels = len(cfg["label_names"])
-    field_count = "CHAR_LENGTH(line) - CHAR_LENGTH(REPLACE(line, ',', '')) + 1"
-    parsed = [f"{_field(0)} AS `{key}`"]
-    parsed += [
-        f"TRY_CAST({_field(i)} AS {_sql_type(f)}) AS `{f['name']}`"
-        for i, f in enumerate(specs, start=1)
-    ]
-    parsed.append(f"TRY_CAST({_field(n_fields - 1)} AS INT) AS `{label}`")
-    not_finite = ", ".join(_quote(t) for t in NOT_FINITE_TEXT)
+    """A view over every source's rows: payload, decoded line, source, the parsed columns and
+    the first failed check as reason (NULL when the row is valid on its own)."""
+    columns = row_columns(cfg)
+    by_phase: dict[str, list[str]] = {}
+    for j, column in enumerate(columns):
+        for phase, check in _checks(column, j).items():
+            by_phase.setdefault(phase, []).append(check)
     checks = [
         r"WHEN REGEXP(line, '^\s*$') THEN 'empty_payload'",
         # ISO-8859-1 decodes each byte to one character: the length in bytes.
@@ -99,46 +251,26 @@ def validation_sql(cfg: dict[str, Any]) -> str:
         f"THEN '{OVERSIZED}'",
         # Decoding replaces bytes that are not UTF-8 with U+FFFD, so they do not round-trip.
         "WHEN ENCODE(line, 'UTF-8') <> payload THEN 'not_utf8'",
-        f"WHEN {field_count} < {n_fields} THEN 'missing_fields'",
-        f"WHEN {field_count} > {n_fields} THEN 'extra_fields'",
-        f"WHEN `{key}` = '' THEN 'missing_key:{key}'",
+        "WHEN shape IS NOT NULL THEN shape",
     ]
-    columns = [*features, label]
-    checks += [
-        f"WHEN {_field(i)} = '' THEN 'missing_value:{c}'" for i, c in enumerate(columns, start=1)
-    ]
-    checks += [_type_check(f) for f in specs]
-    checks += [
-        f"WHEN CAST(`{f['name']}` AS STRING) IN ({not_finite}) THEN 'not_finite:{f['name']}'"
-        for f in specs
-        if f["type"] == "double"
-    ]
-    checks += [
-        f"WHEN NOT (`{c}` >= {float(f['min'])!r} AND `{c}` <= {float(f['max'])!r}) "
-        f"THEN 'out_of_range:{c}'"
-        for f in specs
-        for c in [f["name"]]
-    ]
-    checks.append(f"WHEN `{label}` IS NULL THEN 'not_an_integer:{label}'")
-    checks.append(f"WHEN `{label}` < 0 OR `{label}` >= {n_labels} THEN 'out_of_range:{label}'")
+    for phase in ("key", "missing", "wrong", "parse", "finite", "range"):
+        checks += by_phase.get(phase, [])
     reason = "CASE " + " ".join(checks) + " ELSE CAST(NULL AS STRING) END"
-    decoded = (
-        "SELECT payload, DECODE(payload, 'UTF-8') AS line, `file.path` AS source, "
-        "`file.modification-time` AS modified FROM raw_lines"
-    )
+    parsed = ", ".join(_parsed(c, j) for j, c in enumerate(columns))
+    names = ", ".join(f"`{c['name']}`" for c in columns)
     return (
-        f"SELECT payload, line, source, modified, *, {reason} AS reason FROM ("
-        f"SELECT payload, line, source, modified, {', '.join(parsed)} FROM ({decoded}) "
-        f"WHERE line <> {_quote(cfg['header'])})"
+        f"SELECT payload, line, source, modified, {names}, {reason} AS reason FROM ("
+        f"SELECT *, {parsed} FROM ({source_sql(cfg)}))"
     )
 
 
 def classification_sql(cfg: dict[str, Any]) -> str:
     """Over the `checked` view: the final reason of each row, adding already_ingested (its
     event id is in the features table) and duplicate_key (not the first of its event id)."""
-    key, label, features = cfg["key_column"], cfg["label_column"], feature_names(cfg)
+    key = cfg["key_column"]
+    names = [c["name"] for c in row_columns(cfg)]
     table = f"`{cfg['catalog_name']}`.`{cfg['namespace']}`.`{cfg['features_table']}`"
-    columns = ", ".join(f"c.`{c}`" for c in [key, *features, label])
+    columns = ", ".join(f"c.`{c}`" for c in names)
     # Valid rows sort first, so the row kept for an event id is a valid one when there is one.
     first = (
         f"ROW_NUMBER() OVER (PARTITION BY c.`{key}` ORDER BY "
@@ -149,7 +281,7 @@ def classification_sql(cfg: dict[str, Any]) -> str:
         f"WHEN rn > 1 THEN '{DUPLICATE_KEY}' END)"
     )
     return (
-        f"SELECT payload, line, source, {', '.join(f'`{c}`' for c in [key, *features, label])}, "
+        f"SELECT payload, line, source, {', '.join(f'`{c}`' for c in names)}, "
         f"{final} AS reason FROM ("
         f"SELECT c.payload, c.line, c.source, {columns}, c.reason, k.known, {first} AS rn "
         f"FROM checked AS c LEFT JOIN (SELECT DISTINCT `{key}` AS known FROM {table}) AS k "
@@ -197,28 +329,30 @@ def _pulsar_table(cfg: dict[str, Any], name: str, columns: str, topic: str, **ex
     return f"CREATE TEMPORARY TABLE {name} ({columns}) WITH ({_options(options)})"
 
 
+def _raw_table(name: str, path: str) -> str:
+    files = {"connector": "filesystem", "path": path, "format": "raw"}
+    # Bytes, not text: the job itself decodes them, so it can tell which are not UTF-8.
+    return (
+        f"CREATE TEMPORARY TABLE {name} (payload BYTES, `file.path` STRING NOT NULL METADATA, "
+        f"`file.modification-time` TIMESTAMP_LTZ(3) NOT NULL METADATA) WITH ({_options(files)})"
+    )
+
+
 def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
     """DDL to run first, then the INSERTs that make up the job."""
-    key, label, features = cfg["key_column"], cfg["label_column"], feature_names(cfg)
+    key, columns = cfg["key_column"], row_columns(cfg)
     catalog, ns = cfg["catalog_name"], cfg["namespace"]
-    typed = ", ".join(
-        [f"`{key}` STRING"] + [f"`{f['name']}` {_sql_type(f)}" for f in cfg["features"]]
-    )
-    files = {"connector": "filesystem", "path": cfg["input_path"], "format": "raw"}
+    typed = ", ".join(f"`{c['name']}` {_sql_type(c)}" for c in columns)
     counts = {"connector": "filesystem", "path": cfg["counts_path"], "format": "json"}
     ddl = [
         f"CREATE CATALOG `{catalog}` WITH ({_options(cfg['iceberg_catalog_options'])})",
-        # Bytes, not text: the job itself decodes them, so it can tell which are not UTF-8.
-        "CREATE TEMPORARY TABLE raw_lines (payload BYTES, "
-        "`file.path` STRING NOT NULL METADATA, "
-        "`file.modification-time` TIMESTAMP_LTZ(3) NOT NULL METADATA) "
-        f"WITH ({_options(files)})",
+        *(_raw_table(f"raw_{i}", source["path"]) for i, source in enumerate(cfg["sources"])),
         # The message key is a copy of the row key (key fields leave the value): Key_Shared
         # subscribers hash it, and the topic's partitions are chosen by it.
         _pulsar_table(
             cfg,
             "features_topic",
-            f"`{MESSAGE_KEY}` STRING, {typed}, `{label}` INT",
+            f"`{MESSAGE_KEY}` STRING, {typed}",
             cfg["features_topic"],
             **{
                 "key.format": "raw",
@@ -239,13 +373,15 @@ def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
         f"CREATE TEMPORARY VIEW classified AS {classification_sql(cfg)}",
         f"CREATE TEMPORARY VIEW rejected AS {rejected_sql(cfg)}",
     ]
-    columns = ", ".join([f"`{key}`"] + [f"`{c}`" for c in features] + [f"`{label}`"])
+    required = ", ".join(f"`{c['name']}`" for c in columns if c["required"])
+    optional = "".join(f", `{c['name']}`" for c in columns if not c["required"])
     now = "CAST(LOCALTIMESTAMP AS TIMESTAMP(6))"
     outcome = f"COALESCE(reason, '{WRITTEN}')"
     inserts = [
+        # The table's order: the dataset's columns, ingested_at, then the columns added later.
         f"INSERT INTO `{catalog}`.`{ns}`.`{cfg['features_table']}` "
-        f"SELECT {columns}, {now} FROM classified WHERE reason IS NULL",
-        f"INSERT INTO features_topic SELECT `{key}`, {columns} "
+        f"SELECT {required}, {now}{optional} FROM classified WHERE reason IS NULL",
+        f"INSERT INTO features_topic SELECT `{key}`, {required}{optional} "
         "FROM classified WHERE reason IS NULL",
         f"INSERT INTO `{catalog}`.`{ns}`.`{cfg['quarantine_table']}` "
         f"SELECT COALESCE(`raw`, ''), reason, source, {now} FROM rejected",

@@ -16,6 +16,8 @@ from mlplatform.dataset import header
 from mlplatform.flink_job import ALREADY_INGESTED, WRITTEN
 from mlplatform.iceberg_tables import ensure_tables
 from mlplatform.pulsar_io import ensure_partitioned_topic, ensure_subscription
+from mlplatform.raw_files import claim, plan_sources
+from mlplatform.schema_evolution import add_columns, set_aside, table_columns
 from mlplatform.settings import PROJECT_DIR, Settings
 
 JOB_FILE = PROJECT_DIR / "mlplatform" / "flink_job.py"
@@ -36,6 +38,7 @@ class PreprocessResult:
     rows_read: int = 0  # data lines (headers excluded)
     already_ingested: int = 0  # valid rows whose event id the features table had: skipped
     quarantined_by_reason: dict[str, int] = field(default_factory=dict)
+    added_columns: dict[str, str] = field(default_factory=dict)  # schema evolution: name -> type
 
 
 def jdbc_catalog_options(s: Settings) -> dict[str, str]:
@@ -63,18 +66,31 @@ def jdbc_catalog_options(s: Settings) -> dict[str, str]:
     return options
 
 
-def job_config(s: Settings, input_dir: Path, job_name: str, token_file: Path | None = None) -> dict:
-    """The job's JSON config. Pulsar's token goes by file path only, never by value."""
+def job_config(
+    s: Settings,
+    input_dir: Path,
+    job_name: str,
+    token_file: Path | None = None,
+    sources: list[dict] | None = None,
+    optional_columns: dict[str, str] | None = None,
+) -> dict:
+    """The job's JSON config. Pulsar's token goes by file path only, never by value.
+
+    sources: the job's inputs (raw_files.plan_sources); default: `input_dir` as CSV files
+    with the dataset's header. optional_columns: the features table's columns beyond the
+    dataset's (name -> type), in the table's order.
+    """
+    default = {"format": "csv", "path": f"file://{input_dir}", "columns": s.dataset_spec.columns}
     return {
         "job_name": job_name,
-        "input_path": f"file://{input_dir}",
+        "sources": sources if sources is not None else [{**default, "header": header(s)}],
         "counts_path": f"file://{counts_dir(s, job_name)}",
         "max_line_bytes": s.max_line_bytes,
-        "header": header(s),
         "key_column": s.key_column,
         "features": [f.model_dump() for f in s.dataset_spec.features],
         "label_column": s.label_column,
         "label_names": s.label_names,
+        "optional_columns": [{"name": k, "type": v} for k, v in (optional_columns or {}).items()],
         "catalog_name": s.catalog_name,
         "namespace": s.namespace,
         "features_table": s.features_table,
@@ -109,26 +125,19 @@ def read_counts(folder: Path) -> dict[str, int]:
 
 
 def claim_landing_files(s: Settings, run_id: str) -> Path | None:
-    """Move the landing folder's CSV files into a folder of this run; None when there are none.
-
-    A crashed run leaves its folder in _inflight/; the next run takes it over whole, as a
-    subfolder (the Flink file source reads folders recursively), so no file name can clash.
-    """
-    landing = s.resolved_landing_dir
-    inflight = landing / "_inflight" / run_id
-    files = sorted(landing.glob("*.csv"))
-    crashed = [d for d in sorted((landing / "_inflight").glob("*")) if d != inflight and d.is_dir()]
-    if not files and not crashed and not any(inflight.glob("**/*.csv")):
-        return None
-    inflight.mkdir(parents=True, exist_ok=True)
-    for path in files:
-        path.rename(inflight / path.name)
-    for folder in crashed:
-        folder.rename(inflight / f"recovered-{folder.name}")
-    return inflight
+    """Move the landing folder's raw files (CSV, JSON lines, Parquet) into a folder of this
+    run; None when there are none. A crashed run's folder is taken over whole."""
+    return claim(s.resolved_landing_dir, run_id)
 
 
-def run_flink_job(s: Settings, input_dir: Path, job_name: str, timeout_s: float = 900) -> str:
+def run_flink_job(
+    s: Settings,
+    input_dir: Path,
+    job_name: str,
+    timeout_s: float = 900,
+    sources: list[dict] | None = None,
+    optional_columns: dict[str, str] | None = None,
+) -> str:
     """Run the job in the Flink environment; return the Flink job id or raise with its error."""
     if not s.flink_python.exists():
         raise FlinkJobError(f"Flink environment missing at {s.flink_python}: run `make setup`")
@@ -142,7 +151,8 @@ def run_flink_job(s: Settings, input_dir: Path, job_name: str, timeout_s: float 
         temporary_token.touch(mode=0o600)
         temporary_token.write_text(s.pulsar_auth_token.get_secret_value())
         token_file = temporary_token
-    config_path.write_text(json.dumps(job_config(s, input_dir, job_name, token_file)))
+    config = job_config(s, input_dir, job_name, token_file, sources, optional_columns)
+    config_path.write_text(json.dumps(config))
     shutil.rmtree(counts_dir(s, job_name), ignore_errors=True)  # a retry's counts are its own
     flink_logs = s.log_dir / "flink"
     flink_logs.mkdir(parents=True, exist_ok=True)
@@ -197,19 +207,31 @@ def cluster_root_exception(s: Settings, job_id: str) -> str:
 
 
 def preprocess(s: Settings, run_id: str) -> PreprocessResult:
-    """Process every file in the landing folder into features (Iceberg + Pulsar) and quarantine."""
+    """Process every file in the landing folder into features (Iceberg + Pulsar) and quarantine.
+
+    Raises IncompatibleSchemaError, before the job runs, when a file's declared schema does not
+    fit the features table (the file is set aside in _rejected/<run_id>/); new columns a file
+    declares are added to the table as optional columns first.
+    """
     catalog = ensure_tables(s)
     ensure_partitioned_topic(s, s.features_topic, s.features_topic_partitions)
     ensure_subscription(s, s.features_topic, s.stream_subscription)
     ensure_partitioned_topic(s, s.quarantine_topic, 1)
     features = catalog.load_table(s.table_id(s.features_table))
+    required, optional = table_columns(features, s.dataset_spec)
     input_dir = claim_landing_files(s, run_id)
     if input_dir is None:
         snapshot = features.current_snapshot()
         return PreprocessResult(0, 0, 0, "", snapshot.snapshot_id if snapshot else None)
-    n_files = len(list(input_dir.glob("**/*.csv")))
+    plan = plan_sources(input_dir, s.dataset_spec, required, optional)
+    if plan.rejected:
+        raise set_aside(plan.rejected, s.resolved_landing_dir / "_rejected" / run_id)
+    if plan.added:
+        add_columns(features, plan.added, plan.added_by, run_id)
     job_name = f"preprocess-{run_id}"
-    job_id = run_flink_job(s, input_dir, job_name=job_name)
+    job_id = run_flink_job(
+        s, input_dir, job_name, sources=plan.sources, optional_columns={**optional, **plan.added}
+    )
     counts = read_counts(counts_dir(s, job_name))
     shutil.rmtree(counts_dir(s, job_name), ignore_errors=True)
     processed = s.resolved_landing_dir / "_processed" / run_id
@@ -218,7 +240,7 @@ def preprocess(s: Settings, run_id: str) -> PreprocessResult:
     snapshot = features.refresh().current_snapshot()
     by_reason = {k: v for k, v in counts.items() if k not in (WRITTEN, ALREADY_INGESTED)}
     return PreprocessResult(
-        files=n_files,
+        files=plan.files,
         features_rows=counts.get(WRITTEN, 0),
         quarantined_rows=sum(by_reason.values()),
         job_id=job_id,
@@ -227,4 +249,5 @@ def preprocess(s: Settings, run_id: str) -> PreprocessResult:
         rows_read=sum(counts.values()),
         already_ingested=counts.get(ALREADY_INGESTED, 0),
         quarantined_by_reason=dict(sorted(by_reason.items())),
+        added_columns=plan.added,
     )

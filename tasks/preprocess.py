@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from prefect import task
+from prefect import Task, task
+from prefect.client.schemas.objects import TaskRun
 from prefect.events import emit_event
 from prefect.runtime import flow_run
+from prefect.states import State
 
 from mlplatform.preprocess import PreprocessResult, preprocess
+from mlplatform.raw_files import IncompatibleSchemaError
 from mlplatform.settings import Settings
 from mlplatform.training import rows_since_training
 from tasks.artifacts import publish_preprocess_report
@@ -14,7 +17,18 @@ from tasks.artifacts import publish_preprocess_report
 RETRAIN_DUE_EVENT = "mlplatform.features.retrain-due"
 
 
-@task(name="run-flink-preprocess", retries=1, retry_delay_seconds=10)
+def _retry_unless_incompatible(task: Task, task_run: TaskRun, state: State) -> bool:
+    """A file set aside for an incompatible schema fails the run: a retry would process the
+    rest of the files and hide the error."""
+    return not isinstance(state.data, IncompatibleSchemaError)
+
+
+@task(
+    name="run-flink-preprocess",
+    retries=1,
+    retry_delay_seconds=10,
+    retry_condition_fn=_retry_unless_incompatible,
+)
 def run_preprocess(settings: Settings) -> PreprocessResult:
     """Run the PyFlink job over the landing folder; publish its report."""
     result = preprocess(settings, run_id=str(flow_run.id or "adhoc"))

@@ -28,6 +28,7 @@ from mlplatform.dataset import write_demo_raw
 from mlplatform.iceberg_tables import count_rows, ensure_tables
 from mlplatform.preprocess import FlinkJobError, preprocess
 from mlplatform.pulsar_io import read_all
+from mlplatform.raw_files import Plan
 from mlplatform.settings import Settings
 from tasks.artifacts import preprocess_markdown
 from tests.conftest import module_settings
@@ -121,6 +122,9 @@ def test_a_failing_job_fails_preprocess_with_flinks_error(
     s, _ = session
     missing = s.resolved_landing_dir / "gone"
     monkeypatch.setattr(preprocess_module, "claim_landing_files", lambda s, run_id: missing)
+    source = {"format": "csv", "path": f"file://{missing}", "columns": s.dataset_spec.columns}
+    plan = Plan(sources=[source], files=1, added={}, added_by={}, rejected={})
+    monkeypatch.setattr(preprocess_module, "plan_sources", lambda *args: plan)
     before = _jobs(s)
     with pytest.raises(FlinkJobError) as raised:
         preprocess(s, run_id="flink-session-fail")

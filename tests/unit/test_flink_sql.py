@@ -15,6 +15,7 @@ from mlplatform.flink_job import (
     classification_sql,
     feature_names,
     rejected_sql,
+    source_sql,
     validation_sql,
 )
 from mlplatform.preprocess import job_config
@@ -54,9 +55,12 @@ def test_quote_doubles_single_quotes() -> None:
 
 
 def test_job_config_carries_settings(cfg: dict, settings: Settings, tmp_path: Path) -> None:
-    assert cfg["input_path"] == f"file://{tmp_path / 'in'}"
-    assert cfg["header"] == "event_id,sepal_length,sepal_width,petal_length,petal_width,label"
-    assert cfg["header"] == header(settings)
+    [source] = cfg["sources"]  # by default: one CSV folder with the dataset's header
+    assert source["path"] == f"file://{tmp_path / 'in'}" and source["format"] == "csv"
+    assert source["header"] == "event_id,sepal_length,sepal_width,petal_length,petal_width,label"
+    assert source["header"] == header(settings)
+    assert source["columns"] == settings.dataset_spec.columns
+    assert cfg["optional_columns"] == []
     assert cfg["features_topic"] == settings.features_topic
     assert cfg["quarantine_topic"] == "persistent://public/default/my-quarantine"
     assert cfg["max_line_bytes"] == 512
@@ -71,8 +75,8 @@ def test_ddl_names_catalog_source_and_topic(cfg: dict) -> None:
     for key, value in cfg["iceberg_catalog_options"].items():
         assert f"{_quote(key)} = {_quote(value)}" in catalog
     assert "'catalog-impl' = 'org.apache.iceberg.jdbc.JdbcCatalog'" in catalog
-    assert "CREATE TEMPORARY TABLE raw_lines" in raw
-    assert f"'path' = '{cfg['input_path']}'" in raw
+    assert "CREATE TEMPORARY TABLE raw_0" in raw
+    assert f"'path' = '{cfg['sources'][0]['path']}'" in raw
     assert "'format' = 'raw'" in raw
     # Bytes, decoded by the job itself, so bytes that are not UTF-8 can be told apart.
     assert "(payload BYTES, `file.path` STRING NOT NULL METADATA, " in raw
@@ -137,9 +141,11 @@ def test_inserts_target_configured_tables(cfg: dict) -> None:
 def test_every_feature_gets_value_number_finite_and_range_checks(cfg: dict) -> None:
     sql = validation_sql(cfg)
     for i, column in enumerate(feature_names(cfg), start=1):
-        assert f"TRY_CAST(TRIM(SPLIT_INDEX(line, ',', {i})) AS DOUBLE) AS `{column}`" in sql
-        assert f"WHEN TRIM(SPLIT_INDEX(line, ',', {i})) = '' THEN 'missing_value:{column}'" in sql
-        assert f"WHEN `{column}` IS NULL THEN 'not_a_number:{column}'" in sql
+        # Each column's text by its position in the header, then parsed by its type.
+        assert f"TRIM(SPLIT_INDEX(line, ',', {i})) AS v{i}" in sql
+        assert f"TRY_CAST(v{i} AS DOUBLE) AS `{column}`" in sql
+        assert f"WHEN v{i} IS NULL OR v{i} = '' THEN 'missing_value:{column}'" in sql
+        assert f"WHEN v{i} <> '' AND `{column}` IS NULL THEN 'not_a_number:{column}'" in sql
         # Named apart from out_of_range; the text of the parsed double, not a comparison, since
         # the planner folds a full-range comparison into IS NOT NULL, which NaN passes.
         assert (
@@ -170,14 +176,19 @@ def test_checks_are_ordered_and_complete(cfg: dict) -> None:
     n_fields = len(cfg["features"]) + 2
     assert f"< {n_fields} THEN 'missing_fields'" in sql
     assert f"> {n_fields} THEN 'extra_fields'" in sql
-    assert "WHEN `event_id` = '' THEN 'missing_key:event_id'" in sql
-    assert "WHEN `label` IS NULL THEN 'not_an_integer:label'" in sql
-    assert "WHEN `label` < 0 OR `label` >= 3 THEN 'out_of_range:label'" in sql
-    assert f"TRY_CAST(TRIM(SPLIT_INDEX(line, ',', {n_fields - 1})) AS INT) AS `label`" in sql
+    assert "WHEN v0 IS NULL OR v0 = '' THEN 'missing_key:event_id'" in sql
+    assert f"WHEN v{n_fields - 1} <> '' AND `label` IS NULL THEN 'not_an_integer:label'" in sql
+    assert "WHEN NOT (`label` >= 0.0 AND `label` <= 2.0) THEN 'out_of_range:label'" in sql
+    # An integer is digits only: a cast alone would cut "1.5" to 1.
+    label = n_fields - 1
+    assert (
+        rf"CASE WHEN REGEXP(v{label}, '^\s*[+-]?[0-9]+\s*$') THEN TRY_CAST(v{label} AS INT) END "
+        "AS `label`"
+    ) in sql
     reasons = [
-        "'empty_payload'", "'oversized_payload'", "'not_utf8'", "'missing_fields'",
-        "'extra_fields'", "'missing_key:", "'missing_value:", "'not_a_number:", "'not_finite:",
-        "'out_of_range:sepal", "'not_an_integer:label'", "'out_of_range:label'",
+        "'empty_payload'", "'oversized_payload'", "'not_utf8'", "WHEN shape IS NOT NULL",
+        "'missing_key:", "'missing_value:", "WHEN w0 IS NOT NULL", "'not_a_number:",
+        "'not_an_integer:label'", "'not_finite:", "'out_of_range:sepal", "'out_of_range:label'",
     ]  # fmt: skip
     positions = [sql.index(r) for r in reasons]
     assert positions == sorted(positions)
@@ -213,11 +224,11 @@ def test_rejected_rows_leave_already_ingested_out_and_cut_oversized(cfg: dict) -
 
 def test_header_line_is_filtered(cfg: dict) -> None:
     sql = validation_sql(cfg)
-    assert sql.endswith(f"FROM raw_lines) WHERE line <> '{cfg['header']}')")
+    assert sql.endswith(f"FROM raw_0) WHERE line <> '{cfg['sources'][0]['header']}'))")
 
 
 def test_header_with_single_quote_is_escaped(cfg: dict) -> None:
-    cfg = {**cfg, "header": "id,o'brien,label"}
+    cfg = {**cfg, "sources": [{**cfg["sources"][0], "header": "id,o'brien,label"}]}
     sql = validation_sql(cfg)
     assert "WHERE line <> 'id,o''brien,label'" in sql
     assert "o'brien" not in sql.replace("o''brien", "")
@@ -226,7 +237,7 @@ def test_header_with_single_quote_is_escaped(cfg: dict) -> None:
 def test_config_values_with_quotes_are_escaped(cfg: dict) -> None:
     cfg = {
         **cfg,
-        "input_path": "file:///data/it's",
+        "sources": [{**cfg["sources"][0], "path": "file:///data/it's"}],
         "iceberg_catalog_options": {**cfg["iceberg_catalog_options"], "jdbc.password": "p'w"},
     }
     ddl, _ = build_statements(cfg)
@@ -244,19 +255,67 @@ def test_custom_schema_changes_generated_sql(cfg: dict) -> None:
         ],
         "label_column": "cls",
         "label_names": ["a", "b", "c", "d", "e"],
-        "header": "id,x,y,cls",
+        "sources": [{"format": "csv", "path": "file:///in", "columns": ["id", "x", "y", "cls"]}],
     }
     sql = validation_sql(cfg)
     assert "< 4 THEN 'missing_fields'" in sql and "> 4 THEN 'extra_fields'" in sql
-    assert "TRY_CAST(TRIM(SPLIT_INDEX(line, ',', 3)) AS INT) AS `cls`" in sql
-    assert "`cls` >= 5 THEN 'out_of_range:cls'" in sql
+    assert (
+        "TRIM(SPLIT_INDEX(line, ',', 3)) AS v3" in sql and "TRY_CAST(v3 AS INT) END AS `cls`" in sql
+    )
+    assert "`cls` <= 4.0) THEN 'out_of_range:cls'" in sql
+    assert "WHERE line <>" not in sql  # no header line
     assert "'missing_key:id'" in sql and "'missing_value:cls'" in sql
     assert "sepal_length" not in sql
     # Each feature its own type and range: an integer column is checked as one.
-    assert "TRY_CAST(TRIM(SPLIT_INDEX(line, ',', 2)) AS INT) AS `y`" in sql
-    assert "WHEN `y` IS NULL THEN 'not_an_integer:y'" in sql and "'not_finite:y'" not in sql
+    assert "TRY_CAST(v2 AS INT) END AS `y`" in sql
+    assert "WHEN v2 <> '' AND `y` IS NULL THEN 'not_an_integer:y'" in sql
+    assert "'not_finite:y'" not in sql
     assert "WHEN NOT (`x` >= -1.0 AND `x` <= 1.0) THEN 'out_of_range:x'" in sql
     assert "WHEN NOT (`y` >= 10.0 AND `y` <= 99.0) THEN 'out_of_range:y'" in sql
     ddl, _ = build_statements(cfg)
     assert "`id` STRING, `x` DOUBLE, `y` INT, `cls` INT" in ddl[2]
     assert "PARTITION BY c.`id`" in classification_sql(cfg)
+
+
+def test_a_run_with_csv_json_and_optional_columns(cfg: dict) -> None:
+    """Several sources in one shape: a CSV file with its own header order and a new column,
+    JSON lines; the optional columns reach both sinks after the dataset's columns."""
+    columns = ["label", "event_id", "sepal_length", "sepal_width", "petal_length", "petal_width"]
+    cfg = {
+        **cfg,
+        "sources": [
+            {"format": "csv", "path": "file:///r/csv-0", "columns": [*columns, "ph"],
+             "header": ",".join([*columns, "ph"])},
+            {"format": "json", "path": "file:///r/json"},
+        ],
+        "optional_columns": [{"name": "ph", "type": "double"}, {"name": "site", "type": "string"}],
+    }  # fmt: skip
+    ddl, inserts = build_statements(cfg)
+    assert [s.split(" (")[0] for s in ddl[1:3]] == [
+        "CREATE TEMPORARY TABLE raw_0",
+        "CREATE TEMPORARY TABLE raw_1",
+    ]
+    sql = source_sql(cfg)
+    assert sql.count(" UNION ALL ") == 1
+    csv, json_lines = sql.split(" UNION ALL ")
+    # By the header's positions: event_id is the second field, the label the first.
+    assert "TRIM(SPLIT_INDEX(line, ',', 1)) AS v0" in csv
+    assert "TRIM(SPLIT_INDEX(line, ',', 0)) AS v5" in csv
+    assert "TRIM(SPLIT_INDEX(line, ',', 6)) AS v6" in csv and "CAST(NULL AS STRING) AS v7" in csv
+    assert "< 7 THEN 'missing_fields'" in csv
+    assert "WHEN NOT (line IS JSON OBJECT) THEN 'not_json'" in json_lines
+    assert "POSITION(',\"site\",' IN " in json_lines and "AS p7" in json_lines
+    assert (
+        "WHEN NOT p0 OR NOT p1 OR NOT p2 OR NOT p3 OR NOT p4 OR NOT p5 THEN 'missing_fields'"
+        in (json_lines)
+    )
+    assert "JSON_VALUE(line, '$.length()' RETURNING INT) > CASE WHEN p0 THEN 1" in json_lines
+    assert "THEN 'wrong_type:sepal_length'" in json_lines and "THEN 'wrong_type:site'" in json_lines
+    checked = validation_sql(cfg)
+    assert "WHEN v6 <> '' AND `ph` IS NULL THEN 'not_a_number:ph'" in checked
+    assert "'missing_value:ph'" not in checked and "'missing_value:site'" not in checked
+    assert "NULLIF(v7, '') AS `site`" in checked
+    features, topic = inserts[0], inserts[1]
+    assert "`label`, CAST(LOCALTIMESTAMP AS TIMESTAMP(6)), `ph`, `site` FROM classified" in features
+    assert "`label`, `ph`, `site` FROM classified" in topic
+    assert "`ph` DOUBLE, `site` STRING" in ddl[3]
