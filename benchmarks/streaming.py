@@ -48,6 +48,7 @@ import pulsar
 from sklearn.datasets import load_iris
 
 from mlplatform import model_registry
+from mlplatform.fast_predict import compile_model
 from mlplatform.iceberg_tables import load_catalog, table_schemas
 from mlplatform.model_registry import ModelRef
 from mlplatform.pulsar_io import ensure_partitioned_topic, make_client, read_all, receive_batch
@@ -276,7 +277,7 @@ def plain_loop(
     The same micro-batches (stream_batch_max messages or stream_batch_wait_ms) and the same
     parsing and prediction code as the Ray consumers; no Iceberg, no de-duplication."""
     s = Settings(**settings)
-    model = model_registry.load_model(ref)
+    model = compile_model(model_registry.load_model(ref))  # as the Ray consumers predict
     client = make_client(s)
     consumer = client.subscribe(
         s.features_topic,
@@ -301,7 +302,9 @@ def plain_loop(
     started = time.monotonic()
     try:
         while done < count and time.monotonic() - started < timeout_s:
-            messages = receive_batch(consumer, s.stream_batch_max, s.stream_batch_wait_ms)
+            messages = receive_batch(
+                consumer, s.stream_batch_max, s.stream_batch_wait_ms, s.stream_batch_linger_ms
+            )
             keys, features = [], []
             for message in messages:
                 try:
@@ -415,6 +418,49 @@ def champion(base: Settings, tag: str) -> tuple[Settings, ModelRef, str]:
     )
     model_registry.promote(s, row.version, "benchmark model: the registry had no champion")
     return s, model_registry.model_ref(row), f"trained here (private registry {s.database_url})"
+
+
+def in_process(
+    model: Any, vectors: list[list[float]], bulk: list[list[float]], bulk_requests: int
+) -> dict[str, Any]:
+    """One-row predict_proba latencies (ms) and bulk rows/s of `model` in this process."""
+    single = []
+    for vector in vectors:
+        started = time.perf_counter()
+        model.predict_proba(np.asarray([vector], dtype=np.float64))
+        single.append((time.perf_counter() - started) * 1000)
+    matrix = np.asarray(bulk, dtype=np.float64)
+    started = time.perf_counter()
+    for _ in range(bulk_requests):
+        model.predict_proba(matrix)
+    seconds = time.perf_counter() - started
+    return {
+        "single": summarize(single),
+        "bulk_rows_per_s": round(len(bulk) * bulk_requests / seconds, 1),
+    }
+
+
+def start_noop(s: Settings, cpus: float) -> str:
+    """A Serve app that answers every request with a constant, next to the model's app (same
+    proxy, same replica options); its address."""
+    from ray import serve
+
+    @serve.deployment(
+        ray_actor_options={"num_cpus": cpus}, logging_config={"enable_access_log": False}
+    )
+    class NoOp:  # defined here so that Ray pickles it by value, not by module name
+        async def __call__(self, _: object) -> str:
+            return "ok"
+
+    name, prefix = f"{s.serve_app_name}-noop", f"{s.serve_route_prefix}-noop"
+    serve.run(NoOp.bind(), name=name, route_prefix=prefix)
+    return f"http://127.0.0.1:{s.serve_port}{prefix}"
+
+
+def serve_delete(name: str) -> None:
+    from ray import serve
+
+    serve.delete(name)
 
 
 # Scenarios.
@@ -544,7 +590,9 @@ class Run:
         return out
 
     def serving(self) -> dict[str, Any]:
-        """Single and bulk requests to a private Serve app, against in-process predict_proba."""
+        """Single and bulk requests to a private Serve app, against in-process predict_proba
+        (scikit-learn's own, and the compiled trees the app uses), and a no-op Serve endpoint
+        on the same proxy: the floor of any Serve request on this machine."""
         args = self.args
         s = self.base.model_copy(
             update={
@@ -562,48 +610,51 @@ class Run:
         deploy_started = time.monotonic()
         address = start_serving(s, self.ref.version)
         deploy_s = time.monotonic() - deploy_started
+        floor_address = start_noop(s, args.replica_cpus)
         single: list[float] = []
+        floor: list[float] = []
         bulk_s: list[float] = []
         try:
             with httpx.Client(timeout=60) as http:
                 for vector in vectors[:20]:  # warm-up: connection, replica, first predictions
                     http.post(f"{address}/predict", json={"features": vector}).raise_for_status()
+                    http.post(floor_address, json={"features": vector}).raise_for_status()
                 http.post(f"{address}/predict/bulk", json={"rows": bulk}).raise_for_status()
-                for vector in vectors[: args.requests]:
+                for vector in vectors[: args.requests]:  # interleaved: the same load on both
                     started = time.perf_counter()
                     http.post(f"{address}/predict", json={"features": vector}).raise_for_status()
                     single.append((time.perf_counter() - started) * 1000)
+                    started = time.perf_counter()
+                    http.post(floor_address, json={"features": vector}).raise_for_status()
+                    floor.append((time.perf_counter() - started) * 1000)
                 for _ in range(args.bulk_requests):
                     started = time.perf_counter()
                     http.post(f"{address}/predict/bulk", json={"rows": bulk}).raise_for_status()
                     bulk_s.append(time.perf_counter() - started)
         finally:
             stop_serving(s)
+            serve_delete(f"{s.serve_app_name}-noop")
         model = model_registry.load_model(self.ref)
-        local: list[float] = []
-        for vector in vectors[: args.requests]:
-            started = time.perf_counter()
-            model.predict_proba(np.asarray([vector], dtype=np.float64))
-            local.append((time.perf_counter() - started) * 1000)
-        matrix = np.asarray(bulk, dtype=np.float64)
-        started = time.perf_counter()
-        for _ in range(args.bulk_requests):
-            model.predict_proba(matrix)
-        local_bulk_s = time.perf_counter() - started
+        local = in_process(model, vectors[: args.requests], bulk, args.bulk_requests)
+        compiled = in_process(
+            compile_model(model), vectors[: args.requests], bulk, args.bulk_requests
+        )
         serve_rows_s = len(bulk) * len(bulk_s) / sum(bulk_s)
-        local_rows_s = len(bulk) * args.bulk_requests / local_bulk_s
         return {
             "app": s.serve_app_name,
             "route_prefix": s.serve_route_prefix,
             "deploy_s": round(deploy_s, 2),
             "loadavg_1m_at_start": load,
             "serve_single": summarize(single),
-            "in_process_single": summarize(local),
+            "serve_noop_floor": summarize(floor),
+            "in_process_single": local["single"],
+            "in_process_single_compiled": compiled["single"],
             "bulk_rows_per_request": len(bulk),
             "bulk_requests": args.bulk_requests,
             "serve_bulk_rows_per_s": round(serve_rows_s, 1),
             "serve_bulk_request": summarize([t * 1000 for t in bulk_s]),
-            "in_process_bulk_rows_per_s": round(local_rows_s, 1),
+            "in_process_bulk_rows_per_s": local["bulk_rows_per_s"],
+            "in_process_bulk_rows_per_s_compiled": compiled["bulk_rows_per_s"],
         }
 
     def clean_up(self) -> list[str]:
@@ -690,16 +741,24 @@ def print_table(summary: dict[str, Any]) -> None:
             )
     if sv:
         s1, l1 = sv["serve_single"], sv["in_process_single"]
+        f1, c1 = sv.get("serve_noop_floor", {}), sv.get("in_process_single_compiled", {})
         print("\nserving (ms; rows/s)")
         print(
             f"  single request   Serve p50 {_fmt(s1.get('p50_ms'), 2)}  p99 "
-            f"{_fmt(s1.get('p99_ms'), 2)}   in-process predict_proba p50 "
-            f"{_fmt(l1.get('p50_ms'), 2)}  p99 {_fmt(l1.get('p99_ms'), 2)}"
+            f"{_fmt(s1.get('p99_ms'), 2)}   no-op Serve endpoint p50 "
+            f"{_fmt(f1.get('p50_ms'), 2)}  p99 {_fmt(f1.get('p99_ms'), 2)}"
+        )
+        print(
+            f"  in-process       predict_proba p50 {_fmt(l1.get('p50_ms'), 2)}  p99 "
+            f"{_fmt(l1.get('p99_ms'), 2)}   compiled p50 {_fmt(c1.get('p50_ms'), 3)}  p99 "
+            f"{_fmt(c1.get('p99_ms'), 3)}"
         )
         serve_rows, local_rows = sv["serve_bulk_rows_per_s"], sv["in_process_bulk_rows_per_s"]
+        compiled_rows = sv.get("in_process_bulk_rows_per_s_compiled")
         print(
             f"  bulk {sv['bulk_rows_per_request']} rows   Serve {_fmt(serve_rows, 0)} rows/s   "
-            f"in-process predict_proba {_fmt(local_rows, 0)} rows/s"
+            f"in-process predict_proba {_fmt(local_rows, 0)} rows/s, compiled "
+            f"{_fmt(compiled_rows, 0)} rows/s"
         )
     print("\nratios and targets")
     for name, value in summary["ratios"].items():
@@ -854,6 +913,7 @@ def main(argv: list[str] | None = None) -> None:
                     "stream_subscription_type",
                     "stream_batch_max",
                     "stream_batch_wait_ms",
+                    "stream_batch_linger_ms",
                     "stream_commit_interval_s",
                     "pulsar_service_url",
                     "ray_address",

@@ -2,8 +2,9 @@
 
 Each actor offers `poll(limit) -> (consumed, done, failed)`, handling at most `limit` messages,
 and `close()`; `closing` closes and removes them however the run ends. The driver never asks
-for more than is left, so a bounded run stops at exactly N done messages; idle actors are asked
-first, since they may hold prefetched messages.
+for more than is left, so a bounded run stops at exactly N done messages, and near the end it
+shares what is left between the actors (a poll may handle many micro-batches); idle actors are
+asked first, since they may hold prefetched messages.
 
 A poll lost with a killed actor may have published before it died, which no one counts; a
 bounded run stops once the stream runs dry and such polls make up the difference.
@@ -18,6 +19,7 @@ restarts is dropped, and the run fails when none is left.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -28,6 +30,9 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
 logger = logging.getLogger(__name__)
+
+
+POLLS_IN_FLIGHT = 2
 
 
 @dataclass
@@ -53,7 +58,9 @@ def drive(
     started = time.monotonic()
     totals = Totals()
     pending: dict[ray.ObjectRef, tuple[ray.actor.ActorHandle, int]] = {}
-    idle = deque(actors)
+    # Two polls in flight per actor: the next is queued at the actor before the last returns,
+    # so the driver's round trip never leaves an actor waiting.
+    idle = deque(actors * POLLS_IN_FLIGHT)
     failures = {actor: 0 for actor in actors}
     down: set[ray.actor.ActorHandle] = set()
     actors_left = set(actors)
@@ -69,9 +76,11 @@ def drive(
     def submit_idle() -> None:
         while idle and in_time() and not drained:
             reserved = sum(limit for _, limit in pending.values())
-            left = (
-                batch if max_messages is None else min(batch, max_messages - totals.done - reserved)
-            )
+            left = batch
+            if max_messages is not None:  # what is left, shared fairly between the actors
+                polls = len(actors_left) * POLLS_IN_FLIGHT
+                share = -(-(max_messages - totals.done) // polls)
+                left = min(batch, max_messages - totals.done - reserved, share)
             if left <= 0:
                 return
             actor = idle.popleft()
@@ -104,6 +113,7 @@ def drive(
             if failures[actor] >= max_failures:
                 raise RuntimeError(f"a consumer failed {max_failures} polls in a row") from error
             ray.kill(actor, no_restart=False)
+            down.add(actor)  # the poll queued behind this one fails too; it did nothing
         else:
             down.discard(actor)
             failures[actor] = 0
@@ -119,6 +129,23 @@ def drive(
         idle.append(actor)
         submit_idle()
     return totals
+
+
+def set_niceness(niceness: int) -> None:
+    """Run every thread of this process at `niceness`. Ray starts its workers at 15, below
+    the broker and any other process on the node, which suits batch work but not a
+    latency-bound consumer or replica. Without the privilege to raise priority (not root, no
+    CAP_SYS_NICE) the process keeps Ray's and says so."""
+    tasks = "/proc/self/task"
+    threads = [int(tid) for tid in os.listdir(tasks)] if os.path.isdir(tasks) else [0]
+    try:
+        for tid in threads:  # Linux keeps a niceness per thread
+            if os.getpriority(os.PRIO_PROCESS, tid) != niceness:
+                os.setpriority(os.PRIO_PROCESS, tid, niceness)
+    except PermissionError:
+        logger.warning("cannot set niceness %d (no privilege); staying at Ray's", niceness)
+    except ProcessLookupError:  # a thread ended meanwhile
+        pass
 
 
 @contextmanager

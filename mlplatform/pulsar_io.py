@@ -65,18 +65,26 @@ def make_client(s: Settings) -> pulsar.Client:
     )
 
 
-def receive_batch(consumer: pulsar.Consumer, limit: int, window_ms: int) -> list[pulsar.Message]:
-    """Up to `limit` messages, waiting at most `window_ms` in all."""
+def receive_batch(
+    consumer: pulsar.Consumer, limit: int, window_ms: int, linger_ms: int | None = None
+) -> list[pulsar.Message]:
+    """Up to `limit` messages, waiting at most `window_ms` in all; with `linger_ms`, at most
+    that long after the first message (0: only the messages already received by then).
+
+    Lingering 0 is natural batching: no message waits for others to arrive, and a batch grows
+    with the backlog that built up while the previous one was processed."""
     messages: list[pulsar.Message] = []
     deadline = time.monotonic() + window_ms / 1000
     while len(messages) < limit:
         wait_ms = int((deadline - time.monotonic()) * 1000)
-        if wait_ms <= 0:
+        if wait_ms <= 0 and not (messages and linger_ms == 0):
             break
         try:
-            messages.append(consumer.receive(timeout_millis=wait_ms))
+            messages.append(consumer.receive(timeout_millis=max(wait_ms, 0)))
         except pulsar.Timeout:
             break
+        if len(messages) == 1 and linger_ms is not None:
+            deadline = min(deadline, time.monotonic() + linger_ms / 1000)
     return messages
 
 

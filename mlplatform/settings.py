@@ -160,9 +160,17 @@ class Settings(BaseSettings):
     stream_subscription_type: Literal["failover", "key_shared", "shared"] = "failover"
     stream_actors: int = 2
     stream_actor_cpus: float = 0.25
-    # A micro-batch is up to stream_batch_max messages or stream_batch_wait_ms, whichever first.
+    # Niceness of the stream actors and Serve replicas (Ray starts workers at 15, behind every
+    # other process on the node; raising priority needs root or CAP_SYS_NICE).
+    latency_actor_niceness: int = 0
+    # A micro-batch is up to stream_batch_max messages or stream_batch_wait_ms, whichever first;
+    # once its first message is in, it waits at most stream_batch_linger_ms for more (0: it
+    # takes what is already received, so no message waits for later ones).
     stream_batch_max: int = 100
     stream_batch_wait_ms: int = 20
+    stream_batch_linger_ms: int = 0
+    # An actor reports to the driver after this long at most (micro-batches go on meanwhile).
+    stream_poll_s: float = 0.5
     stream_nack_delay_ms: int = 1000
     # Predictions are appended to Iceberg (and inputs acknowledged) this often.
     stream_commit_interval_s: float = 2.0
@@ -176,6 +184,8 @@ class Settings(BaseSettings):
     serve_min_replicas: int = 1
     serve_max_replicas: int = 2
     serve_replica_cpus: float = 0.25
+    # A log line per request from each replica (Ray Serve's access log); off for latency.
+    serve_access_log: bool = False
     # When set, /predict, /predict/bulk and /model need the header X-API-Key with this value.
     serve_api_key: str | None = Field(default=None, repr=False)
 

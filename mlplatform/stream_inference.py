@@ -6,7 +6,8 @@ Delivery protocol (effectively once, the default `stream_subscription_type=failo
 1. Actor i owns the features topic's partitions p with p % actors == i and reads them on a
    Failover subscription, so each partition is read by one consumer, in order. Ray restarts a
    killed actor with the same index, so the same partitions come back to it.
-2. A micro-batch is up to `stream_batch_max` messages or `stream_batch_wait_ms`. A message that
+2. A micro-batch is up to `stream_batch_max` messages or `stream_batch_wait_ms` (at most
+   `stream_batch_linger_ms` after its first message: 0 takes what is there). A message that
    is not a valid feature row is negatively acknowledged; on its `stream_max_redeliveries`-th
    delivery it goes to the dead-letter topic with its reason in the `reason` property, and is
    acknowledged.
@@ -30,9 +31,11 @@ by, so they are at least once: a crash can repeat a result (same key, same predi
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,7 +48,8 @@ import ray
 from pyiceberg.exceptions import CommitFailedException
 
 from mlplatform import model_registry
-from mlplatform.actor_pool import closing, drive
+from mlplatform.actor_pool import closing, drive, set_niceness
+from mlplatform.fast_predict import compile_model
 from mlplatform.iceberg_tables import ensure_tables, load_table
 from mlplatform.model_registry import ModelRef
 from mlplatform.pulsar_io import make_client, receive_batch, topic_partitions
@@ -55,6 +59,8 @@ from mlplatform.settings import Settings
 logger = logging.getLogger(__name__)
 
 HWM_PREFIX = "mlp.hwm."
+# A poll handles at most this many micro-batches (and at most stream_poll_s).
+BATCHES_PER_POLL = 50
 
 
 class InvalidMessage(ValueError):
@@ -175,14 +181,20 @@ class StreamConsumer:
         pinned: bool = False,
     ) -> None:
         self.s = Settings(**settings)
+        # The commit thread runs pure-Python Iceberg code; a short switch interval keeps it
+        # from holding the GIL for 5 ms each time the consumer loop comes back from C++.
+        sys.setswitchinterval(0.0005)
+        set_niceness(self.s.latency_actor_niceness)
         self.ref, self.pinned, self.index = ref, pinned, index
-        self.model = model_registry.load_model(ref)
+        self.model = compile_model(model_registry.load_model(ref))
         self.checked_at = time.monotonic()
         self.dedup = self.s.stream_subscription_type == "failover"
         self.client = make_client(self.s)
         self.consumer = self._subscribe(partitions)
         self.producers: dict[str, pulsar.Producer] = {}
+        self.producer_names: dict[str, str] = {}  # input partition topic -> producer name
         self.sent: dict[str, int] = {}
+        self.send_errors: list[str] = []  # filled by the client's callback threads
         self.dead_letters: pulsar.Producer | None = None
         self.deliveries: dict[str, int] = {}  # message id -> deliveries that failed
         self.table = load_table(self.s, self.s.stream_predictions_table)
@@ -191,6 +203,10 @@ class StreamConsumer:
         self.committed = 0
         self.committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iceberg-commit")
         self.committing: Future[None] | None = None
+        # A full collection walks every object of Ray, pyarrow, pyiceberg and scikit-learn:
+        # 300-400 ms stalls of the loop here. What exists now lives as long as the actor.
+        gc.collect()
+        gc.freeze()
 
     def _subscribe(self, partitions: list[int] | None) -> pulsar.Consumer:
         kind = self.s.stream_subscription_type
@@ -220,9 +236,13 @@ class StreamConsumer:
                 time.sleep(0.5)
 
     def _producer(self, message: pulsar.Message) -> tuple[str, pulsar.Producer]:
-        name = f"{self.s.stream_subscription}-p{partition_of(message.topic_name())}"
-        if not self.dedup:
-            name = f"{name}-{self.index}"
+        topic = message.topic_name()
+        name = self.producer_names.get(topic)
+        if name is None:
+            name = f"{self.s.stream_subscription}-p{partition_of(topic)}"
+            if not self.dedup:
+                name = f"{name}-{self.index}"
+            self.producer_names[topic] = name
         if name not in self.producers:
             self.producers[name] = self.client.create_producer(
                 self.s.predictions_topic,
@@ -242,7 +262,7 @@ class StreamConsumer:
         champion = model_registry.get_version(self.s)
         if champion.version != self.ref.version:
             ref = model_registry.model_ref(champion)
-            self.model, self.ref = model_registry.load_model(ref), ref
+            self.model, self.ref = compile_model(model_registry.load_model(ref)), ref
             logger.info("switched to model version %d", ref.version)
 
     def _reject(self, message: pulsar.Message, reason: str) -> None:
@@ -273,17 +293,31 @@ class StreamConsumer:
         logger.warning("dead-lettered %s: %s", message.message_id(), reason)
 
     def poll(self, limit: int) -> tuple[int, int, int]:
-        """One micro-batch of at most `limit` messages: (consumed, published, rejected).
+        """Micro-batches of at most `limit` messages in all, for at most `stream_poll_s` or
+        until one finds nothing: (consumed, published, rejected).
 
-        A redelivered message whose result an earlier incarnation already published is
-        written where it is missing but not counted again. Due commits come first, so the
-        poll returns right after its results are published: a crash in between would lose
-        the count (never the results), and a bounded run would then wait for its timeout.
+        Many micro-batches per call keep the driver's round trip off each message's path. A
+        redelivered message whose result an earlier incarnation already published is written
+        where it is missing but not counted again. A crash before the poll returns loses the
+        count (never the results), and a bounded run then ends once the stream runs dry.
         """
+        started = time.monotonic()
+        consumed = published = rejected = 0
+        while consumed < limit:
+            c, p, r = self._micro_batch(min(limit - consumed, self.s.stream_batch_max))
+            consumed, published, rejected = consumed + c, published + p, rejected + r
+            if c == 0 or time.monotonic() - started >= self.s.stream_poll_s:
+                break
+        self._flush()
+        return consumed, published, rejected
+
+    def _micro_batch(self, limit: int) -> tuple[int, int, int]:
         if time.monotonic() - self.pending.since >= self.s.stream_commit_interval_s:
             self.commit()
         self.refresh_model()
-        messages = receive_batch(self.consumer, limit, self.s.stream_batch_wait_ms)
+        messages = receive_batch(
+            self.consumer, limit, self.s.stream_batch_wait_ms, self.s.stream_batch_linger_ms
+        )
         # Position order per partition keeps every producer's sequence ids increasing.
         messages.sort(key=lambda m: (m.topic_name(), sequence_id(m.message_id())))
         good: list[tuple[pulsar.Message, str, list[float]]] = []
@@ -298,6 +332,14 @@ class StreamConsumer:
         published = self._publish(good) if good else 0
         return len(messages), published, len(messages) - len(good)
 
+    def _flush(self) -> None:
+        """Wait until every result sent is on the topic; raise if any send failed."""
+        for producer in self.producers.values():
+            producer.flush()
+        if self.send_errors:
+            errors, self.send_errors = self.send_errors, []
+            raise RuntimeError(f"publishing {len(errors)} predictions failed: {errors[:3]}")
+
     def _publish(self, good: list[tuple[pulsar.Message, str, list[float]]]) -> int:
         """Predict and publish; the number of results sent for the first time."""
         results = predict_rows(
@@ -307,42 +349,40 @@ class StreamConsumer:
             [k for _, k, _ in good],
             [f for _, _, f in good],
         )
-        errors: list[str] = []
         published = 0
-
-        def sent(result: pulsar.Result, _message_id: object) -> None:
-            if result != pulsar.Result.Ok:
-                errors.append(str(result))
-
+        predicted_at = datetime.now(UTC).replace(tzinfo=None)
         for (message, _, _), row in zip(good, results, strict=True):
             name, producer = self._producer(message)
-            seq = sequence_id(message.message_id()) if self.dedup else -1
-            row["message_id"] = str(message.message_id())
+            message_id = message.message_id()
+            seq = sequence_id(message_id) if self.dedup else -1
+            row["message_id"] = str(message_id)
             if not self.dedup or seq > self.sent[name]:
                 producer.send_async(
                     json.dumps(row).encode(),
-                    sent,
+                    self._sent,
                     partition_key=str(row[self.s.key_column]),
                     **({"sequence_id": seq} if self.dedup else {}),
                 )
                 self.sent[name] = max(self.sent[name], seq)
                 published += 1
             if not self.dedup or seq > self.written.get(name, -1):
-                self.pending.rows.append(
-                    {**row, "predicted_at": datetime.now(UTC).replace(tzinfo=None)}
-                )
+                row["predicted_at"] = predicted_at
+                self.pending.rows.append(row)
                 if self.dedup:
                     self.pending.marks[name] = max(self.pending.marks.get(name, -1), seq)
             self.pending.messages.append(message)
-        for producer in self.producers.values():
-            producer.flush()
-        if errors:
-            raise RuntimeError(f"publishing {len(errors)} predictions failed: {errors[:3]}")
+        # No flush here: the next micro-batch starts while these are on their way; the poll's
+        # end and every commit wait for them (inputs are acknowledged only after a commit).
         return published
+
+    def _sent(self, result: pulsar.Result, _message_id: object) -> None:
+        if result != pulsar.Result.Ok:
+            self.send_errors.append(str(result))
 
     def commit(self, wait: bool = False) -> None:
         """Hand the buffered results to the commit thread (after the previous commit, whose
         error is raised here), so that predicting goes on while Iceberg commits."""
+        self._flush()  # the results are on the topic before their inputs can be acknowledged
         pending, self.pending = self.pending, _Pending()
         if self.committing is not None:
             self.committing.result()
@@ -408,7 +448,7 @@ def run_stream_inference(
         for i, mine in enumerate(owned)
     ]
     with closing(actors) as pool:
-        totals = drive(pool, s.stream_batch_max, max_messages, timeout_s)
+        totals = drive(pool, s.stream_batch_max * BATCHES_PER_POLL, max_messages, timeout_s)
     return StreamResult(
         totals.consumed,
         totals.done,
