@@ -58,7 +58,6 @@ from checkpoints.store import CheckpointStore
 from mlplatform import model_registry
 from mlplatform.batch_commit import committed_units
 from mlplatform.batch_inference import (
-    _watched,
     commit_interval_rows,
     predictions_rows,
     run_batch_inference,
@@ -334,7 +333,7 @@ def raw_limit(model: Any, matrix: np.ndarray) -> dict[str, float]:
     return {"one_thread": rows_per_s(rows, one), "two_threads": rows_per_s(rows, two)}
 
 
-def gather_and_append(data: Dataset, ref: ModelRef, dataset, run_id: str) -> tuple[int, int]:
+def gather_and_append(data: Dataset, ref: ModelRef, batches, run_id: str) -> tuple[int, int]:
     """Ray Data output batches -> predictions rows at the driver -> plain Iceberg appends at the
     cadence of run_batch_inference's commits (commit_interval_rows or commit_every_s), without
     its units, summaries, compare-and-set or store. (rows, commits)."""
@@ -352,9 +351,8 @@ def gather_and_append(data: Dataset, ref: ModelRef, dataset, run_id: str) -> tup
         rows, commits, last = rows + table.num_rows, commits + 1, time.monotonic()
         parts.clear()
 
-    for tables in _watched(dataset, s.stall_timeout_s):  # as run_batch_inference takes them
-        for table in tables:
-            parts.append(predictions_rows(table, s.key_column, schema, run_id, data.snapshot_id))
+    for table in batches:
+        parts.append(predictions_rows(table, s.key_column, schema, run_id, data.snapshot_id))
         pending = sum(p.num_rows for p in parts)
         if pending >= every_rows or time.monotonic() - last >= s.commit_every_s:
             append()
@@ -366,7 +364,8 @@ def gather_and_append(data: Dataset, ref: ModelRef, dataset, run_id: str) -> tup
 def no_checkpoint(data: Dataset, ref: ModelRef, tag: str) -> tuple[int, int]:
     """The fused streaming pipeline, gathered and committed at the driver, no checkpoints."""
     pipeline = unit_pipeline(data.s, ref, "fused", data.unit_specs(), data.read_kwargs(ref))
-    return gather_and_append(data, ref, pipeline, f"bench-off-{tag}")
+    batches = pipeline.iter_batches(batch_size=None, batch_format="pyarrow")
+    return gather_and_append(data, ref, batches, f"bench-off-{tag}")
 
 
 def bsp(data: Dataset, ref: ModelRef, tag: str) -> tuple[int, int]:
@@ -398,7 +397,8 @@ def bsp(data: Dataset, ref: ModelRef, tag: str) -> tuple[int, int]:
         compute=ray.data.ActorPoolStrategy(min_size=s.actor_pool_min, max_size=s.actor_pool_max),
         num_cpus=s.actor_num_cpus,
     ).materialize()
-    return gather_and_append(data, ref, predicted, f"bench-bsp-{tag}")
+    batches = predicted.iter_batches(batch_size=None, batch_format="pyarrow")
+    return gather_and_append(data, ref, batches, f"bench-bsp-{tag}")
 
 
 def start_spark(partitions: int) -> Any:

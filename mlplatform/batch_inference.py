@@ -177,11 +177,9 @@ def unit_pipeline(
     )
 
 
-def _watched(pipeline: ray.data.Dataset, stall_timeout_s: float) -> Iterator[list[pa.Table]]:
-    """The pipeline's output blocks, each time all of those waiting (while the driver commits,
-    blocks pile up; the next commit takes them together, so the rows waiting at the driver stay
-    about one commit's worth). BatchInferenceStalled when none comes for stall_timeout_s (Ray
-    Data waits for resources forever, and a run should fail with a reason instead)."""
+def _watched(pipeline: ray.data.Dataset, stall_timeout_s: float) -> Iterator[pa.Table]:
+    """The pipeline's output blocks; BatchInferenceStalled when none comes for stall_timeout_s
+    (Ray Data waits for resources forever, and a run should fail with a reason instead)."""
     frames: queue.Queue = queue.Queue(maxsize=8)
     end = object()
 
@@ -196,21 +194,17 @@ def _watched(pipeline: ray.data.Dataset, stall_timeout_s: float) -> Iterator[lis
     threading.Thread(target=pump, name="ray-data-output", daemon=True).start()
     while True:
         try:
-            items = [frames.get(timeout=stall_timeout_s)]
+            item = frames.get(timeout=stall_timeout_s)
         except queue.Empty:
             raise BatchInferenceStalled(
                 f"no prediction came back from Ray Data for {stall_timeout_s:.0f} s; "
                 f"cluster resources available: {ray.available_resources()}"
             ) from None
-        while not frames.empty():  # this thread is the only consumer
-            items.append(frames.get_nowait())
-        tables = [i for i in items if i is not end and not isinstance(i, BaseException)]
-        if tables:
-            yield tables
-        for item in items[len(tables) :]:
-            if isinstance(item, BaseException):
-                raise item
+        if item is end:
             return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 def predictions_rows(
@@ -278,8 +272,8 @@ def _run_pass(job: _Job, units: list[dict]) -> dict[int, str]:
     schema = job.predictions.schema().as_arrow()
     every_rows = commit_interval_rows(job.s, job.run.rows_total)
     pipeline = unit_pipeline(job.s, job.ref, job.mode, units, job.read_kwargs, job.app_name)
-    for tables in _watched(pipeline, job.s.stall_timeout_s):
-        for unit, part in (p for table in tables for p in unit_parts(table)):
+    for table in _watched(pipeline, job.s.stall_timeout_s):
+        for unit, part in unit_parts(table):
             if unit in errors:
                 continue
             error = _first_error(part)
