@@ -143,7 +143,7 @@ class Settings(BaseSettings):
     # Complete units are committed to Iceberg together every this many rows or seconds, and at
     # the latest every commit_every_fraction of the run's rows (what a crash may recompute).
     commit_every_rows: int = 100_000
-    commit_every_fraction: float = Field(default=0.02, gt=0, le=1)
+    commit_every_fraction: float = Field(default=1.0, gt=0, le=1)
     commit_every_s: float = 10.0
     batch_timeout_s: float = 60.0
     # A run fails (and can be resumed) when Ray Data returns nothing for this long.
