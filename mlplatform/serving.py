@@ -3,10 +3,10 @@
 Endpoints, below settings.serve_route_prefix on http://127.0.0.1:<serve_port>:
 POST /predict (one row), POST /predict/bulk (many rows), GET /health, GET /model,
 and FastAPI's /docs and /openapi.json. Every answer carries the model version (also in the
-X-Model-Version header). Between requests a replica checks every `model_refresh_s` whether
-another version became champion (a promotion or a rollback) and switches to it; a pinned
-version never changes; the check runs on a thread of its own, so no request waits for the
-registry. A replica that cannot load its model keeps running and answers 503 until it can.
+X-Model-Version header). A replica checks every `model_refresh_s`, on a thread of its own (no
+request waits for the registry, and an idle replica follows too), whether another version
+became champion (a promotion or a rollback) and switches to it; a pinned version never changes.
+A replica that cannot load its model keeps running and answers 503 until it can.
 Tree models answer through `fast_predict` (the same probabilities, without scikit-learn's
 per-call overhead). The application lives in the Ray cluster, so it outlives the process that
 deployed it (the CLI, or a flow run in the worker).
@@ -124,8 +124,9 @@ class ModelServer:
         self.error = "not loaded yet"
         self.checked_at = -math.inf
         self.lock = threading.Lock()  # one load at a time (request threads and the refresher)
-        self.refreshing = False
         self._reload()
+        if model_version is None:  # follow the champion, with or without traffic
+            threading.Thread(target=self._follow, name="model-refresh", daemon=True).start()
         gc.collect()  # full collections walk every object of Ray and scikit-learn: keep them
         gc.freeze()  # out of it, as they live as long as the replica
 
@@ -144,29 +145,24 @@ class ModelServer:
                 self.error = str(error)
                 logger.warning("model not loaded (still serving %s): %s", self.version(), error)
 
-    def _refresh(self) -> None:
-        try:
+    def _follow(self) -> None:
+        """Check the registry's champion every model_refresh_s, on this thread: no request
+        waits for the registry, and a promotion is served within one period even when idle."""
+        while True:
+            time.sleep(max(0.0, self.checked_at + self.s.model_refresh_s - time.monotonic()))
             self._reload()
-        finally:
-            self.refreshing = False
 
     def version(self) -> int | None:
         return self.loaded.ref.version if self.loaded else None
 
     def current(self) -> LoadedModel:
         """The model to answer with: the pinned version, or the champion as of at most
-        model_refresh_s ago (checked on a thread of its own; this request does not wait)."""
-        loaded = self.loaded
-        if loaded is None:  # nothing to answer with: try now (the error path, not the hot one)
+        model_refresh_s ago (the refresher thread checks; this request does not wait)."""
+        if self.loaded is None:  # nothing to answer with: try now (the error path, not the hot one)
             self._reload()
             if self.loaded is None:
                 raise ModelUnavailable(self.error)
-            return self.loaded
-        due = time.monotonic() - self.checked_at >= self.s.model_refresh_s
-        if self.pinned_version is None and due and not self.refreshing:
-            self.refreshing = True
-            threading.Thread(target=self._refresh, name="model-refresh", daemon=True).start()
-        return loaded
+        return self.loaded
 
     def authorize(self, api_key: str | None) -> None:
         expected = self.s.serve_api_key
