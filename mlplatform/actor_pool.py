@@ -19,7 +19,6 @@ restarts is dropped, and the run fails when none is left.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -129,23 +128,6 @@ def drive(
         idle.append(actor)
         submit_idle()
     return totals
-
-
-def set_niceness(niceness: int) -> None:
-    """Run every thread of this process at `niceness`. Ray starts its workers at 15, below
-    the broker and any other process on the node, which suits batch work but not a
-    latency-bound consumer or replica. Without the privilege to raise priority (not root, no
-    CAP_SYS_NICE) the process keeps Ray's and says so."""
-    tasks = "/proc/self/task"
-    threads = [int(tid) for tid in os.listdir(tasks)] if os.path.isdir(tasks) else [0]
-    try:
-        for tid in threads:  # Linux keeps a niceness per thread
-            if os.getpriority(os.PRIO_PROCESS, tid) != niceness:
-                os.setpriority(os.PRIO_PROCESS, tid, niceness)
-    except PermissionError:
-        logger.warning("cannot set niceness %d (no privilege); staying at Ray's", niceness)
-    except ProcessLookupError:  # a thread ended meanwhile
-        pass
 
 
 @contextmanager

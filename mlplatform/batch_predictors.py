@@ -20,8 +20,9 @@ import pyarrow.compute as pc
 from ray import serve
 
 from mlplatform import model_registry
-from mlplatform.batch_units import ERROR, UNIT, UNIT_ROWS, set_niceness
+from mlplatform.batch_units import ERROR, UNIT, UNIT_ROWS
 from mlplatform.model_registry import ModelRef
+from mlplatform.niceness import set_niceness
 from mlplatform.settings import Settings
 
 PredictProba = Callable[[np.ndarray], np.ndarray]

@@ -6,10 +6,6 @@ group larger than that is a unit by itself). Planning reads only the files' foot
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
@@ -21,6 +17,7 @@ from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 
 from checkpoints.store import UnitPlan
+from mlplatform.niceness import at_niceness
 
 UNIT, UNIT_ROWS, ERROR = "_unit", "_unit_rows", "_error"
 
@@ -134,34 +131,3 @@ def read_units(
                 table = _unit_table(columns, row["unit"], 0, f"read failed: {error!r}"[:2000])
             tables.append(table)
     return pa.concat_tables(tables)
-
-
-def set_niceness(niceness: int) -> dict[int, int]:
-    """Every thread of this process at `niceness` (Linux keeps one per thread; Ray starts its
-    workers at 15); {thread: its niceness before}. Raising priority needs root or CAP_SYS_NICE:
-    without it the threads keep theirs."""
-    before: dict[int, int] = {}
-    tasks = "/proc/self/task"
-    for tid in [int(t) for t in os.listdir(tasks)] if os.path.isdir(tasks) else []:
-        try:
-            before[tid] = os.getpriority(os.PRIO_PROCESS, tid)
-            if before[tid] != niceness:
-                os.setpriority(os.PRIO_PROCESS, tid, niceness)
-        except (PermissionError, ProcessLookupError):  # no privilege, or the thread ended
-            continue
-    return before
-
-
-@contextmanager
-def at_niceness(niceness: int | None) -> Iterator[None]:
-    """The block at `niceness` (None: as Ray runs it), then each thread as it was: a pooled task
-    worker runs other tasks afterwards."""
-    before = set_niceness(niceness) if niceness is not None else {}
-    try:
-        yield
-    finally:
-        for tid, value in before.items():
-            try:
-                os.setpriority(os.PRIO_PROCESS, tid, value)
-            except (PermissionError, ProcessLookupError):
-                continue

@@ -32,8 +32,8 @@ from ray import serve
 from ray.serve import Application
 
 from mlplatform import model_registry
-from mlplatform.actor_pool import set_niceness
 from mlplatform.fast_predict import compile_model
+from mlplatform.niceness import set_niceness
 from mlplatform.ray_runtime import connect
 from mlplatform.serving_schema import (
     BulkPredictRequest,

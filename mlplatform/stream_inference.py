@@ -48,10 +48,11 @@ import ray
 from pyiceberg.exceptions import CommitFailedException
 
 from mlplatform import model_registry
-from mlplatform.actor_pool import closing, drive, set_niceness
+from mlplatform.actor_pool import closing, drive
 from mlplatform.fast_predict import compile_model
 from mlplatform.iceberg_tables import ensure_tables, load_table
 from mlplatform.model_registry import ModelRef
+from mlplatform.niceness import set_niceness
 from mlplatform.pulsar_io import make_client, receive_batch, topic_partitions
 from mlplatform.ray_runtime import connect
 from mlplatform.settings import Settings

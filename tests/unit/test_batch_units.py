@@ -209,7 +209,7 @@ def test_niceness_is_set_for_every_thread_and_restored_after_a_block() -> None:
     privilege; the block's niceness is undone afterwards where the process may lower it."""
     code = """
 import os, threading
-from mlplatform.batch_units import at_niceness, set_niceness
+from mlplatform.niceness import at_niceness, set_niceness
 start = os.getpriority(os.PRIO_PROCESS, 0)
 waiting = threading.Event()
 other = threading.Thread(target=waiting.wait, daemon=True)
