@@ -226,9 +226,6 @@ def unit_parts(table: pa.Table) -> Iterator[tuple[int, pa.Table]]:
     units = table[UNIT].to_numpy()
     if len(units) == 0:
         return
-    if units[0] == units[-1] and (units == units[0]).all():
-        yield int(units[0]), table
-        return
     if (np.diff(units) != 0).sum() + 1 != len(np.unique(units)):  # not grouped: group them
         order = np.argsort(units, kind="stable")
         table, units = table.take(order), units[order]
