@@ -12,8 +12,12 @@ files with the same rules in one process, timed by stage: parse + validate + de-
 then the two Iceberg appends, then publishing the features to Pulsar. Both count rows per
 outcome; the counts must agree (the pandas peer is the same cleaning, not a different one).
 
-Prints a JSON summary and saves it to benchmarks/results/preprocess.json. Stream-mode latency
-(raw-events topic to the features topic) is not measured: the job has no stream mode yet.
+Then stream mode (--stream-rate events/s for --stream-seconds, 0 skips it): the same job in
+stream mode on the Flink session cluster (started when not up), valid raw events published at
+a fixed rate to the raw-events topic; the latency of each from its publish to its arrival on
+the features topic, p50 and p99.
+
+Prints a JSON summary and saves it to benchmarks/results/preprocess.json.
 """
 
 from __future__ import annotations
@@ -33,10 +37,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pulsar
 import pyarrow as pa
 from sklearn.datasets import load_iris
 
-from mlplatform.dataset import MALFORMED_KINDS, header
+from mlplatform.dataset import MALFORMED_KINDS, demo_events, header
 from mlplatform.flink_job import ALREADY_INGESTED, DUPLICATE_KEY, NOT_FINITE_TEXT, OVERSIZED
 from mlplatform.iceberg_tables import ensure_tables
 from mlplatform.preprocess import preprocess
@@ -232,7 +237,7 @@ def drop_everything(s: Settings) -> list[str]:
     for table in catalog.list_tables(s.namespace):
         catalog.purge_table(table)
     catalog.drop_namespace(s.namespace)
-    for topic in (s.features_topic, s.quarantine_topic):
+    for topic in (s.features_topic, s.quarantine_topic, s.raw_events_topic):
         url = f"{s.pulsar_admin_url}/admin/v2/{topic_path(topic)}/partitions?force=true"
         response = httpx.delete(url, headers=admin_headers(s), timeout=60)
         if response.status_code not in (204, 404):
@@ -286,12 +291,91 @@ def run_size(base: Settings, rows: int, args: argparse.Namespace, work: Path) ->
     return result
 
 
+def stream_latency(base: Settings, rate: float, seconds: float) -> dict[str, Any]:
+    """The stream-mode job on the session cluster: valid raw events published at `rate` per
+    second for `seconds`; per event, the time from its publish to its arrival on the features
+    topic (a reader started before the first publish)."""
+    import threading
+
+    from infra.flink_cluster import healthy, start_cluster
+    from mlplatform.stream_preprocess import start_stream, stop_stream, stream_settings
+
+    tag = uuid.uuid4().hex[:6]
+    s = stream_settings(bench_settings(base, f"stream_{tag}", Path(tempfile.gettempdir())))
+    s = s.model_copy(
+        update={
+            "raw_events_topic": f"persistent://public/default/bench-pre-stream-{tag}-raw",
+            "features_topic_partitions": 1,
+        }
+    )
+    if not healthy(s):
+        start_cluster(s)
+    n = int(rate * seconds)
+    events = [json.dumps(e).encode() for e in demo_events(s, n + 1, prefix=f"lat-{tag}")]
+    sent: dict[str, float] = {}
+    arrived: dict[str, float] = {}
+    start_stream(s, run_id=f"bench-{tag}")
+    client = make_client(s)
+    result: dict[str, Any] = {"rate_per_s": rate, "seconds": seconds}
+    try:
+        reader = client.create_reader(s.features_topic + "-partition-0", pulsar.MessageId.latest)
+        stop = threading.Event()
+
+        def read() -> None:
+            while not stop.is_set():
+                try:
+                    message = reader.read_next(200)
+                except pulsar.Timeout:
+                    continue
+                arrived.setdefault(message.partition_key(), time.perf_counter())
+
+        thread = threading.Thread(target=read, daemon=True)
+        thread.start()
+        producer = client.create_producer(s.raw_events_topic, batching_enabled=False)
+        warm = f"lat-{tag}-{n}"  # the first event waits for the job's start
+        producer.send(events[n])
+        deadline = time.monotonic() + 300
+        while warm not in arrived and time.monotonic() < deadline:
+            time.sleep(0.1)
+        began = time.perf_counter()
+        for i in range(n):
+            pause = began + i / rate - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            sent[f"lat-{tag}-{i}"] = time.perf_counter()
+            producer.send_async(events[i], None)
+        producer.flush()
+        deadline = time.monotonic() + 60
+        while len(arrived) < n + 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stop.set()
+        thread.join()
+        latencies = np.array([arrived[k] - sent[k] for k in sent if k in arrived]) * 1000
+        result.update(
+            {
+                "sent": n,
+                "arrived": int(len(latencies)),
+                "p50_ms": round(float(np.percentile(latencies, 50)), 1),
+                "p99_ms": round(float(np.percentile(latencies, 99)), 1),
+                "max_ms": round(float(latencies.max()), 1),
+                "achieved_rate_per_s": round(n / (sent[f"lat-{tag}-{n - 1}"] - began), 1),
+            }
+        )
+    finally:
+        client.close()
+        stop_stream(s)
+        result["cleanup_problems"] = drop_everything(s)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--bad-fraction", type=float, default=0.01)
     parser.add_argument("--dup-fraction", type=float, default=0.01)
     parser.add_argument("--files", type=int, default=4)
+    parser.add_argument("--stream-rate", type=float, default=500.0, help="events/s; 0: skip")
+    parser.add_argument("--stream-seconds", type=float, default=20.0)
     args = parser.parse_args()
     base = get_settings()
     started = datetime.now(UTC)
@@ -308,12 +392,14 @@ def main() -> None:
         },
         "args": vars(args),
         "sizes": [],
-        "stream_latency": "not measured: the Flink job has no stream mode yet",
     }
     with tempfile.TemporaryDirectory(prefix="bench-preprocess-") as tmp:
         for rows in args.rows:
             summary["sizes"].append(run_size(base, rows, args, Path(tmp)))
             print(json.dumps(summary["sizes"][-1], indent=2), flush=True)
+    if args.stream_rate > 0:
+        summary["stream_latency"] = stream_latency(base, args.stream_rate, args.stream_seconds)
+        print(json.dumps(summary["stream_latency"], indent=2), flush=True)
     summary["machine"]["loadavg_end"] = os.getloadavg()
     summary["seconds"] = round((datetime.now(UTC) - started).total_seconds(), 1)
     RESULTS.mkdir(exist_ok=True)

@@ -107,3 +107,21 @@ def write_demo_raw(s: Settings, n_rows: int, n_malformed: int, seed: int = 0) ->
     tmp.write_text("\n".join([lines[0], *(lines[i] for i in order)]) + "\n")
     tmp.rename(path)  # atomic: the job never sees half a file
     return RawBatch(path=path, valid_rows=n_rows, malformed_rows=n_malformed)
+
+
+def demo_events(s: Settings, n_rows: int, prefix: str, seed: int = 0) -> list[dict]:
+    """n_rows valid raw events (the dataset's columns, as the raw-events topic carries them),
+    with event ids `<prefix>-<i>`."""
+    spec = s.dataset_spec
+    values, labels = demo_rows(spec, n_rows, np.random.default_rng(seed))
+    return [
+        {
+            s.key_column: f"{prefix}-{i}",
+            **{
+                f.name: int(round(v)) if f.type == "int" else round(float(v), 3)
+                for v, f in zip(x, spec.features, strict=True)
+            },
+            s.label_column: int(y),
+        }
+        for i, (x, y) in enumerate(zip(values, labels, strict=True))
+    ]

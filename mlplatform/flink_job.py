@@ -98,7 +98,20 @@ def _sql_type(column: dict[str, Any]) -> str:
     return SQL_TYPES[column["type"]]
 
 
-def _csv_source_sql(source: dict[str, Any], table: str, columns: list[dict[str, Any]]) -> str:
+def is_stream(cfg: dict[str, Any]) -> bool:
+    return cfg.get("mode") == "stream"
+
+
+def _carried(cfg: dict[str, Any]) -> str:
+    """The columns every stage passes on: the raw bytes, the decoded line, where the row came
+    from, when (`modified`: a file's modification time; `event_time`: the row's event time)
+    and, in stream mode, the processing time that orders rows per event id."""
+    return "payload, line, source, modified, event_time" + (", proc" if is_stream(cfg) else "")
+
+
+def _csv_source_sql(
+    source: dict[str, Any], table: str, columns: list[dict[str, Any]], carried: str
+) -> str:
     """One CSV source's lines: each column's text by its position in the file's header (NULL
     when the file lacks an optional column), and a shape reason for a wrong number of fields."""
     names = source["columns"]
@@ -114,10 +127,11 @@ def _csv_source_sql(source: dict[str, Any], table: str, columns: list[dict[str, 
         for c in columns
     ]  # fmt: skip
     header = f" WHERE line <> {_quote(source['header'])}" if source.get("header") else ""
-    return _source_select(table, shape, values, ["CAST(NULL AS STRING)"] * len(columns), header)
+    wrong = ["CAST(NULL AS STRING)"] * len(columns)
+    return _source_select(f"({_decoded(table)})", carried, shape, values, wrong, header)
 
 
-def _json_source_sql(table: str, columns: list[dict[str, Any]]) -> str:
+def _json_source_sql(table: str, columns: list[dict[str, Any]], carried: str) -> str:
     """One JSON-lines source: each column's value as text (a nested value as its JSON), a
     wrong_type reason per column (JSON's own types: a string, boolean, object or array where a
     number belongs), and a shape reason: not a JSON object, a required key absent, a key that
@@ -160,40 +174,30 @@ def _json_source_sql(table: str, columns: list[dict[str, Any]]) -> str:
             f"CASE WHEN p{j} AND ({bad}) THEN 'wrong_type:{c['name']}' "
             "ELSE CAST(NULL AS STRING) END"
         )
-    inner = (
-        "SELECT payload, line, source, modified, JSON_QUERY(line, '$.keys()') AS ks FROM ("
-        f"{_decoded(table)})"
-    )
+    inner = f"SELECT *, JSON_QUERY(line, '$.keys()') AS ks FROM ({_decoded(table)})"
     probed = f"(SELECT *, {', '.join(probes)} FROM ({inner}))"
-    return _source_select(probed, shape, values, wrong, "", decoded=False)
+    return _source_select(probed, carried, shape, values, wrong, "")
 
 
 def _decoded(table: str) -> str:
-    return (
-        "SELECT payload, DECODE(payload, 'UTF-8') AS line, `file.path` AS source, "
-        f"`file.modification-time` AS modified FROM {table}"
-    )
+    return f"SELECT *, DECODE(payload, 'UTF-8') AS line FROM {table}"
 
 
 def _source_select(
-    table: str, shape: str, values: list[str], wrong: list[str], where: str, decoded: bool = True
+    rows: str, carried: str, shape: str, values: list[str], wrong: list[str], where: str
 ) -> str:
     columns = [f"{v} AS v{j}" for j, v in enumerate(values)]
     columns += [f"{w} AS w{j}" for j, w in enumerate(wrong)]
-    rows = f"({_decoded(table)})" if decoded else table
-    return (
-        f"SELECT payload, line, source, modified, {shape} AS shape, {', '.join(columns)} "
-        f"FROM {rows}{where}"
-    )
+    return f"SELECT {carried}, {shape} AS shape, {', '.join(columns)} FROM {rows}{where}"
 
 
 def source_sql(cfg: dict[str, Any]) -> str:
     """Every source's rows in one shape (payload, line, source, modified, shape, v<j>, w<j>),
     unioned: the same checks then apply to CSV, JSON lines and Parquet (as JSON lines)."""
-    columns = row_columns(cfg)
+    columns, carried = row_columns(cfg), _carried(cfg)
     parts = [
-        _csv_source_sql(source, f"raw_{i}", columns) if source["format"] == "csv"
-        else _json_source_sql(f"raw_{i}", columns)
+        _csv_source_sql(source, f"raw_{i}", columns, carried) if source["format"] == "csv"
+        else _json_source_sql(f"raw_{i}", columns, carried)
         for i, source in enumerate(cfg["sources"])
     ]  # fmt: skip
     return " UNION ALL ".join(parts)
@@ -259,7 +263,7 @@ def validation_sql(cfg: dict[str, Any]) -> str:
     parsed = ", ".join(_parsed(c, j) for j, c in enumerate(columns))
     names = ", ".join(f"`{c['name']}`" for c in columns)
     return (
-        f"SELECT payload, line, source, modified, {names}, {reason} AS reason FROM ("
+        f"SELECT {_carried(cfg)}, {names}, {reason} AS reason FROM ("
         f"SELECT *, {parsed} FROM ({source_sql(cfg)}))"
     )
 
@@ -267,6 +271,8 @@ def validation_sql(cfg: dict[str, Any]) -> str:
 def classification_sql(cfg: dict[str, Any]) -> str:
     """Over the `checked` view: the final reason of each row, adding already_ingested (its
     event id is in the features table) and duplicate_key (not the first of its event id)."""
+    if is_stream(cfg):
+        return stream_classification_sql(cfg)
     key = cfg["key_column"]
     names = [c["name"] for c in row_columns(cfg)]
     table = f"`{cfg['catalog_name']}`.`{cfg['namespace']}`.`{cfg['features_table']}`"
@@ -281,11 +287,31 @@ def classification_sql(cfg: dict[str, Any]) -> str:
         f"WHEN rn > 1 THEN '{DUPLICATE_KEY}' END)"
     )
     return (
-        f"SELECT payload, line, source, {', '.join(f'`{c}`' for c in names)}, "
+        f"SELECT payload, line, source, event_time, {', '.join(f'`{c}`' for c in names)}, "
         f"{final} AS reason FROM ("
-        f"SELECT c.payload, c.line, c.source, {columns}, c.reason, k.known, {first} AS rn "
+        f"SELECT c.payload, c.line, c.source, c.event_time, {columns}, c.reason, k.known, "
+        f"{first} AS rn "
         f"FROM checked AS c LEFT JOIN (SELECT DISTINCT `{key}` AS known FROM {table}) AS k "
         f"ON c.`{key}` = k.known)"
+    )
+
+
+def stream_classification_sql(cfg: dict[str, Any]) -> str:
+    """Stream mode: a valid row is the first of its event id when no valid row with that id
+    came before it in processing order. The running count per event id is keyed state (an
+    append-only OVER aggregation), kept in checkpoints and savepoints, so a resumed job still
+    knows the ids it has seen. Ids ingested by batch runs are not looked up (no already_ingested
+    in stream mode)."""
+    key = cfg["key_column"]
+    names = ", ".join(f"`{c['name']}`" for c in row_columns(cfg))
+    seen = (
+        f"SUM(CASE WHEN reason IS NULL THEN 1 ELSE 0 END) OVER (PARTITION BY `{key}` "
+        "ORDER BY proc ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
+    )
+    return (
+        f"SELECT payload, line, source, event_time, proc, {names}, "
+        f"COALESCE(reason, CASE WHEN valid_so_far > 1 THEN '{DUPLICATE_KEY}' END) AS reason "
+        f"FROM (SELECT *, {seen} AS valid_so_far FROM checked)"
     )
 
 
@@ -324,17 +350,81 @@ def _pulsar_table(cfg: dict[str, Any], name: str, columns: str, topic: str, **ex
         "service-url": cfg["pulsar_service_url"],
         "format": "json",
         **extra,
+        # Stream mode: flush what was sent before each checkpoint completes, so a savepoint
+        # leaves nothing unsent behind it.
+        **({"pulsar.sink.deliveryGuarantee": "at-least-once"} if is_stream(cfg) else {}),
         **pulsar_auth_options(cfg),
     }
     return f"CREATE TEMPORARY TABLE {name} ({columns}) WITH ({_options(options)})"
 
 
-def _raw_table(name: str, path: str) -> str:
-    files = {"connector": "filesystem", "path": path, "format": "raw"}
-    # Bytes, not text: the job itself decodes them, so it can tell which are not UTF-8.
+def _raw_tables(cfg: dict[str, Any]) -> list[str]:
+    """Each source as a view raw_<i> of (payload, source, modified, event_time[, proc]). Bytes,
+    not text: the job itself decodes them, so it can tell which are not UTF-8. A file's rows
+    take its modification time as event time; a Pulsar message its publish time, with a
+    watermark watermark_delay_s behind it."""
+    if is_stream(cfg):
+        options = {
+            "connector": "pulsar",
+            "topics": cfg["raw_events_topic"],
+            "service-url": cfg["pulsar_service_url"],
+            "format": "raw",
+            "source.subscription-name": cfg["job_name"],
+            "source.start.message-id": "earliest",
+            **pulsar_auth_options(cfg),
+        }
+        delay = int(cfg["watermark_delay_s"])
+        return [
+            "CREATE TEMPORARY TABLE raw_pulsar (payload BYTES, "
+            "topic STRING METADATA VIRTUAL, publish_time TIMESTAMP_LTZ(3) METADATA VIRTUAL, "
+            f"proc AS PROCTIME(), WATERMARK FOR publish_time AS publish_time - "
+            f"INTERVAL '{delay}' SECOND) WITH ({_options(options)})",
+            "CREATE TEMPORARY VIEW raw_0 AS SELECT payload, CONCAT('pulsar:', topic) AS source, "
+            "CAST(NULL AS TIMESTAMP_LTZ(3)) AS modified, publish_time AS event_time, proc "
+            "FROM raw_pulsar",
+        ]
+    statements = []
+    for i, source in enumerate(cfg["sources"]):
+        files = {"connector": "filesystem", "path": source["path"], "format": "raw"}
+        statements += [
+            f"CREATE TEMPORARY TABLE raw_file_{i} (payload BYTES, "
+            "`file.path` STRING NOT NULL METADATA, "
+            "`file.modification-time` TIMESTAMP_LTZ(3) NOT NULL METADATA) "
+            f"WITH ({_options(files)})",
+            f"CREATE TEMPORARY VIEW raw_{i} AS SELECT payload, `file.path` AS source, "
+            "`file.modification-time` AS modified, `file.modification-time` AS event_time "
+            f"FROM raw_file_{i}",
+        ]
+    return statements
+
+
+def windows_sql(cfg: dict[str, Any]) -> str:
+    """Per window key (default: the label), the count and each feature's mean of the valid rows
+    over tumbling event-time windows of window_s seconds (key_by -> reduce, in SQL)."""
+    key = cfg["window_key"]
+    means = ", ".join(f"AVG(CAST(`{f}` AS DOUBLE))" for f in feature_names(cfg))
+    size = int(cfg["window_s"])
     return (
-        f"CREATE TEMPORARY TABLE {name} (payload BYTES, `file.path` STRING NOT NULL METADATA, "
-        f"`file.modification-time` TIMESTAMP_LTZ(3) NOT NULL METADATA) WITH ({_options(files)})"
+        f"SELECT `{key}`, CAST(window_start AS TIMESTAMP(6)), CAST(window_end AS TIMESTAMP(6)), "
+        f"COUNT(*), {means} FROM TABLE(TUMBLE(TABLE valid_rows, DESCRIPTOR(event_time), "
+        f"INTERVAL '{size}' SECOND)) GROUP BY `{key}`, window_start, window_end"
+    )
+
+
+def counts_insert(cfg: dict[str, Any]) -> str:
+    """Rows per outcome: batch mode, into the run_counts file once the input ends. A stream
+    never ends, so there the counts go per second of processing time (append-only) into the
+    Iceberg counts table, tagged with the run id, committed with the data on checkpoints."""
+    outcome = f"COALESCE(reason, '{WRITTEN}')"
+    if not is_stream(cfg):
+        return (
+            f"INSERT INTO run_counts SELECT {outcome}, COUNT(*) FROM classified GROUP BY {outcome}"
+        )
+    table = f"`{cfg['catalog_name']}`.`{cfg['namespace']}`.`{cfg['counts_table']}`"
+    return (
+        f"INSERT INTO {table} SELECT {_quote(cfg['run_id'])}, outcome, "
+        "CAST(window_start AS TIMESTAMP(6)), COUNT(*) FROM TABLE(TUMBLE(TABLE outcomes, "
+        "DESCRIPTOR(proc), INTERVAL '1' SECOND)) GROUP BY outcome, window_start, window_end"
     )
 
 
@@ -346,7 +436,7 @@ def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
     counts = {"connector": "filesystem", "path": cfg["counts_path"], "format": "json"}
     ddl = [
         f"CREATE CATALOG `{catalog}` WITH ({_options(cfg['iceberg_catalog_options'])})",
-        *(_raw_table(f"raw_{i}", source["path"]) for i, source in enumerate(cfg["sources"])),
+        *_raw_tables(cfg),
         # The message key is a copy of the row key (key fields leave the value): Key_Shared
         # subscribers hash it, and the topic's partitions are chosen by it.
         _pulsar_table(
@@ -367,16 +457,24 @@ def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
             "quarantined_at TIMESTAMP(3)",
             cfg["quarantine_topic"],
         ),
-        f"CREATE TEMPORARY TABLE run_counts (outcome STRING, `rows` BIGINT) "
-        f"WITH ({_options(counts)})",
+        *(
+            []
+            if is_stream(cfg)
+            else [
+                f"CREATE TEMPORARY TABLE run_counts (outcome STRING, `rows` BIGINT) "
+                f"WITH ({_options(counts)})"
+            ]
+        ),  # fmt: skip
         f"CREATE TEMPORARY VIEW checked AS {validation_sql(cfg)}",
         f"CREATE TEMPORARY VIEW classified AS {classification_sql(cfg)}",
         f"CREATE TEMPORARY VIEW rejected AS {rejected_sql(cfg)}",
+        "CREATE TEMPORARY VIEW valid_rows AS SELECT * FROM classified WHERE reason IS NULL",
+        f"CREATE TEMPORARY VIEW outcomes AS SELECT COALESCE(reason, '{WRITTEN}') AS outcome"
+        f"{', proc' if is_stream(cfg) else ''} FROM classified",
     ]
     required = ", ".join(f"`{c['name']}`" for c in columns if c["required"])
     optional = "".join(f", `{c['name']}`" for c in columns if not c["required"])
     now = "CAST(LOCALTIMESTAMP AS TIMESTAMP(6))"
-    outcome = f"COALESCE(reason, '{WRITTEN}')"
     inserts = [
         # The table's order: the dataset's columns, ingested_at, then the columns added later.
         f"INSERT INTO `{catalog}`.`{ns}`.`{cfg['features_table']}` "
@@ -387,7 +485,8 @@ def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
         f"SELECT COALESCE(`raw`, ''), reason, source, {now} FROM rejected",
         "INSERT INTO quarantine_topic SELECT `raw`, raw_base64, reason, source, "
         "CAST(LOCALTIMESTAMP AS TIMESTAMP(3)) FROM rejected",
-        f"INSERT INTO run_counts SELECT {outcome}, COUNT(*) FROM classified GROUP BY {outcome}",
+        f"INSERT INTO `{catalog}`.`{ns}`.`{cfg['windows_table']}` {windows_sql(cfg)}",
+        counts_insert(cfg),
     ]
     return ddl, inserts
 
@@ -403,19 +502,34 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         target.set_string("execution.target", "remote")
         target.set_string("rest.address", url.hostname or "127.0.0.1")
         target.set_string("rest.port", str(url.port or 8081))
-    settings = EnvironmentSettings.new_instance().in_batch_mode().with_configuration(target)
-    env = TableEnvironment.create(settings.build())
+    if cfg.get("savepoint_path"):
+        target.set_string("execution.savepoint.path", cfg["savepoint_path"])
+    settings = EnvironmentSettings.new_instance().with_configuration(target)
+    mode = settings.in_streaming_mode() if is_stream(cfg) else settings.in_batch_mode()
+    env = TableEnvironment.create(mode.build())
     conf = env.get_config()
     conf.set("parallelism.default", str(cfg["parallelism"]))
     conf.set("python.executable", cfg["python_executable"])
     conf.set("pipeline.name", cfg["job_name"])
-    # The two Iceberg committers commit at the same moment. On the SQLite catalog one of them can
-    # get SQLITE_BUSY at once (Iceberg's JdbcCatalog leaves a metadata query open on a pooled
-    # connection, so SQLite cannot wait for the lock). A committer is a failover region of its
-    # own in batch mode: restarting it commits the same files again; nothing upstream reruns.
+    # A failed task restarts (a committer is a failover region of its own in batch mode:
+    # restarting it commits the same files again; nothing upstream reruns).
     conf.set("restart-strategy.type", "fixed-delay")
     conf.set("restart-strategy.fixed-delay.attempts", "3")
     conf.set("restart-strategy.fixed-delay.delay", "2 s")
+    if is_stream(cfg):
+        # A stream job restarts from its last checkpoint as long as it fails now and then.
+        conf.set("restart-strategy.type", "exponential-delay")
+        conf.set("restart-strategy.exponential-delay.initial-backoff", "1 s")
+        conf.set("restart-strategy.exponential-delay.max-backoff", "30 s")
+        conf.set("execution.checkpointing.interval", f"{int(cfg['checkpoint_interval_ms'])} ms")
+        conf.set("execution.checkpointing.mode", "EXACTLY_ONCE")
+        conf.set("execution.checkpointing.dir", cfg["checkpoint_dir"])
+        # Kept when the job is cancelled or fails for good: the next start resumes from it.
+        conf.set(
+            "execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION"
+        )
+        # A source split with no new messages must not hold back the windows' watermark.
+        conf.set("table.exec.source.idle-timeout", f"{int(cfg['watermark_delay_s'])} s")
     ddl, inserts = build_statements(cfg)
     for statement in ddl:
         env.execute_sql(statement)
@@ -427,6 +541,8 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     job_id = str(job_client.get_job_id()) if job_client else ""
     # Known before the job ends, so a failure can be looked up by id (the cluster's REST API).
     print(json.dumps({"job_id": job_id, "status": "SUBMITTED"}), flush=True)
+    if is_stream(cfg):  # runs on the session cluster until stopped with a savepoint
+        return {"job_id": job_id, "status": "RUNNING"}
     result.wait()
     return {"job_id": job_id, "status": "FINISHED"}
 

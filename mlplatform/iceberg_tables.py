@@ -71,6 +71,30 @@ def quarantine_schema() -> Schema:
     )
 
 
+def windows_schema(s: Settings) -> Schema:
+    """Per window key and tumbling window: the valid rows' count and each feature's mean."""
+    key = s.resolved_window_key
+    kinds = {s.key_column: StringType(), s.label_column: IntegerType()}
+    kinds.update({f.name: IntegerType() if f.type == "int" else DoubleType()
+                  for f in s.dataset_spec.features})  # fmt: skip
+    return _fields(
+        (key, kinds[key], False),
+        ("window_start", TimestampType(), False),
+        ("window_end", TimestampType(), False),
+        ("row_count", LongType(), False),
+        *((f"mean_{name}", DoubleType(), False) for name in s.feature_columns),
+    )
+
+
+def counts_schema() -> Schema:
+    return _fields(
+        ("run_id", StringType(), False),
+        ("outcome", StringType(), False),
+        ("second", TimestampType(), False),
+        ("row_count", LongType(), False),
+    )
+
+
 def predictions_schema(s: Settings) -> Schema:
     probabilities = ListType(element_id=100, element_type=DoubleType(), element_required=True)
     return _fields(
@@ -100,6 +124,8 @@ def table_schemas(s: Settings) -> dict[str, Schema]:
     return {
         s.features_table: features_schema(s),
         s.quarantine_table: quarantine_schema(),
+        s.feature_windows_table: windows_schema(s),
+        s.preprocess_counts_table: counts_schema(),
         s.predictions_table: predictions_schema(s),
         s.stream_predictions_table: stream_predictions_schema(s),
     }

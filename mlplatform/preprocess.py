@@ -45,7 +45,7 @@ def jdbc_catalog_options(s: Settings) -> dict[str, str]:
     """Flink's JdbcCatalog options for the same SQL catalog PyIceberg uses."""
     url = make_url(s.resolved_catalog_url)
     if url.get_backend_name() == "sqlite":
-        # Two Iceberg sinks commit at the end of the job. In WAL mode a reader never blocks
+        # Several Iceberg sinks commit at the same moment. In WAL mode a reader never blocks
         # the committing writer, and a busy writer is waited for instead of failing at once.
         jdbc = f"jdbc:sqlite:{url.database}?journal_mode=WAL&busy_timeout=60000"
     elif url.get_backend_name() == "postgresql":
@@ -58,6 +58,11 @@ def jdbc_catalog_options(s: Settings) -> dict[str, str]:
         "uri": jdbc,
         "warehouse": s.resolved_warehouse,
         "jdbc.schema-version": "V1",
+        # PyIceberg creates the catalog's tables (ensure_tables runs before any job). Iceberg's
+        # check for them leaves a read transaction open on a pooled SQLite connection, and a
+        # commit on that connection then fails at once with SQLITE_BUSY(_SNAPSHOT) whenever
+        # another committer wrote meanwhile (measured: 3 of 4 concurrent committers failed).
+        "jdbc.init-catalog-tables": "false",
     }
     if url.username:
         options["jdbc.user"] = url.username
@@ -83,6 +88,8 @@ def job_config(
     default = {"format": "csv", "path": f"file://{input_dir}", "columns": s.dataset_spec.columns}
     return {
         "job_name": job_name,
+        "run_id": job_name,
+        "mode": "batch",
         "sources": sources if sources is not None else [{**default, "header": header(s)}],
         "counts_path": f"file://{counts_dir(s, job_name)}",
         "max_line_bytes": s.max_line_bytes,
@@ -95,6 +102,13 @@ def job_config(
         "namespace": s.namespace,
         "features_table": s.features_table,
         "quarantine_table": s.quarantine_table,
+        "windows_table": s.feature_windows_table,
+        "counts_table": s.preprocess_counts_table,
+        "window_key": s.resolved_window_key,
+        "window_s": s.feature_window_s,
+        "watermark_delay_s": s.watermark_delay_s,
+        "raw_events_topic": s.raw_events_topic,
+        "checkpoint_interval_ms": int(s.flink_checkpoint_interval_s * 1000),
         "quarantine_topic": s.quarantine_topic,
         "iceberg_catalog_options": jdbc_catalog_options(s),
         "features_topic": s.features_topic,
@@ -137,8 +151,10 @@ def run_flink_job(
     timeout_s: float = 900,
     sources: list[dict] | None = None,
     optional_columns: dict[str, str] | None = None,
+    extra: dict | None = None,
 ) -> str:
-    """Run the job in the Flink environment; return the Flink job id or raise with its error."""
+    """Run the job in the Flink environment; return the Flink job id or raise with its error.
+    `extra` overrides keys of the job's config (stream mode: mode, run_id, savepoint_path)."""
     if not s.flink_python.exists():
         raise FlinkJobError(f"Flink environment missing at {s.flink_python}: run `make setup`")
     config_path = s.state_dir / "flink" / f"{job_name}.json"
@@ -152,6 +168,7 @@ def run_flink_job(
         temporary_token.write_text(s.pulsar_auth_token.get_secret_value())
         token_file = temporary_token
     config = job_config(s, input_dir, job_name, token_file, sources, optional_columns)
+    config.update(extra or {})
     config_path.write_text(json.dumps(config))
     shutil.rmtree(counts_dir(s, job_name), ignore_errors=True)  # a retry's counts are its own
     flink_logs = s.log_dir / "flink"

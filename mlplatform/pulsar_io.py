@@ -102,3 +102,24 @@ def read_all(s: Settings, topic: str, timeout_ms: int = 2000) -> list[pulsar.Mes
         return messages
     finally:
         client.close()
+
+
+def publish(s: Settings, topic: str, payloads: list[bytes]) -> None:
+    """Send raw payloads to a topic and wait until the broker has them all."""
+    client = make_client(s)
+    failed: list[pulsar.Result] = []
+
+    def sent(result: pulsar.Result, _message_id: object) -> None:
+        if result != pulsar.Result.Ok:
+            failed.append(result)
+
+    try:
+        producer = client.create_producer(topic, batching_enabled=True)
+        for payload in payloads:
+            producer.send_async(payload, sent)
+        producer.flush()
+        producer.close()
+    finally:
+        client.close()
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(payloads)} sends to {topic} failed: {failed[0]}")

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     dead_letter_topic: str = "persistent://public/default/features-dlq"
     # Raw rows the Flink job rejects, as JSON with their reason (the Iceberg quarantine's twin).
     quarantine_topic: str = "persistent://public/default/raw-quarantine"
+    # Raw events (one JSON object per message, the dataset's columns) for the stream-mode job.
+    raw_events_topic: str = "persistent://public/default/raw-events"
 
     # Orchestration.
     prefect_api_url: str = "http://127.0.0.1:4200/api"
@@ -194,6 +196,19 @@ class Settings(BaseSettings):
     flink_parallelism: int = 1
     flink_mode: Literal["local", "session"] = "local"
     flink_rest_url: str = "http://127.0.0.1:8081"
+    # Stream mode (always on the session cluster): the Iceberg sinks commit, and the Pulsar
+    # source records its position, on each checkpoint; stop takes a savepoint that the next
+    # start resumes from.
+    flink_checkpoint_interval_s: float = 10.0
+    # Per-key counts and means over tumbling event-time windows (the feature_windows table),
+    # keyed by window_key (default: the label); events later than the watermark delay are
+    # not counted.
+    feature_window_s: int = 60
+    watermark_delay_s: int = 5
+    window_key: str | None = None
+    feature_windows_table: str = "feature_windows"
+    # Stream mode's rows per outcome per second, by run (batch runs report theirs in the artifact).
+    preprocess_counts_table: str = "preprocess_counts"
 
     # Logging: "json" writes one JSON object per line with the run id (mlplatform/logs.py).
     log_format: Literal["text", "json"] = "text"
@@ -220,6 +235,18 @@ class Settings(BaseSettings):
             if name not in self.model_fields_set:
                 self.__dict__[name] = value  # not marked as set: the spec stays the source
         return self
+
+    @property
+    def resolved_window_key(self) -> str:
+        """The feature_windows table's key column: window_key, checked against the dataset."""
+        key = self.window_key or self.label_column
+        columns = [self.key_column, *self.feature_columns, self.label_column]
+        if key not in columns:
+            raise ValueError(
+                f"window_key {key!r} is no column of dataset {self.dataset}: "
+                f"use one of {', '.join(columns)}"
+            )
+        return key
 
     @property
     def dataset_spec(self) -> DatasetSpec:

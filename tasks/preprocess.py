@@ -8,9 +8,17 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 from prefect.states import State
 
+from infra.flink_cluster import healthy, start_cluster
 from mlplatform.preprocess import PreprocessResult, preprocess
 from mlplatform.raw_files import IncompatibleSchemaError
 from mlplatform.settings import Settings
+from mlplatform.stream_preprocess import (
+    read_record,
+    start_stream,
+    stop_stream,
+    stream_result,
+    stream_settings,
+)
 from mlplatform.training import rows_since_training
 from tasks.artifacts import publish_preprocess_report
 
@@ -32,6 +40,25 @@ def _retry_unless_incompatible(task: Task, task_run: TaskRun, state: State) -> b
 def run_preprocess(settings: Settings) -> PreprocessResult:
     """Run the PyFlink job over the landing folder; publish its report."""
     result = preprocess(settings, run_id=str(flow_run.id or "adhoc"))
+    publish_preprocess_report(result)
+    return result
+
+
+@task(name="start-flink-stream")
+def start_stream_job(settings: Settings, run_id: str) -> dict:
+    """Start the stream job (resuming from the last savepoint), and the session cluster first
+    when it is not up."""
+    s = stream_settings(settings)
+    if not healthy(s):
+        print(start_cluster(s))
+    return start_stream(s, run_id)
+
+
+@task(name="stop-flink-stream")
+def stop_stream_job(settings: Settings) -> PreprocessResult:
+    """Stop the stream job with a savepoint; publish the report of the run it was."""
+    stop_stream(settings)
+    result = stream_result(settings, read_record(stream_settings(settings)))
     publish_preprocess_report(result)
     return result
 

@@ -72,6 +72,7 @@ def module_settings(isolated: Settings, name: str, **overrides: object) -> Setti
             "predictions_topic": f"{isolated.predictions_topic}-{tag}",
             "dead_letter_topic": f"{isolated.dead_letter_topic}-{tag}",
             "quarantine_topic": f"{isolated.quarantine_topic}-{tag}",
+            "raw_events_topic": f"{isolated.raw_events_topic}-{tag}",
             "stream_subscription": tag,
             "landing_dir": isolated.resolved_landing_dir.parent / f"landing-{tag}",
             "database_url": isolated.resolved_database_url.replace(".db", f"-{tag}.db"),
@@ -103,7 +104,7 @@ def settings_env(s: Settings) -> dict[str, str]:
     fields = (
         "namespace", "features_topic", "predictions_topic", "dead_letter_topic",
         "quarantine_topic", "stream_subscription", "landing_dir", "database_url",
-        "commit_every_rows",
+        "commit_every_rows", "raw_events_topic",
     )  # fmt: skip
     return {f"MLP_{name.upper()}": str(getattr(s, name)) for name in fields}
 

@@ -8,14 +8,20 @@ JVM of it remains. A cluster that does not start fails the tests; nothing is ski
 
 from __future__ import annotations
 
+import base64
+import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import pyarrow as pa
 import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
+from flows.preprocess_stream import preprocess_stream
 from infra.flink_cluster import (
     ClusterDirs,
     FlinkClusterError,
@@ -24,14 +30,15 @@ from infra.flink_cluster import (
     stop_cluster,
 )
 from mlplatform import preprocess as preprocess_module
-from mlplatform.dataset import write_demo_raw
+from mlplatform.dataset import demo_events, write_demo_raw
 from mlplatform.iceberg_tables import count_rows, ensure_tables
 from mlplatform.preprocess import FlinkJobError, preprocess
-from mlplatform.pulsar_io import read_all
+from mlplatform.pulsar_io import publish, read_all
 from mlplatform.raw_files import Plan
-from mlplatform.settings import Settings
+from mlplatform.settings import Settings, get_settings
+from mlplatform.stream_preprocess import active_job, run_counts, start_stream, stop_stream
 from tasks.artifacts import preprocess_markdown
-from tests.conftest import module_settings
+from tests.conftest import module_settings, settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -134,3 +141,137 @@ def test_a_failing_job_fails_preprocess_with_flinks_error(
     failed = {jid: state for jid, state in _jobs(s).items() if jid not in before}
     assert list(failed.values()) == ["FAILED"], failed
     assert f"/#/job/{next(iter(failed))}" in message
+
+
+def _wait_for(what: str, check: Callable[[], bool], timeout_s: float = 150) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(1)
+
+
+def _json(event: dict) -> bytes:
+    return json.dumps(event).encode()
+
+
+def _table(s: Settings, name: str) -> pa.Table:
+    return ensure_tables(s).load_table(s.table_id(name)).scan().to_arrow()
+
+
+def _cancel(s: Settings) -> None:
+    job = active_job(s)
+    if job:
+        httpx.patch(f"{s.flink_rest_url}/jobs/{job}", params={"mode": "cancel"}, timeout=10)
+        _wait_for("the cancelled job to end", lambda: active_job(s) is None, timeout_s=60)
+
+
+def test_stream_mode_stops_with_a_savepoint_and_resumes_losing_and_doubling_nothing(
+    session: tuple[Settings, ClusterDirs],
+) -> None:
+    """Raw events on the raw-events topic in four batches: before the start, just before a
+    stop with savepoint, while the job is stopped, and after the job was cancelled (as by a
+    crash). Each start takes up where the last one left: the savepoint, then the newest
+    retained checkpoint. Every valid event lands once in both feature sinks, every bad one once
+    in the quarantine, and duplicates are caught across savepoints and checkpoints."""
+    s = module_settings(
+        session[0], "flinkstream", flink_mode="session", flink_rest_url=session[0].flink_rest_url,
+        flink_checkpoint_interval_s=1.0, feature_window_s=2, watermark_delay_s=1,
+    )  # fmt: skip
+    a, b, c, d = (
+        demo_events(s, n, p, seed=n) for n, p in [(50, "a"), (40, "b"), (30, "c"), (20, "d")]
+    )
+    bad = {
+        "not_json": b"not json at all",
+        "empty_payload": b"",
+        "not_utf8": b'{"event_id": "\xff"}',
+        "missing_fields": json.dumps({"event_id": "m-1"}).encode(),
+        "out_of_range:sepal_length": _json({**a[0], "event_id": "r-1", "sepal_length": 99.0}),
+        "wrong_type:petal_width": _json({**a[0], "event_id": "t-1", "petal_width": "wide"}),
+    }  # fmt: skip
+    encode = lambda events: [_json(e) for e in events]  # noqa: E731
+    features = lambda: _table(s, s.features_table).num_rows  # noqa: E731
+    publish(s, s.raw_events_topic, encode(a) + list(bad.values()) + encode(a[:1]))
+    first = start_stream(s, run_id="stream-1")
+    try:
+        assert first["resumed_from"] is None and not first["already_running"]
+        assert start_stream(s, run_id="ignored")["already_running"]  # one job, not two
+        _wait_for("the first batch in Iceberg", lambda: features() == 50)
+        publish(s, s.raw_events_topic, encode(b))
+        savepoint = stop_stream(s)
+        assert active_job(s) is None
+        publish(s, s.raw_events_topic, encode(c) + encode([b[0], a[1]]))
+        second = start_stream(s, run_id="stream-2")
+        assert second["resumed_from"] == savepoint
+        _wait_for("the second and third batches in Iceberg", lambda: features() == 120)
+        # Events later than the last window's end plus the delay move the watermark past it.
+        time.sleep(3)
+        publish(s, s.raw_events_topic, [b"late trailer"])
+        windowed = lambda: sum(_table(s, s.feature_windows_table)["row_count"].to_pylist())  # noqa: E731
+        _wait_for("every valid event's window", lambda: windowed() == 120)
+        _wait_for("the quarantine", lambda: _table(s, s.quarantine_table).num_rows == 10)
+        windows = _table(s, s.feature_windows_table).to_pandas()
+        frame = _table(s, s.features_table).to_pandas()
+        _cancel(s)  # no savepoint: the next start takes the newest retained checkpoint
+        publish(s, s.raw_events_topic, encode(d) + encode(c[:1]))
+        third = start_stream(s, run_id="stream-3")
+        assert "/chk-" in third["resumed_from"], third
+        _wait_for("the fourth batch in Iceberg", lambda: features() == 140)
+        _wait_for("the last duplicate", lambda: _table(s, s.quarantine_table).num_rows == 11)
+        stop_stream(s)
+    finally:
+        _cancel(s)
+    ids = {e["event_id"] for e in a + b + c + d}
+    assert sorted(_table(s, s.features_table)["event_id"].to_pylist()) == sorted(ids)
+    messages = read_all(s, s.features_topic)
+    # Each once on the topic. The job sets the key as bytes, so Pulsar hands it back in base64.
+    assert sorted(base64.b64decode(m.partition_key()).decode() for m in messages) == sorted(ids)
+    quarantine = _table(s, s.quarantine_table).to_pylist()
+    reasons = sorted(r["reason"] for r in quarantine)
+    assert reasons == sorted([*bad, *["duplicate_key"] * 4, "not_json"])
+    assert {r["raw"] for r in quarantine if r["reason"] == "duplicate_key"} == {
+        json.dumps(e) for e in (a[0], b[0], a[1], c[0])
+    }  # a[1], b[0] came before the savepoint and c[0] before the checkpoint: state carried
+    counts = [run_counts(s, run) for run in ("stream-1", "stream-2", "stream-3")]
+    assert sum(c.get("written", 0) for c in counts) == 140
+    assert sum(c.get("duplicate_key", 0) for c in counts) == 4
+    assert counts[0]["written"] >= 50 and counts[2]["written"] >= 20
+    # Windows (as of the first 120 rows): per label, the counts add up to the label's rows and
+    # the means agree.
+    for label, rows in frame.groupby("label"):
+        mine = windows[windows["label"] == label]
+        assert mine["row_count"].sum() == len(rows)
+        mean = (mine["mean_sepal_length"] * mine["row_count"]).sum() / len(rows)
+        assert mean == pytest.approx(rows["sepal_length"].mean())
+
+
+def test_the_stream_flow_runs_the_job_for_a_while_and_reports_the_run(
+    session: tuple[Settings, ClusterDirs], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The preprocess-stream flow, run against the Prefect server: start, run, stop with a
+    savepoint, and the run's report as an artifact."""
+    s = module_settings(session[0], "flinkstreamflow")
+    publish(s, s.raw_events_topic, [_json(e) for e in demo_events(s, 12, "f")] + [b"{"])
+    env = {**settings_env(s), "MLP_FLINK_MODE": "session", "MLP_FLINK_REST_URL": s.flink_rest_url}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        state = preprocess_stream(action="run", run_for_s=20.0, return_state=True)
+    finally:
+        get_settings.cache_clear()
+        _cancel(s)
+    assert state.is_completed(), state
+    report = state.result()
+    assert report["start"]["resumed_from"] is None
+    assert report["stop"]["features_rows"] == 12
+    assert report["stop"]["quarantined_by_reason"] == {"not_json": 1}
+    assert active_job(s) is None
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    [artifact] = [a for a in artifacts if a.key == "preprocess-summary"]
+    assert "| rows written (Iceberg features + Pulsar topic) | 12 |" in artifact.data

@@ -47,6 +47,11 @@ def cfg(settings: Settings, tmp_path: Path) -> dict:
     return job_config(settings, tmp_path / "in", "job-1")
 
 
+def _one(statements: list[str], prefix: str) -> str:
+    [statement] = [s for s in statements if s.startswith(prefix)]
+    return statement
+
+
 def test_quote_doubles_single_quotes() -> None:
     assert _quote("plain") == "'plain'"
     assert _quote("it's") == "'it''s'"
@@ -70,12 +75,13 @@ def test_job_config_carries_settings(cfg: dict, settings: Settings, tmp_path: Pa
 
 def test_ddl_names_catalog_source_and_topic(cfg: dict) -> None:
     ddl, _ = build_statements(cfg)
-    catalog, raw, topic, quarantine_topic, counts, checked, classified, rejected = ddl
+    catalog, raw, raw_view, topic, quarantine_topic, counts, checked, classified, rejected = ddl[:9]
     assert catalog.startswith("CREATE CATALOG `mylake` WITH (")
     for key, value in cfg["iceberg_catalog_options"].items():
         assert f"{_quote(key)} = {_quote(value)}" in catalog
     assert "'catalog-impl' = 'org.apache.iceberg.jdbc.JdbcCatalog'" in catalog
-    assert "CREATE TEMPORARY TABLE raw_0" in raw
+    assert "CREATE TEMPORARY TABLE raw_file_0" in raw
+    assert raw_view.startswith("CREATE TEMPORARY VIEW raw_0 AS SELECT payload, `file.path` AS")
     assert f"'path' = '{cfg['sources'][0]['path']}'" in raw
     assert "'format' = 'raw'" in raw
     # Bytes, decoded by the job itself, so bytes that are not UTF-8 can be told apart.
@@ -97,7 +103,8 @@ def test_ddl_names_catalog_source_and_topic(cfg: dict) -> None:
 
 def test_quarantine_topic_and_counts_tables(cfg: dict) -> None:
     ddl, _ = build_statements(cfg)
-    quarantine_topic, counts = ddl[3], ddl[4]
+    quarantine_topic = _one(ddl, "CREATE TEMPORARY TABLE quarantine_topic")
+    counts = _one(ddl, "CREATE TEMPORARY TABLE run_counts")
     assert quarantine_topic.startswith(
         "CREATE TEMPORARY TABLE quarantine_topic (`raw` STRING, raw_base64 STRING, "
         "reason STRING, source STRING, quarantined_at TIMESTAMP(3))"
@@ -111,13 +118,15 @@ def test_quarantine_topic_and_counts_tables(cfg: dict) -> None:
 
 def test_token_file_reaches_both_pulsar_tables(cfg: dict) -> None:
     ddl, _ = build_statements({**cfg, "pulsar_token_file": "/run/t.token"})
-    for topic in (ddl[2], ddl[3]):
+    for topic in (_one(ddl, "CREATE TEMPORARY TABLE features_topic"),
+                  _one(ddl, "CREATE TEMPORARY TABLE quarantine_topic")):  # fmt: skip
         assert "'pulsar.client.authParams' = 'file:///run/t.token'" in topic
 
 
 def test_inserts_target_configured_tables(cfg: dict) -> None:
     _, inserts = build_statements(cfg)
-    features, topic, quarantine, quarantine_topic, counts = inserts
+    features, topic, quarantine, quarantine_topic, windows, counts = inserts
+    assert windows.startswith("INSERT INTO `mylake`.`myns`.`feature_windows` SELECT `label`")
     columns = "`event_id`, `sepal_length`, `sepal_width`, `petal_length`, `petal_width`, `label`"
     assert features.startswith("INSERT INTO `mylake`.`myns`.`feat_t` SELECT " + columns)
     assert features.endswith("FROM classified WHERE reason IS NULL")
@@ -273,7 +282,8 @@ def test_custom_schema_changes_generated_sql(cfg: dict) -> None:
     assert "WHEN NOT (`x` >= -1.0 AND `x` <= 1.0) THEN 'out_of_range:x'" in sql
     assert "WHEN NOT (`y` >= 10.0 AND `y` <= 99.0) THEN 'out_of_range:y'" in sql
     ddl, _ = build_statements(cfg)
-    assert "`id` STRING, `x` DOUBLE, `y` INT, `cls` INT" in ddl[2]
+    topic = _one(ddl, "CREATE TEMPORARY TABLE features_topic")
+    assert "`id` STRING, `x` DOUBLE, `y` INT, `cls` INT" in topic
     assert "PARTITION BY c.`id`" in classification_sql(cfg)
 
 
@@ -291,9 +301,11 @@ def test_a_run_with_csv_json_and_optional_columns(cfg: dict) -> None:
         "optional_columns": [{"name": "ph", "type": "double"}, {"name": "site", "type": "string"}],
     }  # fmt: skip
     ddl, inserts = build_statements(cfg)
-    assert [s.split(" (")[0] for s in ddl[1:3]] == [
-        "CREATE TEMPORARY TABLE raw_0",
-        "CREATE TEMPORARY TABLE raw_1",
+    assert [s.split(" (")[0].split(" AS ")[0] for s in ddl[1:5]] == [
+        "CREATE TEMPORARY TABLE raw_file_0",
+        "CREATE TEMPORARY VIEW raw_0",
+        "CREATE TEMPORARY TABLE raw_file_1",
+        "CREATE TEMPORARY VIEW raw_1",
     ]
     sql = source_sql(cfg)
     assert sql.count(" UNION ALL ") == 1
@@ -318,4 +330,42 @@ def test_a_run_with_csv_json_and_optional_columns(cfg: dict) -> None:
     features, topic = inserts[0], inserts[1]
     assert "`label`, CAST(LOCALTIMESTAMP AS TIMESTAMP(6)), `ph`, `site` FROM classified" in features
     assert "`label`, `ph`, `site` FROM classified" in topic
-    assert "`ph` DOUBLE, `site` STRING" in ddl[3]
+    assert "`ph` DOUBLE, `site` STRING" in _one(ddl, "CREATE TEMPORARY TABLE features_topic")
+
+
+def test_stream_mode_reads_the_raw_events_topic_and_keeps_the_checks(cfg: dict) -> None:
+    stream = {**cfg, "mode": "stream", "sources": [{"format": "json"}]}
+    ddl, inserts = build_statements(stream)
+    raw = _one(ddl, "CREATE TEMPORARY TABLE raw_pulsar")
+    assert f"'topics' = '{cfg['raw_events_topic']}'" in raw and "'format' = 'raw'" in raw
+    assert "WATERMARK FOR publish_time AS publish_time - INTERVAL '5' SECOND" in raw
+    assert "'source.subscription-name' = 'job-1'" in raw
+    # The same per-row checks as batch mode; the duplicate check is keyed state instead.
+    checks = validation_sql(stream)
+    assert "'missing_fields'" in checks and "'not_utf8'" in checks and ", proc," in checks
+    classified = classification_sql(stream)
+    assert "ORDER BY proc ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW" in classified
+    assert "already_ingested" not in classified  # no lookup of batch-ingested ids
+    topic = _one(ddl, "CREATE TEMPORARY TABLE features_topic")
+    assert "'pulsar.sink.deliveryGuarantee' = 'at-least-once'" in topic
+    stream = {**stream, "run_id": "r-1"}
+    counts = _one(build_statements(stream)[1], "INSERT INTO `mylake`.`myns`.`preprocess_counts`")
+    assert "SELECT 'r-1', outcome" in counts
+    assert "TUMBLE(TABLE outcomes, DESCRIPTOR(proc), INTERVAL '1' SECOND)" in counts
+
+
+def test_batch_mode_has_no_stream_only_parts(cfg: dict) -> None:
+    ddl, inserts = build_statements(cfg)
+    assert not any("raw_pulsar" in d or "deliveryGuarantee" in d for d in ddl)
+    assert "ORDER BY proc" not in classification_sql(cfg)
+    counts = _one(inserts, "INSERT INTO run_counts")
+    assert "GROUP BY COALESCE(reason, 'written')" in counts
+
+
+def test_windows_count_and_average_per_key_over_tumbling_windows(cfg: dict) -> None:
+    _, inserts = build_statements({**cfg, "window_s": 30})
+    [windows] = [i for i in inserts if "`feature_windows`" in i]
+    assert "TUMBLE(TABLE valid_rows, DESCRIPTOR(event_time), INTERVAL '30' SECOND)" in windows
+    assert "GROUP BY `label`, window_start, window_end" in windows
+    for column in feature_names(cfg):
+        assert f"AVG(CAST(`{column}` AS DOUBLE))" in windows

@@ -32,6 +32,7 @@ def test_sqlite_catalog_uses_wal_and_busy_timeout(tmp_path: Path) -> None:
     assert options["catalog-impl"] == "org.apache.iceberg.jdbc.JdbcCatalog"
     assert options["warehouse"] == f"file://{tmp_path}/warehouse"
     assert options["jdbc.schema-version"] == "V1"
+    assert options["jdbc.init-catalog-tables"] == "false"  # PyIceberg made them
     assert "jdbc.user" not in options and "jdbc.password" not in options
 
 

@@ -1,0 +1,192 @@
+"""The preprocessing job in stream mode: raw events from the Pulsar raw-events topic through the
+same checks as the batch job, into the same sinks, on the Flink session cluster, until stopped.
+
+Lifecycle, one job per namespace (`preprocess-stream-<namespace>`, also its subscription):
+- start: submits the job, resuming from the savepoint the last stop recorded (none on the
+  first start: the topic is read from its earliest message). A start while the job runs
+  returns the running job instead of starting a second one.
+- stop: stop-with-savepoint through the cluster's REST API (no drain: open windows stay open
+  in the savepoint and close after the resume). The savepoint holds the source's position, the
+  per-event-id state and the window state; the Iceberg sinks commit with it, and the Pulsar
+  sinks flush before it completes. Stopping and starting again therefore loses and doubles
+  nothing.
+- The record of the last start and stop (job id, run id, savepoint) is a small JSON file in
+  the state folder.
+
+A failed task restarts the job from its last checkpoint: the Iceberg tables stay exact, and
+rows published to the Pulsar topics after that checkpoint are published again (the features
+topic's message key is the event id, so consumers can tell). Checkpoints are retained when the
+job is cancelled or the cluster goes down: a start after a job that ended without a savepoint
+resumes from its latest completed checkpoint instead of reading the topic from the start again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pyiceberg.expressions import EqualTo
+
+from mlplatform.flink_job import ALREADY_INGESTED, WRITTEN
+from mlplatform.iceberg_tables import ensure_tables
+from mlplatform.preprocess import FlinkJobError, PreprocessResult, job_web_url, run_flink_job
+from mlplatform.pulsar_io import ensure_partitioned_topic, ensure_subscription
+from mlplatform.settings import Settings
+
+ACTIVE_STATES = {"CREATED", "INITIALIZING", "RUNNING", "RESTARTING", "RECONCILING"}
+
+
+def stream_settings(s: Settings) -> Settings:
+    """Stream mode always runs on the session cluster (a local mini-cluster dies with the
+    process that started it, and a savepoint needs a cluster to take it)."""
+    return s if s.flink_mode == "session" else s.model_copy(update={"flink_mode": "session"})
+
+
+def job_name(s: Settings) -> str:
+    return f"preprocess-stream-{s.namespace}"
+
+
+def record_path(s: Settings) -> Path:
+    return s.state_dir / "flink" / f"{job_name(s)}.json"
+
+
+def read_record(s: Settings) -> dict[str, Any]:
+    path = record_path(s)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write_record(s: Settings, record: dict[str, Any]) -> None:
+    path = record_path(s)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".tmp").write_text(json.dumps(record, indent=1))
+    path.with_suffix(".tmp").replace(path)  # a crash leaves the old record or the new one
+
+
+def _rest(s: Settings, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    response = httpx.request(method, f"{s.flink_rest_url.rstrip('/')}{path}", timeout=30, **kwargs)
+    if response.status_code >= 400:
+        raise FlinkJobError(f"Flink REST {method} {path}: {response.status_code} {response.text}")
+    return response.json()
+
+
+def active_job(s: Settings) -> str | None:
+    """The id of the stream job while it runs on the cluster, else None."""
+    for job in _rest(s, "GET", "/jobs/overview")["jobs"]:
+        if job["name"] == job_name(s) and job["state"] in ACTIVE_STATES:
+            return job["jid"]
+    return None
+
+
+def checkpoint_dir(s: Settings) -> Path:
+    return s.state_dir / "flink" / "checkpoints"
+
+
+def latest_checkpoint(s: Settings, job_id: str) -> str | None:
+    """The job's newest completed (retained) checkpoint, or None."""
+    done = [p.parent for p in (checkpoint_dir(s) / job_id).glob("chk-*/_metadata")]
+    if not done:
+        return None
+    return str(max(done, key=lambda p: int(p.name.removeprefix("chk-"))))
+
+
+def resume_point(s: Settings, record: dict[str, Any]) -> str | None:
+    """Where the next start resumes: the last stop's savepoint; after a job that ended
+    without one (cancelled, cluster down), its newest checkpoint; else where it resumed from."""
+    if record.get("stopped_job_id") == record.get("job_id") and record.get("savepoint"):
+        return record["savepoint"]
+    if record.get("job_id"):
+        return latest_checkpoint(s, record["job_id"]) or record.get("resumed_from")
+    return None
+
+
+def start_stream(s: Settings, run_id: str) -> dict[str, Any]:
+    """Submit the stream job (resuming from the last savepoint) unless it already runs; the
+    record of this start."""
+    s = stream_settings(s)
+    running = active_job(s)
+    if running:
+        return {**read_record(s), "job_id": running, "already_running": True}
+    ensure_tables(s)
+    ensure_partitioned_topic(s, s.raw_events_topic, 1)
+    ensure_partitioned_topic(s, s.features_topic, s.features_topic_partitions)
+    ensure_subscription(s, s.features_topic, s.stream_subscription)
+    ensure_partitioned_topic(s, s.quarantine_topic, 1)
+    savepoint = resume_point(s, read_record(s))
+    extra = {
+        "mode": "stream",
+        "run_id": run_id,
+        "savepoint_path": savepoint,
+        "sources": [{"format": "json"}],
+        "checkpoint_dir": checkpoint_dir(s).as_uri(),
+    }
+    job_id = run_flink_job(s, s.state_dir, job_name(s), timeout_s=300, extra=extra)
+    record = {
+        "job_id": job_id,
+        "run_id": run_id,
+        "started_at": datetime.now(UTC).isoformat(),
+        "resumed_from": savepoint,
+    }
+    _write_record(s, record)
+    return {**record, "already_running": False}
+
+
+def stop_stream(s: Settings, timeout_s: float = 180) -> str:
+    """Stop the running stream job with a savepoint; the savepoint's location (recorded for
+    the next start). Raises FlinkJobError when the job is not running or the savepoint fails."""
+    s = stream_settings(s)
+    job_id = active_job(s)
+    if job_id is None:
+        raise FlinkJobError(f"stream job {job_name(s)} is not running on {s.flink_rest_url}")
+    target = (s.state_dir / "flink" / "savepoints").as_uri()
+    trigger = _rest(
+        s, "POST", f"/jobs/{job_id}/stop", json={"targetDirectory": target, "drain": False}
+    )["request-id"]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = _rest(s, "GET", f"/jobs/{job_id}/savepoints/{trigger}")
+        if status["status"]["id"] == "COMPLETED":
+            break
+        if time.monotonic() > deadline:
+            raise FlinkJobError(f"savepoint of {job_id} not done after {timeout_s:.0f}s")
+        time.sleep(0.5)
+    operation = status.get("operation") or {}
+    if "failure-cause" in operation:
+        cause = operation["failure-cause"].get("stack-trace", "")[:2000]
+        raise FlinkJobError(f"stop-with-savepoint of {job_id} failed:\n{cause}")
+    savepoint = operation["location"]
+    stopped = {"savepoint": savepoint, "stopped_job_id": job_id}
+    _write_record(s, {**read_record(s), **stopped, "stopped_at": datetime.now(UTC).isoformat()})
+    return savepoint
+
+
+def run_counts(s: Settings, run_id: str) -> dict[str, int]:
+    """Rows per outcome the stream job committed under `run_id`."""
+    table = ensure_tables(s).load_table(s.table_id(s.preprocess_counts_table))
+    rows = table.scan(row_filter=EqualTo("run_id", run_id)).to_arrow()
+    counts: dict[str, int] = {}
+    for outcome, n in zip(rows["outcome"].to_pylist(), rows["row_count"].to_pylist(), strict=True):
+        counts[outcome] = counts.get(outcome, 0) + n
+    return counts
+
+
+def stream_result(s: Settings, record: dict[str, Any]) -> PreprocessResult:
+    """A stream run's report: its rows per outcome, committed so far."""
+    s = stream_settings(s)
+    counts = run_counts(s, record["run_id"])
+    features = ensure_tables(s).load_table(s.table_id(s.features_table))
+    snapshot = features.current_snapshot()
+    by_reason = {k: v for k, v in counts.items() if k not in (WRITTEN, ALREADY_INGESTED)}
+    return PreprocessResult(
+        files=0,
+        features_rows=counts.get(WRITTEN, 0),
+        quarantined_rows=sum(by_reason.values()),
+        job_id=record["job_id"],
+        features_snapshot_id=snapshot.snapshot_id if snapshot else None,
+        flink_job_url=job_web_url(s, record["job_id"]),
+        rows_read=sum(counts.values()),
+        quarantined_by_reason=dict(sorted(by_reason.items())),
+    )
