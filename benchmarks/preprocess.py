@@ -23,6 +23,7 @@ Prints a JSON summary and saves it to benchmarks/results/preprocess.json.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import platform
@@ -168,7 +169,9 @@ def pandas_clean(folder: Path, known_keys: set[str], s: Settings) -> dict[str, A
         reason[open_ & repeated] = DUPLICATE_KEY
         ok = reason.isna().to_numpy()
         seen.update(key[ok].tolist())
-        valid.append(parsed[ok])
+        modified = datetime.fromtimestamp(path.stat().st_mtime, UTC).replace(tzinfo=None)
+        rows = parsed[ok].assign(event_time=modified, event_date=modified.date())
+        valid.append(rows.assign(**{d.name: d.evaluate(rows) for d in s.dataset_spec.derived}))
         bad = (reason.notna() & (reason != ALREADY_INGESTED)).to_numpy()
         rejected.append(
             pd.DataFrame({"raw": lines[bad], "reason": reason[bad], "source": str(path)})
@@ -297,7 +300,7 @@ def stream_latency(base: Settings, rate: float, seconds: float) -> dict[str, Any
     topic (a reader started before the first publish)."""
     import threading
 
-    from infra.flink_cluster import healthy, start_cluster
+    from infra.flink_cluster import healthy, start_cluster, stop_cluster
     from mlplatform.stream_preprocess import start_stream, stop_stream, stream_settings
 
     tag = uuid.uuid4().hex[:6]
@@ -308,7 +311,8 @@ def stream_latency(base: Settings, rate: float, seconds: float) -> dict[str, Any
             "features_topic_partitions": 1,
         }
     )
-    if not healthy(s):
+    started_cluster = not healthy(s)
+    if started_cluster:
         start_cluster(s)
     n = int(rate * seconds)
     events = [json.dumps(e).encode() for e in demo_events(s, n + 1, prefix=f"lat-{tag}")]
@@ -327,7 +331,9 @@ def stream_latency(base: Settings, rate: float, seconds: float) -> dict[str, Any
                     message = reader.read_next(200)
                 except pulsar.Timeout:
                     continue
-                arrived.setdefault(message.partition_key(), time.perf_counter())
+                # The job sets the key as bytes: Pulsar hands it back in base64.
+                key = base64.b64decode(message.partition_key()).decode()
+                arrived.setdefault(key, time.perf_counter())
 
         thread = threading.Thread(target=read, daemon=True)
         thread.start()
@@ -365,12 +371,14 @@ def stream_latency(base: Settings, rate: float, seconds: float) -> dict[str, Any
         client.close()
         stop_stream(s)
         result["cleanup_problems"] = drop_everything(s)
+        if started_cluster:
+            stop_cluster(s)
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--rows", type=int, nargs="*", default=[1_000_000, 10_000_000])
     parser.add_argument("--bad-fraction", type=float, default=0.01)
     parser.add_argument("--dup-fraction", type=float, default=0.01)
     parser.add_argument("--files", type=int, default=4)

@@ -1,13 +1,18 @@
 """The PyFlink preprocessing job. It runs in the Flink environment (.venv-flink), so it imports
 only pyflink and the standard library; its configuration arrives as one JSON file.
 
-Reads raw lines (as bytes) from its sources, CSV folders (one per header) and JSON-lines
-folders (Parquet files arrive as JSON lines, see raw_files), brings each row into one shape
-(every column's value as text) and classifies it with SQL generated from the dataset spec. In
-one Flink job it writes the valid rows to the Iceberg features table and the Pulsar features
-topic, the rejected rows (raw payload, reason, source, time) to the Iceberg quarantine table
-and the Pulsar quarantine topic, and a count per outcome to a small JSON file (`counts_path`)
-that the caller reads back. Bad data never fails the job: every line gets an outcome.
+Two modes, one job. Batch ("mode": "batch"): raw lines (as bytes) from its sources, CSV folders
+(one per header) and JSON-lines folders (Parquet files arrive as JSON lines, see raw_files),
+until they end. Stream ("mode": "stream"): one JSON object per message from the Pulsar
+raw-events topic, on the session cluster, until stopped (stream_preprocess). Each row is
+brought into one shape (every column's value as text) and classified with SQL generated from
+the dataset spec. The job writes the valid rows to the Iceberg features table and the Pulsar
+features topic (with their event time, event date and the dataset's derived features), the
+rejected rows (raw payload, reason, source, time) to the Iceberg quarantine table and the
+Pulsar quarantine topic, per-key counts and means over tumbling event-time windows to the
+windows table, and a count per outcome (batch: a small JSON file, `counts_path`, that the
+caller reads back; stream: per second into the Iceberg counts table). Bad data never fails the
+job: every line gets an outcome.
 
 Reasons, the first failed check in this order: empty_payload, oversized_payload (more than
 max_line_bytes bytes), not_utf8, not_json (JSON lines: not an object), missing_fields /
@@ -20,7 +25,7 @@ range; the label a class index); then, among rows that pass all of them, duplica
 same event id again in this input). Optional columns (added by schema evolution) may be
 absent or empty (NULL), but a value must parse as their type.
 
-Exactly-once for replays. A valid row whose event id is already in the Iceberg features table
+Exactly-once for replays (batch mode; stream mode: stream_classification_sql). A valid row whose event id is already in the Iceberg features table
 (read in this same job, at its start) is not written again, to either sink, and is counted as
 already_ingested; it is not quarantined, because nothing is wrong with it and its data is
 already in the lake. Among new valid rows with the same event id, one is written and the
@@ -371,6 +376,8 @@ def _raw_tables(cfg: dict[str, Any]) -> list[str]:
             "format": "raw",
             "source.subscription-name": cfg["job_name"],
             "source.start.message-id": "earliest",
+            # Hand on what a fetch got after at most flush_ms, not after 100 messages or 10 s.
+            "pulsar.source.maxFetchTime": str(int(cfg["flush_ms"])),
             **pulsar_auth_options(cfg),
         }
         delay = int(cfg["watermark_delay_s"])
@@ -428,6 +435,17 @@ def counts_insert(cfg: dict[str, Any]) -> str:
     )
 
 
+def added_columns(cfg: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The columns the job adds to a valid row (name, SQL type, value): its event time and
+    date (the features table's partition), and the dataset's derived features."""
+    event_time = "CAST(event_time AS TIMESTAMP(3))"  # in the job's time zone, UTC
+    return [
+        ("event_time", "TIMESTAMP(3)", event_time),
+        ("event_date", "DATE", f"CAST({event_time} AS DATE)"),
+        *((d["name"], "DOUBLE", d["sql"]) for d in cfg.get("derived", [])),
+    ]
+
+
 def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
     """DDL to run first, then the INSERTs that make up the job."""
     key, columns = cfg["key_column"], row_columns(cfg)
@@ -442,7 +460,8 @@ def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
         _pulsar_table(
             cfg,
             "features_topic",
-            f"`{MESSAGE_KEY}` STRING, {typed}",
+            f"`{MESSAGE_KEY}` STRING, {typed}, "
+            + ", ".join(f"`{name}` {kind}" for name, kind, _ in added_columns(cfg)),
             cfg["features_topic"],
             **{
                 "key.format": "raw",
@@ -472,14 +491,17 @@ def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
         f"CREATE TEMPORARY VIEW outcomes AS SELECT COALESCE(reason, '{WRITTEN}') AS outcome"
         f"{', proc' if is_stream(cfg) else ''} FROM classified",
     ]
-    required = ", ".join(f"`{c['name']}`" for c in columns if c["required"])
-    optional = "".join(f", `{c['name']}`" for c in columns if not c["required"])
     now = "CAST(LOCALTIMESTAMP AS TIMESTAMP(6))"
+    added = added_columns(cfg)
+    values = [f"`{c['name']}`" for c in columns] + [value for _, _, value in added]
+    # By name: columns added to an older table (event time, derived) come after the others.
+    names = [c["name"] for c in columns] + ["ingested_at"] + [name for name, _, _ in added]
+    table_values = [*values[: len(columns)], now, *values[len(columns) :]]
     inserts = [
-        # The table's order: the dataset's columns, ingested_at, then the columns added later.
         f"INSERT INTO `{catalog}`.`{ns}`.`{cfg['features_table']}` "
-        f"SELECT {required}, {now}{optional} FROM classified WHERE reason IS NULL",
-        f"INSERT INTO features_topic SELECT `{key}`, {required}{optional} "
+        f"({', '.join(f'`{n}`' for n in names)}) "
+        f"SELECT {', '.join(table_values)} FROM classified WHERE reason IS NULL",
+        f"INSERT INTO features_topic SELECT `{key}`, {', '.join(values)} "
         "FROM classified WHERE reason IS NULL",
         f"INSERT INTO `{catalog}`.`{ns}`.`{cfg['quarantine_table']}` "
         f"SELECT COALESCE(`raw`, ''), reason, source, {now} FROM rejected",
@@ -511,6 +533,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     conf.set("parallelism.default", str(cfg["parallelism"]))
     conf.set("python.executable", cfg["python_executable"])
     conf.set("pipeline.name", cfg["job_name"])
+    conf.set("table.local-time-zone", "UTC")  # event times and ingested_at are UTC
     # A failed task restarts (a committer is a failover region of its own in batch mode:
     # restarting it commits the same files again; nothing upstream reruns).
     conf.set("restart-strategy.type", "fixed-delay")
@@ -523,6 +546,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         conf.set("restart-strategy.exponential-delay.max-backoff", "30 s")
         conf.set("execution.checkpointing.interval", f"{int(cfg['checkpoint_interval_ms'])} ms")
         conf.set("execution.checkpointing.mode", "EXACTLY_ONCE")
+        conf.set("execution.buffer-timeout", f"{int(cfg['flush_ms'])} ms")  # network buffers
         conf.set("execution.checkpointing.dir", cfg["checkpoint_dir"])
         # Kept when the job is cancelled or fails for good: the next start resumes from it.
         conf.set(

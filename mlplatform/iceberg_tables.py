@@ -11,7 +11,9 @@ from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.types import (
+    DateType,
     DoubleType,
+    IcebergType,
     IntegerType,
     ListType,
     LongType,
@@ -51,6 +53,8 @@ def _fields(*specs: tuple[str, object, bool]) -> Schema:
 
 
 def features_schema(s: Settings) -> Schema:
+    """The dataset's columns, then what the job adds: when the row was written, its event time
+    and date (the partition), and the dataset's derived features."""
     return _fields(
         (s.key_column, StringType(), False),
         *(
@@ -58,8 +62,32 @@ def features_schema(s: Settings) -> Schema:
             for f in s.dataset_spec.features
         ),
         (s.label_column, IntegerType(), False),
-        ("ingested_at", TimestampType(), False),
+        *_added_features_columns(s),
     )
+
+
+def _added_features_columns(s: Settings) -> list[tuple[str, IcebergType, bool]]:
+    return [
+        ("ingested_at", TimestampType(), False),
+        ("event_time", TimestampType(), False),
+        ("event_date", DateType(), False),
+        *((d.name, DoubleType(), False) for d in s.dataset_spec.derived),
+    ]
+
+
+def ensure_features_layout(s: Settings, table: Table) -> None:
+    """The features table's event-date partition (new tables too: the partition's source
+    field id is known once the table exists); a table made before the job wrote event times
+    or derived features gets those columns first (optional: older rows read null)."""
+    present = {f.name for f in table.schema().fields}
+    missing = [(name, kind) for name, kind, _ in _added_features_columns(s) if name not in present]
+    if missing:
+        with table.update_schema() as update:
+            for name, kind in missing:
+                update.add_column(name, kind, required=False)
+    if table.spec().is_unpartitioned():
+        with table.update_spec() as update:
+            update.add_identity("event_date")
 
 
 def quarantine_schema() -> Schema:
@@ -137,7 +165,9 @@ def ensure_tables(s: Settings) -> Catalog:
     with contextlib.suppress(NamespaceAlreadyExistsError):
         catalog.create_namespace(s.namespace)
     for name, schema in table_schemas(s).items():
-        catalog.create_table_if_not_exists(s.table_id(name), schema=schema)
+        table = catalog.create_table_if_not_exists(s.table_id(name), schema=schema)
+        if name == s.features_table:
+            ensure_features_layout(s, table)
     return catalog
 
 

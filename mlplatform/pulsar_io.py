@@ -105,7 +105,9 @@ def read_all(s: Settings, topic: str, timeout_ms: int = 2000) -> list[pulsar.Mes
 
 
 def publish(s: Settings, topic: str, payloads: list[bytes]) -> None:
-    """Send raw payloads to a topic and wait until the broker has them all."""
+    """Send raw payloads to a topic, unbatched (each message its own entry: see
+    stream_preprocess on why raw events must not be batched), and wait until the broker has
+    them all."""
     client = make_client(s)
     failed: list[pulsar.Result] = []
 
@@ -114,7 +116,7 @@ def publish(s: Settings, topic: str, payloads: list[bytes]) -> None:
             failed.append(result)
 
     try:
-        producer = client.create_producer(topic, batching_enabled=True)
+        producer = client.create_producer(topic, batching_enabled=False)
         for payload in payloads:
             producer.send_async(payload, sent)
         producer.flush()

@@ -20,7 +20,8 @@ ICEBERG_TYPES: dict[str, IcebergType] = {
     "string": StringType(),
     "boolean": BooleanType(),
 }
-SYSTEM_COLUMNS = ("ingested_at",)
+# Written by the job itself, not read from raw data (besides each dataset's derived features).
+SYSTEM_COLUMNS = ("ingested_at", "event_time", "event_date")
 
 
 def _type_name(kind: IcebergType) -> str:
@@ -43,7 +44,9 @@ def table_columns(table: Table, spec: DatasetSpec) -> tuple[dict[str, str], dict
     optional = {
         name: kind
         for name, kind in fields.items()
-        if name not in required and name not in SYSTEM_COLUMNS
+        if name not in required
+        and name not in SYSTEM_COLUMNS
+        and name not in {d.name for d in spec.derived}
     }
     return required, optional
 

@@ -200,6 +200,8 @@ class Settings(BaseSettings):
     # source records its position, on each checkpoint; stop takes a savepoint that the next
     # start resumes from.
     flink_checkpoint_interval_s: float = 10.0
+    # The longest a stream-mode row waits in a source fetch or a network buffer (latency vs CPU).
+    flink_stream_flush_ms: int = 10
     # Per-key counts and means over tumbling event-time windows (the feature_windows table),
     # keyed by window_key (default: the label); events later than the watermark delay are
     # not counted.

@@ -13,6 +13,11 @@ Lifecycle, one job per namespace (`preprocess-stream-<namespace>`, also its subs
 - The record of the last start and stop (job id, run id, savepoint) is a small JSON file in
   the state folder.
 
+Producers of the raw-events topic must send unbatched messages. The Flink Pulsar connector
+(4.1.0) resumes a savepoint or checkpoint after the last consumed *entry*: when a batch (one
+entry) was partly read at that moment, the rest of it is skipped (measured: 27 messages of a
+40-message batch lost). Unbatched, each message is an entry of its own and nothing is skipped.
+
 A failed task restarts the job from its last checkpoint: the Iceberg tables stay exact, and
 rows published to the Pulsar topics after that checkpoint are published again (the features
 topic's message key is the event id, so consumers can tell). Checkpoints are retained when the

@@ -25,6 +25,15 @@ def feature_rows(s: Settings, n_rows: int, seed: int = 0) -> pa.Table:
     columns |= {c: values[:, i] for i, c in enumerate(s.feature_columns)}
     columns[s.label_column] = iris.target[picks].astype(np.int32)
     columns["ingested_at"] = np.full(n_rows, np.datetime64(datetime.now(), "us"))
+    return features_table_rows(s, columns)
+
+
+def features_table_rows(s: Settings, columns: dict) -> pa.Table:
+    """The dataset's columns and ingested_at completed as the Flink job writes a row (event
+    time and date: ingested_at; the derived features), in the features table's Arrow schema."""
+    ingested = np.asarray(columns["ingested_at"], dtype="datetime64[us]")
+    columns = {**columns, "event_time": ingested, "event_date": ingested.astype("datetime64[D]")}
+    columns |= {d.name: d.evaluate(columns) for d in s.dataset_spec.derived}
     schema = ensure_tables(s).load_table(s.table_id(s.features_table)).schema().as_arrow()
     return pa.Table.from_pydict(columns, schema=schema)
 

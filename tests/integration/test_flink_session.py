@@ -236,6 +236,12 @@ def test_stream_mode_stops_with_a_savepoint_and_resumes_losing_and_doubling_noth
     assert sum(c.get("written", 0) for c in counts) == 140
     assert sum(c.get("duplicate_key", 0) for c in counts) == 4
     assert counts[0]["written"] >= 50 and counts[2]["written"] >= 20
+    # Added by the job: the derived features, the event time (publish time) and its date.
+    assert frame["petal_area"].to_numpy() == pytest.approx(
+        (frame["petal_length"] * frame["petal_width"]).to_numpy()
+    )
+    assert (frame["event_date"] == frame["event_time"].dt.date).all()
+    assert frame["event_time"].notna().all()
     # Windows (as of the first 120 rows): per label, the counts add up to the label's rows and
     # the means agree.
     for label, rows in frame.groupby("label"):

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 import yaml
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -24,6 +23,7 @@ from sklearn.datasets import load_iris
 
 from mlplatform.iceberg_tables import ensure_tables, load_table
 from mlplatform.settings import PROJECT_DIR, Settings
+from mlplatform.synthetic_features import features_table_rows
 from mlplatform.training import retrain
 from tests.conftest import settings_env
 
@@ -95,7 +95,7 @@ def finished_run(isolated: Settings, deployments: None) -> str:
         columns[name] = [float(iris.data[i][j]) for i in picks]
     columns[s.label_column] = [int(iris.target[i]) for i in picks]
     columns["ingested_at"] = [datetime(2026, 1, 1)] * len(columns[s.key_column])
-    features.append(pa.Table.from_pydict(columns, schema=features.schema().as_arrow()))
+    features.append(features_table_rows(s, columns))
     assert retrain(s, on_ray=False).decision == "promote"
     # _sync: Playwright's sync API keeps an event loop running in this thread.
     flow_run = run_deployment(

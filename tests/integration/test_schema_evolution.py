@@ -21,6 +21,7 @@ from mlplatform.preprocess import PreprocessResult, preprocess
 from mlplatform.pulsar_io import read_all
 from mlplatform.raw_files import IncompatibleSchemaError
 from mlplatform.settings import Settings
+from mlplatform.synthetic_features import features_table_rows
 from tests.conftest import module_settings
 
 pytestmark = pytest.mark.integration
@@ -49,7 +50,7 @@ def evolved(lake: Settings) -> PreprocessResult:
     old = ensure_tables(lake).load_table(lake.table_id(lake.features_table))
     rows = {"event_id": ["o1", "o2"]} | {c: [5.0, 6.0] for c in FEATURES}
     rows |= {"label": [0, 1], "ingested_at": [datetime(2026, 1, 1)] * 2}
-    old.append(pa.Table.from_pydict(rows, schema=old.schema().as_arrow()))
+    old.append(features_table_rows(lake, rows))
     lake.resolved_landing_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"{header(lake)},soil_ph", "e1,5.1,3.5,1.4,0.2,0,6.5", "e2,5.2,3.4,1.5,0.2,0,"]
     (lake.resolved_landing_dir / "with-ph.csv").write_text("\n".join(lines) + "\n")
@@ -61,7 +62,7 @@ def test_new_columns_are_added_as_optional(lake: Settings, evolved: PreprocessRe
     assert evolved.added_columns == {"soil_ph": "double", "site": "string"}
     assert (evolved.features_rows, evolved.quarantined_rows) == (3, 0)
     schema = load_table(lake, lake.features_table).schema()
-    assert [f.name for f in schema.fields][-3:] == ["ingested_at", "soil_ph", "site"]
+    assert [f.name for f in schema.fields][-3:] == ["sepal_ratio", "soil_ph", "site"]
     ph, site = schema.find_field("soil_ph"), schema.find_field("site")
     assert (ph.field_type, ph.required) == (DoubleType(), False)
     assert (site.field_type, site.required) == (StringType(), False)

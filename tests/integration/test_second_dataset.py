@@ -50,7 +50,8 @@ def test_wine_rows_reach_features_with_their_own_schema(wine: Settings, preproce
     assert (result.features_rows, result.quarantined_rows) == (ROWS, MALFORMED)
     table = load_table(wine, wine.features_table)
     schema = table.schema()
-    assert [f.name for f in schema.fields] == [*wine.dataset_spec.columns, "ingested_at"]
+    added = ["ingested_at", "event_time", "event_date"]  # wine names no derived features
+    assert [f.name for f in schema.fields] == [*wine.dataset_spec.columns, *added]
     assert schema.find_field("proline").field_type == IntegerType()
     assert schema.find_field("hue").field_type == DoubleType()
     features = table.scan().to_pandas()
@@ -58,7 +59,8 @@ def test_wine_rows_reach_features_with_their_own_schema(wine: Settings, preproce
     for f in wine.dataset_spec.features:  # every value inside its own column's range
         assert features[f.name].between(f.min, f.max).all(), f.name
     messages = [json.loads(m.data()) for m in read_all(wine, wine.features_topic)]
-    assert len(messages) == ROWS and set(messages[0]) == set(wine.dataset_spec.columns)
+    assert len(messages) == ROWS
+    assert set(messages[0]) == {*wine.dataset_spec.columns, "event_time", "event_date"}
 
 
 def test_wine_bad_rows_are_quarantined_by_wine_column_names(wine: Settings, preprocessed) -> None:

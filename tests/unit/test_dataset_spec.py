@@ -88,6 +88,10 @@ def test_a_spec_file_by_path(tmp_path: Path) -> None:
         ({"label_column": "id"}, "column names used twice: id"),
         ({"label_names": ["only"]}, "at least 2 items"),
         ({"colour": "red"}, "Extra inputs are not permitted"),
+        ({"derived": [{"name": "z", "expression": "x + q"}]}, "z uses q: only the dataset's"),
+        ({"derived": [{"name": "z", "expression": "x; DROP"}]}, "'; DROP' is not allowed"),
+        ({"derived": [{"name": "z", "expression": "UPPER(x)"}]}, "z uses UPPER"),
+        ({"derived": [{"name": "x", "expression": "x * 2"}]}, "column names used twice: x"),
     ],
 )
 def test_a_bad_spec_file_is_refused_with_what_is_wrong(
@@ -129,3 +133,24 @@ def test_wine_demo_rows_are_typed_and_in_range(tmp_path: Path) -> None:
         "missing_fields", "not_a_number:malic_acid", "out_of_range:ash", "not_finite:alcohol",
         "out_of_range:cultivar", "missing_key:sample_id", "extra_fields",
     ]  # fmt: skip
+
+
+def test_derived_features_are_sql_for_the_job_and_numpy_for_other_writers(
+    tmp_path: Path,
+) -> None:
+    s = _settings(tmp_path)
+    area, ratio = s.dataset_spec.derived
+    assert (area.name, area.sql()) == (
+        "petal_area",
+        "CAST(`petal_length` * `petal_width` AS DOUBLE)",
+    )
+    assert ratio.sql() == "CAST(`sepal_length` / GREATEST ( `sepal_width` , 0.1 ) AS DOUBLE)"
+    columns = {"petal_length": [1.0, 2.0], "petal_width": [3.0, 0.5]}
+    assert area.evaluate(columns).tolist() == [3.0, 1.0]
+    columns = {"sepal_length": [5.0, 6.0], "sepal_width": [0.0, 2.0]}
+    assert ratio.evaluate(columns).tolist() == [50.0, 3.0]
+    cfg = job_config(s, tmp_path / "in", "job")
+    assert cfg["derived"] == [{"name": d.name, "sql": d.sql()} for d in (area, ratio)]
+    schema = features_schema(s)  # written by the job after ingested_at, optional
+    added = [f.name for f in schema.fields][6:]
+    assert added == ["ingested_at", "event_time", "event_date", "petal_area", "sepal_ratio"]

@@ -128,10 +128,19 @@ def test_inserts_target_configured_tables(cfg: dict) -> None:
     features, topic, quarantine, quarantine_topic, windows, counts = inserts
     assert windows.startswith("INSERT INTO `mylake`.`myns`.`feature_windows` SELECT `label`")
     columns = "`event_id`, `sepal_length`, `sepal_width`, `petal_length`, `petal_width`, `label`"
-    assert features.startswith("INSERT INTO `mylake`.`myns`.`feat_t` SELECT " + columns)
-    assert features.endswith("FROM classified WHERE reason IS NULL")
+    added = "`ingested_at`, `event_time`, `event_date`, `petal_area`, `sepal_ratio`"
+    assert features.startswith(f"INSERT INTO `mylake`.`myns`.`feat_t` ({columns}, {added}) ")
+    event_time = "CAST(event_time AS TIMESTAMP(3))"
+    job_added = (
+        f"{event_time}, CAST({event_time} AS DATE), CAST(`petal_length` * `petal_width` AS "
+        "DOUBLE), CAST(`sepal_length` / GREATEST ( `sepal_width` , 0.1 ) AS DOUBLE)"
+    )
+    now = "CAST(LOCALTIMESTAMP AS TIMESTAMP(6))"
+    assert features.endswith(
+        f"SELECT {columns}, {now}, {job_added} FROM classified WHERE reason IS NULL"
+    )
     assert topic == (
-        f"INSERT INTO features_topic SELECT `event_id`, {columns} "
+        f"INSERT INTO features_topic SELECT `event_id`, {columns}, {job_added} "
         "FROM classified WHERE reason IS NULL"
     )
     assert quarantine.startswith("INSERT INTO `mylake`.`myns`.`quar_t` SELECT ")
@@ -328,8 +337,9 @@ def test_a_run_with_csv_json_and_optional_columns(cfg: dict) -> None:
     assert "'missing_value:ph'" not in checked and "'missing_value:site'" not in checked
     assert "NULLIF(v7, '') AS `site`" in checked
     features, topic = inserts[0], inserts[1]
-    assert "`label`, CAST(LOCALTIMESTAMP AS TIMESTAMP(6)), `ph`, `site` FROM classified" in features
-    assert "`label`, `ph`, `site` FROM classified" in topic
+    assert "`label`, `ph`, `site`, `ingested_at`, `event_time`" in features
+    assert "`label`, `ph`, `site`, CAST(LOCALTIMESTAMP AS TIMESTAMP(6)), CAST(event_" in features
+    assert "`label`, `ph`, `site`, CAST(event_time AS TIMESTAMP(3))" in topic
     assert "`ph` DOUBLE, `site` STRING" in _one(ddl, "CREATE TEMPORARY TABLE features_topic")
 
 
@@ -340,6 +350,7 @@ def test_stream_mode_reads_the_raw_events_topic_and_keeps_the_checks(cfg: dict) 
     assert f"'topics' = '{cfg['raw_events_topic']}'" in raw and "'format' = 'raw'" in raw
     assert "WATERMARK FOR publish_time AS publish_time - INTERVAL '5' SECOND" in raw
     assert "'source.subscription-name' = 'job-1'" in raw
+    assert "'pulsar.source.maxFetchTime' = '10'" in raw  # hand rows on within 10 ms
     # The same per-row checks as batch mode; the duplicate check is keyed state instead.
     checks = validation_sql(stream)
     assert "'missing_fields'" in checks and "'not_utf8'" in checks and ", proc," in checks
