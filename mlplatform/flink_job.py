@@ -25,14 +25,15 @@ range; the label a class index); then, among rows that pass all of them, duplica
 same event id again in this input). Optional columns (added by schema evolution) may be
 absent or empty (NULL), but a value must parse as their type.
 
-Exactly-once for replays (batch mode; stream mode: stream_classification_sql). A valid row
-whose event id is already in the Iceberg features table (read in this same job, at its start)
-is not written again, to either sink, and is counted as already_ingested; it is not quarantined, because nothing is wrong with it and its data is
-already in the lake. Among new valid rows with the same event id, one is written and the
-others are quarantined as duplicate_key: the one from the earliest file (modification time, then
-path) and, within it, the smallest line, so the choice is deterministic (Flink's raw line source
-gives no line numbers). Replaying a file, whole or in part, therefore adds nothing to the
-features table or topic; its bad rows are quarantined again, once per run, with that run's time.
+Exactly-once for replays (batch mode; stream mode: stream_classification_sql). A valid row whose
+event id is already in the Iceberg features table (read in this same job, at its start) is not
+written again, to either sink, and is counted as already_ingested; it is not quarantined,
+because nothing is wrong with it and its data is already in the lake. Among new valid rows with
+the same event id, one is written and the others are quarantined as duplicate_key: the one from
+the earliest file (modification time, then path) and, within it, the smallest line, so the
+choice is deterministic (Flink's raw line source gives no line numbers). Replaying a file, whole
+or in part, therefore adds nothing to the features table or topic; its bad rows are quarantined
+again, once per run, with that run's time.
 Limits:
 - runs must not overlap: two jobs started before either commits both see a key as new (the
   preprocess deployment has concurrency_limit 1);
