@@ -204,8 +204,11 @@ def pandas_publish(cleaned: dict[str, Any], s: Settings) -> None:
     try:
         producer = client.create_producer(s.features_topic, batching_enabled=True,
                                           block_if_queue_full=True)  # fmt: skip
-        records = cleaned["valid"].to_dict("records")
-        for record in records:
+        valid = cleaned["valid"]
+        # As the job's JSON format writes them: TIMESTAMP(3) and DATE as SQL text.
+        event_time = valid["event_time"].dt.strftime("%Y-%m-%d %H:%M:%S.%f").str[:-3]
+        valid = valid.assign(event_time=event_time, event_date=valid["event_date"].astype(str))
+        for record in valid.to_dict("records"):
             key = record[s.key_column]
             producer.send_async(json.dumps(record).encode(), None, partition_key=key)
         producer.flush()
