@@ -31,7 +31,7 @@ from infra.flink_cluster import (
 )
 from mlplatform import preprocess as preprocess_module
 from mlplatform.dataset import demo_events, write_demo_raw
-from mlplatform.iceberg_tables import count_rows, ensure_tables
+from mlplatform.iceberg_tables import count_rows, ensure_tables, load_table
 from mlplatform.preprocess import FlinkJobError, preprocess
 from mlplatform.pulsar_io import publish, read_all
 from mlplatform.raw_files import Plan
@@ -156,7 +156,7 @@ def _json(event: dict) -> bytes:
 
 
 def _table(s: Settings, name: str) -> pa.Table:
-    return ensure_tables(s).load_table(s.table_id(name)).scan().to_arrow()
+    return load_table(s, name).scan().to_arrow()  # start_stream made the tables
 
 
 def _cancel(s: Settings) -> None:
