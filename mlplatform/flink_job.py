@@ -453,6 +453,7 @@ def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
     catalog, ns = cfg["catalog_name"], cfg["namespace"]
     typed = ", ".join(f"`{c['name']}` {_sql_type(c)}" for c in columns)
     counts = {"connector": "filesystem", "path": cfg["counts_path"], "format": "json"}
+    outcome = f"COALESCE(reason, '{WRITTEN}')"
     ddl = [
         f"CREATE CATALOG `{catalog}` WITH ({_options(cfg['iceberg_catalog_options'])})",
         *_raw_tables(cfg),
@@ -489,20 +490,24 @@ def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
         f"CREATE TEMPORARY VIEW classified AS {classification_sql(cfg)}",
         f"CREATE TEMPORARY VIEW rejected AS {rejected_sql(cfg)}",
         "CREATE TEMPORARY VIEW valid_rows AS SELECT * FROM classified WHERE reason IS NULL",
-        f"CREATE TEMPORARY VIEW outcomes AS SELECT COALESCE(reason, '{WRITTEN}') AS outcome"
-        f"{', proc' if is_stream(cfg) else ''} FROM classified",
+        # Stream mode's counts are windowed by processing time (counts_insert).
+        *(
+            [f"CREATE TEMPORARY VIEW outcomes AS SELECT {outcome} AS outcome, proc FROM classified"]
+            if is_stream(cfg)
+            else []
+        ),  # fmt: skip
     ]
     now = "CAST(LOCALTIMESTAMP AS TIMESTAMP(6))"
     added = added_columns(cfg)
-    values = [f"`{c['name']}`" for c in columns] + [value for _, _, value in added]
+    row = ", ".join(f"`{c['name']}`" for c in columns)
+    extra = ", ".join(value for _, _, value in added)
     # By name: columns added to an older table (event time, derived) come after the others.
     names = [c["name"] for c in columns] + ["ingested_at"] + [name for name, _, _ in added]
-    table_values = [*values[: len(columns)], now, *values[len(columns) :]]
     inserts = [
         f"INSERT INTO `{catalog}`.`{ns}`.`{cfg['features_table']}` "
         f"({', '.join(f'`{n}`' for n in names)}) "
-        f"SELECT {', '.join(table_values)} FROM classified WHERE reason IS NULL",
-        f"INSERT INTO features_topic SELECT `{key}`, {', '.join(values)} "
+        f"SELECT {row}, {now}, {extra} FROM classified WHERE reason IS NULL",
+        f"INSERT INTO features_topic SELECT `{key}`, {row}, {extra} "
         "FROM classified WHERE reason IS NULL",
         f"INSERT INTO `{catalog}`.`{ns}`.`{cfg['quarantine_table']}` "
         f"SELECT COALESCE(`raw`, ''), reason, source, {now} FROM rejected",
@@ -535,12 +540,13 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     conf.set("python.executable", cfg["python_executable"])
     conf.set("pipeline.name", cfg["job_name"])
     conf.set("table.local-time-zone", "UTC")  # event times and ingested_at are UTC
-    # A failed task restarts (a committer is a failover region of its own in batch mode:
-    # restarting it commits the same files again; nothing upstream reruns).
-    conf.set("restart-strategy.type", "fixed-delay")
-    conf.set("restart-strategy.fixed-delay.attempts", "3")
-    conf.set("restart-strategy.fixed-delay.delay", "2 s")
-    if is_stream(cfg):
+    if not is_stream(cfg):
+        # A failed task restarts (a committer is a failover region of its own in batch mode:
+        # restarting it commits the same files again; nothing upstream reruns).
+        conf.set("restart-strategy.type", "fixed-delay")
+        conf.set("restart-strategy.fixed-delay.attempts", "3")
+        conf.set("restart-strategy.fixed-delay.delay", "2 s")
+    else:
         # A stream job restarts from its last checkpoint as long as it fails now and then.
         conf.set("restart-strategy.type", "exponential-delay")
         conf.set("restart-strategy.exponential-delay.initial-backoff", "1 s")

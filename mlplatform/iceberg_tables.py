@@ -102,11 +102,8 @@ def quarantine_schema() -> Schema:
 def windows_schema(s: Settings) -> Schema:
     """Per window key and tumbling window: the valid rows' count and each feature's mean."""
     key = s.resolved_window_key
-    kinds = {s.key_column: StringType(), s.label_column: IntegerType()}
-    kinds.update({f.name: IntegerType() if f.type == "int" else DoubleType()
-                  for f in s.dataset_spec.features})  # fmt: skip
     return _fields(
-        (key, kinds[key], False),
+        (key, features_schema(s).find_field(key).field_type, False),
         ("window_start", TimestampType(), False),
         ("window_end", TimestampType(), False),
         ("row_count", LongType(), False),

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from pyiceberg.table import Table
 from sqlalchemy.engine import make_url
 
 from mlplatform.dataset import header
@@ -225,6 +226,16 @@ def cluster_root_exception(s: Settings, job_id: str) -> str:
     return "\n".join(lines[:1] + causes[-3:])
 
 
+def prepare_sinks(s: Settings) -> Table:
+    """The tables and topics a preprocessing job writes (batch or stream), created when
+    missing; the features table."""
+    catalog = ensure_tables(s)
+    ensure_partitioned_topic(s, s.features_topic, s.features_topic_partitions)
+    ensure_subscription(s, s.features_topic, s.stream_subscription)
+    ensure_partitioned_topic(s, s.quarantine_topic, 1)
+    return catalog.load_table(s.table_id(s.features_table))
+
+
 def preprocess(s: Settings, run_id: str) -> PreprocessResult:
     """Process every file in the landing folder into features (Iceberg + Pulsar) and quarantine.
 
@@ -232,11 +243,7 @@ def preprocess(s: Settings, run_id: str) -> PreprocessResult:
     fit the features table (the file is set aside in _rejected/<run_id>/); new columns a file
     declares are added to the table as optional columns first.
     """
-    catalog = ensure_tables(s)
-    ensure_partitioned_topic(s, s.features_topic, s.features_topic_partitions)
-    ensure_subscription(s, s.features_topic, s.stream_subscription)
-    ensure_partitioned_topic(s, s.quarantine_topic, 1)
-    features = catalog.load_table(s.table_id(s.features_table))
+    features = prepare_sinks(s)
     required, optional = table_columns(features, s.dataset_spec)
     input_dir = claim_landing_files(s, run_id)
     if input_dir is None:

@@ -242,7 +242,7 @@ class Settings(BaseSettings):
     def resolved_window_key(self) -> str:
         """The feature_windows table's key column: window_key, checked against the dataset."""
         key = self.window_key or self.label_column
-        columns = [self.key_column, *self.feature_columns, self.label_column]
+        columns = self.dataset_spec.columns
         if key not in columns:
             raise ValueError(
                 f"window_key {key!r} is no column of dataset {self.dataset}: "

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,16 @@ import httpx
 from pyiceberg.expressions import EqualTo
 
 from mlplatform.flink_job import ALREADY_INGESTED, WRITTEN
-from mlplatform.iceberg_tables import ensure_tables
-from mlplatform.preprocess import FlinkJobError, PreprocessResult, job_web_url, run_flink_job
-from mlplatform.pulsar_io import ensure_partitioned_topic, ensure_subscription
+from mlplatform.iceberg_tables import load_table
+from mlplatform.preprocess import (
+    FlinkJobError,
+    PreprocessResult,
+    job_web_url,
+    prepare_sinks,
+    run_flink_job,
+)
+from mlplatform.pulsar_io import ensure_partitioned_topic
+from mlplatform.schema_evolution import table_columns
 from mlplatform.settings import Settings
 
 ACTIVE_STATES = {"CREATED", "INITIALIZING", "RUNNING", "RESTARTING", "RECONCILING"}
@@ -115,11 +123,9 @@ def start_stream(s: Settings, run_id: str) -> dict[str, Any]:
     running = active_job(s)
     if running:
         return {**read_record(s), "job_id": running, "already_running": True}
-    ensure_tables(s)
+    # Optional columns schema evolution added are read from the events as in batch mode.
+    _, optional = table_columns(prepare_sinks(s), s.dataset_spec)
     ensure_partitioned_topic(s, s.raw_events_topic, 1)
-    ensure_partitioned_topic(s, s.features_topic, s.features_topic_partitions)
-    ensure_subscription(s, s.features_topic, s.stream_subscription)
-    ensure_partitioned_topic(s, s.quarantine_topic, 1)
     savepoint = resume_point(s, read_record(s))
     extra = {
         "mode": "stream",
@@ -128,7 +134,9 @@ def start_stream(s: Settings, run_id: str) -> dict[str, Any]:
         "sources": [{"format": "json"}],
         "checkpoint_dir": checkpoint_dir(s).as_uri(),
     }
-    job_id = run_flink_job(s, s.state_dir, job_name(s), timeout_s=300, extra=extra)
+    job_id = run_flink_job(
+        s, s.state_dir, job_name(s), timeout_s=300, optional_columns=optional, extra=extra
+    )
     record = {
         "job_id": job_id,
         "run_id": run_id,
@@ -170,20 +178,19 @@ def stop_stream(s: Settings, timeout_s: float = 180) -> str:
 
 def run_counts(s: Settings, run_id: str) -> dict[str, int]:
     """Rows per outcome the stream job committed under `run_id`."""
-    table = ensure_tables(s).load_table(s.table_id(s.preprocess_counts_table))
+    table = load_table(s, s.preprocess_counts_table)
     rows = table.scan(row_filter=EqualTo("run_id", run_id)).to_arrow()
-    counts: dict[str, int] = {}
+    counts: Counter[str] = Counter()
     for outcome, n in zip(rows["outcome"].to_pylist(), rows["row_count"].to_pylist(), strict=True):
-        counts[outcome] = counts.get(outcome, 0) + n
-    return counts
+        counts[outcome] += n
+    return dict(counts)
 
 
-def stream_result(s: Settings, record: dict[str, Any]) -> PreprocessResult:
-    """A stream run's report: its rows per outcome, committed so far."""
-    s = stream_settings(s)
+def stream_result(s: Settings) -> PreprocessResult:
+    """The last started stream run's report: its rows per outcome, committed so far."""
+    record = read_record(s)
     counts = run_counts(s, record["run_id"])
-    features = ensure_tables(s).load_table(s.table_id(s.features_table))
-    snapshot = features.current_snapshot()
+    snapshot = load_table(s, s.features_table).current_snapshot()
     by_reason = {k: v for k, v in counts.items() if k not in (WRITTEN, ALREADY_INGESTED)}
     return PreprocessResult(
         files=0,

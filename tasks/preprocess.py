@@ -12,13 +12,7 @@ from infra.flink_cluster import healthy, start_cluster
 from mlplatform.preprocess import PreprocessResult, preprocess
 from mlplatform.raw_files import IncompatibleSchemaError
 from mlplatform.settings import Settings
-from mlplatform.stream_preprocess import (
-    read_record,
-    start_stream,
-    stop_stream,
-    stream_result,
-    stream_settings,
-)
+from mlplatform.stream_preprocess import start_stream, stop_stream, stream_result, stream_settings
 from mlplatform.training import rows_since_training
 from tasks.artifacts import publish_preprocess_report
 
@@ -58,7 +52,7 @@ def start_stream_job(settings: Settings, run_id: str) -> dict:
 def stop_stream_job(settings: Settings) -> PreprocessResult:
     """Stop the stream job with a savepoint; publish the report of the run it was."""
     stop_stream(settings)
-    result = stream_result(settings, read_record(stream_settings(settings)))
+    result = stream_result(settings)
     publish_preprocess_report(result)
     return result
 
