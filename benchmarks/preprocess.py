@@ -15,7 +15,8 @@ outcome; the counts must agree (the pandas peer is the same cleaning, not a diff
 Then stream mode (--stream-rate events/s for --stream-seconds, 0 skips it): the same job in
 stream mode on the Flink session cluster (started when not up), valid raw events published at
 a fixed rate to the raw-events topic; the latency of each from its publish to its arrival on
-the features topic, p50 and p99.
+the features topic, p50 and p99, once per --stream-delivery (exactly-once: rows arrive when
+their checkpoint completes; at-least-once: as soon as they are sent).
 
 Prints a JSON summary and saves it to benchmarks/results/preprocess.json.
 """
@@ -297,10 +298,10 @@ def run_size(base: Settings, rows: int, args: argparse.Namespace, work: Path) ->
     return result
 
 
-def stream_latency(base: Settings, rate: float, seconds: float) -> dict[str, Any]:
-    """The stream-mode job on the session cluster: valid raw events published at `rate` per
-    second for `seconds`; per event, the time from its publish to its arrival on the features
-    topic (a reader started before the first publish)."""
+def stream_latency(base: Settings, rate: float, seconds: float, delivery: str) -> dict[str, Any]:
+    """The stream-mode job on the session cluster with the Pulsar sinks' `delivery` guarantee:
+    valid raw events published at `rate` per second for `seconds`; per event, the time from its
+    publish to its arrival on the features topic (a reader started before the first publish)."""
     import threading
 
     from infra.flink_cluster import healthy, start_cluster, stop_cluster
@@ -312,6 +313,7 @@ def stream_latency(base: Settings, rate: float, seconds: float) -> dict[str, Any
         update={
             "raw_events_topic": f"persistent://public/default/bench-pre-stream-{tag}-raw",
             "features_topic_partitions": 1,
+            "flink_stream_delivery": delivery,
         }
     )
     started_cluster = not healthy(s)
@@ -323,7 +325,12 @@ def stream_latency(base: Settings, rate: float, seconds: float) -> dict[str, Any
     arrived: dict[str, float] = {}
     start_stream(s, run_id=f"bench-{tag}")
     client = make_client(s)
-    result: dict[str, Any] = {"rate_per_s": rate, "seconds": seconds}
+    result: dict[str, Any] = {
+        "delivery": delivery,
+        "checkpoint_interval_s": s.flink_checkpoint_interval_s,
+        "rate_per_s": rate,
+        "seconds": seconds,
+    }
     try:
         reader = client.create_reader(s.features_topic + "-partition-0", pulsar.MessageId.latest)
         stop = threading.Event()
@@ -387,6 +394,10 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=4)
     parser.add_argument("--stream-rate", type=float, default=500.0, help="events/s; 0: skip")
     parser.add_argument("--stream-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--stream-delivery", nargs="*", default=["exactly-once", "at-least-once"],
+        choices=["exactly-once", "at-least-once"], help="one stream run each",
+    )  # fmt: skip
     args = parser.parse_args()
     base = get_settings()
     started = datetime.now(UTC)
@@ -408,9 +419,11 @@ def main() -> None:
         for rows in args.rows:
             summary["sizes"].append(run_size(base, rows, args, Path(tmp)))
             print(json.dumps(summary["sizes"][-1], indent=2), flush=True)
-    if args.stream_rate > 0:
-        summary["stream_latency"] = stream_latency(base, args.stream_rate, args.stream_seconds)
-        print(json.dumps(summary["stream_latency"], indent=2), flush=True)
+    summary["stream_latency"] = []
+    for delivery in args.stream_delivery if args.stream_rate > 0 else []:
+        run = stream_latency(base, args.stream_rate, args.stream_seconds, delivery)
+        summary["stream_latency"].append(run)
+        print(json.dumps(run, indent=2), flush=True)
     summary["machine"]["loadavg_end"] = os.getloadavg()
     summary["seconds"] = round((datetime.now(UTC) - started).total_seconds(), 1)
     RESULTS.mkdir(exist_ok=True)

@@ -65,6 +65,10 @@ def cluster_config(s: Settings, rpc_port: int = 6123) -> dict[str, str]:
         "jobmanager.bind-host": "127.0.0.1",
         "jobmanager.memory.process.size": "768m",
         "jobmanager.execution.failover-strategy": "region",
+        # A TaskManager that died is found lost after 2 failed heartbeats (about 4 s here, not
+        # the default 20 s), so its jobs restart on a new one sooner.
+        "heartbeat.interval": "2000",
+        "heartbeat.timeout": "20000",
         "taskmanager.bind-host": "127.0.0.1",
         "taskmanager.host": "127.0.0.1",
         "taskmanager.numberOfTaskSlots": "2",
@@ -109,20 +113,26 @@ def _env(dirs: ClusterDirs) -> dict[str, str]:
     }
 
 
+def daemon_pids(dirs: ClusterDirs, daemon: str) -> list[int]:
+    """The live JVMs the scripts recorded for `daemon` (one of DAEMONS)."""
+    path = dirs.pids / f"flink-{IDENT}-{daemon}.pid"
+    if not path.exists():
+        return []
+    return [int(pid) for pid in path.read_text().split() if pid.isdigit() and _alive(int(pid))]
+
+
+def _alive(pid: int) -> bool:
+    """A running process; a killed one its parent has not reaped yet (a zombie) is not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def cluster_pids(dirs: ClusterDirs) -> list[int]:
     """The JVMs the scripts recorded that are still alive."""
-    alive = []
-    for daemon in DAEMONS:
-        path = dirs.pids / f"flink-{IDENT}-{daemon}.pid"
-        if not path.exists():
-            continue
-        for line in path.read_text().split():
-            try:
-                os.kill(int(line), 0)
-            except (ProcessLookupError, ValueError):
-                continue
-            alive.append(int(line))
-    return alive
+    return [pid for daemon in DAEMONS for pid in daemon_pids(dirs, daemon)]
 
 
 def healthy(s: Settings, slots: int = 1) -> bool:
@@ -134,31 +144,42 @@ def healthy(s: Settings, slots: int = 1) -> bool:
     return response.status_code == 200 and response.json().get("slots-total", 0) >= slots
 
 
+def _start(s: Settings, dirs: ClusterDirs, script: str) -> None:
+    completed = subprocess.run(
+        ["bash", str(flink_home(s) / "bin" / script), "start"],
+        env=_env(dirs), capture_output=True, text=True, timeout=120,
+        stdin=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    if completed.returncode != 0:
+        stop_cluster(s, dirs)
+        raise FlinkClusterError(f"{script} start failed: {completed.stdout}{completed.stderr}")
+
+
 def start_cluster(
     s: Settings, dirs: ClusterDirs | None = None, rpc_port: int = 6123, timeout_s: float = 120
 ) -> str:
-    """Start the JobManager and one TaskManager unless the cluster already answers."""
+    """Start the JobManager and one TaskManager unless the cluster already answers. When only
+    the TaskManager is gone (killed, crashed), start a new one: the JobManager and its jobs stay,
+    and the jobs restart on the new TaskManager from their last checkpoint."""
     dirs = dirs or ClusterDirs.default(s)
-    if healthy(s):
+    # By the pid files first: the JobManager reports a dead TaskManager's slots for a while.
+    if daemon_pids(dirs, "standalonesession") and not daemon_pids(dirs, "taskexecutor"):
+        _start(s, dirs, "taskmanager.sh")
+        started = "a new TaskManager started"
+    elif healthy(s):
         return "flink-cluster: already running"
-    if cluster_pids(dirs):
-        stop_cluster(s, dirs)
-    write_conf(s, dirs, rpc_port)
-    dirs.logs.mkdir(parents=True, exist_ok=True)
-    bin_dir = flink_home(s) / "bin"
-    for script in ("jobmanager.sh", "taskmanager.sh"):
-        completed = subprocess.run(
-            ["bash", str(bin_dir / script), "start"],
-            env=_env(dirs), capture_output=True, text=True, timeout=120,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-        if completed.returncode != 0:
+    else:
+        if cluster_pids(dirs):
             stop_cluster(s, dirs)
-            raise FlinkClusterError(f"{script} start failed: {completed.stdout}{completed.stderr}")
+        write_conf(s, dirs, rpc_port)
+        dirs.logs.mkdir(parents=True, exist_ok=True)
+        for script in ("jobmanager.sh", "taskmanager.sh"):
+            _start(s, dirs, script)
+        started = "started"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if healthy(s):
-            return f"flink-cluster: started, web UI {s.flink_rest_url}"
+            return f"flink-cluster: {started}, web UI {s.flink_rest_url}"
         if len(cluster_pids(dirs)) < len(DAEMONS):
             break
         time.sleep(1.0)

@@ -30,6 +30,10 @@ def standalone_overrides(s: Settings) -> dict[str, str]:
         "managedLedgerDefaultAckQuorum": "1",
         # Producers that set a name and sequence ids get broker-side de-duplication.
         "brokerDeduplicationEnabled": "true",
+        # Transactions: the Flink stream job's Pulsar sinks publish in one per checkpoint, so
+        # what a failed task published after its last checkpoint never becomes visible.
+        # Standalone mode creates the coordinator's metadata on its first start.
+        "transactionCoordinatorEnabled": "true",
         "functionsWorkerEnabled": str(s.pulsar_functions_worker).lower(),
         # Function packages (the standalone worker stores them on the filesystem); the default
         # is relative to the distribution's folder.

@@ -80,10 +80,29 @@ else
   stamp jvm "$h"
 fi
 
+PYFLINK_LIB=$(.venv-flink/bin/python -c 'import pyflink, os; print(os.path.join(os.path.dirname(pyflink.__file__), "lib"))')
+# The platform's own Flink classes (infra/flink/java), compiled against the Flink and the
+# connector jars (.local/jars; pyflink/lib gets them below).
+JAVA_SRC=infra/flink/java
+JAVA_JAR="$LOCAL/jars/mlplatform-flink.jar"
+h=$(find "$JAVA_SRC" -type f | sort | xargs cat | hash_of /dev/stdin)
+if stamp_ok flink-java "$h" && [[ -f "$JAVA_JAR" ]]; then
+  echo "setup: platform Flink classes up to date"
+else
+  echo "setup: compiling $JAVA_SRC"
+  build=$(mktemp -d)
+  javac -nowarn --release 11 -d "$build" \
+    -cp "$PYFLINK_LIB/*:$LOCAL/jars/*" \
+    $(find "$JAVA_SRC" -name '*.java')
+  cp -r "$JAVA_SRC/META-INF" "$build/"
+  jar cf "$JAVA_JAR" -C "$build" .
+  rm -rf "$build"
+  stamp flink-java "$h"
+fi
+
 # Connector jars go on Flink's own classpath (pyflink/lib): JDBC's DriverManager ignores
 # jars added through pipeline.jars, and one place for all of them keeps the job simple.
-PYFLINK_LIB=$(.venv-flink/bin/python -c 'import pyflink, os; print(os.path.join(os.path.dirname(pyflink.__file__), "lib"))')
-h=$(ls "$LOCAL/jars" | hash_of /dev/stdin)
+h=$( (ls "$LOCAL/jars"; cat "$JAVA_JAR") | hash_of /dev/stdin)
 if stamp_ok flink-jars "$h"; then
   echo "setup: Flink connector jars in place"
 else

@@ -349,16 +349,29 @@ def pulsar_auth_options(cfg: dict[str, Any]) -> dict[str, str]:
     }
 
 
+EXACTLY_ONCE_CONNECTOR = "pulsar-exactly-once"  # infra/flink/java
+
+
+def _pulsar_sink(cfg: dict[str, Any]) -> dict[str, str]:
+    """The Pulsar sinks' connector. The connector's own SQL sink is always at-least-once: it
+    flushes what it sent before each checkpoint completes (and at the end of a batch), so a
+    savepoint leaves nothing unsent behind it, but a failed task's rows since its last
+    checkpoint are published again. Stream mode's exactly-once connector also sends each
+    checkpoint's rows in a transaction that the checkpoint's completion commits; a failed
+    task's open one is aborted, by the broker after the timeout."""
+    if is_stream(cfg) and cfg["delivery"] == "exactly-once":
+        timeout = {"pulsar.sink.transactionTimeoutMillis": str(cfg["transaction_timeout_ms"])}
+        return {"connector": EXACTLY_ONCE_CONNECTOR, **timeout}
+    return {"connector": "pulsar"}
+
+
 def _pulsar_table(cfg: dict[str, Any], name: str, columns: str, topic: str, **extra: str) -> str:
     options = {
-        "connector": "pulsar",
+        **_pulsar_sink(cfg),
         "topics": topic,
         "service-url": cfg["pulsar_service_url"],
         "format": "json",
         **extra,
-        # Stream mode: flush what was sent before each checkpoint completes, so a savepoint
-        # leaves nothing unsent behind it.
-        **({"pulsar.sink.deliveryGuarantee": "at-least-once"} if is_stream(cfg) else {}),
         **pulsar_auth_options(cfg),
     }
     return f"CREATE TEMPORARY TABLE {name} ({columns}) WITH ({_options(options)})"

@@ -112,6 +112,8 @@ def job_config(
         "raw_events_topic": s.raw_events_topic,
         "checkpoint_interval_ms": int(s.flink_checkpoint_interval_s * 1000),
         "flush_ms": s.flink_stream_flush_ms,
+        "delivery": s.flink_stream_delivery,
+        "transaction_timeout_ms": int(s.flink_transaction_timeout_s * 1000),
         "quarantine_topic": s.quarantine_topic,
         "iceberg_catalog_options": jdbc_catalog_options(s),
         "features_topic": s.features_topic,

@@ -202,6 +202,15 @@ class Settings(BaseSettings):
     flink_checkpoint_interval_s: float = 10.0
     # The longest a stream-mode row waits in a source fetch or a network buffer (latency vs CPU).
     flink_stream_flush_ms: int = 10
+    # Stream mode's Pulsar sinks. "exactly-once": each checkpoint's rows are published in a
+    # Pulsar transaction, committed when the checkpoint completes; consumers see them then (up
+    # to one checkpoint interval later), and what a failed task published after its last
+    # checkpoint never becomes visible. "at-least-once": rows are visible as soon as sent, and
+    # a failed task's rows since its last checkpoint are published again.
+    flink_stream_delivery: Literal["exactly-once", "at-least-once"] = "exactly-once"
+    # A transaction a failed task left open is aborted by the broker after this long; until
+    # then it holds back the topic's later messages from consumers. Longer than a checkpoint.
+    flink_transaction_timeout_s: float = 60.0
     # Per-key counts and means over tumbling event-time windows (the feature_windows table),
     # keyed by window_key (default: the label); events later than the watermark delay are
     # not counted.
@@ -221,6 +230,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 "set MLP_PULSAR_AUTH_TOKEN or MLP_PULSAR_AUTH_TOKEN_FILE, not both: "
                 "remove one of them from the environment or .env"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _transactions_outlive_checkpoints(self) -> Settings:
+        if self.flink_transaction_timeout_s < 3 * self.flink_checkpoint_interval_s:
+            raise ValueError(
+                f"MLP_FLINK_TRANSACTION_TIMEOUT_S ({self.flink_transaction_timeout_s:g}) must be "
+                "at least 3 times MLP_FLINK_CHECKPOINT_INTERVAL_S "
+                f"({self.flink_checkpoint_interval_s:g}): a transaction stays open from one "
+                "checkpoint to the next, and one that times out loses its rows"
             )
         return self
 

@@ -7,9 +7,8 @@ Lifecycle, one job per namespace (`preprocess-stream-<namespace>`, also its subs
   returns the running job instead of starting a second one.
 - stop: stop-with-savepoint through the cluster's REST API (no drain: open windows stay open
   in the savepoint and close after the resume). The savepoint holds the source's position, the
-  per-event-id state and the window state; the Iceberg sinks commit with it, and the Pulsar
-  sinks flush before it completes. Stopping and starting again therefore loses and doubles
-  nothing.
+  per-event-id state and the window state; the Iceberg and Pulsar sinks commit with it.
+  Stopping and starting again therefore loses and doubles nothing.
 - The record of the last start and stop (job id, run id, savepoint) is a small JSON file in
   the state folder.
 
@@ -18,11 +17,18 @@ Producers of the raw-events topic must send unbatched messages. The Flink Pulsar
 entry) was partly read at that moment, the rest of it is skipped (measured: 27 messages of a
 40-message batch lost). Unbatched, each message is an entry of its own and nothing is skipped.
 
-A failed task restarts the job from its last checkpoint: the Iceberg tables stay exact, and
-rows published to the Pulsar topics after that checkpoint are published again (the features
-topic's message key is the event id, so consumers can tell). Checkpoints are retained when the
-job is cancelled or the cluster goes down: a start after a job that ended without a savepoint
-resumes from its latest completed checkpoint instead of reading the topic from the start again.
+A failed task (a TaskManager killed, say; `infra.flink_cluster up` starts a new one) restarts
+the job from its last checkpoint. The Iceberg tables stay exact, and so do the Pulsar topics:
+their sinks publish each checkpoint's rows in a Pulsar transaction (MLP_FLINK_STREAM_DELIVERY,
+default exactly-once), so what the failed task published after that checkpoint is never
+visible; the broker aborts its transaction after MLP_FLINK_TRANSACTION_TIMEOUT_S, holding the
+topic's later messages back from consumers until then. The price is latency: rows reach the
+topics' consumers when the checkpoint that covers them completes. With at-least-once they are
+visible at once and a failed task's rows since its last checkpoint are published again (the
+features topic's message key is the event id, so consumers can tell). Checkpoints are
+retained when the job is cancelled or the cluster goes down: a start after a job that ended
+without a savepoint resumes from its latest completed checkpoint instead of reading the topic
+from the start again.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +28,7 @@ from infra.flink_cluster import (
     ClusterDirs,
     FlinkClusterError,
     cluster_pids,
+    daemon_pids,
     start_cluster,
     stop_cluster,
 )
@@ -33,7 +36,7 @@ from mlplatform import preprocess as preprocess_module
 from mlplatform.dataset import demo_events, write_demo_raw
 from mlplatform.iceberg_tables import count_rows, ensure_tables, load_table
 from mlplatform.preprocess import FlinkJobError, preprocess
-from mlplatform.pulsar_io import publish, read_all
+from mlplatform.pulsar_io import admin_headers, publish, read_all, topic_path
 from mlplatform.raw_files import Plan
 from mlplatform.settings import Settings, get_settings
 from mlplatform.stream_preprocess import active_job, run_counts, start_stream, stop_stream
@@ -94,8 +97,9 @@ def session(
         yield s, dirs
     finally:
         for pid in cluster_pids(dirs):
-            rss = (Path("/proc") / str(pid) / "status").read_text().split("VmRSS:")[1].split()[0]
-            print(f"flink JVM {pid}: RSS {int(rss) // 1024} MiB")
+            status = (Path("/proc") / str(pid) / "status").read_text()
+            rss = status.split("VmRSS:")[1].split()[0] if "VmRSS:" in status else "?"
+            print(f"flink JVM {pid}: RSS {rss} KiB")
         stop_cluster(s, dirs)
         assert cluster_pids(dirs) == []
         assert _jvms_with(str(dirs.logs)) == [], "a Flink JVM of the test cluster survived"
@@ -249,6 +253,69 @@ def test_stream_mode_stops_with_a_savepoint_and_resumes_losing_and_doubling_noth
         assert mine["row_count"].sum() == len(rows)
         mean = (mine["mean_sepal_length"] * mine["row_count"]).sum() / len(rows)
         assert mean == pytest.approx(rows["sepal_length"].mean())
+
+
+def _published(s: Settings, topic: str) -> int:
+    """Messages the broker took on a partitioned topic, committed or not (its msgInCounter)."""
+    url = f"{s.pulsar_admin_url}/admin/v2/{topic_path(topic)}/partitioned-stats"
+    response = httpx.get(url, headers=admin_headers(s), timeout=10)
+    response.raise_for_status()
+    return response.json()["msgInCounter"]
+
+
+def _checkpoints(s: Settings, job_id: str) -> dict:
+    response = httpx.get(f"{s.flink_rest_url}/jobs/{job_id}/checkpoints", timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def _keys(s: Settings) -> list[str]:
+    """The features topic's message keys (event ids), as a consumer sees them: committed only."""
+    return [base64.b64decode(m.partition_key()).decode() for m in read_all(s, s.features_topic)]
+
+
+def test_a_killed_task_manager_loses_and_doubles_nothing(
+    session: tuple[Settings, ClusterDirs],
+) -> None:
+    """kill -9 of the TaskManager just after the job published a batch to the features topic in
+    a transaction no checkpoint has committed yet. `start_cluster` starts a new TaskManager, the
+    job restarts from its last checkpoint and publishes the batch again; the first copy never
+    becomes visible (the broker aborts its transaction). Every valid event is once in Iceberg
+    and once on the topic, although the broker took the batch twice."""
+    s = module_settings(
+        session[0], "flinkkill", flink_mode="session", flink_rest_url=session[0].flink_rest_url,
+        flink_checkpoint_interval_s=5.0, flink_transaction_timeout_s=15.0,
+    )  # fmt: skip
+    dirs = session[1]
+    a, b = demo_events(s, 60, "ka", seed=3), demo_events(s, 40, "kb", seed=4)
+    features = lambda: _table(s, s.features_table).num_rows  # noqa: E731
+    publish(s, s.raw_events_topic, [_json(e) for e in a])
+    job_id = start_stream(s, run_id="stream-kill")["job_id"]
+    try:
+        _wait_for("the first batch in Iceberg and on the topic", lambda: features() == 60)
+        _wait_for("the first batch on the topic", lambda: len(_keys(s)) == 60)
+        assert _published(s, s.features_topic) == 60
+        # Just after a checkpoint, so the next one (5 s on) comes after the kill.
+        completed = lambda: _checkpoints(s, job_id)["counts"]["completed"]  # noqa: E731
+        done = completed()
+        _wait_for("a checkpoint", lambda: completed() > done)
+        done = completed()
+        publish(s, s.raw_events_topic, [_json(e) for e in b])
+        _wait_for("the second batch sent", lambda: _published(s, s.features_topic) == 100)
+        [taskmanager] = daemon_pids(dirs, "taskexecutor")
+        os.kill(taskmanager, signal.SIGKILL)
+        assert completed() == done, "a checkpoint came before the kill: the test proves nothing"
+        assert features() == 60 and len(_keys(s)) == 60  # sent, not committed
+        assert "a new TaskManager" in start_cluster(s, dirs)
+        _wait_for("the second batch in Iceberg", lambda: features() == 100)
+        _wait_for("the second batch on the topic", lambda: len(_keys(s)) == 100)
+        stop_stream(s)
+    finally:
+        _cancel(s)
+    ids = sorted(e["event_id"] for e in a + b)
+    assert sorted(_table(s, s.features_table)["event_id"].to_pylist()) == ids
+    assert sorted(_keys(s)) == ids
+    assert _published(s, s.features_topic) == 140  # the second batch twice, once visible
 
 
 def test_the_stream_flow_runs_the_job_for_a_while_and_reports_the_run(

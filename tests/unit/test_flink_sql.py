@@ -357,8 +357,14 @@ def test_stream_mode_reads_the_raw_events_topic_and_keeps_the_checks(cfg: dict) 
     classified = classification_sql(stream)
     assert "ORDER BY proc ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW" in classified
     assert "already_ingested" not in classified  # no lookup of batch-ingested ids
-    topic = _one(ddl, "CREATE TEMPORARY TABLE features_topic")
-    assert "'pulsar.sink.deliveryGuarantee' = 'at-least-once'" in topic
+    # Both topic sinks publish in transactions by default, with the configured timeout.
+    for sink in ("features_topic", "quarantine_topic"):
+        table = _one(ddl, f"CREATE TEMPORARY TABLE {sink}")
+        assert "'connector' = 'pulsar-exactly-once'" in table
+        assert "'pulsar.sink.transactionTimeoutMillis' = '60000'" in table
+    at_least_once = build_statements({**stream, "delivery": "at-least-once"})[0]
+    topic = _one(at_least_once, "CREATE TEMPORARY TABLE features_topic")
+    assert "'connector' = 'pulsar'" in topic and "transaction" not in topic
     stream = {**stream, "run_id": "r-1"}
     counts = _one(build_statements(stream)[1], "INSERT INTO `mylake`.`myns`.`preprocess_counts`")
     assert "SELECT 'r-1', outcome" in counts
@@ -367,7 +373,7 @@ def test_stream_mode_reads_the_raw_events_topic_and_keeps_the_checks(cfg: dict) 
 
 def test_batch_mode_has_no_stream_only_parts(cfg: dict) -> None:
     ddl, inserts = build_statements(cfg)
-    assert not any("raw_pulsar" in d or "deliveryGuarantee" in d for d in ddl)
+    assert not any("raw_pulsar" in d or "pulsar-exactly-once" in d for d in ddl)
     assert "ORDER BY proc" not in classification_sql(cfg)
     counts = _one(inserts, "INSERT INTO run_counts")
     assert "GROUP BY COALESCE(reason, 'written')" in counts

@@ -97,3 +97,15 @@ def test_env_file_is_read(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None
 def test_table_id() -> None:
     s = Settings(_env_file=None, namespace="ns")
     assert s.table_id(s.features_table) == "ns.features"
+
+
+def test_a_transaction_timeout_shorter_than_three_checkpoints_is_refused(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    clean_env.setenv("MLP_FLINK_CHECKPOINT_INTERVAL_S", "30")
+    with pytest.raises(
+        ValueError, match=r"MLP_FLINK_TRANSACTION_TIMEOUT_S \(60\) must be at least 3"
+    ):
+        Settings(_env_file=None)
+    clean_env.setenv("MLP_FLINK_TRANSACTION_TIMEOUT_S", "90")
+    assert Settings(_env_file=None).flink_transaction_timeout_s == 90
