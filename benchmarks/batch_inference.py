@@ -5,6 +5,8 @@ forest), rows/s of:
 - raw: model.predict_proba on the rows as one in-memory float64 array, in the benchmark process,
   one thread and two threads over chunks; the better of the two is the raw limit;
 - fused: run_batch_inference(mode="fused"), checkpoints on (units, compare-and-set commits);
+- ray_floor: Ray Data alone, the same read stage and actor pool with a model stage that passes
+  its batches through, nothing written (the most fused could reach on this machine);
 - separated: run_batch_inference(mode="separated"), the model in a Ray Serve deployment;
 - no_checkpoint: the same streaming pipeline (unit_pipeline, fused), the same rows gathered at
   the driver and the same Arrow tables, appended to Iceberg at the same cadence
@@ -60,11 +62,12 @@ from mlplatform.batch_commit import committed_units
 from mlplatform.batch_inference import (
     commit_interval_rows,
     predictions_rows,
+    read_stage,
     run_batch_inference,
     unit_pipeline,
 )
 from mlplatform.batch_predictors import Predictor, deploy_batch_model
-from mlplatform.batch_units import plan_units, read_units
+from mlplatform.batch_units import plan_units
 from mlplatform.iceberg_tables import ensure_tables
 from mlplatform.model_registry import ModelRef
 from mlplatform.ray_runtime import connect
@@ -78,7 +81,7 @@ MODELS = {
     "forest_100": (RandomForestClassifier, {"n_estimators": 100, "max_depth": 6}),
 }
 # Run in this order; when the time budget runs short, the last ones are skipped first.
-VARIANTS = ("raw", "fused", "no_checkpoint", "spark", "bsp", "separated")
+VARIANTS = ("raw", "fused", "ray_floor", "no_checkpoint", "spark", "bsp", "separated")
 TARGETS = {
     "fused_over_raw_forest": 0.5,
     "fused_over_spark": 3.0,
@@ -368,37 +371,47 @@ def no_checkpoint(data: Dataset, ref: ModelRef, tag: str) -> tuple[int, int]:
     return gather_and_append(data, ref, batches, f"bench-off-{tag}")
 
 
+def _pool(s: Settings) -> dict[str, Any]:
+    """The model stage's batching and actor pool, as unit_pipeline sets them (fused)."""
+    import ray
+
+    return {
+        "batch_size": s.batch_size,
+        "batch_format": "pyarrow",
+        "compute": ray.data.ActorPoolStrategy(min_size=s.actor_pool_min, max_size=s.actor_pool_max),
+        "num_cpus": s.actor_num_cpus,
+    }
+
+
 def bsp(data: Dataset, ref: ModelRef, tag: str) -> tuple[int, int]:
     """Stage by stage: every unit read and materialized, then every row predicted and
     materialized, then written. The stages are unit_pipeline's, with the same settings."""
-    import ray
-
-    s, specs = data.s, data.unit_specs()
-    read = (
-        ray.data.from_items(specs, override_num_blocks=max(1, len(specs)))
-        .map_batches(
-            read_units,
-            fn_kwargs={**data.read_kwargs(ref), "niceness": s.batch_niceness},
-            batch_size=1,
-            batch_format="pyarrow",
-        )  # fmt: skip
-        .materialize()
-    )
-    predicted = read.map_batches(
-        Predictor,
-        fn_constructor_kwargs={
-            "ref": ref,
-            "key": s.key_column,
-            "timeout_s": s.batch_timeout_s,
-            "niceness": s.batch_niceness,
-        },  # fmt: skip
-        batch_size=s.batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=s.actor_pool_min, max_size=s.actor_pool_max),
-        num_cpus=s.actor_num_cpus,
-    ).materialize()
+    s = data.s
+    read = read_stage(s, data.unit_specs(), data.read_kwargs(ref)).materialize()
+    kwargs = {"ref": ref, "key": s.key_column, "timeout_s": s.batch_timeout_s,
+              "niceness": s.batch_niceness}  # fmt: skip
+    predicted = read.map_batches(Predictor, fn_constructor_kwargs=kwargs, **_pool(s)).materialize()
     batches = predicted.iter_batches(batch_size=None, batch_format="pyarrow")
     return gather_and_append(data, ref, batches, f"bench-bsp-{tag}")
+
+
+class PassThrough:
+    """A model stage that predicts nothing: its batch goes on as it came."""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return batch
+
+
+def ray_floor(data: Dataset, ref: ModelRef, tag: str) -> tuple[int, int]:
+    """Ray Data alone: unit_pipeline's read stage and actor pool (same batch size and pool),
+    the model stage passing its batches through; the rows counted at the driver, nothing
+    written. What fused could reach on this machine with a model that cost nothing."""
+    s = data.s
+    pipeline = read_stage(s, data.unit_specs(), data.read_kwargs(ref)).map_batches(
+        PassThrough, **_pool(s)
+    )
+    batches = pipeline.iter_batches(batch_size=None, batch_format="pyarrow")
+    return sum(batch.num_rows for batch in batches), 0
 
 
 def start_spark(partitions: int) -> Any:
@@ -652,8 +665,9 @@ class Runner:
                 data, model_name, variant, times, commits=result.commits,
                 units=result.units_total, seconds_inside=round(result.seconds, 3),
             )  # fmt: skip
-        elif variant in ("no_checkpoint", "bsp"):
-            fn, tag = (no_checkpoint if variant == "no_checkpoint" else bsp), uuid.uuid4().hex[:6]
+        elif variant in ("no_checkpoint", "bsp", "ray_floor"):
+            fn = {"no_checkpoint": no_checkpoint, "bsp": bsp, "ray_floor": ray_floor}[variant]
+            tag = uuid.uuid4().hex[:6]
             times, (written, commits) = self.repeat(lambda: fn(data, ref, tag))
             assert written == data.rows, (variant, written)
             self.record(data, model_name, variant, times, commits=commits)
@@ -695,10 +709,16 @@ def derived(results: list[dict], kill: dict | None) -> dict[str, float | None]:
     for rows in sizes:
         for model in MODELS:
             fused = rate_of(results, rows, model, "fused")
-            for other in ("raw", "spark", "separated", "bsp", "no_checkpoint"):
+            for other in ("raw", "spark", "separated", "bsp", "no_checkpoint", "ray_floor"):
                 value = ratio(fused, rate_of(results, rows, model, other))
                 if value is not None:
                     ratios[f"fused_over_{other}/{model}/{rows}"] = value
+            # The most fused could reach here, against the raw limit: Ray Data's own share.
+            floor = ratio(
+                rate_of(results, rows, model, "ray_floor"), rate_of(results, rows, model, "raw")
+            )
+            if floor is not None:
+                ratios[f"ray_floor_over_raw/{model}/{rows}"] = floor
     # The headline figures: the largest size where the forest has both figures.
     for name, other in (("fused_over_raw_forest", "raw"), ("fused_over_spark_forest", "spark")):
         values = [ratios.get(f"fused_over_{other}/forest_100/{rows}") for rows in sizes]
@@ -888,6 +908,9 @@ def main(argv: list[str] | None = None) -> None:
             "size, the worse model",
             "bsp": "the same read and model stages with materialize() after each, then the "
             "same write as no_checkpoint",
+            "ray_floor": "unit_pipeline's read stage and actor pool with a model stage that "
+            "passes its batches through; rows counted at the driver, nothing written: Ray "
+            "Data's own ceiling on this machine (ray_floor_over_raw)",
             "spark": "spark.read.parquet(the snapshot's data files) -> mapInPandas(predict_proba "
             "of the broadcast model, Arrow batches of batch_size) -> Parquet in a temporary "
             "folder; noop_sink_rows_per_s: the same job with Spark's noop sink",

@@ -6,8 +6,12 @@ for more than is left, so a bounded run stops at exactly N done messages, and ne
 shares what is left between the actors (a poll may handle many micro-batches); idle actors are
 asked first, since they may hold prefetched messages.
 
-A poll lost with a killed actor may have published before it died, which no one counts; a
-bounded run stops once the stream runs dry and such polls make up the difference.
+After an actor was lost, the counts are no longer exact: a poll lost with it may have
+published before it died, which no one counts. A bounded run then goes on until the stream runs
+dry and the lost polls make up the difference, rather than stop at N counted. Dry means every
+actor found nothing for `dry_grace_s`: the broker redelivers what the dead incarnation had not
+acknowledged only once its consumer is gone, and a restarted actor's first polls may come
+before that.
 
 Crash-only recovery: a poll that raises gets its actor killed and restarted by Ray (the actors
 are created with `max_restarts`), and an actor that was killed is polled again once Ray has
@@ -48,6 +52,7 @@ def drive(
     max_messages: int | None,
     timeout_s: float | None,
     max_failures: int = 3,
+    dry_grace_s: float = 5.0,
 ) -> Totals:
     """Poll the actors until `max_messages` are done or `timeout_s` passes (None: forever).
 
@@ -68,6 +73,7 @@ def drive(
     uncertain = 0
     drained = False
     empty: set[ray.actor.ActorHandle] = set()  # actors whose last poll found nothing
+    dry_since: float | None = None  # since when every actor's last poll found nothing
 
     def in_time() -> bool:
         return timeout_s is None or time.monotonic() - started < timeout_s
@@ -80,6 +86,8 @@ def drive(
                 polls = len(actors_left) * POLLS_IN_FLIGHT
                 share = -(-(max_messages - totals.done) // polls)
                 left = min(batch, max_messages - totals.done - reserved, share)
+                if totals.restarts:  # counts are uncertain after a crash: go on until dry
+                    left = batch
             if left <= 0:
                 return
             actor = idle.popleft()
@@ -123,8 +131,11 @@ def drive(
                 empty.add(actor)
             else:
                 empty.discard(actor)
-            if max_messages is not None and empty >= actors_left and not down:
-                drained = totals.done + uncertain >= max_messages
+            dry = empty >= actors_left and not down
+            dry_since = (dry_since or time.monotonic()) if dry else None
+            if max_messages is not None and dry_since is not None:
+                waited = uncertain == 0 or time.monotonic() - dry_since >= dry_grace_s
+                drained = waited and totals.done + uncertain >= max_messages
         idle.append(actor)
         submit_idle()
     return totals

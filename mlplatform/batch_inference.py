@@ -136,6 +136,17 @@ def _lease(job: _Job) -> Iterator[None]:
         thread.join()
 
 
+def read_stage(s: Settings, units: list[dict], read_kwargs: dict) -> ray.data.Dataset:
+    """The units' rows, a Ray task per unit (read_units); the first stage of unit_pipeline."""
+    return ray.data.from_items(units, override_num_blocks=max(1, len(units))).map_batches(
+        read_units,
+        fn_kwargs={**read_kwargs, "niceness": s.batch_niceness},
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=s.reader_num_cpus,
+    )
+
+
 def unit_pipeline(
     s: Settings, ref: ModelRef, mode: Mode, units: list[dict], read_kwargs: dict,
     app_name: str | None = None,
@@ -154,26 +165,14 @@ def unit_pipeline(
         app_name = app_name or deploy_batch_model(s, ref)
         predictor, kwargs = ServePredictor, {**kwargs, "app_name": app_name}
     fused = mode == "fused"
-    return (
-        ray.data.from_items(units, override_num_blocks=max(1, len(units)))
-        .map_batches(
-            read_units,
-            fn_kwargs={**read_kwargs, "niceness": s.batch_niceness},
-            batch_size=1,
-            batch_format="pyarrow",
-            num_cpus=s.reader_num_cpus,
-        )  # fmt: skip
-        .map_batches(
-            predictor,
-            fn_constructor_kwargs=kwargs,
-            batch_size=s.batch_size,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(
-                min_size=s.actor_pool_min, max_size=s.actor_pool_max
-            ),
-            num_cpus=s.actor_num_cpus if fused else 0.1,
-            num_gpus=s.actor_num_gpus if fused else 0,
-        )
+    return read_stage(s, units, read_kwargs).map_batches(
+        predictor,
+        fn_constructor_kwargs=kwargs,
+        batch_size=s.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=s.actor_pool_min, max_size=s.actor_pool_max),
+        num_cpus=s.actor_num_cpus if fused else 0.1,
+        num_gpus=s.actor_num_gpus if fused else 0,
     )
 
 

@@ -104,10 +104,10 @@ def read_all(s: Settings, topic: str, timeout_ms: int = 2000) -> list[pulsar.Mes
         client.close()
 
 
-def publish(s: Settings, topic: str, payloads: list[bytes]) -> None:
+def publish(s: Settings, topic: str, payloads: list[bytes], keys: list[str] | None = None) -> None:
     """Send raw payloads to a topic, unbatched (each message its own entry: see
-    stream_preprocess on why raw events must not be batched), and wait until the broker has
-    them all."""
+    stream_preprocess on why raw events must not be batched), each with its message key from
+    `keys` if given, and wait until the broker has them all."""
     client = make_client(s)
     failed: list[pulsar.Result] = []
 
@@ -116,9 +116,9 @@ def publish(s: Settings, topic: str, payloads: list[bytes]) -> None:
             failed.append(result)
 
     try:
-        producer = client.create_producer(topic, batching_enabled=False)
-        for payload in payloads:
-            producer.send_async(payload, sent)
+        producer = client.create_producer(topic, batching_enabled=False, block_if_queue_full=True)
+        for i, payload in enumerate(payloads):
+            producer.send_async(payload, sent, **({"partition_key": keys[i]} if keys else {}))
         producer.flush()
         producer.close()
     finally:

@@ -1,8 +1,10 @@
-"""Iris-like feature rows written straight to the Iceberg features table, for benchmarks and tests
-of the stages after preprocessing (the pipeline's own path into that table is the Flink job)."""
+"""Iris-like feature rows written straight to the Iceberg features table and the features topic,
+for benchmarks and tests of the stages after preprocessing (the pipeline's own path into both is
+the Flink job)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime
 
@@ -11,6 +13,7 @@ import pyarrow as pa
 from sklearn.datasets import load_iris
 
 from mlplatform.iceberg_tables import ensure_tables
+from mlplatform.pulsar_io import ensure_partitioned_topic, publish
 from mlplatform.settings import Settings
 
 
@@ -53,3 +56,12 @@ def append_features(
     snapshot = table.current_snapshot()
     assert snapshot is not None
     return snapshot.snapshot_id
+
+
+def publish_features(s: Settings, rows: pa.Table) -> None:
+    """Feature rows as the Flink job publishes them: on the features topic (made with its
+    partitions), a JSON object per row without ingested_at, keyed by the event id."""
+    ensure_partitioned_topic(s, s.features_topic, s.features_topic_partitions)
+    records = rows.drop_columns(["ingested_at"]).to_pylist()
+    payloads = [json.dumps(record, default=str).encode() for record in records]
+    publish(s, s.features_topic, payloads, keys=[str(r[s.key_column]) for r in records])

@@ -17,10 +17,9 @@ import httpx
 import pytest
 
 from mlplatform import model_registry
-from mlplatform.dataset import write_demo_raw
-from mlplatform.preprocess import preprocess
 from mlplatform.serving import manage_serving, serving_status, start_serving, stop_serving
 from mlplatform.settings import Settings, get_settings
+from mlplatform.synthetic_features import append_features
 from mlplatform.training import retrain
 from tests.conftest import module_settings
 
@@ -46,8 +45,7 @@ def lake(isolated: Settings) -> Settings:
         serve_min_replicas=1,
         serve_max_replicas=1,
     )
-    write_demo_raw(s, 400, 0, seed=43)
-    preprocess(s, run_id="serve-it")
+    append_features(s, 400, seed=43)  # the Flink job's output, without running it
     assert retrain(s).decision == "promote"
     return s
 

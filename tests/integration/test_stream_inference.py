@@ -10,16 +10,16 @@ import threading
 import time
 import uuid
 
+import httpx
 import pulsar
 import pytest
 from ray.util.state import list_actors
 
-from mlplatform.dataset import write_demo_raw
 from mlplatform.iceberg_tables import load_table
-from mlplatform.preprocess import preprocess
-from mlplatform.pulsar_io import ensure_partitioned_topic, make_client, read_all
+from mlplatform.pulsar_io import ensure_partitioned_topic, make_client, read_all, topic_path
 from mlplatform.settings import Settings
 from mlplatform.stream_inference import StreamResult, run_stream_inference
+from mlplatform.synthetic_features import feature_rows, publish_features
 from mlplatform.training import retrain
 from tests.conftest import module_settings
 
@@ -39,8 +39,9 @@ def stream(isolated: Settings) -> Settings:
         stream_commit_interval_s=0.5,
         stream_nack_delay_ms=200,
     )
-    write_demo_raw(s, ROWS, 0, seed=41)
-    preprocess(s, run_id="stream-it")
+    rows = feature_rows(s, ROWS, seed=41)  # the Flink job's output, without running it
+    load_table(s, s.features_table).append(rows)
+    publish_features(s, rows)
     assert retrain(s).decision == "promote"
     return s
 
@@ -51,6 +52,17 @@ def _consumer_pids(s: Settings) -> list[int]:
         filters=[("class_name", "=", "StreamConsumer"), ("state", "=", "ALIVE")],
     )
     return [a.pid for a in actors if a.pid]
+
+
+def _backlog(s: Settings) -> str:
+    """The stream subscription's backlog per partition (for a failure's message)."""
+    url = f"{s.pulsar_admin_url}/admin/v2/{topic_path(s.features_topic)}/partitioned-stats"
+    stats = httpx.get(url, params={"perPartition": "true"}, timeout=10).json()
+    backlogs = {
+        name.rsplit("-", 1)[-1]: p["subscriptions"].get(s.stream_subscription, {}).get("msgBacklog")
+        for name, p in stats.get("partitions", {}).items()
+    }
+    return f"backlog by partition: {dict(sorted(backlogs.items()))}"
 
 
 def test_a_killed_consumer_loses_and_doubles_nothing(stream: Settings) -> None:
@@ -88,6 +100,8 @@ def test_a_killed_consumer_loses_and_doubles_nothing(stream: Settings) -> None:
     out = [json.loads(m.data()) for m in read_all(stream, stream.predictions_topic)]
     out_keys = [m[stream.key_column] for m in out]
     assert len(out_keys) == len(set(out_keys)), "a prediction was published twice"
+    missing = keys - set(out_keys)
+    assert not missing, f"{len(missing)} inputs have no prediction; {result}; {_backlog(stream)}"
     assert set(out_keys) == keys
     table = load_table(stream, stream.stream_predictions_table).scan().to_pandas()
     assert table[stream.key_column].is_unique, "a prediction was appended to Iceberg twice"
@@ -96,6 +110,16 @@ def test_a_killed_consumer_loses_and_doubles_nothing(stream: Settings) -> None:
 
 
 def test_a_poison_message_is_dead_lettered_and_the_stream_goes_on(stream: Settings) -> None:
+    tag = uuid.uuid4().hex[:6]
+    stream = stream.model_copy(  # topics of its own: nothing an earlier test left is read here
+        update={
+            "features_topic": f"{stream.features_topic}-poison-{tag}",
+            "predictions_topic": f"{stream.predictions_topic}-poison-{tag}",
+            "dead_letter_topic": f"{stream.dead_letter_topic}-poison-{tag}",
+            "stream_subscription": f"poison-{tag}",
+        }
+    )
+    ensure_partitioned_topic(stream, stream.features_topic, stream.features_topic_partitions)
     client = make_client(stream)
     producer = client.create_producer(stream.features_topic)
     good = {"event_id": "poison-neighbour", "sepal_length": 5.1, "sepal_width": 3.5}
