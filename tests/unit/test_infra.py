@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from infra.pulsar_config import standalone_overrides, write_standalone_conf
-from infra.services import Service, ServiceError, port_open, start
+from infra.services import SERVICES, Service, ServiceError, port_open, start
 from mlplatform.settings import Settings
 
 pytestmark = pytest.mark.unit
@@ -145,3 +145,10 @@ def test_start_does_nothing_when_healthy(settings: Settings, listening_port: int
         "fake: already running"
     )
     assert calls == []
+
+
+def test_the_ray_cluster_gets_serves_switches_only_for_haproxy_ingress(settings: Settings) -> None:
+    ray = SERVICES["ray"]
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in ray.env(settings)  # the default: Serve's proxy
+    haproxy = ray.env(settings.model_copy(update={"serve_ingress": "haproxy"}))
+    assert haproxy["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == haproxy["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
