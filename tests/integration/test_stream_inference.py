@@ -10,13 +10,13 @@ import threading
 import time
 import uuid
 
-import httpx
 import pulsar
 import pytest
 from ray.util.state import list_actors
 
 from mlplatform.iceberg_tables import load_table
-from mlplatform.pulsar_io import ensure_partitioned_topic, make_client, read_all, topic_path
+from mlplatform.operations import topic_stats
+from mlplatform.pulsar_io import ensure_partitioned_topic, make_client, read_all
 from mlplatform.settings import Settings
 from mlplatform.stream_inference import StreamResult, run_stream_inference
 from mlplatform.synthetic_features import feature_rows, publish_features
@@ -52,17 +52,6 @@ def _consumer_pids(s: Settings) -> list[int]:
         filters=[("class_name", "=", "StreamConsumer"), ("state", "=", "ALIVE")],
     )
     return [a.pid for a in actors if a.pid]
-
-
-def _backlog(s: Settings) -> str:
-    """The stream subscription's backlog per partition (for a failure's message)."""
-    url = f"{s.pulsar_admin_url}/admin/v2/{topic_path(s.features_topic)}/partitioned-stats"
-    stats = httpx.get(url, params={"perPartition": "true"}, timeout=10).json()
-    backlogs = {
-        name.rsplit("-", 1)[-1]: p["subscriptions"].get(s.stream_subscription, {}).get("msgBacklog")
-        for name, p in stats.get("partitions", {}).items()
-    }
-    return f"backlog by partition: {dict(sorted(backlogs.items()))}"
 
 
 def test_a_killed_consumer_loses_and_doubles_nothing(stream: Settings) -> None:
@@ -101,7 +90,8 @@ def test_a_killed_consumer_loses_and_doubles_nothing(stream: Settings) -> None:
     out_keys = [m[stream.key_column] for m in out]
     assert len(out_keys) == len(set(out_keys)), "a prediction was published twice"
     missing = keys - set(out_keys)
-    assert not missing, f"{len(missing)} inputs have no prediction; {result}; {_backlog(stream)}"
+    stats = lambda: topic_stats(stream, stream.features_topic)  # noqa: E731
+    assert not missing, f"{len(missing)} inputs have no prediction; {result}; {stats()}"
     assert set(out_keys) == keys
     table = load_table(stream, stream.stream_predictions_table).scan().to_pandas()
     assert table[stream.key_column].is_unique, "a prediction was appended to Iceberg twice"
