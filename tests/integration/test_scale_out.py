@@ -31,6 +31,7 @@ from pydantic import SecretStr
 from pyiceberg.expressions import EqualTo
 from sqlalchemy import create_engine, inspect, text
 
+from infra.processes import running
 from mlplatform.batch_inference import run_batch_inference
 from mlplatform.database import (
     alembic_config,
@@ -283,28 +284,15 @@ def _node_ports(first_worker_port: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _processes() -> dict[int, tuple[int, str]]:
-    """Every process: pid -> (parent pid, command line), from /proc."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            table[int(entry.name)] = (parent, cmdline)
-    return table
-
-
 def _stop_processes_under(marker: str) -> None:
     """SIGTERM, then SIGKILL, every process whose command line names `marker`, and its children.
 
     Never `ray stop`: it stops every Ray on the machine, the platform's included.
     """
-    table = _processes()
-    found = {pid for pid, (_, cmdline) in table.items() if marker in cmdline}
+    table = running()
+    found = {p.pid for p in table if marker in p.command_line}
     while True:  # workers rename themselves (ray::...): find them as children
-        children = {pid for pid, (parent, _) in table.items() if parent in found} - found
+        children = {p.pid for p in table if p.parent in found} - found
         if not children:
             break
         found |= children
@@ -313,9 +301,9 @@ def _stop_processes_under(marker: str) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline and (found & set(_processes())):
+        while time.monotonic() < deadline and (found & {p.pid for p in running()}):
             time.sleep(0.25)
-        found &= set(_processes())
+        found &= {p.pid for p in running()}
         if not found:
             return
 
