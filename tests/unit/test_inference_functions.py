@@ -10,9 +10,9 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from mlplatform.model_registry import ModelRef
+from mlplatform.stream_committer import high_water_marks, merge_marks
 from mlplatform.stream_inference import (
     InvalidMessage,
-    high_water_marks,
     owned_partitions,
     parse_features,
     partition_of,
@@ -157,4 +157,9 @@ def test_high_water_marks_take_each_producers_maximum() -> None:
             ]
 
     assert high_water_marks(Table()) == {"s-0-p0": 25, "s-1-p0": 7, "s-0-p1": 3}
-    assert high_water_marks(Table(), {"s-1-p0"}) == {"s-1-p0": 7}
+
+
+def test_merged_marks_keep_each_producers_maximum() -> None:
+    into = {"a": 5, "b": 9}
+    assert merge_marks(into, {"a": 7, "b": 2, "c": 0}) is into
+    assert into == {"a": 7, "b": 9, "c": 0}

@@ -149,6 +149,9 @@ def test_start_does_nothing_when_healthy(settings: Settings, listening_port: int
 
 def test_the_ray_cluster_gets_serves_switches_only_for_haproxy_ingress(settings: Settings) -> None:
     ray = SERVICES["ray"]
-    assert "RAY_SERVE_ENABLE_HA_PROXY" not in ray.env(settings)  # the default: Serve's proxy
-    haproxy = ray.env(settings.model_copy(update={"serve_ingress": "haproxy"}))
+    proxy = ray.env(settings.model_copy(update={"serve_ingress": "proxy"}))
+    assert (
+        "RAY_SERVE_ENABLE_HA_PROXY" not in proxy and "RAY_SERVE_ENABLE_DIRECT_INGRESS" not in proxy
+    )
+    haproxy = ray.env(settings)  # the default
     assert haproxy["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == haproxy["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
