@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 import pyarrow as pa
 import ray
+from pyarrow import json as pa_json
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
@@ -68,18 +69,36 @@ def high_water_marks(table: Table) -> dict[str, int]:
 
 
 class Result(NamedTuple):
-    """One prediction to append; `producer` None: not de-duplicated (shared subscriptions)."""
+    """One prediction to append, as published: a JSON object with the table's columns
+    (`predicted_at` in ISO format). `producer` None: not de-duplicated (shared subscriptions)."""
 
     producer: str | None
     sequence_id: int
-    row: dict[str, object]
+    payload: bytes
+
+
+def _json_type(kind: pa.DataType) -> pa.DataType:
+    """The type Arrow's JSON reader parses into (it has no large strings or lists)."""
+    if pa.types.is_large_string(kind):
+        return pa.string()
+    if pa.types.is_large_list(kind):
+        return pa.list_(kind.value_field.with_type(_json_type(kind.value_type)))
+    return kind
+
+
+def to_arrow(payloads: list[bytes], schema: pa.Schema) -> pa.Table:
+    """The JSON results as a table of `schema`, parsed by Arrow (other fields are ignored)."""
+    parse = pa.schema([f.with_type(_json_type(f.type)) for f in schema])
+    options = pa_json.ParseOptions(explicit_schema=parse, unexpected_field_behavior="ignore")
+    data = pa_json.read_json(pa.py_buffer(b"\n".join(payloads)), parse_options=options)
+    return data.select(schema.names).cast(schema)
 
 
 class _Batch:
     """What is handed in for the next commit, and the future its callers wait on."""
 
     def __init__(self) -> None:
-        self.rows: list[dict[str, object]] = []
+        self.rows: list[bytes] = []
         self.marks: dict[str, int] = {}
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -120,12 +139,12 @@ class StreamCommitter:
         if self.batch is None:
             self.batch = _Batch()
         batch, new = self.batch, 0
-        for producer, seq, row in results:
+        for producer, seq, payload in results:
             if producer is not None:
                 if seq <= self._mark(producer):
                     continue
                 batch.marks[producer] = seq
-            batch.rows.append(row)
+            batch.rows.append(payload)
             new += 1
         if now:
             self.wake.set()  # type: ignore[union-attr]
@@ -151,12 +170,10 @@ class StreamCommitter:
             self.committing = {}
             batch.done.set_result(None)
 
-    def _commit(
-        self, rows: list[dict[str, object]], marks: dict[str, int], attempts: int = 10
-    ) -> None:
+    def _commit(self, rows: list[bytes], marks: dict[str, int], attempts: int = 10) -> None:
         summary_marks = merge_marks(dict(self.committed), marks)
         if rows:
-            data = pa.Table.from_pylist(rows, schema=self.table.schema().as_arrow())
+            data = to_arrow(rows, self.table.schema().as_arrow())
             for attempt in range(attempts):
                 # Another writer's snapshot may be the current one: its marks are kept too.
                 merge_marks(summary_marks, snapshot_marks(self.table.current_snapshot()))

@@ -43,6 +43,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import numpy as np
 import pulsar
@@ -149,6 +150,16 @@ def owned_partitions(index: int, actors: int, partitions: int) -> list[int]:
     return [p for p in range(max(partitions, 1)) if p % actors == index]
 
 
+class _Parsed(NamedTuple):
+    """A valid features message: its partition, position, key and features in model order."""
+
+    topic: str
+    seq: int
+    message: pulsar.Message
+    key: str
+    features: list[float]
+
+
 @dataclass
 class _Pending:
     """Results not yet handed to the committer, and the inputs to acknowledge once committed."""
@@ -221,8 +232,8 @@ class StreamConsumer:
                     raise
                 time.sleep(0.5)
 
-    def _producer(self, message: pulsar.Message) -> tuple[str, pulsar.Producer]:
-        topic = message.topic_name()
+    def _producer(self, topic: str) -> tuple[str, pulsar.Producer]:
+        """The results' producer for an input partition (`topic`): (its name, it)."""
         name = self.producer_names.get(topic)
         if name is None:
             name = f"{self.s.stream_subscription}-p{partition_of(topic)}"
@@ -302,15 +313,22 @@ class StreamConsumer:
         messages = receive_batch(
             self.consumer, limit, self.s.stream_batch_wait_ms, self.s.stream_batch_linger_ms
         )
-        # Position order per partition keeps every producer's sequence ids increasing.
-        messages.sort(key=lambda m: (m.topic_name(), sequence_id(m.message_id())))
-        good: list[tuple[pulsar.Message, str, list[float]]] = []
-        for message in messages:
+        # (topic, position, message), each read once; position order per partition keeps every
+        # producer's sequence ids increasing.
+        entries = sorted(
+            (
+                (m.topic_name(), sequence_id(m.message_id()) if self.dedup else -1, m)
+                for m in messages
+            ),
+            key=lambda entry: entry[:2],
+        )
+        good: list[_Parsed] = []
+        for topic, seq, message in entries:
             try:
                 key, features = parse_features(
                     message.data(), self.s.key_column, self.ref.feature_order
                 )
-                good.append((message, key, features))
+                good.append(_Parsed(topic, seq, message, key, features))
             except InvalidMessage as error:
                 self._reject(message, str(error))
         published = self._publish(good) if good else 0
@@ -324,34 +342,33 @@ class StreamConsumer:
             errors, self.send_errors = self.send_errors, []
             raise RuntimeError(f"publishing {len(errors)} predictions failed: {errors[:3]}")
 
-    def _publish(self, good: list[tuple[pulsar.Message, str, list[float]]]) -> int:
+    def _publish(self, good: list[_Parsed]) -> int:
         """Predict and publish; the number of results sent for the first time."""
         results = predict_rows(
             self.model,
             self.ref,
             self.s.key_column,
-            [k for _, k, _ in good],
-            [f for _, _, f in good],
+            [p.key for p in good],
+            [p.features for p in good],
         )
         published = 0
-        predicted_at = datetime.now(UTC).replace(tzinfo=None)
-        for (message, _, _), row in zip(good, results, strict=True):
-            name, producer = self._producer(message)
-            message_id = message.message_id()
-            seq = sequence_id(message_id) if self.dedup else -1
-            row["message_id"] = str(message_id)
-            if not self.dedup or seq > self.sent[name]:
-                producer.send_async(
-                    json.dumps(row).encode(),
-                    self._sent,
-                    partition_key=str(row[self.s.key_column]),
-                    **({"sequence_id": seq} if self.dedup else {}),
-                )
-                self.sent[name] = max(self.sent[name], seq)
-                published += 1
+        predicted_at = datetime.now(UTC).replace(tzinfo=None).isoformat()
+        for parsed, row in zip(good, results, strict=True):
+            name, producer = self._producer(parsed.topic)
+            row["message_id"] = str(parsed.message.message_id())
             row["predicted_at"] = predicted_at
-            self.pending.rows.append(Result(name if self.dedup else None, seq, row))
-            self.pending.messages.append(message)
+            payload = json.dumps(row).encode()
+            if not self.dedup or parsed.seq > self.sent[name]:
+                producer.send_async(
+                    payload,
+                    self._sent,
+                    partition_key=parsed.key,
+                    **({"sequence_id": parsed.seq} if self.dedup else {}),
+                )
+                self.sent[name] = max(self.sent[name], parsed.seq)
+                published += 1
+            self.pending.rows.append(Result(name if self.dedup else None, parsed.seq, payload))
+            self.pending.messages.append(parsed.message)
         # No flush here: the next micro-batch starts while these are on their way; the hand-off
         # at the poll's end waits for them (inputs are acknowledged only after a commit).
         return published

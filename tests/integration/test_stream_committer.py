@@ -4,6 +4,7 @@ commit and fails its callers, and expires old snapshots without losing a mark.""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -27,20 +28,23 @@ from tests.conftest import module_settings
 pytestmark = pytest.mark.integration
 
 
-def _row(s: Settings, key: str, prediction: object = 1) -> dict[str, object]:
-    return {
-        s.key_column: key,
-        "prediction": prediction,
-        "label_name": "versicolor",
-        "probabilities": [0.1, 0.8, 0.1],
-        "model_version": 1,
-        "message_id": f"1:{key}:0",
-        "predicted_at": datetime(2026, 11, 22, 12, 0, 0),
-    }
+def _payload(s: Settings, key: str, prediction: object = 1) -> bytes:
+    """A result as the stream actors publish it."""
+    return json.dumps(
+        {
+            s.key_column: key,
+            "prediction": prediction,
+            "label_name": "versicolor",
+            "probabilities": [0.1, 0.8, 0.1],
+            "model_version": 1,
+            "message_id": f"1:{key}:0",
+            "predicted_at": datetime(2026, 11, 22, 12, 0, 0).isoformat(),
+        }
+    ).encode()
 
 
 def _results(s: Settings, producer: str | None, seqs: range, prefix: str = "") -> list[Result]:
-    return [Result(producer, seq, _row(s, f"{prefix}{producer}-{seq}")) for seq in seqs]
+    return [Result(producer, seq, _payload(s, f"{prefix}{producer}-{seq}")) for seq in seqs]
 
 
 def _keys(s: Settings) -> list[str]:
@@ -108,7 +112,10 @@ def test_a_failed_commit_restarts_the_committer_and_fails_its_callers(
     committer = _committer(s)
     try:
         assert _add(committer, _results(s, "p0", range(1, 3))) == 2
-        bad = [Result("p0", 3, _row(s, "p0-3")), Result("p0", 4, _row(s, "p0-4", "not a number"))]
+        bad = [
+            Result("p0", 3, _payload(s, "p0-3")),
+            Result("p0", 4, _payload(s, "p0-4", "not a number")),
+        ]
         with pytest.raises(RayActorError):
             ray.get(committer.add.remote(bad, True), timeout=60)
         # The failed batch left nothing, marks included: handed in again, it goes in.

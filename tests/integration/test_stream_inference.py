@@ -34,7 +34,9 @@ def stream(isolated: Settings) -> Settings:
     s = module_settings(
         isolated,
         "stream",
-        # Small micro-batches and frequent commits: a kill lands between many of them.
+        # Two actors: one is killed while the other goes on. Small micro-batches and frequent
+        # commits: a kill lands between many of them.
+        stream_actors=2,
         stream_batch_max=20,
         stream_commit_interval_s=0.5,
         stream_nack_delay_ms=200,
