@@ -166,6 +166,7 @@ class _Pending:
 
     rows: list[Result] = field(default_factory=list)
     messages: list[pulsar.Message] = field(default_factory=list)
+    last: dict[str, pulsar.Message] = field(default_factory=dict)  # partition -> its newest
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
@@ -198,7 +199,7 @@ class StreamConsumer:
         self.committer = committer
         self.pending = _Pending()
         # Hand-offs to the committer, oldest first: (its call, the inputs to acknowledge after).
-        self.handed: deque[tuple[ray.ObjectRef, list[pulsar.Message]]] = deque()
+        self.handed: deque[tuple[ray.ObjectRef, _Pending]] = deque()
         self.committed = 0
         # A full collection walks every object of Ray, pyarrow, pyiceberg and scikit-learn:
         # 300-400 ms stalls of the loop here. What exists now lives as long as the actor.
@@ -369,6 +370,7 @@ class StreamConsumer:
                 published += 1
             self.pending.rows.append(Result(name if self.dedup else None, parsed.seq, payload))
             self.pending.messages.append(parsed.message)
+            self.pending.last[parsed.topic] = parsed.message
         # No flush here: the next micro-batch starts while these are on their way; the hand-off
         # at the poll's end waits for them (inputs are acknowledged only after a commit).
         return published
@@ -384,14 +386,14 @@ class StreamConsumer:
         pending, self.pending = self.pending, _Pending()
         if pending.messages or now:
             call = self.committer.add.remote(pending.rows, now)
-            self.handed.append((call, pending.messages))
+            self.handed.append((call, pending))
         self._acknowledge_committed(wait_for=len(self.handed) - MAX_HAND_OFFS)
 
     def _acknowledge_committed(self, wait_for: int = 0) -> None:
         """Acknowledge the inputs whose results are committed (hand-offs finish in order),
         waiting for the oldest `wait_for` hand-offs; a failed hand-off raises here."""
         while self.handed:
-            call, messages = self.handed[0]
+            call, inputs = self.handed[0]
             if wait_for <= 0 and not ray.wait([call], timeout=0)[0]:
                 return
             wait_for -= 1
@@ -399,10 +401,20 @@ class StreamConsumer:
                 appended = ray.get(call)
             except RayActorError as error:  # a plain error, so the driver restarts this actor
                 raise RuntimeError(f"committing this actor's results failed: {error}") from None
-            for message in messages:
-                self.consumer.acknowledge(message)
+            self._acknowledge(inputs)
             self.committed += appended
             self.handed.popleft()
+
+    def _acknowledge(self, inputs: _Pending) -> None:
+        """One cumulative acknowledgement per partition (a failover subscription reads each
+        partition in order, and every earlier input is committed or parked) unless an input
+        waits for redelivery, which a cumulative one would acknowledge too; else each input."""
+        if self.dedup and not self.deliveries:
+            for message in inputs.last.values():
+                self.consumer.acknowledge_cumulative(message)
+            return
+        for message in inputs.messages:
+            self.consumer.acknowledge(message)
 
     def close(self) -> int:
         """Commit what is buffered, close the clients; the rows this actor wrote to Iceberg."""

@@ -15,6 +15,7 @@ from mlplatform.batch_inference import run_batch_inference
 from mlplatform.cli import app
 from mlplatform.dataset import MALFORMED_KINDS, write_demo_raw
 from mlplatform.iceberg_tables import load_table
+from mlplatform.operations import topic_stats
 from mlplatform.preprocess import preprocess
 from mlplatform.pulsar_io import read_all
 from mlplatform.settings import Settings, get_settings
@@ -109,6 +110,8 @@ def test_stream_actors_predict_every_message_once(isolated: Settings, trained) -
     keys = [m[isolated.key_column] for m in out]
     assert len(keys) == len(set(keys)) == sent
     assert {m["label_name"] for m in out} <= set(isolated.label_names)
+    backlog = topic_stats(isolated, isolated.features_topic)["backlog"]
+    assert backlog[isolated.stream_subscription] == 0, "an input was not acknowledged"
 
 
 def test_operator_cli_on_the_real_services(

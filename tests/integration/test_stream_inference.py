@@ -99,6 +99,7 @@ def test_a_killed_consumer_loses_and_doubles_nothing(stream: Settings) -> None:
     assert table[stream.key_column].is_unique, "a prediction was appended to Iceberg twice"
     assert set(table[stream.key_column]) == keys
     assert set(table["label_name"]) <= set(stream.label_names)
+    assert stats()["backlog"][stream.stream_subscription] == 0, "an input was not acknowledged"
 
 
 def test_a_poison_message_is_dead_lettered_and_the_stream_goes_on(stream: Settings) -> None:
