@@ -471,13 +471,14 @@ class Run:
 
     def __init__(self, base: Settings, ref: ModelRef, args: argparse.Namespace, tag: str) -> None:
         self.base, self.ref, self.args, self.tag = base, ref, args, tag
+        self.round = 0  # topics and subscriptions are each round's own
         self.namespace = f"bench_{self.tag}"
         self.topics: list[str] = []
         self.threads: list[threading.Thread] = []
         self.client = make_client(base)
 
     def topic(self, name: str) -> str:
-        topic = f"persistent://public/default/bench-{self.tag}-{name}"
+        topic = f"persistent://public/default/bench-{self.tag}-r{self.round}-{name}"
         self.topics.append(topic)
         return topic
 
@@ -488,7 +489,7 @@ class Run:
                 "features_topic": features_topic,
                 "predictions_topic": self.topic(f"{name}-predictions"),
                 "dead_letter_topic": self.topic(f"{name}-dlq"),
-                "stream_subscription": f"bench-{self.tag}-{name}",
+                "stream_subscription": f"bench-{self.tag}-r{self.round}-{name}",
                 "stream_actor_cpus": self.args.actor_cpus,
             }
         )
@@ -715,7 +716,7 @@ def print_table(summary: dict[str, Any]) -> None:
     if lat:
         rate, duration = summary["args"]["rate"], summary["args"]["duration"]
         print(
-            f"\nend-to-end latency at {rate:g} msg/s for {duration:g} s "
+            f"\nend-to-end latency at {rate:g} msg/s for {duration:g} s, last round "
             "(publish -> prediction arrives; ms)"
         )
         print(
@@ -731,7 +732,7 @@ def print_table(summary: dict[str, Any]) -> None:
                 f"{_fmt(p.get('p50_ms'))} / {_fmt(p.get('p99_ms'))}"
             )
     if tp:
-        print(f"\nsustained drain of {tp['messages']:,} pre-published messages")
+        print(f"\nsustained drain of {tp['messages']:,} pre-published messages, last round")
         print(f"  {'consumer':<18}{'msg/s':>10}{'complete':>10}{'wall s (with start-up)':>25}")
         for name in ("ray", "plain", "plain_unbatched"):
             row = tp.get(name, {})
@@ -739,6 +740,18 @@ def print_table(summary: dict[str, Any]) -> None:
                 f"  {name:<18}{_fmt(row.get('msgs_per_s'), 0):>10}"
                 f"{str(row.get('complete', '-')):>10}{_fmt(row.get('wall_s_with_startup')):>25}"
             )
+    if summary["rounds"]:
+        columns = {
+            "ray_p99_ms": "ray p99",
+            "plain_p99_ms": "plain p99",
+            "ray_msgs_per_s": "ray msg/s",
+            "plain_msgs_per_s": "plain msg/s",
+            "ray_over_plain_msgs_per_s": "ray/plain",
+        }
+        print("\nevery round (Ray, then plain), and the medians the ratios use")
+        print("  " + f"{'round':<10}" + "".join(f"{name:>14}" for name in columns.values()))
+        for label, row in [*enumerate(summary["rounds"], 1), ("median", summary["medians"])]:
+            print(f"  {label!s:<10}" + "".join(f"{_fmt(row[k], 2):>14}" for k in columns))
     if sv:
         s1, l1 = sv["serve_single"], sv["in_process_single"]
         f1, c1 = sv.get("serve_noop_floor", {}), sv.get("in_process_single_compiled", {})
@@ -767,29 +780,58 @@ def print_table(summary: dict[str, Any]) -> None:
         print(f"  {name:<40}{value!s:>10}")
 
 
-def derived(summary: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
-    lat, tp, sv = summary["latency"], summary["throughput"], summary["serving"]
+def round_figures(latency: dict[str, Any], throughput: dict[str, Any]) -> dict[str, float]:
+    """One round's figures for Ray and the plain loop, and their ratios."""
     nan = math.nan
-    ray_p99 = lat.get("ray", {}).get("latency_to_arrival", {}).get("p99_ms", nan)
-    ray_tp = tp.get("ray", {}).get("msgs_per_s", nan)
-    plain_tp = tp.get("plain", {}).get("msgs_per_s", nan)
+
+    def p(name: str, q: str) -> float:
+        return latency.get(name, {}).get("latency_to_arrival", {}).get(q, nan)
+
+    def rate(name: str) -> float:
+        return throughput.get(name, {}).get("msgs_per_s", nan)
+
+    return {
+        "ray_p50_ms": p("ray", "p50_ms"),
+        "ray_p99_ms": p("ray", "p99_ms"),
+        "plain_p50_ms": p("plain", "p50_ms"),
+        "plain_p99_ms": p("plain", "p99_ms"),
+        "ray_msgs_per_s": rate("ray"),
+        "plain_msgs_per_s": rate("plain"),
+        "plain_unbatched_msgs_per_s": rate("plain_unbatched"),
+        "ray_over_plain_msgs_per_s": ratio(rate("ray"), rate("plain")),
+        "ray_over_plain_unbatched_msgs_per_s": ratio(rate("ray"), rate("plain_unbatched")),
+        "ray_over_plain_p99_latency": ratio(p("ray", "p99_ms"), p("plain", "p99_ms")),
+    }
+
+
+def medians(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the rounds (NaN where no round has it)."""
+    keys = rounds[0].keys() if rounds else []
+    values = {k: [r[k] for r in rounds if not math.isnan(r[k])] for k in keys}
+    return {k: float(np.median(v)) if v else math.nan for k, v in values.items()}
+
+
+def derived(summary: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+    """Ratios (the stream ones: medians over the rounds) and whether each target is met."""
+    sv, stream = summary["serving"], summary["medians"]
+    nan = math.nan
     serve_p50 = sv.get("serve_single", {}).get("p50_ms", nan) if sv else nan
     ratios = {
-        "ray_over_plain_msgs_per_s": ratio(ray_tp, plain_tp),
-        "ray_over_plain_unbatched_msgs_per_s": ratio(
-            ray_tp, tp.get("plain_unbatched", {}).get("msgs_per_s", nan)
-        ),
-        "ray_over_plain_p99_latency": ratio(
-            ray_p99, lat.get("plain", {}).get("latency_to_arrival", {}).get("p99_ms", nan)
-        ),
-        "serve_over_in_process_single_p50": ratio(
-            serve_p50, sv.get("in_process_single", {}).get("p50_ms", nan) if sv else nan
-        ),
-        "serve_over_in_process_bulk_rows_per_s": ratio(
-            sv.get("serve_bulk_rows_per_s", nan) if sv else nan,
-            sv.get("in_process_bulk_rows_per_s", nan) if sv else nan,
-        ),
+        k: stream.get(k, nan)
+        for k in (
+            "ray_over_plain_msgs_per_s",
+            "ray_over_plain_unbatched_msgs_per_s",
+            "ray_over_plain_p99_latency",
+        )
     }
+    ratios["serve_over_in_process_single_p50"] = ratio(
+        serve_p50, sv.get("in_process_single", {}).get("p50_ms", nan) if sv else nan
+    )
+    ratios["serve_over_in_process_bulk_rows_per_s"] = ratio(
+        sv.get("serve_bulk_rows_per_s", nan) if sv else nan,
+        sv.get("in_process_bulk_rows_per_s", nan) if sv else nan,
+    )
+    ray_p99 = stream.get("ray_p99_ms", nan)
     targets = {
         f"ray p99 <= {TARGETS['p99_ms_at_rate']:g} ms at {summary['args']['rate']:g} msg/s": (
             ray_p99 <= TARGETS["p99_ms_at_rate"]
@@ -822,12 +864,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
         help="override a setting for this run, e.g. stream_commit_interval_s=30 (repeatable)",
     )  # fmt: skip
+    parser.add_argument(
+        "--rounds", type=int, default=3,
+        help="latency and drain runs, Ray and plain alternating; ratios are the rounds' medians",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.messages = min(args.duration, 4), min(args.messages, 3000)
         args.requests, args.bulk_requests = min(args.requests, 100), min(args.bulk_requests, 5)
         args.drain_s, args.ray_timeout_s = min(args.drain_s, 15), min(args.ray_timeout_s, 90)
+        args.rounds = 1
     return args
 
 
@@ -863,22 +910,27 @@ def main(argv: list[str] | None = None) -> None:
     latency: dict[str, Any] = {}
     throughput: dict[str, Any] = {}
     serving: dict[str, Any] = {}
+    rounds: list[dict[str, float]] = []
     try:
-        if "latency" not in args.skip:
-            latency["ray"] = run.latency("ray", run.start_ray)
-            print(f"latency ray: {latency['ray']['latency_to_arrival']}", flush=True)
-            latency["plain"] = run.latency("plain", run.start_plain)
-            print(f"latency plain: {latency['plain']['latency_to_arrival']}", flush=True)
-        if "throughput" not in args.skip:
-            throughput = run.throughput()
-            print(
-                "drain: "
-                + ", ".join(
-                    f"{k} {throughput[k]['msgs_per_s']} msg/s"
-                    for k in ("ray", "plain", "plain_unbatched")
-                ),
-                flush=True,
-            )
+        for i in range(args.rounds if {"latency", "throughput"} - set(args.skip) else 0):
+            run.round = i
+            latency, throughput = {}, {}
+            if "latency" not in args.skip:
+                latency["ray"] = run.latency("ray", run.start_ray)
+                print(f"latency ray: {latency['ray']['latency_to_arrival']}", flush=True)
+                latency["plain"] = run.latency("plain", run.start_plain)
+                print(f"latency plain: {latency['plain']['latency_to_arrival']}", flush=True)
+            if "throughput" not in args.skip:
+                throughput = run.throughput()
+                print(
+                    "drain: "
+                    + ", ".join(
+                        f"{k} {throughput[k]['msgs_per_s']} msg/s"
+                        for k in ("ray", "plain", "plain_unbatched")
+                    ),
+                    flush=True,
+                )
+            rounds.append(round_figures(latency, throughput))
         if "serving" not in args.skip:
             serving = run.serving()
             print(f"serve single: {serving['serve_single']}", flush=True)
@@ -924,8 +976,11 @@ def main(argv: list[str] | None = None) -> None:
             "stream_actor_cpus_used": args.actor_cpus,
             "serve_replica_cpus_used": args.replica_cpus,
         },
+        # The last round in full; every round's figures, and their medians.
         "latency": latency,
         "throughput": throughput,
+        "rounds": rounds,
+        "medians": medians(rounds),
         "serving": serving,
         "cleanup_problems": problems,
     }

@@ -8,13 +8,16 @@ import numpy as np
 import pytest
 
 from benchmarks.streaming import (
+    derived,
     feature_rows,
     latency_by_second,
     match_latencies,
+    medians,
     parse_args,
     percentile,
     rate_between,
     ratio,
+    round_figures,
     summarize,
     without_nan,
 )
@@ -81,3 +84,31 @@ def test_quick_mode_bounds_the_run() -> None:
     args = parse_args(["--quick"])
     assert args.duration <= 4 and args.messages <= 3000 and args.requests <= 100
     assert parse_args(["--rate", "250"]).rate == 250
+
+
+def test_rounds_are_summed_up_by_their_medians_and_the_targets_read_them() -> None:
+    def one(ray_p99: float, plain_p99: float, ray_rate: float, plain_rate: float) -> dict:
+        latency = {
+            "ray": {"latency_to_arrival": {"p50_ms": 10.0, "p99_ms": ray_p99}},
+            "plain": {"latency_to_arrival": {"p50_ms": 9.0, "p99_ms": plain_p99}},
+        }
+        throughput = {"ray": {"msgs_per_s": ray_rate}, "plain": {"msgs_per_s": plain_rate}}
+        return round_figures(latency, throughput)
+
+    rounds = [
+        one(40.0, 20.0, 900.0, 1000.0),
+        one(80.0, 40.0, 500.0, 1000.0),
+        one(45.0, 30.0, 800, 1000),
+    ]
+    assert rounds[0]["ray_over_plain_msgs_per_s"] == pytest.approx(0.9)
+    assert math.isnan(rounds[0]["plain_unbatched_msgs_per_s"])
+    middle = medians(rounds)
+    assert middle["ray_p99_ms"] == 45.0 and middle["ray_over_plain_msgs_per_s"] == pytest.approx(
+        0.8
+    )
+    assert middle["ray_over_plain_p99_latency"] == pytest.approx(2.0)  # 2, 2, 1.5
+    assert math.isnan(middle["plain_unbatched_msgs_per_s"])
+    summary = {"serving": {}, "medians": middle, "args": {"rate": 1000}}
+    ratios, targets = derived(summary)
+    assert ratios["ray_over_plain_msgs_per_s"] == pytest.approx(0.8)
+    assert list(targets.values()) == [True, True, False]  # no serving figures: not met
