@@ -163,6 +163,11 @@ class Settings(BaseSettings):
     # One actor keeps up with ~6k msg/s here; add actors where there are cores for them (on this
     # 2-core machine a second one competes with the broker: measured slower, with a longer tail).
     stream_actors: int = 1
+    # failover only. effectively-once: no result twice on the predictions topic, published one
+    # message per entry (the broker de-duplicates by sequence id). at-least-once: in batches,
+    # ~1.15x the messages/s here; after a crash a result may be published twice (the same
+    # message_id). The Iceberg table is exactly once either way.
+    stream_results_delivery: Literal["effectively-once", "at-least-once"] = "effectively-once"
     stream_actor_cpus: float = 0.25
     # Niceness of the stream actors and Serve replicas (Ray starts workers at 15, behind every
     # other process on the node; raising priority needs root or CAP_SYS_NICE).

@@ -15,7 +15,9 @@ Delivery protocol (effectively once, the default `stream_subscription_type=failo
    it, whose sequence id is the input message's position. A result at or below the producer's
    last persisted sequence id is not sent again, and the broker's de-duplication drops one that
    raced a crash. (Batching stays off on these producers: the broker de-duplicates a batch by
-   its first sequence id only.)
+   its first sequence id only.) `stream_results_delivery=at-least-once` publishes in batches
+   instead, faster; a crash may then publish a result twice (the same `message_id`), while
+   Iceberg stays exactly once (step 4).
 4. At the end of each poll (at most `stream_poll_s`), once its results are on the topic, the
    actor hands them, each with its producer and sequence id, to the pool's one
    `StreamCommitter`, which appends everything handed in to Iceberg every
@@ -188,6 +190,8 @@ class StreamConsumer:
         self.model = compile_model(model_registry.load_model(ref))
         self.checked_at = time.monotonic()
         self.dedup = self.s.stream_subscription_type == "failover"
+        # Results de-duplicated on the topic too (unbatched producers; see the module's text).
+        self.exact_topic = self.dedup and self.s.stream_results_delivery == "effectively-once"
         self.client = make_client(self.s)
         self.consumer = self._subscribe(partitions)
         self.producers: dict[str, pulsar.Producer] = {}
@@ -244,12 +248,12 @@ class StreamConsumer:
         if name not in self.producers:
             self.producers[name] = self.client.create_producer(
                 self.s.predictions_topic,
-                producer_name=name if self.dedup else None,
-                batching_enabled=not self.dedup,
+                producer_name=name if self.exact_topic else None,
+                batching_enabled=not self.exact_topic,
                 batching_max_publish_delay_ms=1,
                 block_if_queue_full=True,
             )
-            self.sent[name] = self.producers[name].last_sequence_id() if self.dedup else -1
+            self.sent[name] = self.producers[name].last_sequence_id() if self.exact_topic else -1
         return name, self.producers[name]
 
     def refresh_model(self) -> None:
@@ -359,12 +363,12 @@ class StreamConsumer:
             row["message_id"] = str(parsed.message.message_id())
             row["predicted_at"] = predicted_at
             payload = json.dumps(row).encode()
-            if not self.dedup or parsed.seq > self.sent[name]:
+            if not self.exact_topic or parsed.seq > self.sent[name]:
                 producer.send_async(
                     payload,
                     self._sent,
                     partition_key=parsed.key,
-                    **({"sequence_id": parsed.seq} if self.dedup else {}),
+                    **({"sequence_id": parsed.seq} if self.exact_topic else {}),
                 )
                 self.sent[name] = max(self.sent[name], parsed.seq)
                 published += 1
