@@ -25,7 +25,8 @@ Delivery protocol (effectively once, the default `stream_subscription_type=failo
    (`mlp.hwm.<producer>` in each snapshot) and drops a result at or below it: one already in
    Iceberg, or already handed in by an earlier incarnation of the actor.
 5. Inputs are acknowledged only once their results are in Iceberg, hence already on the topic;
-   the actor goes on predicting meanwhile.
+   the actor goes on predicting meanwhile. That is one cumulative acknowledgement per partition,
+   unless an input waits for redelivery (a cumulative one would acknowledge it too).
 6. Any other error fails the poll and the driver restarts the actor (crash-only recovery): the
    broker redelivers what was not acknowledged, in order, and steps 3 and 4 drop what was written.
    A failed commit restarts the committer and, through their failed hand-offs, the actors.
