@@ -100,7 +100,10 @@ def test_a_killed_consumer_loses_and_doubles_nothing(stream: Settings, results: 
     assert isinstance(result, StreamResult), result
     assert result.actor_restarts >= 1 and result.failed == 0
 
-    out = [json.loads(m.data()) for m in read_all(stream, stream.predictions_topic)]
+    published = read_all(stream, stream.predictions_topic)
+    batched = any(m.message_id().batch_index() >= 0 for m in published)
+    assert batched == (results == "at-least-once"), "the results producer's batching is wrong"
+    out = [json.loads(m.data()) for m in published]
     out_keys = [m[stream.key_column] for m in out]
     if results == "effectively-once":
         assert len(out_keys) == len(set(out_keys)), "a prediction was published twice"
