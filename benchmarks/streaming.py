@@ -16,7 +16,7 @@
 Every topic, subscription, Iceberg namespace and Serve app is this run's own and is deleted at
 the end; the model is the registry's champion (read only). Everything talks to 127.0.0.1.
 
-Usage: python -m benchmarks.streaming [--rate 1000] [--duration 15] [--messages 20000]
+Usage: python -m benchmarks.streaming [--rate 1000] [--duration 15] [--messages 60000]
        [--requests 500] [--quick]
 Prints a table and saves benchmarks/results/streaming-<timestamp>.json and streaming-latest.json.
 """
@@ -268,7 +268,6 @@ def plain_loop(
     predictions_topic: str,
     count: int,
     timeout_s: float,
-    batching: bool,
     ready: Event,
     results: multiprocessing.Queue,
 ) -> None:
@@ -283,11 +282,10 @@ def plain_loop(
         s.features_topic,
         subscription,
         initial_position=pulsar.InitialPosition.Earliest,
-        receiver_queue_size=s.stream_batch_max,
+        receiver_queue_size=s.stream_receiver_queue,
     )
     producer = client.create_producer(
         predictions_topic,
-        batching_enabled=batching,
         batching_max_publish_delay_ms=1,
         block_if_queue_full=True,
     )
@@ -347,7 +345,6 @@ class PlainProcess:
         predictions_topic: str,
         count: int,
         timeout_s: float,
-        batching: bool,
     ) -> None:
         context = multiprocessing.get_context("spawn")
         self.ready, self.results = context.Event(), context.Queue()
@@ -360,7 +357,6 @@ class PlainProcess:
                 predictions_topic,
                 count,
                 timeout_s,
-                batching,
                 self.ready,
                 self.results,
             ),
@@ -551,7 +547,7 @@ class Run:
 
         return finish
 
-    def start_plain(self, s: Settings, count: int, batching: bool = True) -> Callable[[], Any]:
+    def start_plain(self, s: Settings, count: int) -> Callable[[], Any]:
         plain = PlainProcess(
             s,
             self.ref,
@@ -559,7 +555,6 @@ class Run:
             s.predictions_topic,
             count,
             self.args.ray_timeout_s,
-            batching,
         )
         return plain.result
 
@@ -573,8 +568,7 @@ class Run:
         out: dict[str, Any] = {"messages": len(rows), "publishing": publishing}
         runs: list[tuple[str, Callable[[Settings], Any]]] = [
             ("ray", lambda s: self.start_ray(s, len(rows))()),
-            ("plain", lambda s: self.start_plain(s, len(rows), batching=True)()),
-            ("plain_unbatched", lambda s: self.start_plain(s, len(rows), batching=False)()),
+            ("plain", lambda s: self.start_plain(s, len(rows))()),
         ]
         for name, drain in runs:
             s = self.stream_settings(features, f"drain-{name}")
@@ -734,7 +728,7 @@ def print_table(summary: dict[str, Any]) -> None:
     if tp:
         print(f"\nsustained drain of {tp['messages']:,} pre-published messages, last round")
         print(f"  {'consumer':<18}{'msg/s':>10}{'complete':>10}{'wall s (with start-up)':>25}")
-        for name in ("ray", "plain", "plain_unbatched"):
+        for name in ("ray", "plain"):
             row = tp.get(name, {})
             print(
                 f"  {name:<18}{_fmt(row.get('msgs_per_s'), 0):>10}"
@@ -797,9 +791,7 @@ def round_figures(latency: dict[str, Any], throughput: dict[str, Any]) -> dict[s
         "plain_p99_ms": p("plain", "p99_ms"),
         "ray_msgs_per_s": rate("ray"),
         "plain_msgs_per_s": rate("plain"),
-        "plain_unbatched_msgs_per_s": rate("plain_unbatched"),
         "ray_over_plain_msgs_per_s": ratio(rate("ray"), rate("plain")),
-        "ray_over_plain_unbatched_msgs_per_s": ratio(rate("ray"), rate("plain_unbatched")),
         "ray_over_plain_p99_latency": ratio(p("ray", "p99_ms"), p("plain", "p99_ms")),
     }
 
@@ -820,7 +812,6 @@ def derived(summary: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
         k: stream.get(k, nan)
         for k in (
             "ray_over_plain_msgs_per_s",
-            "ray_over_plain_unbatched_msgs_per_s",
             "ray_over_plain_p99_latency",
         )
     }
@@ -851,7 +842,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=1000, help="msg/s for the latency runs")
     parser.add_argument("--duration", type=float, default=15, help="seconds of paced publishing")
     parser.add_argument("--warmup", type=int, default=50, help="warm-up messages per consumer")
-    parser.add_argument("--messages", type=int, default=20_000, help="messages for the drain")
+    parser.add_argument("--messages", type=int, default=60_000, help="messages for the drain")
     parser.add_argument("--requests", type=int, default=500, help="single Serve requests")
     parser.add_argument("--bulk-rows", type=int, default=1000)
     parser.add_argument("--bulk-requests", type=int, default=30)
@@ -925,8 +916,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(
                     "drain: "
                     + ", ".join(
-                        f"{k} {throughput[k]['msgs_per_s']} msg/s"
-                        for k in ("ray", "plain", "plain_unbatched")
+                        f"{k} {throughput[k]['msgs_per_s']} msg/s" for k in ("ray", "plain")
                     ),
                     flush=True,
                 )

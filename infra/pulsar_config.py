@@ -34,6 +34,13 @@ def standalone_overrides(s: Settings) -> dict[str, str]:
         # what a failed task published after its last checkpoint never becomes visible.
         # Standalone mode creates the coordinator's metadata on its first start.
         "transactionCoordinatorEnabled": "true",
+        # With transactions on, a topic being loaded first reads its transaction buffer snapshot
+        # through the broker's own client, and does not dispatch until it has. That read hangs
+        # now and then (Pulsar 4.0.8: "Transaction buffer failed to recover snapshot" after a
+        # TimeoutException in TableView.readLatest); the broker then closes the topic and loads
+        # it again, which works. The client's 30 s operation timeout was a 30 s stall for the
+        # topic's consumers (11 times in a day of tests here); this bounds it at 5 s.
+        "brokerClient_operationTimeoutMs": "5000",
         "functionsWorkerEnabled": str(s.pulsar_functions_worker).lower(),
         # Function packages (the standalone worker stores them on the filesystem); the default
         # is relative to the distribution's folder.

@@ -12,12 +12,9 @@ Delivery protocol (effectively once, the default `stream_subscription_type=failo
    delivery it goes to the dead-letter topic with its reason in the `reason` property, and is
    acknowledged.
 3. Results go to the predictions topic through one producer per input partition, named after
-   it, whose sequence id is the input message's position. A result at or below the producer's
-   last persisted sequence id is not sent again, and the broker's de-duplication drops one that
-   raced a crash. (Batching stays off on these producers: the broker de-duplicates a batch by
-   its first sequence id only.) `stream_results_delivery=at-least-once` publishes in batches
-   instead, faster; a crash may then publish a result twice (the same `message_id`), while
-   Iceberg stays exactly once (step 4).
+   it, in one batch per micro-batch (one broker entry), whose sequence id is the highest input
+   position in it. A result at or below the producer's last persisted sequence id is not sent
+   again, and the broker's de-duplication drops a batch that raced a crash.
 4. At the end of each poll (at most `stream_poll_s`), once its results are on the topic, the
    actor hands them, each with its producer and sequence id, to the pool's one
    `StreamCommitter`, which appends everything handed in to Iceberg every
@@ -70,6 +67,10 @@ logger = logging.getLogger(__name__)
 BATCHES_PER_POLL = 50
 # Hand-offs not yet committed, at most: a committer that falls behind slows the actors down.
 MAX_HAND_OFFS = 64
+# Results published in one batch (one broker entry), at most: far below the broker's 5 MB.
+BATCH_BYTES = 128 * 1024
+# The results producers' batching timer, never reached: `_send_batches` flushes each batch.
+BATCH_TIMER_OFF_MS = 24 * 3600 * 1000
 
 
 class InvalidMessage(ValueError):
@@ -191,8 +192,6 @@ class StreamConsumer:
         self.model = compile_model(model_registry.load_model(ref))
         self.checked_at = time.monotonic()
         self.dedup = self.s.stream_subscription_type == "failover"
-        # Results de-duplicated on the topic too (unbatched producers; see the module's text).
-        self.exact_topic = self.dedup and self.s.stream_results_delivery == "effectively-once"
         self.client = make_client(self.s)
         self.consumer = self._subscribe(partitions)
         self.producers: dict[str, pulsar.Producer] = {}
@@ -230,7 +229,7 @@ class StreamConsumer:
                     consumer_type=types[kind],
                     initial_position=pulsar.InitialPosition.Earliest,
                     consumer_name=f"stream-inference-{self.index}",
-                    receiver_queue_size=self.s.stream_batch_max,
+                    receiver_queue_size=self.s.stream_receiver_queue,
                     negative_ack_redelivery_delay_ms=self.s.stream_nack_delay_ms,
                 )
             except pulsar.PulsarException:
@@ -238,8 +237,8 @@ class StreamConsumer:
                     raise
                 time.sleep(0.5)
 
-    def _producer(self, topic: str) -> tuple[str, pulsar.Producer]:
-        """The results' producer for an input partition (`topic`): (its name, it)."""
+    def _producer(self, topic: str) -> str:
+        """The name of the results' producer for an input partition (`topic`), created once."""
         name = self.producer_names.get(topic)
         if name is None:
             name = f"{self.s.stream_subscription}-p{partition_of(topic)}"
@@ -247,15 +246,19 @@ class StreamConsumer:
                 name = f"{name}-{self.index}"
             self.producer_names[topic] = name
         if name not in self.producers:
+            # A batch is exactly what `_send_batches` sends before its flush: its size limits
+            # are never reached first, and its timer never fires.
             self.producers[name] = self.client.create_producer(
                 self.s.predictions_topic,
-                producer_name=name if self.exact_topic else None,
-                batching_enabled=not self.exact_topic,
-                batching_max_publish_delay_ms=1,
+                producer_name=name if self.dedup else None,
+                batching_enabled=True,
+                batching_max_messages=self.s.stream_batch_max + 1,
+                batching_max_allowed_size_in_bytes=2 * BATCH_BYTES,
+                batching_max_publish_delay_ms=BATCH_TIMER_OFF_MS,
                 block_if_queue_full=True,
             )
-            self.sent[name] = self.producers[name].last_sequence_id() if self.exact_topic else -1
-        return name, self.producers[name]
+            self.sent[name] = self.producers[name].last_sequence_id() if self.dedup else -1
+        return name
 
     def refresh_model(self) -> None:
         """Switch to a newly promoted (or rolled back) champion between micro-batches."""
@@ -357,32 +360,55 @@ class StreamConsumer:
             [p.key for p in good],
             [p.features for p in good],
         )
-        published = 0
         predicted_at = datetime.now(UTC).replace(tzinfo=None).isoformat()
+        to_send: dict[str, list[tuple[bytes, str, int]]] = {}  # producer -> (payload, key, seq)
         for parsed, row in zip(good, results, strict=True):
-            name, producer = self._producer(parsed.topic)
+            name = self._producer(parsed.topic)
             row["message_id"] = str(parsed.message.message_id())
             row["predicted_at"] = predicted_at
             payload = json.dumps(row).encode()
-            if not self.exact_topic or parsed.seq > self.sent[name]:
-                producer.send_async(
-                    payload,
-                    self._sent,
-                    partition_key=parsed.key,
-                    **({"sequence_id": parsed.seq} if self.exact_topic else {}),
-                )
-                self.sent[name] = max(self.sent[name], parsed.seq)
-                published += 1
+            if not self.dedup or parsed.seq > self.sent[name]:
+                to_send.setdefault(name, []).append((payload, parsed.key, parsed.seq))
             self.pending.rows.append(Result(name if self.dedup else None, parsed.seq, payload))
             self.pending.messages.append(parsed.message)
             self.pending.last[parsed.topic] = parsed.message
-        # No flush here: the next micro-batch starts while these are on their way; the hand-off
-        # at the poll's end waits for them (inputs are acknowledged only after a commit).
-        return published
+        for name, results_of in to_send.items():
+            self._send_batches(name, results_of)
+        # The next micro-batch starts while these are on their way; the hand-off at the poll's
+        # end waits for them (inputs are acknowledged only after a commit).
+        return sum(len(r) for r in to_send.values())
+
+    def _send_batches(self, name: str, results: list[tuple[bytes, str, int]]) -> None:
+        """Publish one input partition's results, in position order, in batches of at most
+        BATCH_BYTES, each sent as soon as it is complete.
+
+        The broker de-duplicates a batch by the sequence id of its metadata, which the client
+        takes from the batch's first message (C++ client 4.2; later ones take the last). So the
+        first message carries the batch's highest position: a batch is on the topic exactly when
+        the producer's last sequence id reaches it, wherever a crash cut the stream."""
+        producer = self.producers[name]
+        start = 0
+        while start < len(results):
+            end, size = start + 1, len(results[start][0])
+            while end < len(results) and size + len(results[end][0]) <= BATCH_BYTES:
+                size += len(results[end][0])
+                end += 1
+            top = results[end - 1][2]
+            for i in range(start, end):
+                payload, key, seq = results[i]
+                ids = {"sequence_id": top if i == start else seq} if self.dedup else {}
+                producer.send_async(payload, self._sent, partition_key=key, **ids)
+            producer._producer.flush_async(self._flushed)  # the wrapper has no flush_async
+            self.sent[name] = max(self.sent[name], top)
+            start = end
 
     def _sent(self, result: pulsar.Result, _message_id: object) -> None:
         if result != pulsar.Result.Ok:
             self.send_errors.append(str(result))
+
+    def _flushed(self, result: pulsar.Result) -> None:
+        if result != pulsar.Result.Ok:
+            self.send_errors.append(f"flush: {result}")
 
     def _hand_off(self, now: bool = False) -> None:
         """Give the committer the results, once every one is on the topic; `now`: have it
