@@ -286,6 +286,7 @@ def plain_loop(
     )
     producer = client.create_producer(
         predictions_topic,
+        batching_enabled=True,
         batching_max_publish_delay_ms=1,
         block_if_queue_full=True,
     )

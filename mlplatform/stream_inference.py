@@ -67,8 +67,6 @@ logger = logging.getLogger(__name__)
 BATCHES_PER_POLL = 50
 # Hand-offs not yet committed, at most: a committer that falls behind slows the actors down.
 MAX_HAND_OFFS = 64
-# Results published in one batch (one broker entry), at most: far below the broker's 5 MB.
-BATCH_BYTES = 128 * 1024
 # The results producers' batching timer, never reached: `_send_batches` flushes each batch.
 BATCH_TIMER_OFF_MS = 24 * 3600 * 1000
 
@@ -135,6 +133,21 @@ def sequence_id(message_id: pulsar.MessageId) -> int:
     if not (0 <= ledger < 1 << 29 and 0 <= entry < 1 << 24 and index < 1 << 10):
         raise ValueError(f"message id {message_id} is outside the sequence-id encoding")
     return (ledger << 34) | (entry << 10) | max(index, 0)
+
+
+def batch_bounds(sizes: list[int], limit: int) -> list[tuple[int, int]]:
+    """Consecutive [start, end) ranges of items of these sizes, each at most `limit` in all (an
+    item larger than that on its own)."""
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    while start < len(sizes):
+        end, total = start + 1, sizes[start]
+        while end < len(sizes) and total + sizes[end] <= limit:
+            total += sizes[end]
+            end += 1
+        bounds.append((start, end))
+        start = end
+    return bounds
 
 
 def partition_of(topic: str) -> int:
@@ -253,7 +266,7 @@ class StreamConsumer:
                 producer_name=name if self.dedup else None,
                 batching_enabled=True,
                 batching_max_messages=self.s.stream_batch_max + 1,
-                batching_max_allowed_size_in_bytes=2 * BATCH_BYTES,
+                batching_max_allowed_size_in_bytes=2 * self.s.stream_results_batch_bytes,
                 batching_max_publish_delay_ms=BATCH_TIMER_OFF_MS,
                 block_if_queue_full=True,
             )
@@ -380,19 +393,15 @@ class StreamConsumer:
 
     def _send_batches(self, name: str, results: list[tuple[bytes, str, int]]) -> None:
         """Publish one input partition's results, in position order, in batches of at most
-        BATCH_BYTES, each sent as soon as it is complete.
+        `stream_results_batch_bytes`, each sent as soon as it is complete.
 
         The broker de-duplicates a batch by the sequence id of its metadata, which the client
         takes from the batch's first message (C++ client 4.2; later ones take the last). So the
         first message carries the batch's highest position: a batch is on the topic exactly when
         the producer's last sequence id reaches it, wherever a crash cut the stream."""
         producer = self.producers[name]
-        start = 0
-        while start < len(results):
-            end, size = start + 1, len(results[start][0])
-            while end < len(results) and size + len(results[end][0]) <= BATCH_BYTES:
-                size += len(results[end][0])
-                end += 1
+        sizes = [len(payload) for payload, _, _ in results]
+        for start, end in batch_bounds(sizes, self.s.stream_results_batch_bytes):
             top = results[end - 1][2]
             for i in range(start, end):
                 payload, key, seq = results[i]
@@ -400,7 +409,6 @@ class StreamConsumer:
                 producer.send_async(payload, self._sent, partition_key=key, **ids)
             producer._producer.flush_async(self._flushed)  # the wrapper has no flush_async
             self.sent[name] = max(self.sent[name], top)
-            start = end
 
     def _sent(self, result: pulsar.Result, _message_id: object) -> None:
         if result != pulsar.Result.Ok:

@@ -13,6 +13,7 @@ from mlplatform.model_registry import ModelRef
 from mlplatform.stream_committer import high_water_marks, merge_marks
 from mlplatform.stream_inference import (
     InvalidMessage,
+    batch_bounds,
     owned_partitions,
     parse_features,
     partition_of,
@@ -131,6 +132,14 @@ def test_failover_actors_own_whole_partitions() -> None:
     assert owned_partitions(0, 1, 0) == [0]
     with pytest.raises(ValueError, match="3 stream actors but the features topic has 2"):
         owned_partitions(0, 3, 2)
+
+
+def test_result_batches_stay_within_the_byte_limit_in_order() -> None:
+    assert batch_bounds([40, 40, 40, 40, 40], 100) == [(0, 2), (2, 4), (4, 5)]
+    assert batch_bounds([10] * 5, 100) == [(0, 5)]
+    assert batch_bounds([30, 150, 30, 30], 100) == [(0, 1), (1, 2), (2, 4)]  # oversize: alone
+    assert batch_bounds([100, 1], 100) == [(0, 1), (1, 2)]
+    assert batch_bounds([], 100) == []
 
 
 def test_partition_of_a_topic_name() -> None:
