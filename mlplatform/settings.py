@@ -160,7 +160,7 @@ class Settings(BaseSettings):
     # failover: effectively once, an actor per partition or more partitions per actor;
     # key_shared, shared: any number of actors, at least once (see stream_inference).
     stream_subscription_type: Literal["failover", "key_shared", "shared"] = "failover"
-    # One actor keeps up with ~6k msg/s here; add actors where there are cores for them (on this
+    # One actor drains ~10k msg/s here; add actors where there are cores for them (on this
     # 2-core machine a second one competes with the broker: measured slower, with a longer tail).
     stream_actors: int = 1
     stream_actor_cpus: float = 0.25
