@@ -29,7 +29,12 @@ KINDS = {
     ("flink.apache.org/v1beta1", "FlinkDeployment"),
 }
 # Broker settings the embedded broker gets from infra/pulsar_config.py, that every deployment keeps.
-BROKER_KEYS = ("brokerDeduplicationEnabled", "brokerDeleteInactiveTopicsEnabled")
+BROKER_KEYS = (
+    "brokerDeduplicationEnabled",
+    "brokerDeleteInactiveTopicsEnabled",
+    "transactionCoordinatorEnabled",
+    "brokerClient_operationTimeoutMs",
+)
 
 
 def _embedded_broker() -> dict[str, str]:
