@@ -12,9 +12,10 @@ Delivery protocol (effectively once, the default `stream_subscription_type=failo
    delivery it goes to the dead-letter topic with its reason in the `reason` property, and is
    acknowledged.
 3. Results go to the predictions topic through one producer per input partition, named after
-   it, in one batch per micro-batch (one broker entry), whose sequence id is the highest input
-   position in it. A result at or below the producer's last persisted sequence id is not sent
-   again, and the broker's de-duplication drops a batch that raced a crash.
+   it, in batches of at most `stream_results_batch_bytes` (one per micro-batch at the defaults;
+   one broker entry each) whose sequence id is the highest input position in the batch. A
+   result at or below the producer's last persisted sequence id is not sent again, and the
+   broker's de-duplication drops a batch that raced a crash.
 4. At the end of each poll (at most `stream_poll_s`), once its results are on the topic, the
    actor hands them, each with its producer and sequence id, to the pool's one
    `StreamCommitter`, which appends everything handed in to Iceberg every
