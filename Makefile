@@ -22,7 +22,7 @@ deploy: up  ## register every deployment in prefect.yaml
 	.venv/bin/prefect --no-prompt deploy --all
 
 demo: deploy  ## the whole pipeline as Prefect deployment runs, with a reconciled summary
-	$(PY) -m mlplatform.demo
+	$(PY) -m mlplatform.ops.demo
 
 test: setup  ## unit, integration and end-to-end tests on the real services
 	$(PY) -m pytest

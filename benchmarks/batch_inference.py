@@ -57,22 +57,22 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.tree import DecisionTreeClassifier
 
 from checkpoints.store import CheckpointStore
-from mlplatform import model_registry
-from mlplatform.batch_commit import committed_units
-from mlplatform.batch_inference import (
+from mlplatform.connectors.iceberg_tables import ensure_tables
+from mlplatform.connectors.ray_runtime import connect
+from mlplatform.dataset.synthetic_features import append_features, feature_rows
+from mlplatform.inference.batch.commit import committed_units
+from mlplatform.inference.batch.predictors import Predictor, deploy_batch_model
+from mlplatform.inference.batch.runner import (
     commit_interval_rows,
     predictions_rows,
     read_stage,
     run_batch_inference,
     unit_pipeline,
 )
-from mlplatform.batch_predictors import Predictor, deploy_batch_model
-from mlplatform.batch_units import plan_units
-from mlplatform.iceberg_tables import ensure_tables
-from mlplatform.model_registry import ModelRef
-from mlplatform.ray_runtime import connect
+from mlplatform.inference.batch.units import plan_units
+from mlplatform.registry import model_registry
+from mlplatform.registry.model_registry import ModelRef
 from mlplatform.settings import Settings, get_settings
-from mlplatform.synthetic_features import append_features, feature_rows
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = {

@@ -43,15 +43,20 @@ import pulsar
 import pyarrow as pa
 from sklearn.datasets import load_iris
 
-from mlplatform.dataset import MALFORMED_KINDS, demo_events, header
-from mlplatform.flink_job import ALREADY_INGESTED, DUPLICATE_KEY, NOT_FINITE_TEXT, OVERSIZED
-from mlplatform.iceberg_tables import ensure_tables
-from mlplatform.preprocess import preprocess
-from mlplatform.pulsar_io import (
+from mlplatform.connectors.iceberg_tables import ensure_tables
+from mlplatform.connectors.pulsar_io import (
     admin_headers,
     ensure_partitioned_topic,
     make_client,
     topic_path,
+)
+from mlplatform.dataset.demo_rows import MALFORMED_KINDS, demo_events, header
+from mlplatform.preprocess.batch import preprocess
+from mlplatform.preprocess.flink_job import (
+    ALREADY_INGESTED,
+    DUPLICATE_KEY,
+    NOT_FINITE_TEXT,
+    OVERSIZED,
 )
 from mlplatform.settings import Settings, get_settings
 
@@ -305,7 +310,7 @@ def stream_latency(base: Settings, rate: float, seconds: float, delivery: str) -
     import threading
 
     from infra.flink_cluster import healthy, start_cluster, stop_cluster
-    from mlplatform.stream_preprocess import start_stream, stop_stream, stream_settings
+    from mlplatform.preprocess.stream import start_stream, stop_stream, stream_settings
 
     tag = uuid.uuid4().hex[:6]
     s = stream_settings(bench_settings(base, f"stream_{tag}", Path(tempfile.gettempdir())))

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.datasets import load_iris
 
-from mlplatform.candidates import train_grid_on_ray, train_grid_sequential
-from mlplatform.ray_runtime import connect
+from mlplatform.connectors.ray_runtime import connect
 from mlplatform.settings import get_settings
+from mlplatform.training.candidates import train_grid_on_ray, train_grid_sequential
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -47,21 +47,26 @@ import numpy as np
 import pulsar
 from sklearn.datasets import load_iris
 
-from mlplatform import model_registry
-from mlplatform.fast_predict import compile_model
-from mlplatform.iceberg_tables import load_catalog, table_schemas
-from mlplatform.model_registry import ModelRef
-from mlplatform.pulsar_io import ensure_partitioned_topic, make_client, read_all, receive_batch
-from mlplatform.ray_runtime import connect
-from mlplatform.serving import start_serving, stop_serving
-from mlplatform.settings import Settings, get_settings
-from mlplatform.stream_inference import (
+from mlplatform.connectors.iceberg_tables import load_catalog, table_schemas
+from mlplatform.connectors.pulsar_io import (
+    ensure_partitioned_topic,
+    make_client,
+    read_all,
+    receive_batch,
+)
+from mlplatform.connectors.ray_runtime import connect
+from mlplatform.inference.fast_predict import compile_model
+from mlplatform.inference.serving.deployment import start_serving, stop_serving
+from mlplatform.inference.stream.runner import (
     InvalidMessage,
     StreamResult,
     parse_features,
     predict_rows,
     run_stream_inference,
 )
+from mlplatform.registry import model_registry
+from mlplatform.registry.model_registry import ModelRef
+from mlplatform.settings import Settings, get_settings
 
 RESULTS = Path(__file__).parent / "results"
 WARM_PREFIX = "warm-"

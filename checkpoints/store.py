@@ -14,7 +14,7 @@ from sqlalchemy import BigInteger, DateTime, Integer, String, Text, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from mlplatform.database import Base, get_engine
+from checkpoints.database import Base, get_engine
 
 PENDING, DONE, FAILED = "pending", "done", "failed"
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 if TYPE_CHECKING:
-    from mlplatform.preprocess import PreprocessResult
+    from mlplatform.preprocess.batch import PreprocessResult
 
 
 def publish_summary(key: str, title: str, result: Any) -> None:

@@ -10,9 +10,9 @@ from prefect.artifacts import (
 )
 from prefect.runtime import flow_run
 
-from mlplatform.batch_inference import BatchResult, Mode, run_batch_inference
+from mlplatform.inference.batch.runner import BatchResult, Mode, run_batch_inference
+from mlplatform.inference.stream.runner import StreamResult, run_stream_inference
 from mlplatform.settings import Settings
-from mlplatform.stream_inference import StreamResult, run_stream_inference
 from tasks.artifacts import publish_summary
 
 

@@ -9,11 +9,11 @@ from prefect.runtime import flow_run
 from prefect.states import State
 
 from infra.flink_cluster import healthy, start_cluster
-from mlplatform.preprocess import PreprocessResult, preprocess
-from mlplatform.raw_files import IncompatibleSchemaError
+from mlplatform.preprocess.batch import PreprocessResult, preprocess
+from mlplatform.preprocess.landing_files import IncompatibleSchemaError
+from mlplatform.preprocess.stream import start_stream, stop_stream, stream_result, stream_settings
 from mlplatform.settings import Settings
-from mlplatform.stream_preprocess import start_stream, stop_stream, stream_result, stream_settings
-from mlplatform.training import rows_since_training
+from mlplatform.training.retrain import rows_since_training
 from tasks.artifacts import publish_preprocess_report
 
 RETRAIN_DUE_EVENT = "mlplatform.features.retrain-due"

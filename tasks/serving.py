@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from mlplatform.serving import ServingState, manage_serving
+from mlplatform.inference.serving.deployment import ServingState, manage_serving
 from mlplatform.settings import Settings
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from mlplatform import model_registry
+from mlplatform.registry import model_registry
 from mlplatform.settings import Settings
-from mlplatform.training import RetrainResult, retrain
+from mlplatform.training.retrain import RetrainResult, retrain
 
 
 def confusion_matrix_markdown(matrix: list[list[int]], labels: list[str]) -> str:

@@ -1,6 +1,6 @@
 """Alembic environment of the platform's own tables (checkpoints and model registry).
 
-Run by mlplatform.database (get_engine, `mlp db upgrade`), which hands over a connection already
+Run by checkpoints.database (get_engine, `mlp db upgrade`), which hands over a connection already
 in the transaction that serializes concurrent upgrades, and by the `alembic` command (alembic.ini
 at the repository root), which connects to `-x url=...` or else the settings' database URL.
 """
@@ -12,9 +12,9 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.pool import NullPool
 
+import checkpoints.registry_tables  # noqa: F401
 import checkpoints.store  # noqa: F401  (registers its tables on Base, for autogenerate)
-import mlplatform.model_registry  # noqa: F401
-from mlplatform.database import Base, new_engine
+from checkpoints.database import Base, new_engine
 
 config = context.config
 if config.config_file_name is not None and "connection" not in config.attributes:

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 
 def test_demo_counts_reconcile(services: Settings, deployments: None) -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "mlplatform.demo", "--rows", "300", "--malformed", "14"],
+        [sys.executable, "-m", "mlplatform.ops.demo", "--rows", "300", "--malformed", "14"],
         cwd=PROJECT_DIR, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     summary = completed.stdout[completed.stdout.find("=== demo summary ===") :]

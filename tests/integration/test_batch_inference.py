@@ -2,8 +2,8 @@
 kill -9 of the flow process at seeded random points, a killed Ray worker, a poisoned unit, fused
 against separated mode, a concurrent second run, and concurrent commits of one unit.
 
-The features are written straight to Iceberg (mlplatform.synthetic_features) in many small row
-groups, so that a run has many units; the Flink path into that table is tested elsewhere.
+The features are written straight to Iceberg (mlplatform.dataset.synthetic_features) in many
+small row groups, so that a run has many units; the Flink path into that table is tested elsewhere.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from pyiceberg.expressions import EqualTo
 from ray.util.state import list_actors
 
 from checkpoints.store import CheckpointStore, RunInProgress, UnitPlan
-from mlplatform.batch_commit import commit_units, committed_units, disable_auto_retry
-from mlplatform.batch_inference import BatchInferenceFailed, job_key, run_batch_inference
-from mlplatform.iceberg_tables import ensure_tables, load_table
+from mlplatform.connectors.iceberg_tables import ensure_tables, load_table
+from mlplatform.dataset.synthetic_features import append_features, feature_rows
+from mlplatform.inference.batch.commit import commit_units, committed_units, disable_auto_retry
+from mlplatform.inference.batch.runner import BatchInferenceFailed, job_key, run_batch_inference
 from mlplatform.settings import PROJECT_DIR, Settings
-from mlplatform.synthetic_features import append_features, feature_rows
-from mlplatform.training import retrain
+from mlplatform.training.retrain import retrain
 from tests.conftest import module_settings, settings_env
 
 pytestmark = pytest.mark.integration
@@ -208,7 +208,7 @@ def test_fused_and_separated_modes_predict_the_same_and_filters_apply(batch: Set
 
 def test_a_concurrent_second_run_is_refused_and_nothing_doubles(batch: Settings) -> None:
     s = _fresh(batch, "concurrent", 3000)
-    code = "from mlplatform.batch_inference import run_batch_inference as r; " \
+    code = "from mlplatform.inference.batch.runner import run_batch_inference as r; " \
            "from mlplatform.settings import Settings; print(r(Settings()).run_id)"  # fmt: skip
     log = s.local_dir / "concurrent-first.log"
     with log.open("w") as stderr:

@@ -8,8 +8,8 @@ import httpx
 import pytest
 from prefect.deployments import run_deployment
 
-from mlplatform.dataset import write_demo_raw
-from mlplatform.iceberg_tables import count_rows, load_table
+from mlplatform.connectors.iceberg_tables import count_rows, load_table
+from mlplatform.dataset.demo_rows import write_demo_raw
 from mlplatform.settings import Settings
 from tests.conftest import settings_env
 

@@ -33,15 +33,15 @@ from infra.flink_cluster import (
     stop_cluster,
 )
 from infra.processes import running
-from mlplatform import preprocess as preprocess_module
-from mlplatform.dataset import demo_events, write_demo_raw
-from mlplatform.iceberg_tables import count_rows, ensure_tables, load_table
-from mlplatform.operations import topic_stats
-from mlplatform.preprocess import FlinkJobError, preprocess
-from mlplatform.pulsar_io import publish, read_all
-from mlplatform.raw_files import Plan
+from mlplatform.connectors.iceberg_tables import count_rows, ensure_tables, load_table
+from mlplatform.connectors.pulsar_io import publish, read_all
+from mlplatform.dataset.demo_rows import demo_events, write_demo_raw
+from mlplatform.ops.status import topic_stats
+from mlplatform.preprocess import batch as preprocess_module
+from mlplatform.preprocess.batch import FlinkJobError, preprocess
+from mlplatform.preprocess.landing_files import Plan
+from mlplatform.preprocess.stream import active_job, run_counts, start_stream, stop_stream
 from mlplatform.settings import Settings, get_settings
-from mlplatform.stream_preprocess import active_job, run_counts, start_stream, stop_stream
 from tasks.artifacts import preprocess_markdown
 from tests.conftest import module_settings, settings_env
 

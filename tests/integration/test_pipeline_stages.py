@@ -11,16 +11,16 @@ import pytest
 from pyiceberg.expressions import EqualTo
 from typer.testing import CliRunner
 
-from mlplatform.batch_inference import run_batch_inference
-from mlplatform.cli import app
-from mlplatform.dataset import MALFORMED_KINDS, write_demo_raw
-from mlplatform.iceberg_tables import load_table
-from mlplatform.operations import topic_stats
-from mlplatform.preprocess import preprocess
-from mlplatform.pulsar_io import read_all
+from mlplatform.connectors.iceberg_tables import load_table
+from mlplatform.connectors.pulsar_io import read_all
+from mlplatform.dataset.demo_rows import MALFORMED_KINDS, write_demo_raw
+from mlplatform.inference.batch.runner import run_batch_inference
+from mlplatform.inference.stream.runner import run_stream_inference
+from mlplatform.ops.cli import app
+from mlplatform.ops.status import topic_stats
+from mlplatform.preprocess.batch import preprocess
 from mlplatform.settings import Settings, get_settings
-from mlplatform.stream_inference import run_stream_inference
-from mlplatform.training import retrain
+from mlplatform.training.retrain import retrain
 from tests.conftest import settings_env
 
 pytestmark = pytest.mark.integration

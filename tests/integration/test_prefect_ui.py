@@ -21,10 +21,10 @@ from prefect.client.schemas.objects import Deployment
 from prefect.deployments import run_deployment
 from sklearn.datasets import load_iris
 
-from mlplatform.iceberg_tables import ensure_tables, load_table
+from mlplatform.connectors.iceberg_tables import ensure_tables, load_table
+from mlplatform.dataset.synthetic_features import features_table_rows
 from mlplatform.settings import PROJECT_DIR, Settings
-from mlplatform.synthetic_features import features_table_rows
-from mlplatform.training import retrain
+from mlplatform.training.retrain import retrain
 from tests.conftest import settings_env
 
 pytestmark = pytest.mark.integration

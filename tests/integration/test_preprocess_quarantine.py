@@ -20,10 +20,10 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from flows.preprocess import preprocess as preprocess_flow
-from mlplatform.dataset import header
-from mlplatform.iceberg_tables import load_table
-from mlplatform.preprocess import PreprocessResult, preprocess
-from mlplatform.pulsar_io import make_client, receive_batch
+from mlplatform.connectors.iceberg_tables import load_table
+from mlplatform.connectors.pulsar_io import make_client, receive_batch
+from mlplatform.dataset.demo_rows import header
+from mlplatform.preprocess.batch import PreprocessResult, preprocess
 from mlplatform.settings import Settings, get_settings
 from tests.conftest import module_settings, settings_env
 

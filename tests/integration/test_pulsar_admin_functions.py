@@ -23,8 +23,8 @@ import pytest
 from sklearn.datasets import load_iris
 from sklearn.tree import DecisionTreeClassifier
 
-from mlplatform import model_registry
-from mlplatform.pulsar_functions import champion_user_config
+from mlplatform.inference.stream.pulsar_functions import champion_user_config
+from mlplatform.registry import model_registry
 from mlplatform.settings import PROJECT_DIR, Settings, get_settings
 from tests.conftest import extra_service
 

@@ -25,9 +25,7 @@ from pydantic import SecretStr
 
 from infra.pulsar_config import secret_key_file
 from infra.services import pulsar_admin_token_headers
-from mlplatform.dataset import write_demo_raw
-from mlplatform.preprocess import preprocess
-from mlplatform.pulsar_io import (
+from mlplatform.connectors.pulsar_io import (
     ensure_partitioned_topic,
     ensure_subscription,
     make_client,
@@ -35,6 +33,8 @@ from mlplatform.pulsar_io import (
     receive_batch,
     topic_partitions,
 )
+from mlplatform.dataset.demo_rows import write_demo_raw
+from mlplatform.preprocess.batch import preprocess
 from mlplatform.settings import Settings, get_settings
 from tests.conftest import extra_service
 

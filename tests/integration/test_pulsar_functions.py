@@ -9,9 +9,13 @@ import pytest
 from sklearn.datasets import load_iris
 from sklearn.tree import DecisionTreeClassifier
 
-from mlplatform import model_registry
-from mlplatform.pulsar_functions import FunctionSpec, champion_user_config, run_function
-from mlplatform.pulsar_io import make_client, read_all
+from mlplatform.connectors.pulsar_io import make_client, read_all
+from mlplatform.inference.stream.pulsar_functions import (
+    FunctionSpec,
+    champion_user_config,
+    run_function,
+)
+from mlplatform.registry import model_registry
 from mlplatform.settings import PROJECT_DIR, Settings
 
 pytestmark = pytest.mark.integration

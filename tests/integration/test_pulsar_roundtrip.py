@@ -7,7 +7,12 @@ import uuid
 import pulsar
 import pytest
 
-from mlplatform.pulsar_io import ensure_partitioned_topic, make_client, read_all, topic_partitions
+from mlplatform.connectors.pulsar_io import (
+    ensure_partitioned_topic,
+    make_client,
+    read_all,
+    topic_partitions,
+)
 from mlplatform.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -13,19 +13,19 @@ import httpx
 import numpy as np
 import pytest
 
-from mlplatform import model_registry
-from mlplatform.model_registry import ModelIntegrityError
-from mlplatform.pulsar_io import (
+from mlplatform.connectors.pulsar_io import (
     ensure_partitioned_topic,
     ensure_subscription,
     make_client,
     read_all,
 )
-from mlplatform.serving import start_serving, stop_serving
+from mlplatform.dataset.synthetic_features import append_features
+from mlplatform.inference.serving.deployment import start_serving, stop_serving
+from mlplatform.inference.stream.runner import run_stream_inference
+from mlplatform.registry import model_registry
+from mlplatform.registry.model_registry import ModelIntegrityError
 from mlplatform.settings import Settings
-from mlplatform.stream_inference import run_stream_inference
-from mlplatform.synthetic_features import append_features
-from mlplatform.training import read_snapshot, retrain, split, train_candidates
+from mlplatform.training.retrain import read_snapshot, retrain, split, train_candidates
 from tests.conftest import module_settings
 
 pytestmark = pytest.mark.integration

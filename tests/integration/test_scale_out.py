@@ -31,9 +31,7 @@ from pydantic import SecretStr
 from pyiceberg.expressions import EqualTo
 from sqlalchemy import create_engine, inspect, text
 
-from infra.processes import running
-from mlplatform.batch_inference import run_batch_inference
-from mlplatform.database import (
+from checkpoints.database import (
     alembic_config,
     current_revision,
     head_revision,
@@ -41,12 +39,14 @@ from mlplatform.database import (
     schema_differences,
     upgrade,
 )
-from mlplatform.dataset import write_demo_raw
-from mlplatform.iceberg_tables import load_table
-from mlplatform.preprocess import jdbc_catalog_options, preprocess
+from infra.processes import running
+from mlplatform.connectors.iceberg_tables import load_table
+from mlplatform.dataset.demo_rows import write_demo_raw
+from mlplatform.dataset.synthetic_features import append_features
+from mlplatform.inference.batch.runner import run_batch_inference
+from mlplatform.preprocess.batch import jdbc_catalog_options, preprocess
 from mlplatform.settings import PROJECT_DIR, Settings
-from mlplatform.synthetic_features import append_features
-from mlplatform.training import retrain
+from mlplatform.training.retrain import retrain
 from tests.conftest import extra_service, settings_env
 from tests.integration.test_batch_inference import (
     assert_exactly_once,
@@ -356,7 +356,7 @@ BATCH_ON_CLUSTER = """
 import json
 import ray
 from ray.util.state import list_actors, list_tasks
-from mlplatform.batch_inference import run_batch_inference
+from mlplatform.inference.batch.runner import run_batch_inference
 from mlplatform.settings import Settings
 
 result = run_batch_inference(Settings())

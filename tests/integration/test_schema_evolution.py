@@ -15,13 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 from pyiceberg.types import DoubleType, StringType
 
-from mlplatform.dataset import header
-from mlplatform.iceberg_tables import ensure_tables, load_table
-from mlplatform.preprocess import PreprocessResult, preprocess
-from mlplatform.pulsar_io import read_all
-from mlplatform.raw_files import IncompatibleSchemaError
+from mlplatform.connectors.iceberg_tables import ensure_tables, load_table
+from mlplatform.connectors.pulsar_io import read_all
+from mlplatform.dataset.demo_rows import header
+from mlplatform.dataset.synthetic_features import features_table_rows
+from mlplatform.preprocess.batch import PreprocessResult, preprocess
+from mlplatform.preprocess.landing_files import IncompatibleSchemaError
 from mlplatform.settings import Settings
-from mlplatform.synthetic_features import features_table_rows
 from tests.conftest import module_settings
 
 pytestmark = pytest.mark.integration

@@ -14,14 +14,14 @@ import pytest
 from pyiceberg.expressions import EqualTo
 from pyiceberg.types import DoubleType, IntegerType
 
-from mlplatform.batch_inference import run_batch_inference
-from mlplatform.dataset import malformed_kinds, write_demo_raw
-from mlplatform.iceberg_tables import load_table
-from mlplatform.preprocess import preprocess
-from mlplatform.pulsar_io import read_all
+from mlplatform.connectors.iceberg_tables import load_table
+from mlplatform.connectors.pulsar_io import read_all
+from mlplatform.dataset.demo_rows import malformed_kinds, write_demo_raw
+from mlplatform.inference.batch.runner import run_batch_inference
+from mlplatform.inference.stream.runner import run_stream_inference
+from mlplatform.preprocess.batch import preprocess
 from mlplatform.settings import Settings
-from mlplatform.stream_inference import run_stream_inference
-from mlplatform.training import retrain
+from mlplatform.training.retrain import retrain
 from tests.conftest import module_settings, settings_env
 
 pytestmark = pytest.mark.integration

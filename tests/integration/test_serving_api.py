@@ -16,11 +16,16 @@ from typing import Any
 import httpx
 import pytest
 
-from mlplatform import model_registry
-from mlplatform.serving import manage_serving, serving_status, start_serving, stop_serving
+from mlplatform.dataset.synthetic_features import append_features
+from mlplatform.inference.serving.deployment import (
+    manage_serving,
+    serving_status,
+    start_serving,
+    stop_serving,
+)
+from mlplatform.registry import model_registry
 from mlplatform.settings import Settings, get_settings
-from mlplatform.synthetic_features import append_features
-from mlplatform.training import retrain
+from mlplatform.training.retrain import retrain
 from tests.conftest import module_settings
 
 pytestmark = pytest.mark.integration

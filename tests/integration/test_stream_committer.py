@@ -13,16 +13,16 @@ import pytest
 import ray
 from ray.exceptions import RayActorError
 
-from mlplatform.iceberg_tables import ensure_tables, load_table
-from mlplatform.ray_runtime import connect
-from mlplatform.settings import Settings
-from mlplatform.stream_committer import (
+from mlplatform.connectors.iceberg_tables import ensure_tables, load_table
+from mlplatform.connectors.ray_runtime import connect
+from mlplatform.inference.stream.committer import (
     MERGE_MANIFESTS,
     Result,
     StreamCommitter,
     high_water_marks,
     snapshot_marks,
 )
+from mlplatform.settings import Settings
 from tests.conftest import module_settings
 
 pytestmark = pytest.mark.integration

@@ -14,13 +14,13 @@ import pulsar
 import pytest
 from ray.util.state import list_actors
 
-from mlplatform.iceberg_tables import load_table
-from mlplatform.operations import topic_stats
-from mlplatform.pulsar_io import ensure_partitioned_topic, make_client, read_all
+from mlplatform.connectors.iceberg_tables import load_table
+from mlplatform.connectors.pulsar_io import ensure_partitioned_topic, make_client, read_all
+from mlplatform.dataset.synthetic_features import feature_rows, publish_features
+from mlplatform.inference.stream.runner import StreamResult, run_stream_inference
+from mlplatform.ops.status import topic_stats
 from mlplatform.settings import Settings
-from mlplatform.stream_inference import StreamResult, run_stream_inference
-from mlplatform.synthetic_features import feature_rows, publish_features
-from mlplatform.training import retrain
+from mlplatform.training.retrain import retrain
 from tests.conftest import module_settings
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,8 @@ import pytest
 from pyiceberg.schema import Schema
 from pyiceberg.types import DoubleType, NestedField, StringType
 
-from mlplatform.batch_inference import (
+from mlplatform.inference.batch.predictors import Predictor, predict_table
+from mlplatform.inference.batch.runner import (
     BatchInferenceStalled,
     _watched,
     commit_interval_rows,
@@ -25,9 +26,8 @@ from mlplatform.batch_inference import (
     predictions_rows,
     unit_parts,
 )
-from mlplatform.batch_predictors import Predictor, predict_table
-from mlplatform.batch_units import ERROR, UNIT, UNIT_ROWS, read_unit, read_units
-from mlplatform.model_registry import ModelRef
+from mlplatform.inference.batch.units import ERROR, UNIT, UNIT_ROWS, read_unit, read_units
+from mlplatform.registry.model_registry import ModelRef
 
 pytestmark = pytest.mark.unit
 
@@ -165,7 +165,7 @@ def test_watched_fails_a_stalled_pipeline(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_failure_report_names_each_unit() -> None:
-    from mlplatform.batch_inference import FailedUnit
+    from mlplatform.inference.batch.runner import FailedUnit
 
     report = failure_report("r1", [FailedUnit(3, "s3://b/f.parquet", 500, 3, "ValueError('x')")],
                             10_000)  # fmt: skip
@@ -182,7 +182,7 @@ def test_unit_parts_groups_rows_by_unit_without_reordering_a_unit() -> None:
 
 
 def test_predictions_rows_drop_placeholders_and_take_the_table_schema() -> None:
-    from mlplatform.iceberg_tables import predictions_schema
+    from mlplatform.connectors.iceberg_tables import predictions_schema
     from mlplatform.settings import Settings
 
     schema = predictions_schema(Settings()).as_arrow()
@@ -209,7 +209,7 @@ def test_niceness_is_set_for_every_thread_and_restored_after_a_block() -> None:
     privilege; the block's niceness is undone afterwards where the process may lower it."""
     code = """
 import os, threading
-from mlplatform.niceness import at_niceness, set_niceness
+from mlplatform.connectors.niceness import at_niceness, set_niceness
 start = os.getpriority(os.PRIO_PROCESS, 0)
 waiting = threading.Event()
 other = threading.Thread(target=waiting.wait, daemon=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.preprocess import pandas_clean, write_raw
-from mlplatform.dataset import MALFORMED_KINDS, header
+from mlplatform.dataset.demo_rows import MALFORMED_KINDS, header
 from mlplatform.settings import Settings
 
 pytestmark = pytest.mark.unit

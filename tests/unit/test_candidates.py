@@ -1,4 +1,4 @@
-"""mlplatform.candidates: the grid's estimators, their metrics, sequential training, the pick."""
+"""mlplatform.training.candidates: the grid's estimators, metrics, sequential training, the pick."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.tree import DecisionTreeClassifier
 
-from mlplatform.candidates import (
+from mlplatform.training.candidates import (
     FAMILIES,
     Candidate,
     best,

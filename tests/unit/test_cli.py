@@ -10,8 +10,8 @@ import pytest
 from sklearn.dummy import DummyClassifier
 from typer.testing import CliRunner
 
-from mlplatform import model_registry
-from mlplatform.cli import app
+from mlplatform.ops.cli import app
+from mlplatform.registry import model_registry
 from mlplatform.settings import Settings, get_settings
 
 pytestmark = pytest.mark.unit
@@ -175,7 +175,7 @@ def test_resuming_an_unknown_run_fails_with_its_id(settings: Settings, runner: C
 
 
 def test_run_rejects_unknown_flows_and_bad_params(settings: Settings, runner: CliRunner) -> None:
-    from mlplatform.cli import _parse_params
+    from mlplatform.ops.cli import _parse_params
 
     assert runner.invoke(app, ["run", "nonsense"]).exit_code == 2
     assert _parse_params(["max_messages=500", "timeout_s=null", "name=abc"]) == {
@@ -186,7 +186,7 @@ def test_run_rejects_unknown_flows_and_bad_params(settings: Settings, runner: Cl
 
 
 def test_db_current_and_upgrade(settings: Settings, runner: CliRunner) -> None:
-    from mlplatform.database import head_revision
+    from checkpoints.database import head_revision
 
     head = head_revision()
     result = runner.invoke(app, ["db", "current"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mlplatform.dataset import MALFORMED_KINDS, header, write_demo_raw
+from mlplatform.dataset.demo_rows import MALFORMED_KINDS, header, write_demo_raw
 from mlplatform.settings import Settings
 
 pytestmark = pytest.mark.unit

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from pyiceberg.types import DoubleType, IntegerType
 
-from mlplatform.dataset import header, malformed_kinds, write_demo_raw
-from mlplatform.dataset_spec import bundled_names, load_spec
-from mlplatform.iceberg_tables import features_schema
-from mlplatform.preprocess import job_config
+from mlplatform.connectors.iceberg_tables import features_schema
+from mlplatform.dataset.demo_rows import header, malformed_kinds, write_demo_raw
+from mlplatform.dataset.spec import bundled_names, load_spec
+from mlplatform.preprocess.batch import job_config
 from mlplatform.settings import Settings
 
 pytestmark = pytest.mark.unit

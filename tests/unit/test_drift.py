@@ -1,4 +1,4 @@
-"""mlplatform.drift: the population stability index and the per-feature drift report."""
+"""mlplatform.training.drift: the population stability index and the per-feature drift report."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlplatform.drift import drift_report, psi
+from mlplatform.training.drift import drift_report, psi
 
 pytestmark = pytest.mark.unit
 

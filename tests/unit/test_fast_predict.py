@@ -9,7 +9,7 @@ from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
 
-from mlplatform.fast_predict import WALK_ROWS, CompiledTrees, compile_model
+from mlplatform.inference.fast_predict import WALK_ROWS, CompiledTrees, compile_model
 
 X, Y = load_iris(return_X_y=True)
 

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from mlplatform.model_registry import ModelRef
-from mlplatform.stream_committer import high_water_marks, merge_marks
-from mlplatform.stream_inference import (
+from mlplatform.inference.stream.committer import high_water_marks, merge_marks
+from mlplatform.inference.stream.runner import (
     InvalidMessage,
     batch_bounds,
     owned_partitions,
@@ -20,6 +19,7 @@ from mlplatform.stream_inference import (
     predict_rows,
     sequence_id,
 )
+from mlplatform.registry.model_registry import ModelRef
 
 pytestmark = pytest.mark.unit
 

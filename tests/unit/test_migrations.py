@@ -12,11 +12,10 @@ import pytest
 from alembic import command
 from sqlalchemy import Connection, Engine, event, inspect, text
 
+import checkpoints.registry_tables  # noqa: F401
 import checkpoints.store  # noqa: F401  (registers its tables on Base)
-import mlplatform.model_registry  # noqa: F401
-from checkpoints.store import CheckpointStore
-from mlplatform import database
-from mlplatform.database import (
+from checkpoints import database
+from checkpoints.database import (
     Base,
     alembic_config,
     current_revision,
@@ -26,6 +25,7 @@ from mlplatform.database import (
     schema_differences,
     upgrade,
 )
+from checkpoints.store import CheckpointStore
 
 pytestmark = pytest.mark.unit
 

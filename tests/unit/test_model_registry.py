@@ -1,4 +1,4 @@
-"""mlplatform.model_registry on a temporary SQLite database."""
+"""mlplatform.registry.model_registry on a temporary SQLite database."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from sklearn.dummy import DummyClassifier
 
-from mlplatform import model_registry
-from mlplatform.model_registry import ModelIntegrityError, model_ref
+from mlplatform.registry import model_registry
+from mlplatform.registry.model_registry import ModelIntegrityError, model_ref
 from mlplatform.settings import Settings
 
 pytestmark = pytest.mark.unit

@@ -1,5 +1,5 @@
-"""mlplatform.preprocess helpers: JDBC catalog options, claiming landing files, the job's counts
-and the run's report artifact."""
+"""mlplatform.preprocess.batch helpers: JDBC catalog options, claiming landing files, the job's
+counts and the run's report artifact."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mlplatform.preprocess import (
+from mlplatform.preprocess.batch import (
     PreprocessResult,
     claim_landing_files,
     jdbc_catalog_options,

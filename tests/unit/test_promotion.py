@@ -11,10 +11,10 @@ import pytest
 import skops.io
 from sklearn.dummy import DummyClassifier
 
-from mlplatform import model_registry
-from mlplatform.model_registry import ModelIntegrityError, ModelRef, model_ref
+from mlplatform.registry import model_registry
+from mlplatform.registry.model_registry import ModelIntegrityError, ModelRef, model_ref
 from mlplatform.settings import Settings
-from mlplatform.training import decide
+from mlplatform.training.retrain import decide
 
 pytestmark = pytest.mark.unit
 

@@ -18,9 +18,9 @@ from infra.pulsar_config import (
     secret_key_file,
     write_standalone_conf,
 )
-from mlplatform import preprocess
-from mlplatform.flink_job import build_statements, pulsar_auth_options
-from mlplatform.pulsar_io import admin_headers
+from mlplatform.connectors.pulsar_io import admin_headers
+from mlplatform.preprocess import batch as preprocess
+from mlplatform.preprocess.flink_job import build_statements, pulsar_auth_options
 from mlplatform.settings import Settings
 
 pytestmark = pytest.mark.unit

@@ -1,5 +1,5 @@
-"""mlplatform.raw_files: claiming CSV, JSON-lines and Parquet files, the schemas they declare,
-comparing them with the features table, and laying them out as the job's sources."""
+"""mlplatform.preprocess.landing_files: claiming CSV, JSON-lines and Parquet files, the schemas
+they declare, comparing them with the features table, and laying them out as the job's sources."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mlplatform.dataset_spec import load_spec
-from mlplatform.raw_files import (
+from mlplatform.dataset.spec import load_spec
+from mlplatform.preprocess.landing_files import (
     Declared,
     arrow_type,
     claim,

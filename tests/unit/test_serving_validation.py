@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mlplatform.serving_schema import (
+from mlplatform.inference.serving.api_schema import (
     InvalidRequest,
     describe_predictions,
     describe_request_errors,

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from mlplatform.settings import Settings
-from mlplatform.stream_preprocess import (
+from mlplatform.preprocess.stream import (
     checkpoint_dir,
     job_name,
     latest_checkpoint,
     resume_point,
     stream_settings,
 )
+from mlplatform.settings import Settings
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from mlplatform.settings import Settings
-from mlplatform.training import evaluate, split
+from mlplatform.training.retrain import evaluate, split
 
 pytestmark = pytest.mark.unit
 

@@ -38,7 +38,7 @@ from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 
-from mlplatform.iceberg_tables import load_table
+from mlplatform.connectors.iceberg_tables import load_table
 from mlplatform.settings import Settings
 
 logger = logging.getLogger(__name__)

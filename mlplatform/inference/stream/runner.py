@@ -51,16 +51,16 @@ import pulsar
 import ray
 from ray.exceptions import RayActorError
 
-from mlplatform import model_registry
-from mlplatform.actor_pool import closing, drive
-from mlplatform.fast_predict import compile_model
-from mlplatform.iceberg_tables import ensure_tables
-from mlplatform.model_registry import ModelRef
-from mlplatform.niceness import set_niceness
-from mlplatform.pulsar_io import make_client, receive_batch, topic_partitions
-from mlplatform.ray_runtime import connect
+from mlplatform.connectors.iceberg_tables import ensure_tables
+from mlplatform.connectors.niceness import set_niceness
+from mlplatform.connectors.pulsar_io import make_client, receive_batch, topic_partitions
+from mlplatform.connectors.ray_runtime import connect
+from mlplatform.inference.fast_predict import compile_model
+from mlplatform.inference.stream.actor_pool import closing, drive
+from mlplatform.inference.stream.committer import Result, StreamCommitter
+from mlplatform.registry import model_registry
+from mlplatform.registry.model_registry import ModelRef
 from mlplatform.settings import Settings
-from mlplatform.stream_committer import Result, StreamCommitter
 
 logger = logging.getLogger(__name__)
 

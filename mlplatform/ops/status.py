@@ -1,6 +1,6 @@
 """What an operator looks at: checkpointed runs, the quarantine, topics, Ray, links.
 
-Plain functions returning plain data; `mlplatform.cli` prints them.
+Plain functions returning plain data; `mlplatform.ops.cli` prints them.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 
 from checkpoints.store import FAILED, CheckpointStore
-from mlplatform.iceberg_tables import load_table
-from mlplatform.pulsar_io import admin_headers, topic_path
+from mlplatform.connectors.iceberg_tables import load_table
+from mlplatform.connectors.pulsar_io import admin_headers, topic_path
 from mlplatform.settings import Settings
 
 
@@ -84,7 +84,7 @@ def ray_resources(s: Settings) -> dict[str, Any]:
     """The Ray cluster's nodes and its total and available CPUs and memory."""
     import ray
 
-    from mlplatform.ray_runtime import connect
+    from mlplatform.connectors.ray_runtime import connect
 
     connect(s)
     total, free = ray.cluster_resources(), ray.available_resources()

@@ -1,6 +1,6 @@
 """The demo: write raw data, run every flow as a Prefect deployment run, reconcile the counts.
 
-Usage: python -m mlplatform.demo [--rows N] [--malformed M]
+Usage: python -m mlplatform.ops.demo [--rows N] [--malformed M]
 Needs the services (`make up`) and the deployments (`prefect deploy --all`); `make demo` does both.
 Counts are read back from Iceberg and Pulsar independently of what the flows report.
 Exit code 0 when every count reconciles, 1 otherwise.
@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pyiceberg.expressions import EqualTo
 
 from checkpoints.store import CheckpointStore
-from mlplatform import model_registry
-from mlplatform.dataset import write_demo_raw
-from mlplatform.iceberg_tables import count_rows, ensure_tables, load_table
-from mlplatform.pulsar_io import ensure_partitioned_topic, ensure_subscription, read_all
+from mlplatform.connectors.iceberg_tables import count_rows, ensure_tables, load_table
+from mlplatform.connectors.pulsar_io import ensure_partitioned_topic, ensure_subscription, read_all
+from mlplatform.dataset.demo_rows import write_demo_raw
+from mlplatform.registry import model_registry
 from mlplatform.settings import Settings, get_settings
 
 

@@ -1,6 +1,6 @@
 """Datasets by configuration: a spec names the key, the typed feature columns with their valid
 ranges, and the label with its classes. One setting (`MLP_DATASET`) picks a bundled spec
-(mlplatform/datasets/<name>.json: iris, the default, or wine) or a spec file by path.
+(mlplatform/dataset/specs/<name>.json: iris, the default, or wine) or a spec file by path.
 
 Everything downstream (the Flink job's validation, the Iceberg features table, training, batch
 and stream inference, serving) reads the columns from the settings this spec fills in.
@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-SPEC_DIR = Path(__file__).resolve().parent / "datasets"
+SPEC_DIR = Path(__file__).resolve().parent / "specs"
 # Column names go into SQL (backtick-quoted), CSV headers and JSON keys: plain identifiers only.
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 

@@ -31,11 +31,10 @@ from fastapi.security import APIKeyHeader
 from ray import serve
 from ray.serve import Application
 
-from mlplatform import model_registry
-from mlplatform.fast_predict import compile_model
-from mlplatform.niceness import set_niceness
-from mlplatform.ray_runtime import connect
-from mlplatform.serving_schema import (
+from mlplatform.connectors.niceness import set_niceness
+from mlplatform.connectors.ray_runtime import connect
+from mlplatform.inference.fast_predict import compile_model
+from mlplatform.inference.serving.api_schema import (
     BulkPredictRequest,
     BulkPredictResponse,
     ErrorResponse,
@@ -49,6 +48,7 @@ from mlplatform.serving_schema import (
     parse_features,
     parse_rows,
 )
+from mlplatform.registry import model_registry
 from mlplatform.settings import Settings
 
 logger = logging.getLogger("ray.serve")

@@ -21,9 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import NullPool
 
-import checkpoints
-
-MIGRATIONS_DIR = Path(checkpoints.__file__).resolve().parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Held by the process that upgrades a PostgreSQL database; the others wait, then find it done.
 PG_MIGRATION_LOCK = crc32(b"mlplatform schema migrations")
 UPGRADE_ATTEMPTS = 3
@@ -88,8 +86,8 @@ def current_revision(connection: Connection) -> str | None:
 
 def schema_differences(engine: Engine) -> list[object]:
     """What autogenerate would change to reach the models: nothing when the migrations are right."""
+    import checkpoints.registry_tables  # noqa: F401
     import checkpoints.store  # noqa: F401  (registers its tables on Base)
-    import mlplatform.model_registry  # noqa: F401
 
     with engine.connect() as connection:
         options = {"compare_type": True, "compare_server_default": True}

@@ -24,10 +24,10 @@ import ray
 from pulsar.functions.context import Context
 from pulsar.functions.serde import IdentitySerDe
 
-from mlplatform import model_registry
-from mlplatform.actor_pool import closing, drive
-from mlplatform.pulsar_io import make_client, receive_batch
-from mlplatform.ray_runtime import connect
+from mlplatform.connectors.pulsar_io import make_client, receive_batch
+from mlplatform.connectors.ray_runtime import connect
+from mlplatform.inference.stream.actor_pool import closing, drive
+from mlplatform.registry import model_registry
 from mlplatform.settings import Settings
 
 SERDE = IdentitySerDe()

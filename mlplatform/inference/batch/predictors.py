@@ -19,10 +19,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from ray import serve
 
-from mlplatform import model_registry
-from mlplatform.batch_units import ERROR, UNIT, UNIT_ROWS
-from mlplatform.model_registry import ModelRef
-from mlplatform.niceness import set_niceness
+from mlplatform.connectors.niceness import set_niceness
+from mlplatform.inference.batch.units import ERROR, UNIT, UNIT_ROWS
+from mlplatform.registry import model_registry
+from mlplatform.registry.model_registry import ModelRef
 from mlplatform.settings import Settings
 
 PredictProba = Callable[[np.ndarray], np.ndarray]

@@ -43,17 +43,17 @@ from typing import Any
 import httpx
 from pyiceberg.expressions import EqualTo
 
-from mlplatform.flink_job import ALREADY_INGESTED, WRITTEN
-from mlplatform.iceberg_tables import load_table
-from mlplatform.preprocess import (
+from mlplatform.connectors.iceberg_tables import load_table
+from mlplatform.connectors.pulsar_io import ensure_partitioned_topic
+from mlplatform.preprocess.batch import (
     FlinkJobError,
     PreprocessResult,
     job_web_url,
     prepare_sinks,
     run_flink_job,
 )
-from mlplatform.pulsar_io import ensure_partitioned_topic
-from mlplatform.schema_evolution import table_columns
+from mlplatform.preprocess.flink_job import ALREADY_INGESTED, WRITTEN
+from mlplatform.preprocess.schema_evolution import table_columns
 from mlplatform.settings import Settings
 
 ACTIVE_STATES = {"CREATED", "INITIALIZING", "RUNNING", "RESTARTING", "RECONCILING"}

@@ -10,8 +10,8 @@ from pathlib import Path
 from pyiceberg.table import Table
 from pyiceberg.types import BooleanType, DoubleType, IcebergType, IntegerType, LongType, StringType
 
-from mlplatform.dataset_spec import DatasetSpec
-from mlplatform.raw_files import IncompatibleSchemaError
+from mlplatform.dataset.spec import DatasetSpec
+from mlplatform.preprocess.landing_files import IncompatibleSchemaError
 
 ICEBERG_TYPES: dict[str, IcebergType] = {
     "double": DoubleType(),

@@ -10,7 +10,7 @@ from dataclasses import asdict
 import typer
 from sqlalchemy import Engine
 
-from mlplatform import model_registry
+from mlplatform.registry import model_registry
 from mlplatform.settings import get_settings
 
 app = typer.Typer(help="Operate the ML platform.", no_args_is_help=True)
@@ -91,7 +91,7 @@ def serve_start(
     version: int | None = typer.Option(None, help="Pin a version; default: follow the champion."),
 ) -> None:
     """Deploy the model API on Ray Serve (or redeploy it) and print its address."""
-    from mlplatform.serving import start_serving
+    from mlplatform.inference.serving.deployment import start_serving
 
     with failing_on(LookupError):
         address = start_serving(get_settings(), version)
@@ -101,7 +101,7 @@ def serve_start(
 @serving.command("stop")
 def serve_stop() -> None:
     """Remove the model application from Ray Serve."""
-    from mlplatform.serving import stop_serving
+    from mlplatform.inference.serving.deployment import stop_serving
 
     stop_serving(get_settings())
     typer.echo("stopped")
@@ -110,7 +110,7 @@ def serve_stop() -> None:
 @serving.command("status")
 def serve_status() -> None:
     """The model API's status (RUNNING, DEPLOYING, NOT_DEPLOYED, ...), address and version."""
-    from mlplatform.serving import describe_serving
+    from mlplatform.inference.serving.deployment import describe_serving
 
     state = describe_serving(get_settings())
     version = state.model_version
@@ -147,7 +147,7 @@ def _database() -> Iterator[tuple[Engine, str]]:
     """An engine on the settings' database that leaves its schema alone, and its printable URL."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from mlplatform.database import new_engine
+    from checkpoints.database import new_engine
 
     url = get_settings().resolved_database_url
     engine = new_engine(url)
@@ -161,7 +161,7 @@ def _database() -> Iterator[tuple[Engine, str]]:
 @database.command("upgrade")
 def db_upgrade() -> None:
     """Migrate the database to the newest revision (the platform also does on first use)."""
-    from mlplatform.database import current_revision, upgrade
+    from checkpoints.database import current_revision, upgrade
 
     with _database() as (engine, url):
         with engine.connect() as connection:
@@ -174,7 +174,7 @@ def db_upgrade() -> None:
 @database.command("current")
 def db_current() -> None:
     """The database's schema revision; exit code 1 when it is not the newest."""
-    from mlplatform.database import current_revision, head_revision
+    from checkpoints.database import current_revision, head_revision
 
     with _database() as (engine, url), engine.connect() as connection:
         current, head = current_revision(connection), head_revision()
@@ -229,7 +229,7 @@ def runs_list(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Checkpointed runs, newest first, with units and rows done out of the total."""
-    from mlplatform.operations import list_runs
+    from mlplatform.ops.status import list_runs
 
     rows = list_runs(get_settings(), limit)
     if as_json:
@@ -265,7 +265,7 @@ def quarantine(
     """Rows the preprocess flow rejected: counts by reason and the newest rows."""
     from pyiceberg.exceptions import NoSuchTableError
 
-    from mlplatform.operations import quarantine_summary
+    from mlplatform.ops.status import quarantine_summary
 
     with failing_on(NoSuchTableError):
         counts, newest = quarantine_summary(get_settings(), limit)
@@ -305,7 +305,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     """
     from infra.services import SERVICES
     from infra.services import status as service_status
-    from mlplatform.operations import flink_jobs, links, list_runs, ray_resources, topic_stats
+    from mlplatform.ops.status import flink_jobs, links, list_runs, ray_resources, topic_stats
 
     s = get_settings()
     lines = [service_status(service, s) for service in SERVICES.values()]
@@ -331,7 +331,7 @@ def demo(
     malformed: int = typer.Option(70, help="Malformed raw rows to write."),
 ) -> None:
     """The whole pipeline as deployment runs, with a reconciled summary (exit 1 on mismatch)."""
-    from mlplatform.demo import main
+    from mlplatform.ops.demo import main
 
     raise typer.Exit(main(["--rows", str(rows), "--malformed", str(malformed)]))
 

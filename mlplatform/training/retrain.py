@@ -14,18 +14,18 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from mlplatform import model_registry
-from mlplatform.candidates import (
+from mlplatform.connectors.iceberg_tables import count_rows, load_catalog, load_table
+from mlplatform.connectors.ray_runtime import connect
+from mlplatform.registry import model_registry
+from mlplatform.settings import Settings
+from mlplatform.training.candidates import (
     Candidate,
     best,
     classification_metrics,
     train_grid_on_ray,
     train_grid_sequential,
 )
-from mlplatform.drift import drift_report
-from mlplatform.iceberg_tables import count_rows, load_catalog, load_table
-from mlplatform.ray_runtime import connect
-from mlplatform.settings import Settings
+from mlplatform.training.drift import drift_report
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 from sklearn.datasets import load_iris
 
-from mlplatform.iceberg_tables import ensure_tables
-from mlplatform.pulsar_io import ensure_partitioned_topic, publish
+from mlplatform.connectors.iceberg_tables import ensure_tables
+from mlplatform.connectors.pulsar_io import ensure_partitioned_topic, publish
 from mlplatform.settings import Settings
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mlplatform.dataset_spec import NAME_PATTERN, DatasetSpec
+from mlplatform.dataset.spec import NAME_PATTERN, DatasetSpec
 
 FORMATS = {
     ".csv": "csv",

@@ -9,10 +9,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, Text, select, update
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
-from mlplatform.database import Base, get_engine
+from checkpoints.database import get_engine
+from checkpoints.registry_tables import ModelVersion, Promotion
 from mlplatform.settings import Settings
 
 # skops loads only the types it is told to trust; we trust scikit-learn's and numpy's own.
@@ -21,38 +22,6 @@ TRUSTED_TYPE_PREFIXES = ("sklearn.", "numpy.")
 
 class ModelIntegrityError(RuntimeError):
     """An artifact's bytes do not match its recorded SHA-256, or it holds untrusted types."""
-
-
-class ModelVersion(Base):
-    __tablename__ = "model_versions"
-
-    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    family: Mapped[str] = mapped_column(String(64))
-    params: Mapped[dict[str, Any]] = mapped_column(JSON)
-    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
-    training_table: Mapped[str] = mapped_column(String(256))
-    training_snapshot_id: Mapped[int] = mapped_column(BigInteger)
-    training_rows: Mapped[int] = mapped_column(Integer)
-    feature_order: Mapped[list[str]] = mapped_column(JSON)
-    label_names: Mapped[list[str]] = mapped_column(JSON)
-    artifact_path: Mapped[str] = mapped_column(String(1024))
-    sha256: Mapped[str] = mapped_column(String(64))
-    stage: Mapped[str] = mapped_column(String(16), default="candidate")
-    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-
-
-class Promotion(Base):
-    """Every promotion decision, rollback and rejection, with its reason."""
-
-    __tablename__ = "model_promotions"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    action: Mapped[str] = mapped_column(String(16))  # promote | reject | rollback
-    version: Mapped[int] = mapped_column(Integer)
-    previous_champion: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    reason: Mapped[str] = mapped_column(Text)
 
 
 @dataclass(frozen=True)

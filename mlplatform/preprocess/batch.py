@@ -13,15 +13,15 @@ import httpx
 from pyiceberg.table import Table
 from sqlalchemy.engine import make_url
 
-from mlplatform.dataset import header
-from mlplatform.flink_job import ALREADY_INGESTED, WRITTEN
-from mlplatform.iceberg_tables import ensure_tables
-from mlplatform.pulsar_io import ensure_partitioned_topic, ensure_subscription
-from mlplatform.raw_files import claim, plan_sources
-from mlplatform.schema_evolution import add_columns, set_aside, table_columns
+from mlplatform.connectors.iceberg_tables import ensure_tables
+from mlplatform.connectors.pulsar_io import ensure_partitioned_topic, ensure_subscription
+from mlplatform.dataset.demo_rows import header
+from mlplatform.preprocess.flink_job import ALREADY_INGESTED, WRITTEN
+from mlplatform.preprocess.landing_files import claim, plan_sources
+from mlplatform.preprocess.schema_evolution import add_columns, set_aside, table_columns
 from mlplatform.settings import PROJECT_DIR, Settings
 
-JOB_FILE = PROJECT_DIR / "mlplatform" / "flink_job.py"
+JOB_FILE = Path(__file__).resolve().parent / "flink_job.py"
 
 
 class FlinkJobError(RuntimeError):

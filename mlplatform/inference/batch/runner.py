@@ -1,6 +1,6 @@
 """Batch inference: Ray Data over a pinned Iceberg snapshot, one prediction per input row.
 
-Units (mlplatform.batch_units) -> read stage (CPU tasks) -> model stage (fused: actor pool with
+Units (inference.batch.units) -> read stage (CPU tasks) -> model stage (fused: actor pool with
 the model; separated: Ray Serve deployment) -> the driver gathers each unit's rows and commits
 complete units to the Iceberg predictions table, then marks them done in the checkpoint store.
 The protocol that makes crashes, restarts and concurrent runs lose and double nothing is in the
@@ -28,18 +28,25 @@ import ray
 from pyiceberg.table import Table
 
 from checkpoints.store import FAILED, PENDING, CheckpointStore, Run, RunInProgress, process_owner
-from mlplatform import model_registry
-from mlplatform.batch_commit import commit_units, committed_units, disable_auto_retry
-from mlplatform.batch_predictors import (
+from mlplatform.connectors.iceberg_tables import ensure_tables
+from mlplatform.connectors.ray_runtime import connect
+from mlplatform.inference.batch.commit import commit_units, committed_units, disable_auto_retry
+from mlplatform.inference.batch.predictors import (
     Predictor,
     ServePredictor,
     deploy_batch_model,
     serving_batch_model,
 )
-from mlplatform.batch_units import ERROR, UNIT, UNIT_ROWS, parse_row_filter, plan_units, read_units
-from mlplatform.iceberg_tables import ensure_tables
-from mlplatform.model_registry import ModelRef
-from mlplatform.ray_runtime import connect
+from mlplatform.inference.batch.units import (
+    ERROR,
+    UNIT,
+    UNIT_ROWS,
+    parse_row_filter,
+    plan_units,
+    read_units,
+)
+from mlplatform.registry import model_registry
+from mlplatform.registry.model_registry import ModelRef
 from mlplatform.settings import Settings
 
 KIND = "batch-inference"

@@ -14,9 +14,9 @@ from urllib.parse import urlparse
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mlplatform.dataset_spec import DatasetSpec, load_spec, spec_of_settings
+from mlplatform.dataset.spec import DatasetSpec, load_spec, spec_of_settings
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
 class Settings(BaseSettings):
@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     max_line_bytes: int = Field(default=16_384, gt=0, le=1_048_576)
 
     # The dataset: a bundled spec by name (iris, wine) or the path of a JSON spec file
-    # (mlplatform/dataset_spec.py): key, typed feature columns with per-column ranges, label and
+    # (mlplatform/dataset/spec.py): key, typed feature columns with per-column ranges, label and
     # classes. It fills in the column settings below; any of them set explicitly overrides
     # the spec (MLP_FEATURE_MIN/MAX then give every feature one range).
     dataset: str = "iris"

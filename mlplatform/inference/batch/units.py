@@ -17,7 +17,7 @@ from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 
 from checkpoints.store import UnitPlan
-from mlplatform.niceness import at_niceness
+from mlplatform.connectors.niceness import at_niceness
 
 UNIT, UNIT_ROWS, ERROR = "_unit", "_unit_rows", "_error"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlplatform.dataset_spec import DatasetSpec, load_spec
+from mlplatform.dataset.spec import DatasetSpec, load_spec
 from mlplatform.settings import Settings
 
 MalformedKind = tuple[str, Callable[[str], str]]

@@ -1,0 +1,44 @@
+"""The model registry's tables: every model version with its metrics, lineage and artifact hash,
+and every promotion decision (the logic is in mlplatform.registry)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from checkpoints.database import Base
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    family: Mapped[str] = mapped_column(String(64))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    training_table: Mapped[str] = mapped_column(String(256))
+    training_snapshot_id: Mapped[int] = mapped_column(BigInteger)
+    training_rows: Mapped[int] = mapped_column(Integer)
+    feature_order: Mapped[list[str]] = mapped_column(JSON)
+    label_names: Mapped[list[str]] = mapped_column(JSON)
+    artifact_path: Mapped[str] = mapped_column(String(1024))
+    sha256: Mapped[str] = mapped_column(String(64))
+    stage: Mapped[str] = mapped_column(String(16), default="candidate")
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Promotion(Base):
+    """Every promotion decision, rollback and rejection, with its reason."""
+
+    __tablename__ = "model_promotions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    action: Mapped[str] = mapped_column(String(16))  # promote | reject | rollback
+    version: Mapped[int] = mapped_column(Integer)
+    previous_champion: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reason: Mapped[str] = mapped_column(Text)

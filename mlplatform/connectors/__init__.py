@@ -1,0 +1,1 @@
+"""Adapters to the outside systems that every stage uses: Iceberg, Pulsar, Ray."""

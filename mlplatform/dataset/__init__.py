@@ -1,0 +1,1 @@
+"""Datasets: the spec format, the bundled specs (specs/), demo and synthetic rows."""

@@ -1,0 +1,1 @@
+"""Inference three ways (batch, stream, online serving), with one prediction record."""

@@ -1,0 +1,1 @@
+"""Online serving: the champion behind a Ray Serve HTTP application."""

@@ -1,0 +1,1 @@
+"""Stream inference: Ray actors on Pulsar, one Iceberg committer, Pulsar Functions."""

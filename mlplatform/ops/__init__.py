@@ -1,0 +1,1 @@
+"""Operating the platform: the mlp CLI, status reports, and the demo."""

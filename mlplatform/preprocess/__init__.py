@@ -1,0 +1,1 @@
+"""Preprocessing: the Flink job (validate, normalise, quarantine), batch and stream."""

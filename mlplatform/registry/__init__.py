@@ -1,0 +1,1 @@
+"""The model registry: versions, stages, verified artifacts, following the champion."""

@@ -1,0 +1,1 @@
+"""Training: the candidate grid, retraining on a pinned snapshot, drift, promotion."""
