@@ -303,9 +303,12 @@ def start_private_ray(s: Settings) -> str:
     for attempt in range(3):  # a loaded machine can miss Ray's fixed 30 s raylet start wait
         try:
             ray.init(
-                num_cpus=s.ray_num_cpus, object_store_memory=s.ray_object_store_bytes,
-                include_dashboard=False, log_to_driver=False, configure_logging=False,
-            )  # fmt: skip
+                num_cpus=s.ray_num_cpus,
+                object_store_memory=s.ray_object_store_bytes,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
             break
         except Exception as error:  # noqa: BLE001 - retried, then raised
             ray.shutdown()
@@ -388,8 +391,12 @@ def bsp(data: Dataset, ref: ModelRef, tag: str) -> tuple[int, int]:
     materialized, then written. The stages are unit_pipeline's, with the same settings."""
     s = data.s
     read = read_stage(s, data.unit_specs(), data.read_kwargs(ref)).materialize()
-    kwargs = {"ref": ref, "key": s.key_column, "timeout_s": s.batch_timeout_s,
-              "niceness": s.batch_niceness}  # fmt: skip
+    kwargs = {
+        "ref": ref,
+        "key": s.key_column,
+        "timeout_s": s.batch_timeout_s,
+        "niceness": s.batch_niceness,
+    }
     predicted = read.map_batches(Predictor, fn_constructor_kwargs=kwargs, **_pool(s)).materialize()
     batches = predicted.iter_batches(batch_size=None, batch_format="pyarrow")
     return gather_and_append(data, ref, batches, f"bench-bsp-{tag}")
@@ -662,9 +669,14 @@ class Runner:
                 self.bench.delete_serve_apps()
             assert result.predicted_rows == data.rows, result
             self.record(
-                data, model_name, variant, times, commits=result.commits,
-                units=result.units_total, seconds_inside=round(result.seconds, 3),
-            )  # fmt: skip
+                data,
+                model_name,
+                variant,
+                times,
+                commits=result.commits,
+                units=result.units_total,
+                seconds_inside=round(result.seconds, 3),
+            )
         elif variant in ("no_checkpoint", "bsp", "ray_floor"):
             fn = {"no_checkpoint": no_checkpoint, "bsp": bsp, "ray_floor": ray_floor}[variant]
             tag = uuid.uuid4().hex[:6]
@@ -823,8 +835,14 @@ def main(argv: list[str] | None = None) -> None:
         for rows in args.sizes:
             if not runner.any_fits(rows):
                 print(f"skip {rows:,} rows: no variant would fit in the budget", flush=True)
-                runner.skipped.append({"rows": rows, "model": "all", "variant": "all",
-                                       "reason": "time budget: no variant fits"})  # fmt: skip
+                runner.skipped.append(
+                    {
+                        "rows": rows,
+                        "model": "all",
+                        "variant": "all",
+                        "reason": "time budget: no variant fits",
+                    }
+                )
                 continue
             print(f"{rows:,} rows (elapsed {runner.elapsed():.0f} s)", flush=True)
             data = Dataset(bench, rows)

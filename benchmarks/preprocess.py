@@ -64,8 +64,15 @@ RESULTS = Path(__file__).parent / "results"
 WRITTEN = "written"
 
 
-def write_raw(folder: Path, rows: int, bad_fraction: float, dup_fraction: float, files: int,
-              s: Settings, seed: int = 0) -> dict[str, int]:  # fmt: skip
+def write_raw(
+    folder: Path,
+    rows: int,
+    bad_fraction: float,
+    dup_fraction: float,
+    files: int,
+    s: Settings,
+    seed: int = 0,
+) -> dict[str, int]:
     """CSV files under folder: valid rows, malformed ones, repeated event ids; what was made."""
     rng = np.random.default_rng(seed)
     iris = load_iris()
@@ -196,20 +203,23 @@ def pandas_write(cleaned: dict[str, Any], s: Settings) -> None:
     now = datetime.now(UTC).replace(tzinfo=None)
     features = catalog.load_table(s.table_id(s.features_table))
     valid = cleaned["valid"].assign(ingested_at=now)
-    features.append(pa.Table.from_pandas(valid, schema=features.schema().as_arrow(),
-                                         preserve_index=False))  # fmt: skip
+    features.append(
+        pa.Table.from_pandas(valid, schema=features.schema().as_arrow(), preserve_index=False)
+    )
     quarantine = catalog.load_table(s.table_id(s.quarantine_table))
     rejected = cleaned["rejected"].assign(quarantined_at=now)
-    quarantine.append(pa.Table.from_pandas(rejected, schema=quarantine.schema().as_arrow(),
-                                           preserve_index=False))  # fmt: skip
+    quarantine.append(
+        pa.Table.from_pandas(rejected, schema=quarantine.schema().as_arrow(), preserve_index=False)
+    )
 
 
 def pandas_publish(cleaned: dict[str, Any], s: Settings) -> None:
     """The valid rows to the features topic as JSON, keyed by event id, batched producer."""
     client = make_client(s)
     try:
-        producer = client.create_producer(s.features_topic, batching_enabled=True,
-                                          block_if_queue_full=True)  # fmt: skip
+        producer = client.create_producer(
+            s.features_topic, batching_enabled=True, block_if_queue_full=True
+        )
         valid = cleaned["valid"]
         # As the job's JSON format writes them: TIMESTAMP(3) and DATE as SQL text.
         event_time = valid["event_time"].dt.strftime("%Y-%m-%d %H:%M:%S.%f").str[:-3]
@@ -400,9 +410,12 @@ def main() -> None:
     parser.add_argument("--stream-rate", type=float, default=500.0, help="events/s; 0: skip")
     parser.add_argument("--stream-seconds", type=float, default=20.0)
     parser.add_argument(
-        "--stream-delivery", nargs="*", default=["exactly-once", "at-least-once"],
-        choices=["exactly-once", "at-least-once"], help="one stream run each",
-    )  # fmt: skip
+        "--stream-delivery",
+        nargs="*",
+        default=["exactly-once", "at-least-once"],
+        choices=["exactly-once", "at-least-once"],
+        help="one stream run each",
+    )
     args = parser.parse_args()
     base = get_settings()
     started = datetime.now(UTC)

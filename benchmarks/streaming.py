@@ -858,13 +858,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip", choices=("latency", "throughput", "serving"), nargs="*", default=[]
     )
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
         help="override a setting for this run, e.g. stream_commit_interval_s=30 (repeatable)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--rounds", type=int, default=3,
+        "--rounds",
+        type=int,
+        default=3,
         help="latency and drain runs, Ray and plain alternating; ratios are the rounds' medians",
-    )  # fmt: skip
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
     args = parser.parse_args(argv)
     if args.quick:

@@ -146,9 +146,12 @@ class CheckpointStore:
         return run
 
     def open_run(
-        self, job_key: str, run_id: str | None, plan: Callable[[], list[UnitPlan]],
+        self,
+        job_key: str,
+        run_id: str | None,
+        plan: Callable[[], list[UnitPlan]],
         **fields: object,
-    ) -> tuple[Run, bool]:  # fmt: skip
+    ) -> tuple[Run, bool]:
         """The job's unfinished run (resumed=True), or a new run with the units plan() gives.
 
         plan() runs only for a new run. The run, its units and the job row are written in one
@@ -164,9 +167,13 @@ class CheckpointStore:
                 return current, True
             units = plan() if units is None else units
             run = Run(
-                run_id=run_id or uuid.uuid4().hex, status="running", job_key=job_key,
-                units_total=len(units), rows_total=sum(u.rows for u in units), **fields,
-            )  # fmt: skip
+                run_id=run_id or uuid.uuid4().hex,
+                status="running",
+                job_key=job_key,
+                units_total=len(units),
+                rows_total=sum(u.rows for u in units),
+                **fields,
+            )
             try:
                 with self._session() as session, session.begin():
                     session.add(run)
@@ -181,7 +188,7 @@ class CheckpointStore:
                             file_path=u.file_path,
                             first_row_group=u.first_row_group,
                             row_groups=u.row_groups,
-                        )  # fmt: skip
+                        )
                         for u in units
                     )
                     if job is None:
@@ -262,7 +269,7 @@ class CheckpointStore:
                         attempts=Unit.attempts + 1,
                         last_error=None,
                         updated_at=_now(),
-                    )  # fmt: skip
+                    )
                 )
 
     def mark_attempt_failed(self, run_id: str, errors: dict[int, str], max_attempts: int) -> None:

@@ -139,9 +139,13 @@ def healthy(s: Settings, slots: int = 1) -> bool:
 def _start(s: Settings, dirs: ClusterDirs, script: str) -> None:
     completed = subprocess.run(
         ["bash", str(flink_home(s) / "bin" / script), "start"],
-        env=_env(dirs), capture_output=True, text=True, timeout=120,
-        stdin=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        env=_env(dirs),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     if completed.returncode != 0:
         stop_cluster(s, dirs)
         raise FlinkClusterError(f"{script} start failed: {completed.stdout}{completed.stderr}")

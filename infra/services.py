@@ -106,14 +106,21 @@ def _pulsar_command(s: Settings) -> list[str]:
     return [
         str(s.pulsar_home / "bin" / "pulsar"),
         "standalone",
-        "--config", str(state / "standalone.conf"),
-        "--metadata-dir", str(state / "metadata"),
-        "--bookkeeper-dir", str(state / "bookkeeper"),
-        "--advertised-address", "127.0.0.1",
-        *(["--functions-worker-conf", str(functions_worker_conf(s))]
-          if s.pulsar_functions_worker else ["--no-functions-worker"]),
+        "--config",
+        str(state / "standalone.conf"),
+        "--metadata-dir",
+        str(state / "metadata"),
+        "--bookkeeper-dir",
+        str(state / "bookkeeper"),
+        "--advertised-address",
+        "127.0.0.1",
+        *(
+            ["--functions-worker-conf", str(functions_worker_conf(s))]
+            if s.pulsar_functions_worker
+            else ["--no-functions-worker"]
+        ),
         "--no-stream-storage",
-    ]  # fmt: skip
+    ]
 
 
 def _pulsar_env(s: Settings) -> dict[str, str]:
@@ -135,9 +142,10 @@ def _pulsar_tokens(s: Settings, *args: str) -> bytes:
     """`bin/pulsar tokens ...`; its output (a key or a token) is returned, never logged."""
     completed = subprocess.run(
         [str(s.pulsar_home / "bin" / "pulsar"), "tokens", *args],
-        capture_output=True, timeout=120,
+        capture_output=True,
+        timeout=120,
         env={**os.environ, "PULSAR_MEM": "-Xms64m -Xmx128m", "PULSAR_LOG_DIR": str(s.log_dir)},
-    )  # fmt: skip
+    )
     if completed.returncode != 0:
         raise ServiceError(f"pulsar tokens {args[0]} failed: {completed.stderr.decode()[-1000:]}")
     return completed.stdout
@@ -216,10 +224,20 @@ def _pulsar_prepare(s: Settings) -> None:
 def _worker_prepare(s: Settings) -> None:
     env = {**os.environ, **_prefect_env(s)}
     subprocess.run(
-        [str(VENV_BIN / "prefect"), "work-pool", "create", s.work_pool, "--type", "process",
-         "--overwrite"],
-        env=env, check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+        [
+            str(VENV_BIN / "prefect"),
+            "work-pool",
+            "create",
+            s.work_pool,
+            "--type",
+            "process",
+            "--overwrite",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 def _worker_healthy(s: Settings) -> bool:
@@ -240,16 +258,25 @@ def _worker_healthy(s: Settings) -> bool:
 
 def _ray_command(s: Settings) -> list[str]:
     return [
-        str(VENV_BIN / "ray"), "start", "--head",
-        "--node-ip-address", "127.0.0.1",
-        "--port", str(s.ray_port),
-        "--dashboard-host", "127.0.0.1",
-        "--dashboard-port", str(s.ray_dashboard_port),
-        "--num-cpus", str(s.ray_num_cpus),
-        "--object-store-memory", str(s.ray_object_store_bytes),
-        "--temp-dir", str(s.state_dir / "ray"),
+        str(VENV_BIN / "ray"),
+        "start",
+        "--head",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--port",
+        str(s.ray_port),
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(s.ray_dashboard_port),
+        "--num-cpus",
+        str(s.ray_num_cpus),
+        "--object-store-memory",
+        str(s.ray_object_store_bytes),
+        "--temp-dir",
+        str(s.state_dir / "ray"),
         "--disable-usage-stats",
-    ]  # fmt: skip
+    ]
 
 
 def _serve_ingress_env(s: Settings) -> dict[str, str]:
@@ -295,7 +322,7 @@ SERVICES: dict[str, Service] = {
             "127.0.0.1",
             "--port",
             str(s.prefect_port),
-        ],  # fmt: skip
+        ],
         env=_prefect_env,
         healthy=lambda s: _http_ok(f"{s.prefect_api_url}/health"),
     ),
@@ -312,7 +339,7 @@ SERVICES: dict[str, Service] = {
             "process",
             "--limit",
             "4",
-        ],  # fmt: skip
+        ],
         env=_prefect_env,
         healthy=_worker_healthy,
         before_start=_worker_prepare,

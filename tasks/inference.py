@@ -68,9 +68,10 @@ def batch_predict(
     )
     update_progress_artifact(progress, progress=100.0)
     create_table_artifact(
-        key="batch-inference-summary", table=batch_summary_rows(result),
+        key="batch-inference-summary",
+        table=batch_summary_rows(result),
         description="Batch inference: rows, throughput, skipped on resume, failures",
-    )  # fmt: skip
+    )
     return result
 
 

@@ -105,10 +105,17 @@ def extra_service(name: str, s: Settings, what: str) -> Iterator[Settings]:
 def settings_env(s: Settings) -> dict[str, str]:
     """The MLP_ variables that make another process (a flow run) use settings `s`."""
     fields = (
-        "namespace", "features_topic", "predictions_topic", "dead_letter_topic",
-        "quarantine_topic", "stream_subscription", "landing_dir", "database_url",
-        "commit_every_rows", "raw_events_topic",
-    )  # fmt: skip
+        "namespace",
+        "features_topic",
+        "predictions_topic",
+        "dead_letter_topic",
+        "quarantine_topic",
+        "stream_subscription",
+        "landing_dir",
+        "database_url",
+        "commit_every_rows",
+        "raw_events_topic",
+    )
     return {f"MLP_{name.upper()}": str(getattr(s, name)) for name in fields}
 
 
@@ -117,7 +124,10 @@ def deployments(services: Settings) -> None:
     """Every deployment in prefect.yaml, registered on the running Prefect server."""
     completed = subprocess.run(
         [str(PROJECT_DIR / ".venv" / "bin" / "prefect"), "--no-prompt", "deploy", "--all"],
-        cwd=PROJECT_DIR, capture_output=True, text=True, timeout=300,
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "PREFECT_API_URL": services.prefect_api_url},
-    )  # fmt: skip
+    )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]

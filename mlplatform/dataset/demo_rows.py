@@ -43,7 +43,7 @@ def malformed_kinds(spec: DatasetSpec) -> tuple[MalformedKind, ...]:
         (f"out_of_range:{spec.label_column}", lambda key: line(key, good, bad_label)),
         (f"missing_key:{spec.key_column}", lambda key: line("", good)),
         ("extra_fields", lambda key: line(key, good) + ",extra"),
-    )  # fmt: skip
+    )
 
 
 # Iris's kinds, for the tests and the demo that use the default dataset.

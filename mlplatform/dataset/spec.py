@@ -89,9 +89,15 @@ class DerivedSpec(BaseModel):
             return lambda *xs: reduce.reduce(np.broadcast_arrays(*xs))
 
         functions = {
-            "ABS": np.abs, "SQRT": np.sqrt, "LN": np.log, "LOG10": np.log10, "EXP": np.exp,
-            "POWER": np.power, "LEAST": extreme(np.minimum), "GREATEST": extreme(np.maximum),
-        }  # fmt: skip
+            "ABS": np.abs,
+            "SQRT": np.sqrt,
+            "LN": np.log,
+            "LOG10": np.log10,
+            "EXP": np.exp,
+            "POWER": np.power,
+            "LEAST": extreme(np.minimum),
+            "GREATEST": extreme(np.maximum),
+        }
         alias = {n: f"_{i}" for i, n in enumerate(sorted(self.names()))}
         names = {a: np.asarray(columns[n], dtype=float) for n, a in alias.items()}
         code = " ".join(alias.get(text, text) for _, text in self._tokens())

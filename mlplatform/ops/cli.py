@@ -48,12 +48,17 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON."
     """Every registered version with its stage, family, metrics and training snapshot."""
     rows = [
         {
-            "version": v.version, "stage": v.stage, "family": v.family, "params": v.params,
-            "accuracy": v.metrics.get("accuracy"), "macro_f1": v.metrics.get("macro_f1"),
-            "snapshot": v.training_snapshot_id, "sha256": v.sha256[:12],
+            "version": v.version,
+            "stage": v.stage,
+            "family": v.family,
+            "params": v.params,
+            "accuracy": v.metrics.get("accuracy"),
+            "macro_f1": v.metrics.get("macro_f1"),
+            "snapshot": v.training_snapshot_id,
+            "sha256": v.sha256[:12],
         }
         for v in model_registry.list_versions(get_settings())
-    ]  # fmt: skip
+    ]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return

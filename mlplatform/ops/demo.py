@@ -88,12 +88,18 @@ def run_demo(s: Settings, rows: int, malformed: int) -> DemoReport:
     features, quarantine = features.refresh(), quarantine.refresh()
     published = len(read_all(s, s.features_topic)) - before_topic
     report.checks += [
-        Check("feature rows = valid input rows", batch.valid_rows,
-              count_rows(features) - before_features),
-        Check("quarantine rows = malformed input rows", batch.malformed_rows,
-              count_rows(quarantine) - before_quarantine),
+        Check(
+            "feature rows = valid input rows",
+            batch.valid_rows,
+            count_rows(features) - before_features,
+        ),
+        Check(
+            "quarantine rows = malformed input rows",
+            batch.malformed_rows,
+            count_rows(quarantine) - before_quarantine,
+        ),
         Check("feature messages = valid input rows", batch.valid_rows, published),
-    ]  # fmt: skip
+    ]
 
     timed("retrain", "retrain/default")
     champion = model_registry.get_version(s)
@@ -112,8 +118,11 @@ def run_demo(s: Settings, rows: int, malformed: int) -> DemoReport:
     predicted = _predictions_for(s, run_id)
     report.checks.append(Check("prediction rows = feature rows", count_rows(features), predicted))
 
-    timed("stream-inference", "stream-inference/default",
-          {"max_messages": published, "timeout_s": 300})  # fmt: skip
+    timed(
+        "stream-inference",
+        "stream-inference/default",
+        {"max_messages": published, "timeout_s": 300},
+    )
     streamed = len(read_all(s, s.predictions_topic)) - before_predictions
     report.checks.append(Check("stream predictions = feature messages sent", published, streamed))
     return report

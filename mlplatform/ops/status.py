@@ -42,11 +42,21 @@ def list_runs(s: Settings, limit: int = 20) -> list[RunProgress]:
         failed = len(store.units(run.run_id, FAILED))
         runs.append(
             RunProgress(
-                run.run_id, run.kind, run.status, run.mode, run.snapshot_id, run.model_version,
-                run.rows_total, run.units_total, units, failed, rows,
-                run.started_at.isoformat(timespec="seconds"), run.error,
+                run.run_id,
+                run.kind,
+                run.status,
+                run.mode,
+                run.snapshot_id,
+                run.model_version,
+                run.rows_total,
+                run.units_total,
+                units,
+                failed,
+                rows,
+                run.started_at.isoformat(timespec="seconds"),
+                run.error,
             )
-        )  # fmt: skip
+        )
     return runs
 
 

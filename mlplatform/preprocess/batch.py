@@ -181,9 +181,12 @@ def run_flink_job(
     try:
         completed = subprocess.run(
             [str(s.flink_python), str(JOB_FILE), str(config_path)],
-            capture_output=True, text=True, timeout=timeout_s, cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            cwd=PROJECT_DIR,
             env={**os.environ, "FLINK_LOG_DIR": str(flink_logs)},
-        )  # fmt: skip
+        )
     finally:
         config_path.unlink(missing_ok=True)
         if temporary_token is not None:

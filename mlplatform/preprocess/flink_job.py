@@ -128,10 +128,11 @@ def _csv_source_sql(
         "THEN 'extra_fields' ELSE CAST(NULL AS STRING) END"
     )
     values = [
-        f"TRIM(SPLIT_INDEX(line, ',', {names.index(c['name'])}))" if c["name"] in names
+        f"TRIM(SPLIT_INDEX(line, ',', {names.index(c['name'])}))"
+        if c["name"] in names
         else "CAST(NULL AS STRING)"
         for c in columns
-    ]  # fmt: skip
+    ]
     header = f" WHERE line <> {_quote(source['header'])}" if source.get("header") else ""
     wrong = ["CAST(NULL AS STRING)"] * len(columns)
     return _source_select(f"({_decoded(table)})", carried, shape, values, wrong, header)
@@ -202,10 +203,11 @@ def source_sql(cfg: dict[str, Any]) -> str:
     unioned: the same checks then apply to CSV, JSON lines and Parquet (as JSON lines)."""
     columns, carried = row_columns(cfg), _carried(cfg)
     parts = [
-        _csv_source_sql(source, f"raw_{i}", columns, carried) if source["format"] == "csv"
+        _csv_source_sql(source, f"raw_{i}", columns, carried)
+        if source["format"] == "csv"
         else _json_source_sql(f"raw_{i}", columns, carried)
         for i, source in enumerate(cfg["sources"])
-    ]  # fmt: skip
+    ]
     return " UNION ALL ".join(parts)
 
 
@@ -498,7 +500,7 @@ def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
                 f"CREATE TEMPORARY TABLE run_counts (outcome STRING, `rows` BIGINT) "
                 f"WITH ({_options(counts)})"
             ]
-        ),  # fmt: skip
+        ),
         f"CREATE TEMPORARY VIEW checked AS {validation_sql(cfg)}",
         f"CREATE TEMPORARY VIEW classified AS {classification_sql(cfg)}",
         f"CREATE TEMPORARY VIEW rejected AS {rejected_sql(cfg)}",
@@ -508,7 +510,7 @@ def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
             [f"CREATE TEMPORARY VIEW outcomes AS SELECT {outcome} AS outcome, proc FROM classified"]
             if is_stream(cfg)
             else []
-        ),  # fmt: skip
+        ),
     ]
     now = "CAST(LOCALTIMESTAMP AS TIMESTAMP(6))"
     added = added_columns(cfg)

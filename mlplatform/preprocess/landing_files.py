@@ -91,8 +91,11 @@ def arrow_type(kind: pa.DataType) -> str:
 
 def _sample_type(lines: list[str], index: int) -> str:
     """double when the first rows' values in a column are all numbers, else string."""
-    values = [fields[index].strip() for fields in (line.split(",") for line in lines)
-              if len(fields) > index and fields[index].strip()]  # fmt: skip
+    values = [
+        fields[index].strip()
+        for fields in (line.split(",") for line in lines)
+        if len(fields) > index and fields[index].strip()
+    ]
     try:
         numbers = [float(v) for v in values]
     except ValueError:
@@ -109,8 +112,10 @@ def declared_schema(path: Path, spec: DatasetSpec) -> Declared | None:
     if kind != "csv":
         return None
     with path.open("rb") as handle:
-        head = [handle.readline().decode("utf-8", "replace").rstrip("\r\n")
-                for _ in range(TYPE_SAMPLE_ROWS + 1)]  # fmt: skip
+        head = [
+            handle.readline().decode("utf-8", "replace").rstrip("\r\n")
+            for _ in range(TYPE_SAMPLE_ROWS + 1)
+        ]
     first = head[0]
     if first.split(",")[0].strip() != spec.key_column:
         return Declared(spec.columns)  # no header line: the dataset's own order
@@ -133,12 +138,21 @@ def compare(
 ) -> tuple[dict[str, str], list[str]]:
     """Against the table (required and optional columns with their types): the new columns to
     add, and the incompatible changes, each naming its column and the change."""
-    problems = [f"column {c!r} is not a plain name ({NAME_PATTERN})"
-                for c in declared.columns if not re.fullmatch(NAME_PATTERN, c)]  # fmt: skip
-    problems += [f"column {c!r} appears twice" for c in sorted(set(declared.columns))
-                 if declared.columns.count(c) > 1]  # fmt: skip
-    problems += [f"drops required column {c!r} ({kind})" for c, kind in required.items()
-                 if c not in declared.columns]  # fmt: skip
+    problems = [
+        f"column {c!r} is not a plain name ({NAME_PATTERN})"
+        for c in declared.columns
+        if not re.fullmatch(NAME_PATTERN, c)
+    ]
+    problems += [
+        f"column {c!r} appears twice"
+        for c in sorted(set(declared.columns))
+        if declared.columns.count(c) > 1
+    ]
+    problems += [
+        f"drops required column {c!r} ({kind})"
+        for c, kind in required.items()
+        if c not in declared.columns
+    ]
     added: dict[str, str] = {}
     for column, kind in declared.types.items():
         table_type = required.get(column) or optional.get(column)
@@ -230,9 +244,13 @@ def plan_sources(
     plan.files = len(moves)
     for (columns, header), folder in csv_groups.items():
         plan.sources.append(
-            {"format": "csv", "path": f"file://{folder}", "columns": list(columns),
-             "header": header}
-        )  # fmt: skip
+            {
+                "format": "csv",
+                "path": f"file://{folder}",
+                "columns": list(columns),
+                "header": header,
+            }
+        )
     if (run_dir / "json").is_dir():
         plan.sources.append({"format": "json", "path": f"file://{run_dir / 'json'}"})
     return plan

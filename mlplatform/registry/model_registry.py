@@ -52,9 +52,12 @@ def register(s: Settings, model: Any, **record: Any) -> ModelVersion:
     path = s.model_dir / f"model-{stamp:%Y%m%dT%H%M%S%f}.skops"
     skops.io.dump(model, path)
     row = ModelVersion(
-        created_at=stamp, artifact_path=str(path), sha256=sha256_of(path), stage="candidate",
+        created_at=stamp,
+        artifact_path=str(path),
+        sha256=sha256_of(path),
+        stage="candidate",
         **record,
-    )  # fmt: skip
+    )
     with Session(get_engine(s.resolved_database_url), expire_on_commit=False) as session:
         session.add(row)
         session.commit()
@@ -89,10 +92,13 @@ def record_decision(s: Settings, action: str, version: int, reason: str) -> None
             previous = _champion_version(session)
         session.add(
             Promotion(
-                at=datetime.now(UTC), action=action, version=version,
-                previous_champion=previous, reason=reason,
+                at=datetime.now(UTC),
+                action=action,
+                version=version,
+                previous_champion=previous,
+                reason=reason,
             )
-        )  # fmt: skip
+        )
 
 
 def promote(s: Settings, version: int, reason: str = "promoted by hand") -> None:

@@ -136,7 +136,7 @@ def retrain(s: Settings, snapshot_id: int | None = None, on_ray: bool = True) ->
             training_rows=len(train_rows),
             feature_order=list(s.feature_columns),
             label_names=list(s.label_names),
-        )  # fmt: skip
+        )
         for c in candidates
     ]
     winner = best(candidates, s.promotion_metric)
@@ -164,7 +164,7 @@ def retrain(s: Settings, snapshot_id: int | None = None, on_ray: bool = True) ->
                 "macro_f1": c.metrics["macro_f1"],
             }
             for r, c in zip(registered, candidates, strict=True)
-        ],  # fmt: skip
+        ],
         best_version=version,
         best_metrics=winner.metrics,
         champion_before=champion.version if champion else None,

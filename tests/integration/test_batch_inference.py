@@ -41,9 +41,15 @@ ROWS, ROW_GROUP = 9000, 300  # 30 units of one row group each
 @pytest.fixture(scope="module")
 def batch(isolated: Settings) -> Settings:
     s = module_settings(
-        isolated, "batch", unit_rows=ROW_GROUP, commit_every_rows=2 * ROW_GROUP,
-        commit_every_s=0.5, actor_pool_min=1, actor_pool_max=1, batch_size=ROW_GROUP,
-    )  # fmt: skip
+        isolated,
+        "batch",
+        unit_rows=ROW_GROUP,
+        commit_every_rows=2 * ROW_GROUP,
+        commit_every_s=0.5,
+        actor_pool_min=1,
+        actor_pool_max=1,
+        batch_size=ROW_GROUP,
+    )
     append_features(s, ROWS, seed=3, row_group_rows=ROW_GROUP)
     assert retrain(s, on_ray=False).decision == "promote"
     return s
@@ -99,8 +105,9 @@ def test_kill_minus_nine_of_the_flow_process_at_random_points_then_resume(batch:
     log = s.local_dir / "killed-flow.log"
     for fraction in sorted(rng.uniform(0.1, 0.6) for _ in range(3)):
         with log.open("w") as output:
-            process = subprocess.Popen(flow, cwd=PROJECT_DIR, env=_env(s), stdout=output,
-                                       stderr=subprocess.STDOUT)  # fmt: skip
+            process = subprocess.Popen(
+                flow, cwd=PROJECT_DIR, env=_env(s), stdout=output, stderr=subprocess.STDOUT
+            )
         try:
             deadline = time.monotonic() + 240
             while time.monotonic() < deadline and process.poll() is None:
@@ -190,8 +197,9 @@ def test_fused_and_separated_modes_predict_the_same_and_filters_apply(batch: Set
     fused = run_batch_inference(s, mode="fused")
     separated = run_batch_inference(s, mode="separated")
     assert fused.run_id != separated.run_id and (fused.mode, separated.mode) == (
-        "fused", "separated",
-    )  # fmt: skip
+        "fused",
+        "separated",
+    )
     a = assert_exactly_once(s, fused.run_id).set_index(s.key_column).sort_index()
     b = assert_exactly_once(s, separated.run_id).set_index(s.key_column).sort_index()
     assert (a["prediction"] == b["prediction"]).all()
@@ -208,12 +216,20 @@ def test_fused_and_separated_modes_predict_the_same_and_filters_apply(batch: Set
 
 def test_a_concurrent_second_run_is_refused_and_nothing_doubles(batch: Settings) -> None:
     s = _fresh(batch, "concurrent", 3000)
-    code = "from mlplatform.inference.batch.runner import run_batch_inference as r; " \
-           "from mlplatform.settings import Settings; print(r(Settings()).run_id)"  # fmt: skip
+    code = (
+        "from mlplatform.inference.batch.runner import run_batch_inference as r; "
+        "from mlplatform.settings import Settings; print(r(Settings()).run_id)"
+    )
     log = s.local_dir / "concurrent-first.log"
     with log.open("w") as stderr:
-        first = subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_DIR, env=_env(s),
-                                 stdout=subprocess.PIPE, stderr=stderr, text=True)  # fmt: skip
+        first = subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=PROJECT_DIR,
+            env=_env(s),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
     try:
         store = CheckpointStore(s.resolved_database_url)
         deadline = time.monotonic() + 120
@@ -240,11 +256,16 @@ def race_commits(s: Settings) -> None:
     """Four writers commit overlapping units of one run at the same moment: each unit lands once."""
     run_id = f"race-{time.time_ns()}"
     table = disable_auto_retry(ensure_tables(s).load_table(s.table_id(s.predictions_table)))
-    rows = pd.DataFrame({
-        s.key_column: [f"k{i}" for i in range(10)], "prediction": 0,
-        "probabilities": [[1.0, 0.0, 0.0]] * 10, "model_version": 1, "run_id": run_id,
-        "input_snapshot_id": 0,
-    })  # fmt: skip
+    rows = pd.DataFrame(
+        {
+            s.key_column: [f"k{i}" for i in range(10)],
+            "prediction": 0,
+            "probabilities": [[1.0, 0.0, 0.0]] * 10,
+            "model_version": 1,
+            "run_id": run_id,
+            "input_snapshot_id": 0,
+        }
+    )
     data = pa.Table.from_pandas(rows, schema=table.schema().as_arrow(), preserve_index=False)
     barrier = threading.Barrier(4)
     snapshots: list[int | None] = []
@@ -275,8 +296,16 @@ def race_open_run(s: Settings) -> None:
 
     def open_run() -> None:
         barrier.wait()
-        run, resumed = store.open_run(key, None, lambda: plan, kind="test", dataset="d",
-                                      snapshot_id=1, model_version=1, mode="fused")  # fmt: skip
+        run, resumed = store.open_run(
+            key,
+            None,
+            lambda: plan,
+            kind="test",
+            dataset="d",
+            snapshot_id=1,
+            model_version=1,
+            mode="fused",
+        )
         opened.append((run.run_id, resumed))
 
     threads = [threading.Thread(target=open_run) for _ in range(4)]
@@ -297,5 +326,14 @@ def test_concurrent_commits_and_starts_of_one_job_land_once(batch: Settings) -> 
 def test_job_key_separates_filters_and_models() -> None:
     base = job_key("ml.features", 1, 2, None)
     assert base == job_key("ml.features", 1, 2, "")
-    assert len({base, job_key("ml.features", 1, 3, None), job_key("ml.features", 1, 2, "a > 1"),
-                job_key("ml.features", 9, 2, None)}) == 4  # fmt: skip
+    assert (
+        len(
+            {
+                base,
+                job_key("ml.features", 1, 3, None),
+                job_key("ml.features", 1, 2, "a > 1"),
+                job_key("ml.features", 9, 2, None),
+            }
+        )
+        == 4
+    )

@@ -171,9 +171,14 @@ def test_stream_mode_stops_with_a_savepoint_and_resumes_losing_and_doubling_noth
     retained checkpoint. Every valid event lands once in both feature sinks, every bad one once
     in the quarantine, and duplicates are caught across savepoints and checkpoints."""
     s = module_settings(
-        session[0], "flinkstream", flink_mode="session", flink_rest_url=session[0].flink_rest_url,
-        flink_checkpoint_interval_s=1.0, feature_window_s=2, watermark_delay_s=1,
-    )  # fmt: skip
+        session[0],
+        "flinkstream",
+        flink_mode="session",
+        flink_rest_url=session[0].flink_rest_url,
+        flink_checkpoint_interval_s=1.0,
+        feature_window_s=2,
+        watermark_delay_s=1,
+    )
     a, b, c, d = (
         demo_events(s, n, p, seed=n) for n, p in [(50, "a"), (40, "b"), (30, "c"), (20, "d")]
     )
@@ -184,7 +189,7 @@ def test_stream_mode_stops_with_a_savepoint_and_resumes_losing_and_doubling_noth
         "missing_fields": json.dumps({"event_id": "m-1"}).encode(),
         "out_of_range:sepal_length": _json({**a[0], "event_id": "r-1", "sepal_length": 99.0}),
         "wrong_type:petal_width": _json({**a[0], "event_id": "t-1", "petal_width": "wide"}),
-    }  # fmt: skip
+    }
     encode = lambda events: [_json(e) for e in events]  # noqa: E731
     features = lambda: _table(s, s.features_table).num_rows  # noqa: E731
     publish(s, s.raw_events_topic, encode(a) + list(bad.values()) + encode(a[:1]))
@@ -267,9 +272,13 @@ def test_a_killed_task_manager_loses_and_doubles_nothing(
     becomes visible (the broker aborts its transaction). Every valid event is once in Iceberg
     and once on the topic, although the broker took the batch twice."""
     s = module_settings(
-        session[0], "flinkkill", flink_mode="session", flink_rest_url=session[0].flink_rest_url,
-        flink_checkpoint_interval_s=5.0, flink_transaction_timeout_s=15.0,
-    )  # fmt: skip
+        session[0],
+        "flinkkill",
+        flink_mode="session",
+        flink_rest_url=session[0].flink_rest_url,
+        flink_checkpoint_interval_s=5.0,
+        flink_transaction_timeout_s=15.0,
+    )
     dirs = session[1]
     a, b = demo_events(s, 60, "ka", seed=3), demo_events(s, 40, "kb", seed=4)
     features = lambda: _table(s, s.features_table).num_rows  # noqa: E731

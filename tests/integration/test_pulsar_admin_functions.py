@@ -62,16 +62,29 @@ def _expected(rows: list[list[float]]) -> list[str]:
 def _admin(s: Settings, *args: str) -> str:
     completed = subprocess.run(
         [str(s.pulsar_home / "bin" / "pulsar-admin"), "--admin-url", s.pulsar_admin_url, *args],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
     return completed.stdout.strip()
 
 
 def _trigger(s: Settings, name: str, value: str) -> str:
     """`pulsar-admin functions trigger`: publish to the input, answer with the output."""
-    return _admin(s, "functions", "trigger", "--tenant", "public", "--namespace", "default",
-                  "--name", name, "--trigger-value", value)  # fmt: skip
+    return _admin(
+        s,
+        "functions",
+        "trigger",
+        "--tenant",
+        "public",
+        "--namespace",
+        "default",
+        "--name",
+        name,
+        "--trigger-value",
+        value,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +100,17 @@ def worker_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings
         database_url=f"sqlite:///{root / 'registry.db'}",
     )
     row = model_registry.register(
-        s, _model(), family="decision_tree", params={"max_depth": 3}, metrics={},
-        training_table="iris", training_snapshot_id=0, training_rows=150,
-        feature_order=MODEL_ORDER, label_names=[str(n) for n in load_iris().target_names],
-    )  # fmt: skip
+        s,
+        _model(),
+        family="decision_tree",
+        params={"max_depth": 3},
+        metrics={},
+        training_table="iris",
+        training_snapshot_id=0,
+        training_rows=150,
+        feature_order=MODEL_ORDER,
+        label_names=[str(n) for n in load_iris().target_names],
+    )
     model_registry.promote(s, row.version)
     with extra_service("pulsar", s, "the broker with the functions worker"):
         yield s
@@ -99,13 +119,28 @@ def worker_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings
 def _create_command(s: Settings, classname: str, name: str, tag: str, config: str) -> list[str]:
     """`pulsar-admin functions create` for one class of the example file."""
     return [
-        str(s.pulsar_home / "bin" / "pulsar-admin"), "--admin-url", s.pulsar_admin_url,
-        "functions", "create", "--py", EXAMPLE, "--classname", f"iris_functions.{classname}",
-        "--tenant", "public", "--namespace", "default", "--name", name,
-        "--inputs", f"persistent://public/default/{name}-in-{tag}",
-        "--output", f"persistent://public/default/{name}-out-{tag}",
-        "--user-config", config,
-    ]  # fmt: skip
+        str(s.pulsar_home / "bin" / "pulsar-admin"),
+        "--admin-url",
+        s.pulsar_admin_url,
+        "functions",
+        "create",
+        "--py",
+        EXAMPLE,
+        "--classname",
+        f"iris_functions.{classname}",
+        "--tenant",
+        "public",
+        "--namespace",
+        "default",
+        "--name",
+        name,
+        "--inputs",
+        f"persistent://public/default/{name}-in-{tag}",
+        "--output",
+        f"persistent://public/default/{name}-out-{tag}",
+        "--user-config",
+        config,
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -38,10 +38,17 @@ def registry(isolated: Settings, tmp_path_factory: pytest.TempPathFactory) -> Se
         iris.data[:, columns], iris.target
     )
     row = model_registry.register(
-        s, model, family="decision_tree", params={"max_depth": 3}, metrics={},
-        training_table="iris", training_snapshot_id=0, training_rows=150,
-        feature_order=MODEL_ORDER, label_names=list(iris.target_names),
-    )  # fmt: skip
+        s,
+        model,
+        family="decision_tree",
+        params={"max_depth": 3},
+        metrics={},
+        training_table="iris",
+        training_snapshot_id=0,
+        training_rows=150,
+        feature_order=MODEL_ORDER,
+        label_names=list(iris.target_names),
+    )
     model_registry.promote(s, row.version)
     return s
 
@@ -69,11 +76,13 @@ def _publish(s: Settings, topic: str, bodies: list[str]) -> None:
 def test_example_function_answers_on_the_ray_runtime(registry: Settings, classname: str) -> None:
     tag = uuid.uuid4().hex[:6]
     spec = FunctionSpec(
-        py=EXAMPLE, classname=classname, name=f"{classname.lower()}-{tag}",
+        py=EXAMPLE,
+        classname=classname,
+        name=f"{classname.lower()}-{tag}",
         inputs=(f"persistent://public/default/fn-in-{tag}",),
         output=f"persistent://public/default/fn-out-{tag}",
         user_config=champion_user_config(registry),
-    )  # fmt: skip
+    )
     iris = load_iris()
     rows = [[float(v) for v in iris.data[i]] for i in (0, 60, 120, 10, 75, 140)]
     text = [",".join(str(v) for v in row) for row in rows]
@@ -94,11 +103,13 @@ def test_example_function_answers_on_the_ray_runtime(registry: Settings, classna
 def test_a_poison_message_ends_in_the_dead_letter_topic(registry: Settings) -> None:
     tag = uuid.uuid4().hex[:6]
     spec = FunctionSpec(
-        py=EXAMPLE, classname="IrisPredict", name=f"poison-{tag}",
+        py=EXAMPLE,
+        classname="IrisPredict",
+        name=f"poison-{tag}",
         inputs=(f"persistent://public/default/fn-in-{tag}",),
         output=f"persistent://public/default/fn-out-{tag}",
         user_config=champion_user_config(registry),
-    )  # fmt: skip
+    )
     _publish(registry, spec.inputs[0], ["not,a,row", "5.1,3.5,1.4,0.2"])
     # Unbounded by count: run long enough for the redeliveries (0.2 s apart) to run out.
     result = run_function(

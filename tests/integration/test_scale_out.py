@@ -93,15 +93,33 @@ def postgres() -> Iterator[str]:
         shutil.chown(root, "postgres", "postgres")
         shutil.chown(root / "pwfile", "postgres", "postgres")
     try:
-        _run(_as_postgres(
-            str(PG_BIN / "initdb"), "-D", str(data), "-U", PG_USER, f"--pwfile={root / 'pwfile'}",
-            "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8",
-        ))  # fmt: skip
-        _run(_as_postgres(
-            str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(root / "postgres.log"), "-w",
-            "-o", f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={root}",
-            "start",
-        ))  # fmt: skip
+        _run(
+            _as_postgres(
+                str(PG_BIN / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                PG_USER,
+                f"--pwfile={root / 'pwfile'}",
+                "--auth-host=scram-sha-256",
+                "--auth-local=trust",
+                "-E",
+                "UTF8",
+            )
+        )
+        _run(
+            _as_postgres(
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(root / "postgres.log"),
+                "-w",
+                "-o",
+                f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={root}",
+                "start",
+            )
+        )
         base = f"postgresql+psycopg2://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{port}"
         admin = create_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:
@@ -113,8 +131,9 @@ def postgres() -> Iterator[str]:
         if (data / "postmaster.pid").exists():
             subprocess.run(
                 _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"),
-                capture_output=True, timeout=60,
-            )  # fmt: skip
+                capture_output=True,
+                timeout=60,
+            )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -269,19 +288,30 @@ def _ray_env() -> dict[str, str]:
 def _node_ports(first_worker_port: int) -> list[str]:
     """Every port a Ray node opens, free and outside the platform's ranges."""
     return [
-        "--node-ip-address", "127.0.0.1",
-        "--node-manager-port", str(_free_port()),
-        "--object-manager-port", str(_free_port()),
-        "--runtime-env-agent-port", str(_free_port()),
-        "--dashboard-agent-grpc-port", str(_free_port()),
-        "--dashboard-agent-listen-port", str(_free_port()),
-        "--metrics-export-port", str(_free_port()),
-        "--min-worker-port", str(first_worker_port),
-        "--max-worker-port", str(first_worker_port + 99),
-        "--num-cpus", "2",
-        "--object-store-memory", "200000000",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--node-manager-port",
+        str(_free_port()),
+        "--object-manager-port",
+        str(_free_port()),
+        "--runtime-env-agent-port",
+        str(_free_port()),
+        "--dashboard-agent-grpc-port",
+        str(_free_port()),
+        "--dashboard-agent-listen-port",
+        str(_free_port()),
+        "--metrics-export-port",
+        str(_free_port()),
+        "--min-worker-port",
+        str(first_worker_port),
+        "--max-worker-port",
+        str(first_worker_port + 99),
+        "--num-cpus",
+        "2",
+        "--object-store-memory",
+        "200000000",
         "--disable-usage-stats",
-    ]  # fmt: skip
+    ]
 
 
 def _stop_processes_under(marker: str) -> None:
@@ -323,19 +353,38 @@ def ray_cluster() -> Iterator[tuple[str, Callable[[], None]]]:
     port = _free_port()
     address = f"127.0.0.1:{port}"
     head = [
-        str(VENV_BIN / "ray"), "start", "--head", "--port", str(port),
-        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(_free_port()),
-        "--ray-client-server-port", str(_free_port()), "--temp-dir", str(root),
+        str(VENV_BIN / "ray"),
+        "start",
+        "--head",
+        "--port",
+        str(port),
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(_free_port()),
+        "--ray-client-server-port",
+        str(_free_port()),
+        "--temp-dir",
+        str(root),
         *_node_ports(21000),
-    ]  # fmt: skip
+    ]
     # Ray refuses a second node under RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, and with it on, swaps
     # a 127.0.0.1 --address for the machine's outward address, where this GCS does not listen.
     # The worker node's `ray start` keeps the loopback address as given; its servers, like the
     # head's, listen on 127.0.0.1 only (--node-ip-address).
     worker = [
-        str(VENV_BIN / "python"), "-c", KEEP_LOOPBACK_RAY_START, "start", "--address", address,
-        "--temp-dir", str(root), "--resources", json.dumps({"node2": 1}), *_node_ports(21200),
-    ]  # fmt: skip
+        str(VENV_BIN / "python"),
+        "-c",
+        KEEP_LOOPBACK_RAY_START,
+        "start",
+        "--address",
+        address,
+        "--temp-dir",
+        str(root),
+        "--resources",
+        json.dumps({"node2": 1}),
+        *_node_ports(21200),
+    ]
     try:
         for command, multi_node in ((head, "0"), (worker, "1")):
             env = {**_ray_env(), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": multi_node}
@@ -390,8 +439,12 @@ def test_batch_inference_on_a_two_node_ray_cluster(
     }
     completed = subprocess.run(
         [str(VENV_BIN / "python"), "-c", BATCH_ON_CLUSTER],
-        capture_output=True, text=True, timeout=240, cwd=PROJECT_DIR, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=PROJECT_DIR,
+        env=env,
+    )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     report = json.loads(completed.stdout.strip().splitlines()[-1])
     assert report["nodes"] == 2 and len(report["node2"]) == 1
@@ -408,15 +461,22 @@ def test_batch_inference_on_a_two_node_ray_cluster(
         assert sock.connect_ex(("127.0.0.1", int(address.rpartition(":")[2]))) != 0
     completed = subprocess.run(
         [str(VENV_BIN / "mlp"), "services", "status", "ray"],
-        capture_output=True, text=True, timeout=60, cwd=PROJECT_DIR,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=PROJECT_DIR,
+    )
     assert completed.returncode == 0 and "healthy" in completed.stdout, completed.stdout
 
 
 def test_batch_inference_resumes_and_races_safely_on_postgresql(pg_settings: Settings) -> None:
-    s = pg_settings.model_copy(update={
-        "namespace": f"{pg_settings.namespace}_batch", "unit_rows": 500, "commit_every_rows": 500,
-    })  # fmt: skip
+    s = pg_settings.model_copy(
+        update={
+            "namespace": f"{pg_settings.namespace}_batch",
+            "unit_rows": 500,
+            "commit_every_rows": 500,
+        }
+    )
     append_features(s, 3000, seed=4, row_group_rows=500)
     # The registry is shared with the pipeline test: pin this table's model, champion or not.
     version = retrain(s, on_ray=False).best_version

@@ -108,8 +108,9 @@ def test_incompatible_files_are_set_aside_with_a_named_change(
     assert "no-width.csv: drops required column 'petal_width' (double)" in message
     rejected = lake.resolved_landing_dir / "_rejected" / "it-incompatible"
     assert sorted(p.name for p in rejected.glob("*.reason.txt")) == [
-        "no-width.csv.reason.txt", "text-ph.parquet.reason.txt",
+        "no-width.csv.reason.txt",
+        "text-ph.parquet.reason.txt",
         "text-width.parquet.reason.txt",
-    ]  # fmt: skip
+    ]
     table = load_table(lake, lake.features_table)
     assert (table.current_snapshot().snapshot_id, len(table.schema().fields)) == before

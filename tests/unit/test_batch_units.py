@@ -32,9 +32,12 @@ from mlplatform.registry.model_registry import ModelRef
 pytestmark = pytest.mark.unit
 
 REF = ModelRef(
-    version=7, artifact_path="/nonexistent", sha256="0" * 64, feature_order=("f1", "f2"),
+    version=7,
+    artifact_path="/nonexistent",
+    sha256="0" * 64,
+    feature_order=("f1", "f2"),
     label_names=("low", "high"),
-)  # fmt: skip
+)
 COLUMNS = ["event_id", "f1", "f2"]
 SCHEMA = Schema(
     NestedField(1, "event_id", StringType(), required=True),
@@ -46,8 +49,14 @@ SCHEMA = Schema(
 @pytest.fixture
 def parquet(tmp_path: Path) -> str:
     """Ten rows in five row groups of two."""
-    table = pa.table({"event_id": [f"e{i}" for i in range(10)], "f1": np.arange(10.0),
-                      "f2": np.ones(10), "label": np.zeros(10, dtype=np.int32)})  # fmt: skip
+    table = pa.table(
+        {
+            "event_id": [f"e{i}" for i in range(10)],
+            "f1": np.arange(10.0),
+            "f2": np.ones(10),
+            "label": np.zeros(10, dtype=np.int32),
+        }
+    )
     path = tmp_path / "data.parquet"
     pq.write_table(table, path, row_group_size=2)
     return str(path)
@@ -73,8 +82,14 @@ def test_read_unit_filter_and_an_empty_unit(parquet: str) -> None:
 
 
 def test_read_units_turns_an_unreadable_unit_into_an_error_row(parquet: str) -> None:
-    batch = pa.table({"unit": [0, 1], "file_path": [parquet, parquet + ".gone"],
-                      "first_row_group": [0, 0], "row_groups": [1, 1]})  # fmt: skip
+    batch = pa.table(
+        {
+            "unit": [0, 1],
+            "file_path": [parquet, parquet + ".gone"],
+            "first_row_group": [0, 0],
+            "row_groups": [1, 1],
+        }
+    )
     out = read_units(batch, COLUMNS, None, None).to_pandas()
     assert list(out[out[UNIT] == 0]["event_id"]) == ["e0", "e1"]
     [error] = out[out[UNIT] == 1][ERROR]
@@ -91,11 +106,16 @@ class _FailsOnNegative:
 
 def _batch(rows: list[tuple[int, str | None, float]], unit_rows: list[int] | None = None):
     units = [u for u, _, _ in rows]
-    return pa.table({
-        "event_id": pa.array([k for _, k, _ in rows], pa.string()),
-        "f1": [f for _, _, f in rows], "f2": [0.0] * len(rows), UNIT: units,
-        UNIT_ROWS: unit_rows or [units.count(u) for u in units], ERROR: [""] * len(rows),
-    })  # fmt: skip
+    return pa.table(
+        {
+            "event_id": pa.array([k for _, k, _ in rows], pa.string()),
+            "f1": [f for _, _, f in rows],
+            "f2": [0.0] * len(rows),
+            UNIT: units,
+            UNIT_ROWS: unit_rows or [units.count(u) for u in units],
+            ERROR: [""] * len(rows),
+        }
+    )
 
 
 def test_predict_table_marks_only_the_failing_unit() -> None:
@@ -167,8 +187,9 @@ def test_watched_fails_a_stalled_pipeline(monkeypatch: pytest.MonkeyPatch) -> No
 def test_failure_report_names_each_unit() -> None:
     from mlplatform.inference.batch.runner import FailedUnit
 
-    report = failure_report("r1", [FailedUnit(3, "s3://b/f.parquet", 500, 3, "ValueError('x')")],
-                            10_000)  # fmt: skip
+    report = failure_report(
+        "r1", [FailedUnit(3, "s3://b/f.parquet", 500, 3, "ValueError('x')")], 10_000
+    )
     assert "run r1: 1 unit(s) with 500 of 10000 rows failed" in report
     assert "unit 3 (s3://b/f.parquet, 500 rows, 3 attempts): ValueError('x')" in report
 
@@ -186,8 +207,12 @@ def test_predictions_rows_drop_placeholders_and_take_the_table_schema() -> None:
     from mlplatform.settings import Settings
 
     schema = predictions_schema(Settings()).as_arrow()
-    out = predict_table(_batch([(0, "a", 9.0), (1, None, 0.0)], unit_rows=[1, 0]), REF,
-                        "event_id", _FailsOnNegative().predict_proba)  # fmt: skip
+    out = predict_table(
+        _batch([(0, "a", 9.0), (1, None, 0.0)], unit_rows=[1, 0]),
+        REF,
+        "event_id",
+        _FailsOnNegative().predict_proba,
+    )
     rows = predictions_rows(out, "event_id", schema, "run-1", 99)
     assert rows.schema == schema
     assert rows["event_id"].to_pylist() == ["a"]
@@ -225,6 +250,7 @@ restored = os.getpriority(os.PRIO_PROCESS, 0)
 assert restored == (start + 1 if os.geteuid() == 0 else start + 2), restored
 print("ok")
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
     assert result.stdout.strip() == "ok", result.stderr

@@ -159,11 +159,17 @@ def test_train_grid_sequential_one_candidate_per_entry_in_order(iris) -> None:
     candidates = train_grid_sequential(GRID, 7, train, holdout, IRIS_LABELS)
     assert [c.spec for c in candidates] == GRID
     assert [c.family for c in candidates] == [
-        "decision_tree", "decision_tree", "random_forest", "logistic_regression",
-    ]  # fmt: skip
+        "decision_tree",
+        "decision_tree",
+        "random_forest",
+        "logistic_regression",
+    ]
     assert [type(c.model) for c in candidates] == [
-        DecisionTreeClassifier, DecisionTreeClassifier, RandomForestClassifier, LogisticRegression,
-    ]  # fmt: skip
+        DecisionTreeClassifier,
+        DecisionTreeClassifier,
+        RandomForestClassifier,
+        LogisticRegression,
+    ]
     # Hyperparameters reached the estimators: a stump cannot separate three classes.
     assert candidates[0].model.get_depth() == 1
     assert candidates[0].metrics["accuracy"] <= 2 / 3 + 1e-9

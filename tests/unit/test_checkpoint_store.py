@@ -61,8 +61,11 @@ def test_finish_records_the_outcome_and_releases_the_lease(store: CheckpointStor
     assert (resumed.status, resumed.finished_at) == ("running", None)
 
 
-PLAN = [UnitPlan(0, "f1.parquet", 0, 2, 10), UnitPlan(1, "f1.parquet", 2, 1, 7),
-        UnitPlan(2, "f2.parquet", 0, 1, 3)]  # fmt: skip
+PLAN = [
+    UnitPlan(0, "f1.parquet", 0, 2, 10),
+    UnitPlan(1, "f1.parquet", 2, 1, 7),
+    UnitPlan(2, "f2.parquet", 0, 1, 3),
+]
 
 
 def _open(store: CheckpointStore, key: str = "job", run_id: str | None = None):
@@ -73,11 +76,14 @@ def test_open_run_plans_units_once_and_resumes_the_unfinished_run(store: Checkpo
     run, resumed = _open(store, run_id="r1")
     assert not resumed and (run.units_total, run.rows_total) == (3, 20)
     assert [(u.unit, u.status, u.rows_in) for u in store.units("r1")] == [
-        (0, "pending", 10), (1, "pending", 7), (2, "pending", 3),
-    ]  # fmt: skip
+        (0, "pending", 10),
+        (1, "pending", 7),
+        (2, "pending", 3),
+    ]
     planned = []
-    again, resumed = store.open_run("job", "r2", lambda: planned.append(1) or PLAN, **JOB,
-                                    mode="fused")  # fmt: skip
+    again, resumed = store.open_run(
+        "job", "r2", lambda: planned.append(1) or PLAN, **JOB, mode="fused"
+    )
     assert resumed and again.run_id == "r1"
     assert store.units("r2") == [] and planned == []  # a resume does not plan again
 
@@ -138,8 +144,12 @@ def test_lease_of_a_dead_process_on_this_host_is_taken_over(store: CheckpointSto
     import subprocess
     import sys
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     _open(store, run_id="r1")
     store.acquire("r1", f"{socket.gethostname()}:{dead.stdout.strip()}:x", ttl_s=3600)
     me = process_owner()

@@ -38,10 +38,17 @@ def runner() -> CliRunner:
 def _register(s: Settings, accuracy: float = 0.5) -> int:
     model = DummyClassifier(strategy="constant", constant=1).fit([[0.0], [1.0]], [0, 1])
     row = model_registry.register(
-        s, model, family="dummy", params={"strategy": "constant"},
-        metrics={"accuracy": accuracy, "macro_f1": accuracy / 2}, training_table="ml.features",
-        training_snapshot_id=77, training_rows=2, feature_order=["x"], label_names=["no", "yes"],
-    )  # fmt: skip
+        s,
+        model,
+        family="dummy",
+        params={"strategy": "constant"},
+        metrics={"accuracy": accuracy, "macro_f1": accuracy / 2},
+        training_table="ml.features",
+        training_snapshot_id=77,
+        training_rows=2,
+        feature_order=["x"],
+        label_names=["no", "yes"],
+    )
     return row.version
 
 
@@ -154,9 +161,15 @@ def test_runs_list_shows_checkpoint_progress(settings: Settings, runner: CliRunn
     store = CheckpointStore(settings.resolved_database_url)
     plan = [UnitPlan(0, "a", 0, 1, 200), UnitPlan(1, "a", 1, 1, 100), UnitPlan(2, "b", 0, 1, 200)]
     run, _ = store.open_run(
-        "job", None, lambda: plan, kind="batch-inference", dataset="ml.features", snapshot_id=42,
-        model_version=3, mode="fused",
-    )  # fmt: skip
+        "job",
+        None,
+        lambda: plan,
+        kind="batch-inference",
+        dataset="ml.features",
+        snapshot_id=42,
+        model_version=3,
+        mode="fused",
+    )
     store.mark_done(run.run_id, {0: 200, 1: 100}, snapshot_id=7)
     store.mark_attempt_failed(run.run_id, {2: "boom"}, max_attempts=1)
     result = runner.invoke(app, ["runs", "list"])
@@ -164,8 +177,11 @@ def test_runs_list_shows_checkpoint_progress(settings: Settings, runner: CliRunn
     assert run.run_id in result.output and "rows 300/500 units 2/3 failed 1" in result.output
     [row] = json.loads(runner.invoke(app, ["runs", "list", "--json"]).output)
     assert (row["rows_done"], row["units_done"], row["units_failed"], row["status"]) == (
-        300, 2, 1, "running",
-    )  # fmt: skip
+        300,
+        2,
+        1,
+        "running",
+    )
 
 
 def test_resuming_an_unknown_run_fails_with_its_id(settings: Settings, runner: CliRunner) -> None:
@@ -179,8 +195,10 @@ def test_run_rejects_unknown_flows_and_bad_params(settings: Settings, runner: Cl
 
     assert runner.invoke(app, ["run", "nonsense"]).exit_code == 2
     assert _parse_params(["max_messages=500", "timeout_s=null", "name=abc"]) == {
-        "max_messages": 500, "timeout_s": None, "name": "abc",
-    }  # fmt: skip
+        "max_messages": 500,
+        "timeout_s": None,
+        "name": "abc",
+    }
     result = runner.invoke(app, ["run", "retrain", "--param", "novalue"])
     assert result.exit_code == 2 and "is not key=value" in result.output
 

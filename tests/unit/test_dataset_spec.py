@@ -69,10 +69,15 @@ def test_a_copy_with_another_dataset_is_refused(tmp_path: Path) -> None:
 
 def test_a_spec_file_by_path(tmp_path: Path) -> None:
     spec = {
-        "name": "tiny", "key_column": "id", "label_column": "y", "label_names": ["a", "b"],
-        "features": [{"name": "x", "min": -1, "max": 1}, {"name": "n", "type": "int", "min": 0,
-                                                           "max": 9}],
-    }  # fmt: skip
+        "name": "tiny",
+        "key_column": "id",
+        "label_column": "y",
+        "label_names": ["a", "b"],
+        "features": [
+            {"name": "x", "min": -1, "max": 1},
+            {"name": "n", "type": "int", "min": 0, "max": 9},
+        ],
+    }
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(spec))
     s = _settings(tmp_path, dataset=str(path))
@@ -98,9 +103,13 @@ def test_a_bad_spec_file_is_refused_with_what_is_wrong(
     tmp_path: Path, change: dict, message: str
 ) -> None:
     spec = {
-        "name": "bad", "key_column": "id", "label_column": "y", "label_names": ["a", "b"],
-        "features": [{"name": "x", "min": 0, "max": 1}], **change,
-    }  # fmt: skip
+        "name": "bad",
+        "key_column": "id",
+        "label_column": "y",
+        "label_names": ["a", "b"],
+        "features": [{"name": "x", "min": 0, "max": 1}],
+        **change,
+    }
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(spec))
     load_spec.cache_clear()
@@ -130,9 +139,14 @@ def test_wine_demo_rows_are_typed_and_in_range(tmp_path: Path) -> None:
             assert feature.min <= number <= feature.max, (feature.name, value)
     reasons = [reason for reason, _ in malformed_kinds(spec)]
     assert reasons == [
-        "missing_fields", "not_a_number:malic_acid", "out_of_range:ash", "not_finite:alcohol",
-        "out_of_range:cultivar", "missing_key:sample_id", "extra_fields",
-    ]  # fmt: skip
+        "missing_fields",
+        "not_a_number:malic_acid",
+        "out_of_range:ash",
+        "not_finite:alcohol",
+        "out_of_range:cultivar",
+        "missing_key:sample_id",
+        "extra_fields",
+    ]
 
 
 def test_derived_features_are_sql_for_the_job_and_numpy_for_other_writers(

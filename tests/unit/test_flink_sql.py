@@ -118,8 +118,10 @@ def test_quarantine_topic_and_counts_tables(cfg: dict) -> None:
 
 def test_token_file_reaches_both_pulsar_tables(cfg: dict) -> None:
     ddl, _ = build_statements({**cfg, "pulsar_token_file": "/run/t.token"})
-    for topic in (_one(ddl, "CREATE TEMPORARY TABLE features_topic"),
-                  _one(ddl, "CREATE TEMPORARY TABLE quarantine_topic")):  # fmt: skip
+    for topic in (
+        _one(ddl, "CREATE TEMPORARY TABLE features_topic"),
+        _one(ddl, "CREATE TEMPORARY TABLE quarantine_topic"),
+    ):
         assert "'pulsar.client.authParams' = 'file:///run/t.token'" in topic
 
 
@@ -204,10 +206,19 @@ def test_checks_are_ordered_and_complete(cfg: dict) -> None:
         "AS `label`"
     ) in sql
     reasons = [
-        "'empty_payload'", "'oversized_payload'", "'not_utf8'", "WHEN shape IS NOT NULL",
-        "'missing_key:", "'missing_value:", "WHEN w0 IS NOT NULL", "'not_a_number:",
-        "'not_an_integer:label'", "'not_finite:", "'out_of_range:sepal", "'out_of_range:label'",
-    ]  # fmt: skip
+        "'empty_payload'",
+        "'oversized_payload'",
+        "'not_utf8'",
+        "WHEN shape IS NOT NULL",
+        "'missing_key:",
+        "'missing_value:",
+        "WHEN w0 IS NOT NULL",
+        "'not_a_number:",
+        "'not_an_integer:label'",
+        "'not_finite:",
+        "'out_of_range:sepal",
+        "'out_of_range:label'",
+    ]
     positions = [sql.index(r) for r in reasons]
     assert positions == sorted(positions)
     assert "ELSE CAST(NULL AS STRING) END AS reason" in sql
@@ -303,12 +314,16 @@ def test_a_run_with_csv_json_and_optional_columns(cfg: dict) -> None:
     cfg = {
         **cfg,
         "sources": [
-            {"format": "csv", "path": "file:///r/csv-0", "columns": [*columns, "ph"],
-             "header": ",".join([*columns, "ph"])},
+            {
+                "format": "csv",
+                "path": "file:///r/csv-0",
+                "columns": [*columns, "ph"],
+                "header": ",".join([*columns, "ph"]),
+            },
             {"format": "json", "path": "file:///r/json"},
         ],
         "optional_columns": [{"name": "ph", "type": "double"}, {"name": "site", "type": "string"}],
-    }  # fmt: skip
+    }
     ddl, inserts = build_statements(cfg)
     assert [s.split(" (")[0].split(" AS ")[0] for s in ddl[1:5]] == [
         "CREATE TEMPORARY TABLE raw_file_0",

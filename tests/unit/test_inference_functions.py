@@ -25,9 +25,12 @@ pytestmark = pytest.mark.unit
 
 FEATURES = ("f1", "f2")
 REF = ModelRef(
-    version=5, artifact_path="/nonexistent/model.skops", sha256="0" * 64,
-    feature_order=FEATURES, label_names=("low", "high"),
-)  # fmt: skip
+    version=5,
+    artifact_path="/nonexistent/model.skops",
+    sha256="0" * 64,
+    feature_order=FEATURES,
+    label_names=("low", "high"),
+)
 
 
 @pytest.fixture(scope="module")

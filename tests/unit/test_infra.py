@@ -120,9 +120,14 @@ def _service(port: int, healthy: bool, calls: list[str]) -> Service:
         calls.append("before_start")
 
     return Service(
-        name="fake", port=lambda s: port, command=command, healthy=lambda s: healthy,
-        env=lambda s: {}, before_start=before_start, start_timeout_s=1.0,
-    )  # fmt: skip
+        name="fake",
+        port=lambda s: port,
+        command=command,
+        healthy=lambda s: healthy,
+        env=lambda s: {},
+        before_start=before_start,
+        start_timeout_s=1.0,
+    )
 
 
 def test_start_refuses_port_held_by_foreign_process(

@@ -46,22 +46,29 @@ def make_create_all_era_database(url: str) -> None:
     command.upgrade(alembic_config(url=url), "0001")
     engine = new_engine(url)
     with engine.begin() as connection:
-        connection.execute(text(
-            "INSERT INTO checkpoint_runs (run_id, kind, dataset, snapshot_id, model_version, mode,"
-            " status, rows_total, started_at) VALUES ('old-run', 'batch-inference', 'ml.features',"
-            " 11, 2, 'fused', 'succeeded', 100, '2026-01-01 00:00:00.000000')"
-        ))  # fmt: skip
-        connection.execute(text(
-            "INSERT INTO checkpoint_units (run_id, unit, status, rows_in, rows_out, attempts,"
-            " committed_snapshot_id, updated_at) VALUES ('old-run', 0, 'done', 100, 100, 1, 12,"
-            " '2026-01-01 00:00:00.000000')"
-        ))  # fmt: skip
-        connection.execute(text(
-            "INSERT INTO model_versions (created_at, family, params, metrics, training_table,"
-            " training_snapshot_id, training_rows, feature_order, label_names, artifact_path,"
-            " sha256, stage) VALUES ('2026-01-01 00:00:00.000000', 'dummy', '{}', '{}',"
-            " 'ml.features', 11, 2, '[\"x\"]', '[\"no\", \"yes\"]', '/m/1.skops', 'ab', 'champion')"
-        ))  # fmt: skip
+        connection.execute(
+            text(
+                "INSERT INTO checkpoint_runs (run_id, kind, dataset, snapshot_id, model_version,"
+                " mode, status, rows_total, started_at) VALUES ('old-run', 'batch-inference',"
+                " 'ml.features', 11, 2, 'fused', 'succeeded', 100, '2026-01-01 00:00:00.000000')"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO checkpoint_units (run_id, unit, status, rows_in, rows_out, attempts,"
+                " committed_snapshot_id, updated_at) VALUES ('old-run', 0, 'done', 100, 100, 1, 12,"
+                " '2026-01-01 00:00:00.000000')"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO model_versions (created_at, family, params, metrics, training_table,"
+                " training_snapshot_id, training_rows, feature_order, label_names, artifact_path,"
+                " sha256, stage) VALUES ('2026-01-01 00:00:00.000000', 'dummy', '{}', '{}',"
+                " 'ml.features', 11, 2, '[\"x\"]', '[\"no\", \"yes\"]', '/m/1.skops', 'ab',"
+                " 'champion')"
+            )
+        )
         connection.execute(text("DROP TABLE alembic_version"))
     engine.dispose()
 
@@ -104,8 +111,16 @@ def test_database_create_all_made_with_todays_models_is_stamped_head(url: str) -
 
 def test_downgrade_to_0001_and_upgrade_again(url: str) -> None:
     store = CheckpointStore(url)
-    store.start_run("r1", kind="batch-inference", dataset="ml.features", snapshot_id=1,
-                    model_version=1, mode="fused", job_key="k1", units_total=3)  # fmt: skip
+    store.start_run(
+        "r1",
+        kind="batch-inference",
+        dataset="ml.features",
+        snapshot_id=1,
+        model_version=1,
+        mode="fused",
+        job_key="k1",
+        units_total=3,
+    )
     config = alembic_config(url=url)
     command.downgrade(config, "0001")
     engine = new_engine(url)

@@ -28,10 +28,17 @@ def _model(constant: int) -> DummyClassifier:
 
 def _register(s: Settings, constant: int = 0) -> model_registry.ModelVersion:
     return model_registry.register(
-        s, _model(constant), family="dummy", params={"constant": constant},
-        metrics={"accuracy": 0.5}, training_table="ml.features", training_snapshot_id=123,
-        training_rows=2, feature_order=["x"], label_names=["no", "yes"],
-    )  # fmt: skip
+        s,
+        _model(constant),
+        family="dummy",
+        params={"constant": constant},
+        metrics={"accuracy": 0.5},
+        training_table="ml.features",
+        training_snapshot_id=123,
+        training_rows=2,
+        feature_order=["x"],
+        label_names=["no", "yes"],
+    )
 
 
 def test_register_saves_artifact_as_candidate(settings: Settings) -> None:

@@ -86,10 +86,17 @@ def _register(s: Settings, model: object | None = None) -> model_registry.ModelV
     if model is None:
         model = DummyClassifier(strategy="constant", constant=1).fit([[0.0], [1.0]], [0, 1])
     return model_registry.register(
-        s, model, family="dummy", params={}, metrics={"accuracy": 0.5, "macro_f1": 0.5},
-        training_table="ml.features", training_snapshot_id=1, training_rows=2,
-        feature_order=["x"], label_names=["no", "yes"],
-    )  # fmt: skip
+        s,
+        model,
+        family="dummy",
+        params={},
+        metrics={"accuracy": 0.5, "macro_f1": 0.5},
+        training_table="ml.features",
+        training_snapshot_id=1,
+        training_rows=2,
+        feature_order=["x"],
+        label_names=["no", "yes"],
+    )
 
 
 def _champion(s: Settings) -> int:
@@ -284,9 +291,12 @@ def test_untrusted_type_in_a_hand_written_artifact_is_refused(tmp_path: Path) ->
     path = tmp_path / "model.skops"
     skops.io.dump([_Payload()], path)
     ref = ModelRef(
-        version=7, artifact_path=str(path), sha256=model_registry.sha256_of(path),
-        feature_order=("x",), label_names=("no", "yes"),
-    )  # fmt: skip
+        version=7,
+        artifact_path=str(path),
+        sha256=model_registry.sha256_of(path),
+        feature_order=("x",),
+        label_names=("no", "yes"),
+    )
     with pytest.raises(ModelIntegrityError, match="model version 7: .* holds types outside"):
         model_registry.load_model(ref)
 
@@ -308,9 +318,12 @@ def test_legacy_pickle_artifact_is_never_unpickled(tmp_path: Path) -> None:
     path = tmp_path / "model.pkl"
     path.write_bytes(pickle.dumps(_Detonator()))
     ref = ModelRef(
-        version=3, artifact_path=str(path), sha256=model_registry.sha256_of(path),
-        feature_order=("x",), label_names=("no", "yes"),
-    )  # fmt: skip
+        version=3,
+        artifact_path=str(path),
+        sha256=model_registry.sha256_of(path),
+        feature_order=("x",),
+        label_names=("no", "yes"),
+    )
     _Detonator.fired = False
     with pytest.raises(ModelIntegrityError, match="not a skops artifact"):
         model_registry.load_model(ref)

@@ -51,22 +51,32 @@ def test_a_csv_header_declares_its_columns_and_new_ones_get_a_sampled_type(
     path = tmp_path / "a.csv"
     path.write_text(f"{HEADER},ph,site\nk1,1,2,3,4,0,6.5,north\nk2,1,2,3,4,0,,south\n")
     declared = declared_schema(path, IRIS)
-    assert declared == Declared([*IRIS.columns, "ph", "site"], {"ph": "double", "site": "string"},
-                                f"{HEADER},ph,site")  # fmt: skip
+    assert declared == Declared(
+        [*IRIS.columns, "ph", "site"], {"ph": "double", "site": "string"}, f"{HEADER},ph,site"
+    )
     path.write_text("k1,1,2,3,4,0\n")  # no header line: the dataset's order
     assert declared_schema(path, IRIS) == Declared(IRIS.columns)
     assert declared_schema(tmp_path / "x.jsonl", IRIS) is None
 
 
 def test_a_parquet_schema_declares_columns_and_types(tmp_path: Path) -> None:
-    path = _parquet(tmp_path / "p.parquet", event_id=pa.array(["a"]), label=pa.array([1]),
-                    width=pa.array([1.5]), ok=pa.array([True]), when=pa.array([b"x"]))  # fmt: skip
+    path = _parquet(
+        tmp_path / "p.parquet",
+        event_id=pa.array(["a"]),
+        label=pa.array([1]),
+        width=pa.array([1.5]),
+        ok=pa.array([True]),
+        when=pa.array([b"x"]),
+    )
     declared = declared_schema(path, IRIS)
     assert declared.columns == ["event_id", "label", "width", "ok", "when"]
     assert declared.types == {
-        "event_id": "string", "label": "long", "width": "double", "ok": "boolean",
+        "event_id": "string",
+        "label": "long",
+        "width": "double",
+        "ok": "boolean",
         "when": "unsupported (binary)",
-    }  # fmt: skip
+    }
     assert arrow_type(pa.float32()) == "double" and arrow_type(pa.large_string()) == "string"
 
 
@@ -99,9 +109,10 @@ def test_parquet_rows_become_json_lines_with_non_finite_numbers_spelled(tmp_path
     assert parquet_to_json_lines(path, target) == 3
     rows = [json.loads(line) for line in target.read_text().splitlines()]
     assert rows == [
-        {"event_id": "a", "x": "NaN"}, {"event_id": "b", "x": "-Infinity"},
+        {"event_id": "a", "x": "NaN"},
+        {"event_id": "b", "x": "-Infinity"},
         {"event_id": "c", "x": None},
-    ]  # fmt: skip
+    ]
 
 
 def test_plan_groups_sources_adds_columns_and_rejects_misfits(tmp_path: Path) -> None:
@@ -111,9 +122,16 @@ def test_plan_groups_sources_adds_columns_and_rejects_misfits(tmp_path: Path) ->
     (run / "recovered-old" / "csv-0" / "b.csv").write_text(f"{HEADER}\nk,1,2,3,4,0\n")
     (run / "c.csv").write_text(f"{HEADER},ph\nk,1,2,3,4,0,7\n")
     (run / "d.jsonl").write_text("{}\n")
-    _parquet(run / "e.parquet", event_id=pa.array(["p"]), sepal_length=pa.array([1.0]),
-             sepal_width=pa.array([1.0]), petal_length=pa.array([1.0]),
-             petal_width=pa.array([1.0]), label=pa.array([1]), site=pa.array(["n"]))  # fmt: skip
+    _parquet(
+        run / "e.parquet",
+        event_id=pa.array(["p"]),
+        sepal_length=pa.array([1.0]),
+        sepal_width=pa.array([1.0]),
+        petal_length=pa.array([1.0]),
+        petal_width=pa.array([1.0]),
+        label=pa.array([1]),
+        site=pa.array(["n"]),
+    )
     (run / "f.parquet").write_text("not parquet")
     (run / "recovered-old" / "json").mkdir()
     (run / "recovered-old" / "json" / "x.parquet.jsonl").write_text("{}\n")  # made again
@@ -124,12 +142,15 @@ def test_plan_groups_sources_adds_columns_and_rejects_misfits(tmp_path: Path) ->
     assert "cannot be read as parquet" in plan.rejected[run / "f.parquet"][0]
     assert plan.files == 5
     assert [(s["format"], Path(s["path"].removeprefix("file://")).name) for s in plan.sources] == [
-        ("csv", "csv-0"), ("csv", "csv-1"), ("json", "json"),
-    ]  # fmt: skip
+        ("csv", "csv-0"),
+        ("csv", "csv-1"),
+        ("json", "json"),
+    ]
     assert plan.sources[1]["columns"][-1] == "ph"
     assert sorted(p.name for p in (run / "csv-0").iterdir()) == [
-        "a.csv", "recovered-old--csv-0--b.csv",
-    ]  # fmt: skip
+        "a.csv",
+        "recovered-old--csv-0--b.csv",
+    ]
     assert sorted(p.name for p in (run / "json").iterdir()) == ["d.jsonl", "e.parquet.jsonl"]
     assert (run / "parquet" / "e.parquet").exists()
     assert not (run / "recovered-old" / "json" / "x.parquet.jsonl").exists()

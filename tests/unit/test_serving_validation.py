@@ -121,12 +121,17 @@ def test_predictions_name_the_classes_of_the_model() -> None:
 
 def test_request_errors_bad_json_is_400_and_shape_is_422() -> None:
     bad_json = [
-        {"type": "json_invalid", "loc": ("body", 9), "msg": "JSON decode error",
-         "ctx": {"error": "Expecting value"}}
-    ]  # fmt: skip
+        {
+            "type": "json_invalid",
+            "loc": ("body", 9),
+            "msg": "JSON decode error",
+            "ctx": {"error": "Expecting value"},
+        }
+    ]
     assert describe_request_errors(bad_json) == (
-        400, "the body is not valid JSON: Expecting value at character 9",
-    )  # fmt: skip
+        400,
+        "the body is not valid JSON: Expecting value at character 9",
+    )
     missing = [{"type": "missing", "loc": ("body", "features"), "msg": "Field required"}]
     assert describe_request_errors(missing) == (422, "features: Field required")
     not_json = [{"type": "model_attributes_type", "loc": ("body",), "msg": "x", "input": b"a=1"}]

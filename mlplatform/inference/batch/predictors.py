@@ -55,23 +55,32 @@ def predict_table(batch: pa.Table, ref: ModelRef, key: str, predict: PredictProb
             except Exception as error:
                 failed[rows] = f"predict failed: {error!r}"[:2000]
         errors = pc.if_else(pc.equal(errors, ""), pa.array(failed, pa.string()), errors)
-    return pa.table({
-        UNIT: batch[UNIT], UNIT_ROWS: batch[UNIT_ROWS], key: batch[key], ERROR: errors,
-        "model_version": pa.repeat(pa.scalar(ref.version, pa.int32()), n),
-        "prediction": pa.array(probabilities.argmax(axis=1).astype(np.int32)),
-        "probabilities": pa.FixedSizeListArray.from_arrays(
-            pa.array(probabilities.ravel()), n_classes
-        ).cast(pa.list_(pa.float64())),
-    })  # fmt: skip
+    return pa.table(
+        {
+            UNIT: batch[UNIT],
+            UNIT_ROWS: batch[UNIT_ROWS],
+            key: batch[key],
+            ERROR: errors,
+            "model_version": pa.repeat(pa.scalar(ref.version, pa.int32()), n),
+            "prediction": pa.array(probabilities.argmax(axis=1).astype(np.int32)),
+            "probabilities": pa.FixedSizeListArray.from_arrays(
+                pa.array(probabilities.ravel()), n_classes
+            ).cast(pa.list_(pa.float64())),
+        }
+    )
 
 
 class Predictor:
     """fused mode: the model in the Ray Data actor, loaded and verified once per actor."""
 
     def __init__(
-        self, ref: ModelRef, key: str, timeout_s: float,
-        loader: Callable[[ModelRef], Any] | None = None, niceness: int | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        ref: ModelRef,
+        key: str,
+        timeout_s: float,
+        loader: Callable[[ModelRef], Any] | None = None,
+        niceness: int | None = None,
+    ) -> None:
         if niceness is not None:  # this actor's process is the model's alone
             set_niceness(niceness)
         self.ref, self.key, self.timeout_s = ref, key, timeout_s
@@ -140,9 +149,13 @@ class ServePredictor:
     """separated mode: a light Ray Data actor that sends each batch to the Serve deployment."""
 
     def __init__(
-        self, ref: ModelRef, key: str, timeout_s: float, app_name: str,
+        self,
+        ref: ModelRef,
+        key: str,
+        timeout_s: float,
+        app_name: str,
         niceness: int | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if niceness is not None:
             set_niceness(niceness)
         self.ref, self.key, self.timeout_s = ref, key, timeout_s

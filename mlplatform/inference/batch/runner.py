@@ -155,9 +155,13 @@ def read_stage(s: Settings, units: list[dict], read_kwargs: dict) -> ray.data.Da
 
 
 def unit_pipeline(
-    s: Settings, ref: ModelRef, mode: Mode, units: list[dict], read_kwargs: dict,
+    s: Settings,
+    ref: ModelRef,
+    mode: Mode,
+    units: list[dict],
+    read_kwargs: dict,
     app_name: str | None = None,
-) -> ray.data.Dataset:  # fmt: skip
+) -> ray.data.Dataset:
     """Units -> read stage (tasks) -> model stage (actor pool), streamed by Ray Data.
 
     read_kwargs: columns (the key column first), row_filter, schema_json (see read_units).
@@ -165,9 +169,11 @@ def unit_pipeline(
     """
     predictor: type = Predictor
     kwargs = {
-        "ref": ref, "key": s.key_column, "timeout_s": s.batch_timeout_s,
+        "ref": ref,
+        "key": s.key_column,
+        "timeout_s": s.batch_timeout_s,
         "niceness": s.batch_niceness,
-    }  # fmt: skip
+    }
     if mode == "separated":
         app_name = app_name or deploy_batch_model(s, ref)
         predictor, kwargs = ServePredictor, {**kwargs, "app_name": app_name}
@@ -288,9 +294,12 @@ def _run_pass(job: _Job, units: list[dict]) -> dict[int, str]:
             arrived[unit] = arrived.get(unit, 0) + part.num_rows
             if arrived[unit] >= max(part[UNIT_ROWS][0].as_py(), 1):
                 ready[unit] = predictions_rows(
-                    pa.concat_tables(buffers.pop(unit)), job.s.key_column, schema,
-                    job.run.run_id, job.run.snapshot_id,
-                )  # fmt: skip
+                    pa.concat_tables(buffers.pop(unit)),
+                    job.s.key_column,
+                    schema,
+                    job.run.run_id,
+                    job.run.snapshot_id,
+                )
                 finished.add(unit)
         pending_rows = sum(t.num_rows for t in ready.values())
         due = time.monotonic() - last_commit >= job.s.commit_every_s
@@ -314,10 +323,14 @@ def _execute(job: _Job) -> list[FailedUnit]:
         if not pending:
             break
         specs = [
-            {"unit": u.unit, "file_path": u.file_path, "first_row_group": u.first_row_group,
-             "row_groups": u.row_groups}
+            {
+                "unit": u.unit,
+                "file_path": u.file_path,
+                "first_row_group": u.first_row_group,
+                "row_groups": u.row_groups,
+            }
             for u in pending
-        ]  # fmt: skip
+        ]
         errors = _run_pass(job, specs)
         job.store.mark_attempt_failed(run_id, errors, s.unit_max_attempts)
     return [
@@ -383,20 +396,33 @@ def run_batch_inference(
     key = job_key(dataset, snapshot.snapshot_id, ref.version, row_filter)
     mode = mode or s.batch_mode
     run, resumed = store.open_run(
-        key, run_id, lambda: plan_units(features, snapshot.snapshot_id, expression, s.unit_rows),
-        kind=KIND, dataset=dataset, snapshot_id=snapshot.snapshot_id,
-        model_version=ref.version, mode=mode, row_filter=row_filter,
-    )  # fmt: skip
+        key,
+        run_id,
+        lambda: plan_units(features, snapshot.snapshot_id, expression, s.unit_rows),
+        kind=KIND,
+        dataset=dataset,
+        snapshot_id=snapshot.snapshot_id,
+        model_version=ref.version,
+        mode=mode,
+        row_filter=row_filter,
+    )
     if resume_run_id and run.run_id != resume_run_id:
         raise LookupError(f"run {resume_run_id} is not the current run of its job ({run.run_id})")
     job = _Job(
-        s, run, ref, mode, predictions, store, process_owner(),
+        s,
+        run,
+        ref,
+        mode,
+        predictions,
+        store,
+        process_owner(),
         read_kwargs={
-            "columns": [s.key_column, *ref.feature_order], "row_filter": row_filter,
+            "columns": [s.key_column, *ref.feature_order],
+            "row_filter": row_filter,
             "schema_json": features.schema().model_dump_json(),
         },
         on_progress=on_progress,
-    )  # fmt: skip
+    )
     with _lease(job):
         if resume_run_id:
             store.retry_failed(run.run_id)  # an explicit resume gives failed units new attempts
@@ -418,9 +444,17 @@ def run_batch_inference(
             raise BatchInferenceFailed(report)
         store.finish(run.run_id, job.owner, "partial" if failed else "succeeded")
     return BatchResult(
-        run_id=run.run_id, resumed=resumed, mode=mode, snapshot_id=snapshot.snapshot_id,
-        model_version=ref.version, input_rows=run.rows_total, units_total=run.units_total,
-        skipped_units=skipped_units, skipped_rows=skipped_rows,
-        predicted_rows=job.committed_rows, commits=job.commits,
-        failed_units=failed, seconds=time.monotonic() - started,
-    )  # fmt: skip
+        run_id=run.run_id,
+        resumed=resumed,
+        mode=mode,
+        snapshot_id=snapshot.snapshot_id,
+        model_version=ref.version,
+        input_rows=run.rows_total,
+        units_total=run.units_total,
+        skipped_units=skipped_units,
+        skipped_rows=skipped_rows,
+        predicted_rows=job.committed_rows,
+        commits=job.commits,
+        failed_units=failed,
+        seconds=time.monotonic() - started,
+    )

@@ -78,16 +78,24 @@ def _type(position: int) -> pa.DataType:
 def _tagged(table: pa.Table, unit: int, rows: int, error: str) -> pa.Table:
     """The table with the unit columns appended: its unit, the unit's row count, its error."""
     n = table.num_rows
-    for name, value, kind in ((UNIT, unit, pa.int64()), (UNIT_ROWS, rows, pa.int64()),
-                              (ERROR, error, pa.string())):  # fmt: skip
+    for name, value, kind in (
+        (UNIT, unit, pa.int64()),
+        (UNIT_ROWS, rows, pa.int64()),
+        (ERROR, error, pa.string()),
+    ):
         table = table.append_column(name, pa.repeat(pa.scalar(value, kind), n))
     return table
 
 
 def read_unit(
-    unit: int, path: str, first_row_group: int, row_groups: int, columns: list[str],
-    row_filter: str | None = None, schema_json: str | None = None,
-) -> pa.Table:  # fmt: skip
+    unit: int,
+    path: str,
+    first_row_group: int,
+    row_groups: int,
+    columns: list[str],
+    row_filter: str | None = None,
+    schema_json: str | None = None,
+) -> pa.Table:
     """The unit's rows (the key column first, as a string, then features as float64), tagged
     with the unit and its row count. A unit with no matching rows is one placeholder row with a
     null key, so that its completion is still seen downstream.
@@ -115,18 +123,26 @@ def _arrow_filter(row_filter: str, schema_json: str | None) -> pa.compute.Expres
 
 
 def read_units(
-    batch: pa.Table, columns: list[str], row_filter: str | None, schema_json: str | None,
+    batch: pa.Table,
+    columns: list[str],
+    row_filter: str | None,
+    schema_json: str | None,
     niceness: int | None = None,
-) -> pa.Table:  # fmt: skip
+) -> pa.Table:
     """Ray Data stage: read each unit of the batch; a unit that cannot be read is one error row."""
     tables = []
     with at_niceness(niceness):
         for row in batch.to_pylist():
             try:
                 table = read_unit(
-                    row["unit"], row["file_path"], row["first_row_group"], row["row_groups"],
-                    columns, row_filter, schema_json,
-                )  # fmt: skip
+                    row["unit"],
+                    row["file_path"],
+                    row["first_row_group"],
+                    row["row_groups"],
+                    columns,
+                    row_filter,
+                    schema_json,
+                )
             except Exception as error:  # reported per unit, retried, never fails the whole run
                 table = _unit_table(columns, row["unit"], 0, f"read failed: {error!r}"[:2000])
             tables.append(table)

@@ -168,9 +168,10 @@ class ModelServer:
         expected = self.s.serve_api_key
         if expected and not (api_key and hmac.compare_digest(api_key.encode(), expected.encode())):
             raise HTTPException(
-                401, "missing or wrong API key: send it in the X-API-Key header",
+                401,
+                "missing or wrong API key: send it in the X-API-Key header",
                 headers={"WWW-Authenticate": "X-API-Key"},
-            )  # fmt: skip
+            )
 
     def _predict(self, loaded: LoadedModel, x: Any, response: Response) -> list[dict[str, Any]]:
         response.headers[VERSION_HEADER] = str(loaded.ref.version)
@@ -178,9 +179,12 @@ class ModelServer:
         return describe_predictions(probabilities, loaded.model.classes_, loaded.ref.label_names)
 
     @app.post(
-        "/predict", response_model=PredictResponse, responses=SINGLE_ERRORS,
-        dependencies=[Depends(require_api_key)], summary="Predict one row",
-    )  # fmt: skip
+        "/predict",
+        response_model=PredictResponse,
+        responses=SINGLE_ERRORS,
+        dependencies=[Depends(require_api_key)],
+        summary="Predict one row",
+    )
     async def predict(self, body: PredictRequest, response: Response) -> dict[str, Any]:
         # On the event loop: one row takes well under a millisecond, less than a thread hop.
         loaded = self.current()
@@ -188,9 +192,12 @@ class ModelServer:
         return {"model_version": loaded.ref.version, **self._predict(loaded, x, response)[0]}
 
     @app.post(
-        "/predict/bulk", response_model=BulkPredictResponse, responses=ERRORS,
-        dependencies=[Depends(require_api_key)], summary="Predict many rows",
-    )  # fmt: skip
+        "/predict/bulk",
+        response_model=BulkPredictResponse,
+        responses=ERRORS,
+        dependencies=[Depends(require_api_key)],
+        summary="Predict many rows",
+    )
     def predict_bulk(self, body: BulkPredictRequest, response: Response) -> dict[str, Any]:
         loaded = self.current()
         x = parse_rows(body.rows, loaded.ref.feature_order, self.s.serve_max_rows)
@@ -200,9 +207,11 @@ class ModelServer:
         }
 
     @app.get(
-        "/health", response_model=HealthResponse, summary="Liveness and the model version",
+        "/health",
+        response_model=HealthResponse,
+        summary="Liveness and the model version",
         responses={503: ERRORS[503]},
-    )  # fmt: skip
+    )
     def health(self, response: Response) -> HealthResponse:
         loaded = self.current()
         response.headers[VERSION_HEADER] = str(loaded.ref.version)
@@ -211,19 +220,29 @@ class ModelServer:
         )
 
     @app.get(
-        "/model", response_model=ModelInfo, summary="The model being served",
-        dependencies=[Depends(require_api_key)], responses={k: ERRORS[k] for k in (401, 503)},
-    )  # fmt: skip
+        "/model",
+        response_model=ModelInfo,
+        summary="The model being served",
+        dependencies=[Depends(require_api_key)],
+        responses={k: ERRORS[k] for k in (401, 503)},
+    )
     def model(self, response: Response) -> ModelInfo:
         row = self.current().row
         response.headers[VERSION_HEADER] = str(row.version)
         return ModelInfo(
-            version=row.version, pinned=self.pinned_version is not None, stage=row.stage,
-            family=row.family, params=row.params, feature_order=row.feature_order,
-            label_names=row.label_names, metrics=row.metrics,
-            training_snapshot_id=row.training_snapshot_id, training_rows=row.training_rows,
-            created_at=row.created_at, promoted_at=row.promoted_at,
-        )  # fmt: skip
+            version=row.version,
+            pinned=self.pinned_version is not None,
+            stage=row.stage,
+            family=row.family,
+            params=row.params,
+            feature_order=row.feature_order,
+            label_names=row.label_names,
+            metrics=row.metrics,
+            training_snapshot_id=row.training_snapshot_id,
+            training_rows=row.training_rows,
+            created_at=row.created_at,
+            promoted_at=row.promoted_at,
+        )
 
 
 def build_app(s: Settings, model_version: int | None = None) -> Application:

@@ -155,9 +155,15 @@ class RayContext(Context):
         self.metrics[metric_name].append(float(metric_value))
 
     def publish(
-        self, topic_name, message, serde_class_name="serde.IdentitySerDe", properties=None,
-        compression_type=None, callback=None, message_conf=None,
-    ):  # fmt: skip
+        self,
+        topic_name,
+        message,
+        serde_class_name="serde.IdentitySerDe",
+        properties=None,
+        compression_type=None,
+        callback=None,
+        message_conf=None,
+    ):
         if "IdentitySerDe" not in serde_class_name:
             raise ValueError(f"serde {serde_class_name} is not supported; use IdentitySerDe")
         self.producer(topic_name).send_async(
