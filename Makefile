@@ -37,8 +37,8 @@ bench: up  ## the benchmarks under benchmarks/, JSON results in benchmarks/resul
 	$(PY) -m benchmarks.batch_inference
 	$(PY) -m benchmarks.preprocess
 
-lint:
-	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+lint: setup  ## ruff, and the import contracts in pyproject.toml (lint-imports)
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/lint-imports
 
 format:
 	.venv/bin/ruff check --fix . && .venv/bin/ruff format .

@@ -59,7 +59,6 @@ from sklearn.tree import DecisionTreeClassifier
 from checkpoints.store import CheckpointStore
 from mlplatform.connectors.iceberg_tables import ensure_tables
 from mlplatform.connectors.ray_runtime import connect
-from mlplatform.dataset.synthetic_features import append_features, feature_rows
 from mlplatform.inference.batch.commit import committed_units
 from mlplatform.inference.batch.predictors import Predictor, deploy_batch_model
 from mlplatform.inference.batch.runner import (
@@ -72,6 +71,7 @@ from mlplatform.inference.batch.runner import (
 from mlplatform.inference.batch.units import plan_units
 from mlplatform.registry import model_registry
 from mlplatform.registry.model_registry import ModelRef
+from mlplatform.sample_data.synthetic_features import append_features, feature_rows
 from mlplatform.settings import Settings, get_settings
 
 RESULTS = Path(__file__).parent / "results"

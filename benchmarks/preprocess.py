@@ -50,7 +50,6 @@ from mlplatform.connectors.pulsar_io import (
     make_client,
     topic_path,
 )
-from mlplatform.dataset.demo_rows import MALFORMED_KINDS, demo_events, header
 from mlplatform.preprocess.batch import preprocess
 from mlplatform.preprocess.flink_job import (
     ALREADY_INGESTED,
@@ -58,6 +57,7 @@ from mlplatform.preprocess.flink_job import (
     NOT_FINITE_TEXT,
     OVERSIZED,
 )
+from mlplatform.sample_data.demo_rows import MALFORMED_KINDS, demo_events, header
 from mlplatform.settings import Settings, get_settings
 
 RESULTS = Path(__file__).parent / "results"

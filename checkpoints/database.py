@@ -12,7 +12,6 @@ from threading import Lock
 from zlib import crc32
 
 from alembic import command
-from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -82,16 +81,6 @@ def head_revision() -> str:
 def current_revision(connection: Connection) -> str | None:
     """The database's revision; None when it has no alembic_version table."""
     return MigrationContext.configure(connection).get_current_revision()
-
-
-def schema_differences(engine: Engine) -> list[object]:
-    """What autogenerate would change to reach the models: nothing when the migrations are right."""
-    import checkpoints.registry_tables  # noqa: F401
-    import checkpoints.store  # noqa: F401  (registers its tables on Base)
-
-    with engine.connect() as connection:
-        options = {"compare_type": True, "compare_server_default": True}
-        return compare_metadata(MigrationContext.configure(connection, opts=options), Base.metadata)
 
 
 def upgrade(engine: Engine) -> str:

@@ -1,1 +1,1 @@
-"""Datasets: the spec format, the bundled specs (specs/), demo and synthetic rows."""
+"""Datasets by configuration: the spec format (spec.py) and the bundled specs (specs/)."""

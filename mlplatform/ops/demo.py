@@ -20,8 +20,8 @@ from pyiceberg.expressions import EqualTo
 from checkpoints.store import CheckpointStore
 from mlplatform.connectors.iceberg_tables import count_rows, ensure_tables, load_table
 from mlplatform.connectors.pulsar_io import ensure_partitioned_topic, ensure_subscription, read_all
-from mlplatform.dataset.demo_rows import write_demo_raw
 from mlplatform.registry import model_registry
+from mlplatform.sample_data.demo_rows import write_demo_raw
 from mlplatform.settings import Settings, get_settings
 
 

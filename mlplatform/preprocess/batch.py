@@ -15,10 +15,10 @@ from sqlalchemy.engine import make_url
 
 from mlplatform.connectors.iceberg_tables import ensure_tables
 from mlplatform.connectors.pulsar_io import ensure_partitioned_topic, ensure_subscription
-from mlplatform.dataset.demo_rows import header
 from mlplatform.preprocess.flink_job import ALREADY_INGESTED, WRITTEN
 from mlplatform.preprocess.landing_files import claim, plan_sources
 from mlplatform.preprocess.schema_evolution import add_columns, set_aside, table_columns
+from mlplatform.sample_data.demo_rows import header
 from mlplatform.settings import PROJECT_DIR, Settings
 
 JOB_FILE = Path(__file__).resolve().parent / "flink_job.py"

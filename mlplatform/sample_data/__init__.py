@@ -1,0 +1,2 @@
+"""Generated rows: the demo's raw rows (valid and malformed), synthetic features for tests and
+benchmarks."""

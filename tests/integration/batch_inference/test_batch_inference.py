@@ -1,0 +1,339 @@
+"""Batch inference's exactly-once promise on real Ray, real Iceberg and the SQL checkpoint store:
+kill -9 of the flow process at seeded random points, a killed Ray worker, a poisoned unit, fused
+against separated mode, a concurrent second run, and concurrent commits of one unit.
+
+The features are written straight to Iceberg (mlplatform.sample_data.synthetic_features) in many
+small row groups, so that a run has many units; the Flink path into that table is tested elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from pyiceberg.expressions import EqualTo
+from ray.util.state import list_actors
+
+from checkpoints.store import CheckpointStore, RunInProgress, UnitPlan
+from mlplatform.connectors.iceberg_tables import ensure_tables, load_table
+from mlplatform.inference.batch.commit import commit_units, committed_units, disable_auto_retry
+from mlplatform.inference.batch.runner import BatchInferenceFailed, job_key, run_batch_inference
+from mlplatform.sample_data.synthetic_features import append_features, feature_rows
+from mlplatform.settings import PROJECT_DIR, Settings
+from mlplatform.training.retrain import retrain
+from tests.helpers import module_settings, settings_env
+
+pytestmark = pytest.mark.integration
+
+ROWS, ROW_GROUP = 9000, 300  # 30 units of one row group each
+
+
+@pytest.fixture(scope="module")
+def batch(isolated: Settings) -> Settings:
+    s = module_settings(
+        isolated,
+        "batch",
+        unit_rows=ROW_GROUP,
+        commit_every_rows=2 * ROW_GROUP,
+        commit_every_s=0.5,
+        actor_pool_min=1,
+        actor_pool_max=1,
+        batch_size=ROW_GROUP,
+    )
+    append_features(s, ROWS, seed=3, row_group_rows=ROW_GROUP)
+    assert retrain(s, on_ray=False).decision == "promote"
+    return s
+
+
+def _fresh(batch: Settings, name: str, rows: int, row_group: int = ROW_GROUP, **kw) -> Settings:
+    """Tables, database and champion of one test's own, from `rows` synthetic rows."""
+    s = module_settings(batch, name, **kw)
+    append_features(s, rows, seed=len(name), row_group_rows=row_group)
+    assert retrain(s, on_ray=False).decision == "promote"
+    return s
+
+
+def _env(s: Settings) -> dict[str, str]:
+    extra = ("unit_rows", "commit_every_s", "actor_pool_min", "actor_pool_max", "batch_size")
+    return {
+        **os.environ,
+        **settings_env(s),
+        **{f"MLP_{name.upper()}": str(getattr(s, name)) for name in extra},
+    }
+
+
+def predictions_of(s: Settings, run_id: str) -> pd.DataFrame:
+    """An independent read: the predictions table's rows of one run, through PyIceberg."""
+    table = load_table(s, s.predictions_table)
+    return table.scan(row_filter=EqualTo("run_id", run_id)).to_pandas()
+
+
+def assert_exactly_once(s: Settings, run_id: str, snapshot_id: int | None = None) -> pd.DataFrame:
+    features = load_table(s, s.features_table).scan(snapshot_id=snapshot_id).to_pandas()
+    rows = predictions_of(s, run_id)
+    counts = Counter(rows[s.key_column])
+    doubled = [k for k, n in counts.items() if n > 1]
+    missing = set(features[s.key_column]) - set(counts)
+    assert not doubled, f"{len(doubled)} keys predicted more than once, e.g. {doubled[:3]}"
+    assert not missing, f"{len(missing)} keys never predicted, e.g. {sorted(missing)[:3]}"
+    assert len(rows) == len(features)
+    return rows
+
+
+def _current_run_id(s: Settings) -> str | None:
+    runs = CheckpointStore(s.resolved_database_url).list_runs(1)
+    return runs[0].run_id if runs else None
+
+
+def test_kill_minus_nine_of_the_flow_process_at_random_points_then_resume(batch: Settings) -> None:
+    s = batch
+    store = CheckpointStore(s.resolved_database_url)
+    rng = random.Random(20261122)
+    flow = [sys.executable, "-c", "from flows.batch_inference import batch_inference as f; f()"]
+    run_id = None
+    kills = []
+    log = s.local_dir / "killed-flow.log"
+    for fraction in sorted(rng.uniform(0.1, 0.6) for _ in range(3)):
+        with log.open("w") as output:
+            process = subprocess.Popen(
+                flow, cwd=PROJECT_DIR, env=_env(s), stdout=output, stderr=subprocess.STDOUT
+            )
+        try:
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline and process.poll() is None:
+                run_id = run_id or _current_run_id(s)
+                if run_id and store.progress(run_id)[1] >= fraction * ROWS:
+                    time.sleep(rng.uniform(0.0, 0.2))  # land between any two steps
+                    break
+                time.sleep(0.05)
+            ended = process.poll()
+            assert ended is None, (
+                f"the flow process ended ({ended}) before {fraction:.0%}: {log.read_text()[-3000:]}"
+            )
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait(30)
+        kills.append(store.progress(run_id)[1])
+    assert kills == sorted(kills) and kills[-1] < ROWS, kills
+    result = run_batch_inference(s)
+    assert result.resumed and result.run_id == run_id
+    assert result.skipped_rows >= kills[-1]
+    assert result.skipped_rows + result.predicted_rows == ROWS
+    assert_exactly_once(s, run_id)
+    assert store.get_run(run_id).status == "succeeded"
+    assert {u.status for u in store.units(run_id)} == {"done"}
+
+
+def _predictor_pids(s: Settings) -> list[int]:
+    actors = list_actors(address=s.ray_address, filters=[("state", "=", "ALIVE")])
+    return [a.pid for a in actors if "Predictor" in a.class_name and a.pid]
+
+
+def test_a_killed_ray_worker_loses_and_doubles_nothing(batch: Settings) -> None:
+    s = _fresh(batch, "worker", 3000, commit_every_s=0.2)
+    outcome: dict[str, object] = {}
+    runner = threading.Thread(target=lambda: outcome.update(result=_run(s)))
+    runner.start()
+    store = CheckpointStore(s.resolved_database_url)
+    killed = None
+    deadline = time.monotonic() + 180
+    while killed is None and time.monotonic() < deadline and runner.is_alive():
+        run_id = _current_run_id(s)
+        if run_id and store.progress(run_id)[0] >= 3 and (pids := _predictor_pids(s)):
+            os.kill(pids[0], signal.SIGKILL)
+            killed = pids[0]
+        time.sleep(0.05)
+    runner.join(300)
+    assert killed, "no Predictor actor was found mid-run"
+    result = outcome["result"]
+    assert not isinstance(result, BaseException), result
+    assert_exactly_once(s, result.run_id)
+
+
+def _run(s: Settings, **kwargs: object):
+    try:
+        return run_batch_inference(s, **kwargs)
+    except BaseException as error:  # handed to the test thread
+        return error
+
+
+def test_a_poisoned_unit_is_reported_not_retried_forever(batch: Settings) -> None:
+    s = _fresh(batch, "poison", 1200, unit_max_attempts=2)
+    poison = feature_rows(s, 3, seed=6).to_pandas()
+    poison.loc[1, s.feature_columns[0]] = np.inf  # the model refuses infinity
+    table = load_table(s, s.features_table)
+    table.append(pa.Table.from_pandas(poison, schema=table.schema().as_arrow()))
+    with pytest.raises(BatchInferenceFailed, match="infinity") as failure:
+        run_batch_inference(s)
+    store = CheckpointStore(s.resolved_database_url)
+    run = store.list_runs(1)[0]
+    [bad] = store.units(run.run_id, "failed")
+    assert bad.attempts == 2 and "infinity" in (bad.last_error or "")
+    assert f"unit {bad.unit}" in str(failure.value)
+    assert run.status == "failed"
+    assert len(store.units(run.run_id, "done")) == len(store.units(run.run_id)) - 1
+    assert len(predictions_of(s, run.run_id)) == 1200  # every healthy row, once
+
+    tolerant = s.model_copy(update={"max_failed_fraction": 0.01})
+    resumed = run_batch_inference(tolerant, resume_run_id=run.run_id)  # failed unit retried
+    assert resumed.resumed and resumed.skipped_rows == 1200 and resumed.predicted_rows == 0
+    assert [f.unit for f in resumed.failed_units] == [bad.unit]
+    assert resumed.failed_units[0].attempts == 2
+    assert store.get_run(run.run_id).status == "partial"
+
+
+def test_fused_and_separated_modes_predict_the_same_and_filters_apply(batch: Settings) -> None:
+    s = _fresh(batch, "modes", 2000, row_group=500)
+    fused = run_batch_inference(s, mode="fused")
+    separated = run_batch_inference(s, mode="separated")
+    assert fused.run_id != separated.run_id and (fused.mode, separated.mode) == (
+        "fused",
+        "separated",
+    )
+    a = assert_exactly_once(s, fused.run_id).set_index(s.key_column).sort_index()
+    b = assert_exactly_once(s, separated.run_id).set_index(s.key_column).sort_index()
+    assert (a["prediction"] == b["prediction"]).all()
+    np.testing.assert_array_equal(np.stack(a["probabilities"]), np.stack(b["probabilities"]))
+
+    column = s.feature_columns[0]
+    filtered = run_batch_inference(s, row_filter=f"{column} > 6.0")
+    assert filtered.run_id not in (fused.run_id, separated.run_id)  # another job
+    features = load_table(s, s.features_table).scan().to_pandas()
+    wanted = set(features[features[column] > 6.0][s.key_column])
+    got = predictions_of(s, filtered.run_id)[s.key_column]
+    assert 0 < len(wanted) < len(features) and got.is_unique and set(got) == wanted
+
+
+def test_a_concurrent_second_run_is_refused_and_nothing_doubles(batch: Settings) -> None:
+    s = _fresh(batch, "concurrent", 3000)
+    code = (
+        "from mlplatform.inference.batch.runner import run_batch_inference as r; "
+        "from mlplatform.settings import Settings; print(r(Settings()).run_id)"
+    )
+    log = s.local_dir / "concurrent-first.log"
+    with log.open("w") as stderr:
+        first = subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=PROJECT_DIR,
+            env=_env(s),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+    try:
+        store = CheckpointStore(s.resolved_database_url)
+        deadline = time.monotonic() + 120
+        run_id = None
+        while time.monotonic() < deadline and first.poll() is None:
+            run_id = _current_run_id(s)
+            if run_id and store.get_run(run_id).owner:
+                break  # the first holds the lease: the second starts now, in this process
+            time.sleep(0.02)
+        with pytest.raises(RunInProgress, match=f"run {run_id} is being executed by"):
+            run_batch_inference(s)
+        out, _ = first.communicate(timeout=300)
+    finally:
+        first.kill()
+    err = log.read_text()
+    assert first.returncode == 0, err[-2000:]
+    assert out.strip() == run_id
+    rows = assert_exactly_once(s, run_id)
+    everything = load_table(s, s.predictions_table).scan().to_pandas()
+    assert len(everything) == len(rows)  # no other run wrote predictions
+
+
+def race_commits(s: Settings) -> None:
+    """Four writers commit overlapping units of one run at the same moment: each unit lands once."""
+    run_id = f"race-{time.time_ns()}"
+    table = disable_auto_retry(ensure_tables(s).load_table(s.table_id(s.predictions_table)))
+    rows = pd.DataFrame(
+        {
+            s.key_column: [f"k{i}" for i in range(10)],
+            "prediction": 0,
+            "probabilities": [[1.0, 0.0, 0.0]] * 10,
+            "model_version": 1,
+            "run_id": run_id,
+            "input_snapshot_id": 0,
+        }
+    )
+    data = pa.Table.from_pandas(rows, schema=table.schema().as_arrow(), preserve_index=False)
+    barrier = threading.Barrier(4)
+    snapshots: list[int | None] = []
+
+    def commit(unit: int) -> None:
+        own = load_table(s, s.predictions_table)  # each writer its own table object
+        barrier.wait()
+        snapshots.append(commit_units(own, run_id, {unit: data, 99: data})[0])
+
+    threads = [threading.Thread(target=commit, args=(u,)) for u in (1, 1, 2, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    table.refresh()
+    assert committed_units(table, run_id) == {1: 10, 2: 10, 99: 10}
+    assert len(predictions_of(s, run_id)) == 30  # units 1, 2 and 99 once each
+    assert len([x for x in snapshots if x is not None]) == 2, snapshots
+
+
+def race_open_run(s: Settings) -> None:
+    """Four processes' worth of threads open the same new job at once: one run, planned once."""
+    store = CheckpointStore(s.resolved_database_url)
+    plan = [UnitPlan(i, "f.parquet", i, 1, 10) for i in range(5)]
+    key = f"race-{time.time_ns()}"
+    barrier = threading.Barrier(4)
+    opened: list[tuple[str, bool]] = []
+
+    def open_run() -> None:
+        barrier.wait()
+        run, resumed = store.open_run(
+            key,
+            None,
+            lambda: plan,
+            kind="test",
+            dataset="d",
+            snapshot_id=1,
+            model_version=1,
+            mode="fused",
+        )
+        opened.append((run.run_id, resumed))
+
+    threads = [threading.Thread(target=open_run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len({run_id for run_id, _ in opened}) == 1, opened
+    assert sorted(resumed for _, resumed in opened) == [False, True, True, True]
+    assert len(store.units(opened[0][0])) == 5
+
+
+def test_concurrent_commits_and_starts_of_one_job_land_once(batch: Settings) -> None:
+    race_commits(batch)
+    race_open_run(batch)
+
+
+def test_job_key_separates_filters_and_models() -> None:
+    base = job_key("ml.features", 1, 2, None)
+    assert base == job_key("ml.features", 1, 2, "")
+    assert (
+        len(
+            {
+                base,
+                job_key("ml.features", 1, 3, None),
+                job_key("ml.features", 1, 2, "a > 1"),
+                job_key("ml.features", 9, 2, None),
+            }
+        )
+        == 4
+    )

@@ -1,0 +1,86 @@
+"""A deployment from prefect.yaml runs through the real worker on the process work pool."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from prefect.deployments import run_deployment
+
+from mlplatform.connectors.iceberg_tables import count_rows, load_table
+from mlplatform.sample_data.demo_rows import write_demo_raw
+from mlplatform.settings import Settings
+from tests.helpers import settings_env
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def own_settings(isolated: Settings) -> Settings:
+    """Tables, topic and landing folder of its own, so the counts below see only this run."""
+    return isolated.model_copy(
+        update={
+            "namespace": f"{isolated.namespace}_deploy",
+            "features_topic": f"{isolated.features_topic}-deploy",
+            "landing_dir": isolated.resolved_landing_dir.parent / "landing-deploy",
+        }
+    )
+
+
+def test_preprocess_deployment_completes_through_the_worker(
+    own_settings: Settings, deployments: None
+) -> None:
+    write_demo_raw(own_settings, 120, 7, seed=21)
+    env = {**settings_env(own_settings), "MLP_RETRAIN_MIN_NEW_ROWS": "100"}
+    flow_run = run_deployment(name="preprocess/default", job_variables={"env": env}, timeout=600)
+    assert flow_run.state is not None and flow_run.state.is_completed(), flow_run.state
+    assert count_rows(load_table(own_settings, own_settings.features_table)) == 120
+    assert count_rows(load_table(own_settings, own_settings.quarantine_table)) == 7
+    # 120 new rows >= the threshold of 100: the flow announced that a retrain is due.
+    resource = f"mlplatform.table.{own_settings.table_id(own_settings.features_table)}"
+    query = {
+        "filter": {
+            "event": {"name": ["mlplatform.features.retrain-due"]},
+            "resource": {"id": [resource]},
+        },
+        "limit": 10,
+    }
+    events: list = []
+    deadline = time.monotonic() + 60  # the server stores events in batches
+    while not events and time.monotonic() < deadline:
+        time.sleep(2)
+        response = httpx.post(f"{own_settings.prefect_api_url}/events/filter", json=query)
+        response.raise_for_status()
+        events = response.json()["events"]
+    assert [e["payload"]["rows_added"] for e in events] == [120]
+
+
+def test_retrain_cron_schedule_creates_scheduled_runs(deployments: None) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateName,
+    )
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("retrain/default")
+        assert [s.schedule.cron for s in deployment.schedules if s.active] == ["0 3 * * *"]
+        runs = []
+        deadline = time.monotonic() + 120
+        while not runs and time.monotonic() < deadline:
+            scheduled = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Scheduled"]))
+                ),
+            )
+            # Runs the data trigger created are Scheduled too; only the scheduler's count here.
+            runs = [r for r in scheduled if r.auto_scheduled]
+            time.sleep(2)
+    assert runs, "the scheduler created no run for the retrain deployment's cron schedule"
+    starts = [r.expected_start_time for r in runs]
+    assert all(t.hour == 3 and t.minute == 0 for t in starts), starts

@@ -1,0 +1,188 @@
+"""Retraining on real Iceberg, a real database and real Ray: promotion, refusal, rollback,
+determinism, the schedule and the data trigger."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from mlplatform.connectors.pulsar_io import (
+    ensure_partitioned_topic,
+    ensure_subscription,
+    make_client,
+    read_all,
+)
+from mlplatform.inference.serving.deployment import start_serving, stop_serving
+from mlplatform.inference.stream.runner import run_stream_inference
+from mlplatform.registry import model_registry
+from mlplatform.registry.model_registry import ModelIntegrityError
+from mlplatform.sample_data.synthetic_features import append_features
+from mlplatform.settings import Settings
+from mlplatform.training.retrain import read_snapshot, retrain, split, train_candidates
+from tests.helpers import module_settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def lake(isolated: Settings) -> Settings:
+    """Tables, topics and a registry of this module's own, with 600 feature rows (appended
+    straight to Iceberg: the Flink job that writes them has tests of its own)."""
+    s = module_settings(isolated, "retrain", model_refresh_s=1.0)
+    append_features(s, 600, seed=31)
+    ensure_partitioned_topic(s, s.features_topic, s.features_topic_partitions)
+    ensure_subscription(s, s.features_topic, s.stream_subscription)
+    return s
+
+
+@pytest.fixture(scope="module")
+def champion(lake: Settings):
+    result = retrain(lake)
+    assert result.decision == "promote"
+    return result
+
+
+def test_a_worse_candidate_is_not_promoted(lake: Settings, champion) -> None:
+    stump = lake.model_copy(
+        update={"candidate_grid": [{"family": "decision_tree", "max_depth": 1}]}
+    )
+    result = retrain(stump)
+    assert result.decision == "reject", result.reason
+    assert result.best_metrics["macro_f1"] < result.champion_score
+    assert model_registry.get_version(lake).version == champion.best_version
+    last = model_registry.list_decisions(lake)[-1]
+    assert (last.action, last.version) == ("reject", result.best_version)
+
+
+def test_drift_is_measured_against_the_champions_snapshot(lake: Settings, champion) -> None:
+    result = retrain(lake.model_copy(update={"promotion_margin": 1.0}))
+    assert [row["feature"] for row in result.drift] == lake.feature_columns
+    assert all(row["psi"] < lake.drift_psi_threshold for row in result.drift)  # same data
+    model_registry.rollback(lake, champion.best_version)
+
+
+def test_same_snapshot_and_seed_give_the_same_models(lake: Settings, champion) -> None:
+    frame, _ = read_snapshot(lake, champion.snapshot_id)
+    train_rows, holdout = split(lake, frame)
+    first = train_candidates(lake, train_rows, holdout)
+    second = train_candidates(lake, train_rows, holdout)
+    x = holdout[lake.feature_columns].to_numpy()
+    for a, b in zip(first, second, strict=True):
+        assert a.metrics == b.metrics
+        assert (a.model.predict_proba(x) == b.model.predict_proba(x)).all()
+
+
+def test_a_tampered_artifact_is_refused(lake: Settings, champion) -> None:
+    version = model_registry.list_versions(lake)[0]
+    path = Path(version.artifact_path)
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        with pytest.raises(ModelIntegrityError, match="Refusing to load"):
+            model_registry.load_model(model_registry.model_ref(version))
+    finally:
+        path.write_bytes(original)
+    model_registry.load_model(model_registry.model_ref(version))  # restored bytes load again
+
+
+def _publish_features(s: Settings, n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    client = make_client(s)
+    try:
+        producer = client.create_producer(s.features_topic)
+        for i in range(n):
+            row = {s.key_column: f"rb-{seed}-{i}", s.label_column: 0}
+            row.update({c: float(rng.uniform(1, 6)) for c in s.feature_columns})
+            producer.send(json.dumps(row).encode())
+    finally:
+        client.close()
+
+
+def test_rollback_switches_running_consumers(lake: Settings, champion) -> None:
+    # Two versions: the champion, and a second one promoted by hand.
+    previous = champion.best_version
+    other = next(v.version for v in model_registry.list_versions(lake) if v.version != previous)
+    model_registry.promote(lake, other)
+    ensure_partitioned_topic(lake, lake.features_topic, lake.features_topic_partitions)
+    before = len(read_all(lake, lake.features_topic))
+    outcome: dict = {}
+    consumer = threading.Thread(
+        target=lambda: outcome.update(
+            result=run_stream_inference(lake, max_messages=before + 80, timeout_s=180)
+        )
+    )
+    consumer.start()
+    try:
+        _publish_features(lake, 40, seed=1)
+        deadline = time.monotonic() + 90
+        while len(read_all(lake, lake.predictions_topic)) < before + 40:
+            assert time.monotonic() < deadline, "first phase was not predicted in time"
+            time.sleep(1)
+        assert model_registry.rollback(lake) == previous
+        time.sleep(lake.model_refresh_s + 2)
+        _publish_features(lake, 40, seed=2)
+    finally:
+        consumer.join(timeout=200)
+    assert outcome["result"].published == before + 80
+    out = [json.loads(m.data()) for m in read_all(lake, lake.predictions_topic)]
+    versions = {m[lake.key_column]: m["model_version"] for m in out}
+    assert {versions[f"rb-1-{i}"] for i in range(40)} == {other}
+    assert {versions[f"rb-2-{i}"] for i in range(40)} == {previous}
+
+
+def test_promotion_makes_serve_reload(lake: Settings, champion) -> None:
+    current = model_registry.get_version(lake).version
+    other = next(v.version for v in model_registry.list_versions(lake) if v.version != current)
+    url = start_serving(lake)
+    try:
+        rows = {"rows": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}
+        first = httpx.post(f"{url}/predict/bulk", json=rows, timeout=30).json()
+        assert first["model_version"] == current
+        assert first["predictions"][0]["label"] == "setosa"
+        bad = httpx.post(f"{url}/predict/bulk", json={"rows": [[1.0, "x", 2.0, 3.0]]}, timeout=30)
+        assert bad.status_code == 422 and "not a number" in bad.json()["detail"]
+        model_registry.promote(lake, other)
+        time.sleep(lake.model_refresh_s + 1)
+        again = httpx.post(f"{url}/predict/bulk", json=rows, timeout=30)
+        assert again.json()["model_version"] == other
+    finally:
+        model_registry.promote(lake, current)
+        stop_serving(lake)
+
+
+def test_retrain_due_event_triggers_the_retrain_deployment(deployments: None) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.events import emit_event
+
+    from tasks.preprocess import RETRAIN_DUE_EVENT
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("retrain/default")
+        only_retrain = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+        known = {r.id for r in client.read_flow_runs(deployment_filter=only_retrain)}
+        emitted_at = datetime.now(UTC)
+        emit_event(
+            RETRAIN_DUE_EVENT,
+            resource={"prefect.resource.id": "mlplatform.table.test"},
+            payload={"rows_added": 1, "rows_since_training": 10**6},
+        )
+        triggered = []
+        deadline = time.monotonic() + 120
+        while not triggered and time.monotonic() < deadline:
+            time.sleep(2)
+            triggered = [
+                r
+                for r in client.read_flow_runs(deployment_filter=only_retrain)
+                if r.id not in known
+                and r.created
+                and r.created >= emitted_at.replace(microsecond=0)
+            ]
+    assert triggered, "no retrain flow run was created by the retrain-due event"
