@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Self
 
 from pydantic import BaseModel, Field, model_validator
 
-from mlplatform.dataset.spec import DatasetSpec, load_spec, spec_of_settings
+from mlplatform.dataset.spec import DatasetSpec, FeatureSpec, load_spec
 
 
 class LakeSettings(BaseModel):
@@ -66,8 +66,30 @@ class LakeSettings(BaseModel):
 
     @property
     def dataset_spec(self) -> DatasetSpec:
-        """The dataset spec with the column settings applied."""
-        return spec_of_settings(self)
+        """The dataset's spec with the column settings that were set explicitly applied."""
+        # The key, label and classes by name; feature columns of their own get the global range
+        # (feature_min..feature_max), as does every feature when only that range is set.
+        spec = load_spec(self.dataset)
+        explicit = self.model_fields_set
+        low, high = self.feature_min, self.feature_max
+        if self.feature_columns != spec.feature_columns:
+            if "feature_columns" not in explicit:
+                raise ValueError(
+                    f"these settings' feature columns are not those of dataset {spec.name}: a "
+                    "copy with another dataset does not fill them in again; build "
+                    "Settings(dataset=...)"
+                )
+            features = tuple(FeatureSpec(name=n, min=low, max=high) for n in self.feature_columns)
+            spec = spec.model_copy(update={"features": features})
+        elif {"feature_min", "feature_max"} & explicit:
+            spec = spec.with_global_range(low, high)
+        return spec.model_copy(
+            update={
+                "key_column": self.key_column,
+                "label_column": self.label_column,
+                "label_names": tuple(self.label_names),
+            }
+        )
 
     @property
     def resolved_catalog_url(self) -> str:
