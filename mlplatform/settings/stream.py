@@ -27,8 +27,8 @@ class StreamSettings(BaseModel):
     # failover: effectively once, an actor per partition or more partitions per actor;
     # key_shared, shared: any number of actors, at least once (see inference/stream/runner.py).
     stream_subscription_type: Literal["failover", "key_shared", "shared"] = "failover"
-    # One actor drains ~10k msg/s here; add actors where there are cores for them (on this
-    # 2-core machine a second one competes with the broker: measured slower, with a longer tail).
+    # Add actors where there are cores for them: on a small machine a second one competes with
+    # the broker and is slower, with a longer tail (figures: docs/benchmarks.md).
     stream_actors: int = 1
     stream_actor_cpus: float = 0.25
     # Niceness of the stream actors and Serve replicas (Ray starts workers at 15, behind every
@@ -42,19 +42,18 @@ class StreamSettings(BaseModel):
     stream_batch_linger_ms: int = 0
     # Messages each consumer prefetches per partition. The actors publish without waiting for
     # each micro-batch's receipts, so a short queue runs dry while the broker dispatches the
-    # next permits: draining 20k messages here, 8.2k msg/s with 100 against 9.6k with 1000
-    # (means of 4 and 3 runs; the plain loop drained as fast with either).
+    # next permits (figures: docs/benchmarks.md).
     stream_receiver_queue: int = Field(default=1000, ge=1)
-    # Results are published in batches of at most this many bytes (one broker entry each; a
-    # micro-batch of 100 results is ~25 KB). Far below the broker's 5 MB message limit.
+    # Results are published in batches of at most this many bytes (one broker entry each, a few
+    # micro-batches' results; figures: docs/benchmarks.md), far below the broker's 5 MB limit.
     stream_results_batch_bytes: int = Field(default=128 * 1024, gt=0, le=1024 * 1024)
     # An actor reports to the driver and hands its results to the committer after this long at
-    # most (micro-batches go on meanwhile). Each poll's end costs the messages then arriving a
-    # few ms: measured p99 at 1k msg/s 58 ms with 0.5 s polls, 37 ms with 2 s polls.
+    # most (micro-batches go on meanwhile). Each poll's end delays the messages then arriving,
+    # so longer polls shorten the latency tail (figures: docs/benchmarks.md).
     stream_poll_s: float = 2.0
     stream_nack_delay_ms: int = 1000
     # Predictions are appended to Iceberg (and inputs acknowledged) this often, in one snapshot
     # for all the actors; snapshots of the stream predictions table older than the retention are
-    # expired (each one kept makes every commit slower: ~1 ms each).
+    # expired, since each one kept makes every commit slower (figures: docs/benchmarks.md).
     stream_commit_interval_s: float = 5.0
     stream_snapshot_retention_s: float = Field(default=600.0, gt=0)
