@@ -173,29 +173,3 @@ def load_spec(ref: str) -> DatasetSpec:
         return DatasetSpec.model_validate(json.loads(path.read_text()))
     except (json.JSONDecodeError, ValidationError) as error:
         raise ValueError(f"dataset spec {path} is not valid: {error}") from None
-
-
-def spec_of_settings(s: Any) -> DatasetSpec:
-    """The spec of `s.dataset` with the column settings that were set explicitly applied: the
-    key, label and classes by name; feature columns of their own get the global range
-    (feature_min..feature_max), as does every feature when only that range is set."""
-    spec = load_spec(s.dataset)
-    explicit = s.model_fields_set
-    low, high = s.feature_min, s.feature_max
-    if s.feature_columns != spec.feature_columns:
-        if "feature_columns" not in explicit:
-            raise ValueError(
-                f"these settings' feature columns are not those of dataset {spec.name}: a copy "
-                "with another dataset does not fill them in again; build Settings(dataset=...)"
-            )
-        features = tuple(FeatureSpec(name=name, min=low, max=high) for name in s.feature_columns)
-        spec = spec.model_copy(update={"features": features})
-    elif {"feature_min", "feature_max"} & explicit:
-        spec = spec.with_global_range(low, high)
-    return spec.model_copy(
-        update={
-            "key_column": s.key_column,
-            "label_column": s.label_column,
-            "label_names": tuple(s.label_names),
-        }
-    )

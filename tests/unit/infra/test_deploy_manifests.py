@@ -192,4 +192,4 @@ def test_every_mlp_variable_is_a_setting() -> None:
     assert len(named) >= 10
     fields = set(Settings.model_fields)
     unknown = {name: files for name, files in named.items() if name[4:].lower() not in fields}
-    assert not unknown, f"not a field of mlplatform/settings.py: {unknown}"
+    assert not unknown, f"not a field of mlplatform/settings/: {unknown}"

@@ -1,13 +1,15 @@
-"""Settings: MLP_ env overrides, loopback/embedded defaults, resolved_* paths."""
+"""Settings: MLP_ env names, sections, loopback/embedded defaults, resolved_* paths."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 
-from mlplatform.settings import PROJECT_DIR, Settings
+from mlplatform.settings import PROJECT_DIR, SECTIONS, Settings
 
 pytestmark = pytest.mark.unit
 
@@ -109,3 +111,29 @@ def test_a_transaction_timeout_shorter_than_three_checkpoints_is_refused(
         Settings(_env_file=None)
     clean_env.setenv("MLP_FLINK_TRANSACTION_TIMEOUT_S", "90")
     assert Settings(_env_file=None).flink_transaction_timeout_s == 90
+
+
+def test_each_field_is_declared_in_exactly_one_section() -> None:
+    names = [set(section.model_fields) for section in SECTIONS]
+    assert sum(len(n) for n in names) == len(set().union(*names)), "sections share a field"
+    assert set().union(*names) == set(Settings.model_fields)
+
+
+def test_every_field_is_read_from_its_mlp_name(clean_env: pytest.MonkeyPatch) -> None:
+    defaults = Settings(_env_file=None).model_dump(mode="json")
+    for name, field in Settings.model_fields.items():
+        assert field.alias is None and field.validation_alias is None, name
+        value = defaults[name]
+        clean_env.setenv(
+            f"MLP_{name.upper()}", value if isinstance(value, str) else json.dumps(value)
+        )
+    s = Settings(_env_file=None, _env_parse_none_str="null")
+    assert s.model_fields_set == set(Settings.model_fields)
+    assert s.model_dump(mode="json") == defaults
+
+
+def test_env_example_names_every_setting_and_nothing_else() -> None:
+    text = (PROJECT_DIR / ".env.example").read_text()
+    named = {name[4:].lower() for name in re.findall(r"\bMLP_[A-Z0-9_]*[A-Z0-9]", text)}
+    assert named - set(Settings.model_fields) == set(), "not a setting: remove or rename it"
+    assert set(Settings.model_fields) - named == set(), "add these settings to .env.example"

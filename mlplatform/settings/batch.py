@@ -1,0 +1,40 @@
+"""Settings of batch inference: the mode, the actor pool, units of work and commits."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class BatchSettings(BaseModel):
+    """How batch inference splits a run into units, scores them on Ray and commits them."""
+
+    # Protocol: checkpoints. fused: the model in a Ray Data actor pool; separated: the model in a
+    # Ray Serve deployment called through a handle.
+    batch_mode: Literal["fused", "separated"] = "fused"
+    # Rows per model call: large enough that a forest's per-call cost is small (a unit's rows).
+    batch_size: int = 20_000
+    actor_pool_min: int = 1
+    actor_pool_max: int = 2
+    actor_num_cpus: float = 0.5
+    actor_num_gpus: float = 0.0
+    reader_num_cpus: float = 0.25
+    # Niceness of batch inference's Ray Data workers. None: Ray's (15, below every other process
+    # on the node, which suits a shared node); 0: level with them (needs root or CAP_SYS_NICE).
+    batch_niceness: int | None = None
+    # A unit of work: consecutive Parquet row groups of one data file, up to this many rows.
+    unit_rows: int = 20_000
+    # Complete units are committed to Iceberg together every this many rows or seconds, and at
+    # the latest every commit_every_fraction of the run's rows (what a crash may recompute).
+    commit_every_rows: int = 100_000
+    commit_every_fraction: float = Field(default=1.0, gt=0, le=1)
+    commit_every_s: float = 10.0
+    batch_timeout_s: float = 60.0
+    # A run fails (and can be resumed) when Ray Data returns nothing for this long.
+    stall_timeout_s: float = 300.0
+    unit_max_attempts: int = 3
+    # The run fails when more than this fraction of the input rows is in units that failed.
+    max_failed_fraction: float = 0.0
+    # A run's lease is taken over when its holder's heartbeat is older than this.
+    lease_ttl_s: float = 30.0
