@@ -452,20 +452,29 @@ def spark_job(spark: Any, data: Dataset, ref: ModelRef, model: Any, out: Path | 
     schema = T.StructType(
         [
             T.StructField(key, T.StringType()),
-            T.StructField("prediction", T.IntegerType()),
+            T.StructField("class_index", T.IntegerType()),
+            T.StructField("label", T.StringType()),
             T.StructField("probabilities", T.ArrayType(T.DoubleType())),
             T.StructField("model_version", T.IntegerType()),
         ]
     )
 
+    # The prediction record as mlplatform.inference.predictions makes it, inlined: the closure
+    # runs in Spark's Python workers.
+    labels, classes = np.asarray(ref.label_names, dtype=object), np.asarray(model.classes_)
+
     def predict(frames):
         model = shared.value
         for frame in frames:
-            p = model.predict_proba(frame[features].to_numpy(dtype=np.float64))
+            columns = model.predict_proba(frame[features].to_numpy(dtype=np.float64))
+            p = np.zeros((len(columns), len(labels)))
+            p[:, classes.astype(np.intp)] = columns
+            best = p.argmax(axis=1)
             yield pd.DataFrame(
                 {
                     key: frame[key],
-                    "prediction": p.argmax(axis=1).astype(np.int32),
+                    "class_index": best.astype(np.int32),
+                    "label": labels[best],
                     "probabilities": list(p),
                     "model_version": np.full(len(p), version, np.int32),
                 }

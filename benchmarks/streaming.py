@@ -56,14 +56,10 @@ from mlplatform.connectors.pulsar_io import (
 )
 from mlplatform.connectors.ray_runtime import connect
 from mlplatform.inference.fast_predict import compile_model
+from mlplatform.inference.features import InvalidFeatures, parse_message
 from mlplatform.inference.serving.deployment import start_serving, stop_serving
-from mlplatform.inference.stream.runner import (
-    InvalidMessage,
-    StreamResult,
-    parse_features,
-    predict_rows,
-    run_stream_inference,
-)
+from mlplatform.inference.stream.consumer import predict_rows
+from mlplatform.inference.stream.runner import StreamResult, run_stream_inference
 from mlplatform.registry import model_registry
 from mlplatform.registry.model_registry import ModelRef
 from mlplatform.settings import Settings, get_settings
@@ -312,10 +308,10 @@ def plain_loop(
             keys, features = [], []
             for message in messages:
                 try:
-                    key, values = parse_features(message.data(), s.key_column, ref.feature_order)
+                    key, values = parse_message(message.data(), s.key_column, ref.feature_order)
                     keys.append(key)
                     features.append(values)
-                except InvalidMessage:
+                except InvalidFeatures:
                     rejected += 1
             if keys:
                 for row in predict_rows(model, ref, s.key_column, keys, features):

@@ -22,6 +22,17 @@ from pyiceberg.types import (
     TimestampType,
 )
 
+from mlplatform.dataset.prediction_record import (
+    CLASS_INDEX,
+    INPUT_SNAPSHOT_ID,
+    LABEL,
+    MESSAGE_ID,
+    MODEL_VERSION,
+    PREDICTED_AT,
+    PROBABILITIES,
+    RENAMED,
+    RUN_ID,
+)
 from mlplatform.settings import Settings
 
 
@@ -120,29 +131,58 @@ def counts_schema() -> Schema:
     )
 
 
-def predictions_schema(s: Settings) -> Schema:
+def _prediction_fields(s: Settings) -> list[tuple[str, IcebergType, bool]]:
+    """The one prediction record's columns (see mlplatform.inference.predictions)."""
     probabilities = ListType(element_id=100, element_type=DoubleType(), element_required=True)
-    return _fields(
+    return [
         (s.key_column, StringType(), True),
-        ("prediction", IntegerType(), True),
-        ("probabilities", probabilities, True),
-        ("model_version", IntegerType(), True),
-        ("run_id", StringType(), True),
-        ("input_snapshot_id", LongType(), True),
+        (CLASS_INDEX, IntegerType(), True),
+        (LABEL, StringType(), True),
+        (PROBABILITIES, probabilities, True),
+        (MODEL_VERSION, IntegerType(), True),
+    ]
+
+
+def predictions_schema(s: Settings) -> Schema:
+    """Batch predictions: the prediction record, the run, and the input snapshot it read."""
+    return _fields(
+        *_prediction_fields(s),
+        (RUN_ID, StringType(), True),
+        (INPUT_SNAPSHOT_ID, LongType(), True),
     )
 
 
 def stream_predictions_schema(s: Settings) -> Schema:
-    probabilities = ListType(element_id=100, element_type=DoubleType(), element_required=True)
+    """Stream predictions: the prediction record, its input message, and when it was made."""
     return _fields(
-        (s.key_column, StringType(), True),
-        ("prediction", IntegerType(), True),
-        ("label_name", StringType(), True),
-        ("probabilities", probabilities, True),
-        ("model_version", IntegerType(), True),
-        ("message_id", StringType(), True),
-        ("predicted_at", TimestampType(), True),
+        *_prediction_fields(s),
+        (MESSAGE_ID, StringType(), True),
+        (PREDICTED_AT, TimestampType(), True),
     )
+
+
+def evolve_predictions_table(table: Table, schema: Schema) -> None:
+    """Bring a predictions table made by an earlier release to `schema`, in place: renamed
+    columns (prediction -> class_index, label_name -> label) keep their data, and a column it
+    lacks is added at its place in `schema` (optional: older rows read null). Idempotent."""
+    names = [f.name for f in table.schema().fields]
+    renames = {old: new for old, new in RENAMED.items() if old in names and new not in names}
+    present = {renames.get(name, name) for name in names}
+    missing = [f.name for f in schema.fields if f.name not in present]
+    if not renames and not missing:
+        return
+    order = [f.name for f in schema.fields]
+    old_name = {new: old for old, new in renames.items()}  # moves name columns as they were
+    with table.update_schema() as update:
+        for old, new in renames.items():
+            update.rename_column(old, new)
+        for name in missing:
+            update.add_column(name, schema.find_field(name).field_type, required=False)
+            at = order.index(name)
+            if at == 0:
+                update.move_first(name)
+            else:
+                update.move_after(name, old_name.get(order[at - 1], order[at - 1]))
 
 
 def table_schemas(s: Settings) -> dict[str, Schema]:
@@ -157,7 +197,8 @@ def table_schemas(s: Settings) -> dict[str, Schema]:
 
 
 def ensure_tables(s: Settings) -> Catalog:
-    """Create the namespace and the platform's tables if they do not exist yet."""
+    """Create the namespace and the platform's tables if they do not exist yet; bring the
+    features and predictions tables of an earlier release to their present columns."""
     catalog = load_catalog(s)
     with contextlib.suppress(NamespaceAlreadyExistsError):
         catalog.create_namespace(s.namespace)
@@ -165,6 +206,8 @@ def ensure_tables(s: Settings) -> Catalog:
         table = catalog.create_table_if_not_exists(s.table_id(name), schema=schema)
         if name == s.features_table:
             ensure_features_layout(s, table)
+        elif name in (s.predictions_table, s.stream_predictions_table):
+            evolve_predictions_table(table, schema)
     return catalog
 
 

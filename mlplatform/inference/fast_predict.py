@@ -17,6 +17,9 @@ import numpy as np
 from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 from sklearn.tree import DecisionTreeClassifier, ExtraTreeClassifier
 
+from mlplatform.registry import model_registry
+from mlplatform.registry.model_registry import ModelRef
+
 # Up to this many rows all trees are walked at once in numpy; more go tree by tree, where
 # each tree's own walk is cheaper than numpy's gathers over rows x trees.
 WALK_ROWS = 64
@@ -91,3 +94,8 @@ def compile_model(model: Any) -> Any:
     else:
         supported = type(model) in trees
     return CompiledTrees(model) if supported and model.n_outputs_ == 1 else model
+
+
+def load_compiled(ref: ModelRef) -> Any:
+    """A registry version's verified model, compiled for the latency-bound paths."""
+    return compile_model(model_registry.load_model(ref))

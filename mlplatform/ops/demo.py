@@ -20,6 +20,7 @@ from pyiceberg.expressions import EqualTo
 from checkpoints.store import CheckpointStore
 from mlplatform.connectors.iceberg_tables import count_rows, ensure_tables, load_table
 from mlplatform.connectors.pulsar_io import ensure_partitioned_topic, ensure_subscription, read_all
+from mlplatform.dataset.prediction_record import RUN_ID
 from mlplatform.registry import model_registry
 from mlplatform.sample_data.demo_rows import write_demo_raw
 from mlplatform.settings import Settings, get_settings
@@ -61,9 +62,7 @@ def run_deployment_and_wait(name: str, parameters: dict | None = None, timeout_s
 
 def _predictions_for(s: Settings, run_id: str) -> int:
     table = load_table(s, s.predictions_table)
-    return len(
-        table.scan(row_filter=EqualTo("run_id", run_id), selected_fields=("run_id",)).to_arrow()
-    )
+    return len(table.scan(row_filter=EqualTo(RUN_ID, run_id), selected_fields=(RUN_ID,)).to_arrow())
 
 
 def run_demo(s: Settings, rows: int, malformed: int) -> DemoReport:

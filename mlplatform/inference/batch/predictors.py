@@ -3,7 +3,8 @@
 fused: Predictor is a Ray Data callable class in an actor pool; each actor loads the verified
 model once. separated: the model runs in a Ray Serve deployment (BatchModel, autoscaling
 replicas) and ServePredictor calls it through a deployment handle. Both turn a batch of feature
-rows into the same prediction columns; a batch that fails or exceeds its timeout marks its rows
+rows into the same prediction columns (the one prediction record of
+`mlplatform.inference.predictions`); a batch that fails or exceeds its timeout marks its rows
 with the error instead, unit by unit, so that one bad unit does not fail its neighbours.
 """
 
@@ -21,17 +22,19 @@ from ray import serve
 
 from mlplatform.connectors.niceness import set_niceness
 from mlplatform.inference.batch.units import ERROR, UNIT, UNIT_ROWS
+from mlplatform.inference.predictions import label_order, prediction_columns
 from mlplatform.registry import model_registry
 from mlplatform.registry.model_registry import ModelRef
 from mlplatform.settings import Settings
 
+# Feature rows -> class probabilities, one column per label in label_names order.
 PredictProba = Callable[[np.ndarray], np.ndarray]
 
 
 def predict_table(batch: pa.Table, ref: ModelRef, key: str, predict: PredictProba) -> pa.Table:
     """Prediction columns for the batch's rows (Arrow in and out, no per-row Python); rows of a
     unit whose prediction failed get the error. Placeholder rows (null key) and rows that arrived
-    with an error pass through."""
+    with an error pass through (with class 0's columns, never written)."""
     n, n_classes = batch.num_rows, len(ref.label_names)
     errors = batch[ERROR]
     todo = pc.and_(pc.is_valid(batch[key]), pc.equal(errors, "")).to_numpy(zero_copy_only=False)
@@ -61,11 +64,7 @@ def predict_table(batch: pa.Table, ref: ModelRef, key: str, predict: PredictProb
             UNIT_ROWS: batch[UNIT_ROWS],
             key: batch[key],
             ERROR: errors,
-            "model_version": pa.repeat(pa.scalar(ref.version, pa.int32()), n),
-            "prediction": pa.array(probabilities.argmax(axis=1).astype(np.int32)),
-            "probabilities": pa.FixedSizeListArray.from_arrays(
-                pa.array(probabilities.ravel()), n_classes
-            ).cast(pa.list_(pa.float64())),
+            **prediction_columns(probabilities, ref.label_names, ref.version),
         }
     )
 
@@ -90,12 +89,13 @@ class Predictor:
     def _predict(self, features: np.ndarray) -> np.ndarray:
         future = self._pool.submit(self.model.predict_proba, features)
         try:
-            return future.result(timeout=self.timeout_s)
+            probabilities = future.result(timeout=self.timeout_s)
         except concurrent.futures.TimeoutError as error:
             # The stuck call cannot be interrupted; later batches get a fresh thread.
             self._pool = concurrent.futures.ThreadPoolExecutor(1)
             message = f"batch of {len(features)} rows took over {self.timeout_s} s"
             raise TimeoutError(message) from error
+        return label_order(probabilities, self.model.classes_, len(self.ref.label_names))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return predict_table(batch, self.ref, self.key, self._predict)
@@ -108,10 +108,12 @@ class BatchModel:
     def __init__(self, ref: ModelRef, niceness: int | None = None) -> None:
         if niceness is not None:
             set_niceness(niceness)
-        self.model = model_registry.load_model(ref)
+        self.model, self.n_labels = model_registry.load_model(ref), len(ref.label_names)
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        return self.model.predict_proba(features)
+        """Class probabilities in label_names order."""
+        probabilities = self.model.predict_proba(features)
+        return label_order(probabilities, self.model.classes_, self.n_labels)
 
 
 def batch_app_name(s: Settings, ref: ModelRef) -> str:

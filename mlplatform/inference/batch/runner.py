@@ -227,7 +227,7 @@ def predictions_rows(
     if table[key].null_count:
         table = table.filter(pc.is_valid(table[key]))
     n = table.num_rows
-    out = table.select([key, "prediction", "probabilities", "model_version"])
+    out = table.select([key, "class_index", "label", "probabilities", "model_version"])
     out = out.append_column("run_id", pa.repeat(pa.scalar(run_id, pa.string()), n))
     out = out.append_column("input_snapshot_id", pa.repeat(pa.scalar(snapshot_id, pa.int64()), n))
     return out.cast(schema)

@@ -1,20 +1,25 @@
-"""The serving API's request and response models, and the plain functions that check requests.
+"""The serving API's request and response models, and the plain functions that shape them.
 
-Rows arrive as lists in the model's feature order or as objects of feature name -> number.
-Every refusal says what was wrong and where ("row 3, feature 1 (sepal_width): ..."), so the
-checks live here as plain functions (unit-tested without Ray); the models only describe the
-shapes for the OpenAPI schema.
+Rows arrive as lists in the model's feature order or as objects of feature name -> number, and
+are read by the one feature parser (`mlplatform.inference.features`, the stream's too): every
+refusal says what was wrong and where ("row 3, feature 1 (sepal_width): ..."). Answers are the
+one prediction record (`mlplatform.inference.predictions`) with the probabilities by class name.
+The checks are plain functions (unit-tested without Ray); the models only describe the shapes
+for the OpenAPI schema.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+from mlplatform.dataset.prediction_record import CLASS_INDEX, LABEL, PROBABILITIES
+from mlplatform.inference.features import InvalidFeatures, parse_features, short
+from mlplatform.inference.predictions import class_indexes, label_order
 
 FEATURES_SCHEMA: dict[str, Any] = {
     "anyOf": [
@@ -24,96 +29,24 @@ FEATURES_SCHEMA: dict[str, Any] = {
 }
 
 
-class InvalidRequest(ValueError):
-    """A request the API refuses: its HTTP status and, when known, the row and feature."""
-
-    def __init__(
-        self,
-        message: str,
-        status_code: int = 422,
-        row: int | None = None,
-        feature: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.row = row
-        self.feature = feature
-
-
-def _where(row: int | None) -> str:
-    return "" if row is None else f"row {row}: "
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def parse_value(value: Any, row: int | None, index: int, name: str) -> float:
-    """One feature value as a finite float; booleans, strings, null, NaN and Infinity refused."""
-    place = f"{'' if row is None else f'row {row}, '}feature {index} ({name})"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidRequest(f"{place}: {_short(value)} is not a number", row=row, feature=name)
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
-    if not math.isfinite(number):
-        raise InvalidRequest(
-            f"{place}: {_short(value)} is not a finite number (NaN and Infinity are refused)",
-            row=row,
-            feature=name,
-        )
-    return number
-
-
-def parse_features(
-    features: Any, feature_order: Sequence[str], row: int | None = None
-) -> list[float]:
-    """One row, by position (the model's feature order) or by name, as floats in that order."""
-    n = len(feature_order)
-    expected = ", ".join(feature_order)
-    if isinstance(features, list):
-        if len(features) != n:
-            raise InvalidRequest(
-                f"{_where(row)}expected {n} features ({expected}), got {len(features)}", row=row
-            )
-        return [parse_value(v, row, j, feature_order[j]) for j, v in enumerate(features)]
-    if isinstance(features, Mapping):
-        unknown = [str(k) for k in features if k not in feature_order]
-        if unknown:
-            raise InvalidRequest(
-                f"{_where(row)}unknown feature name(s) {', '.join(unknown)}; expected {expected}",
-                row=row,
-                feature=unknown[0],
-            )
-        missing = [name for name in feature_order if name not in features]
-        if missing:
-            raise InvalidRequest(
-                f"{_where(row)}missing feature(s) {', '.join(missing)}; expected {expected}",
-                row=row,
-                feature=missing[0],
-            )
-        return [parse_value(features[name], row, j, name) for j, name in enumerate(feature_order)]
-    what = "features" if row is None else f"row {row}"
-    raise InvalidRequest(
-        f"{what}: expected a list of {n} numbers ({expected}) or an object of feature name to "
-        f"number, got {_short(features)}",
-        row=row,
-    )
+def http_status(error: InvalidFeatures) -> int:
+    """413 for more rows than allowed, 422 for any other refusal."""
+    return 413 if error.code == "too_many_rows" else 422
 
 
 def parse_rows(rows: Any, feature_order: Sequence[str], max_rows: int) -> np.ndarray:
     """Many rows (each by position or by name) as an (n_rows, n_features) float array."""
     if not isinstance(rows, list):
-        raise InvalidRequest(f"'rows' must be a list of rows, got {_short(rows)}")
+        message = f"'rows' must be a list of rows, got {short(rows)}"
+        raise InvalidFeatures("not_a_list", f"a {type(rows).__name__}", message)
     if not rows:
-        raise InvalidRequest(f"'rows' is empty; send 1 to {max_rows} rows")
+        raise InvalidFeatures("no_rows", "0", f"'rows' is empty; send 1 to {max_rows} rows")
     if len(rows) > max_rows:
-        raise InvalidRequest(
+        raise InvalidFeatures(
+            "too_many_rows",
+            f"{len(rows)} of at most {max_rows}",
             f"{len(rows)} rows in one request; at most {max_rows} (MLP_SERVE_MAX_ROWS): "
             "split the request",
-            status_code=413,
         )
     parsed = [parse_features(r, feature_order, row=i) for i, r in enumerate(rows)]
     return np.asarray(parsed, dtype=np.float64).reshape(len(rows), len(feature_order))
@@ -122,18 +55,16 @@ def parse_rows(rows: Any, feature_order: Sequence[str], max_rows: int) -> np.nda
 def describe_predictions(
     probabilities: np.ndarray, classes: Sequence[Any], label_names: Sequence[str]
 ) -> list[dict[str, Any]]:
-    """Label, class index and per-class probabilities of each row; `classes` are the model's
-    `classes_` (indexes into label_names), the columns of `probabilities`."""
-    indexes = [int(c) for c in classes]
-    names = [label_names[i] for i in indexes]
-    best = probabilities.argmax(axis=1)
+    """Label, class index and the probability of each class by name (in label_names order),
+    of each row; `classes` are the model's `classes_`, the columns of `probabilities`."""
+    ordered = label_order(probabilities, classes, len(label_names))
     return [
         {
-            "label": names[b],
-            "class_index": indexes[b],
-            "probabilities": dict(zip(names, (round(float(p), 6) for p in row), strict=True)),
+            LABEL: label_names[best],
+            CLASS_INDEX: best,
+            PROBABILITIES: dict(zip(label_names, (round(p, 6) for p in row), strict=True)),
         }
-        for b, row in zip(best, probabilities, strict=True)
+        for best, row in zip(class_indexes(ordered).tolist(), ordered.tolist(), strict=True)
     ]
 
 
@@ -179,7 +110,9 @@ class BulkPredictRequest(BaseModel):
 class Prediction(BaseModel):
     label: str = Field(description="The predicted class name.")
     class_index: int = Field(description="The predicted class's index in label_names.")
-    probabilities: dict[str, float] = Field(description="Probability of each class, by name.")
+    probabilities: dict[str, float] = Field(
+        description="Probability of each class by name, in label_names order."
+    )
 
 
 class PredictResponse(Prediction):

@@ -3,9 +3,11 @@
 Endpoints, below settings.serve_route_prefix on http://127.0.0.1:<serve_port>:
 POST /predict (one row), POST /predict/bulk (many rows), GET /health, GET /model,
 and FastAPI's /docs and /openapi.json. Every answer carries the model version (also in the
-X-Model-Version header). A replica checks every `model_refresh_s`, on a thread of its own (no
-request waits for the registry, and an idle replica follows too), whether another version
-became champion (a promotion or a rollback) and switches to it; a pinned version never changes.
+X-Model-Version header), and every prediction is the one prediction record
+(`mlplatform.inference.predictions`) with the probabilities by class name. A replica follows the
+champion with `registry.champion.ChampionFollower`, checking every `model_refresh_s` on a thread
+of its own (no request waits for the registry, and an idle replica follows too) whether another
+version became champion (a promotion or a rollback); a pinned version never changes.
 A replica that cannot load its model keeps running and answers 503 until it can.
 Tree models answer through `fast_predict` (the same probabilities, without scikit-learn's
 per-call overhead). The application lives in the Ray cluster, so it outlives the process that
@@ -17,7 +19,6 @@ deployed it (the CLI, or a flow run in the worker).
 import gc
 import hmac
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -33,22 +34,24 @@ from ray.serve import Application
 
 from mlplatform.connectors.niceness import set_niceness
 from mlplatform.connectors.ray_runtime import connect
-from mlplatform.inference.fast_predict import compile_model
+from mlplatform.dataset.prediction_record import MODEL_VERSION
+from mlplatform.inference.fast_predict import load_compiled
+from mlplatform.inference.features import InvalidFeatures, parse_features
 from mlplatform.inference.serving.api_schema import (
     BulkPredictRequest,
     BulkPredictResponse,
     ErrorResponse,
     HealthResponse,
-    InvalidRequest,
     ModelInfo,
     PredictRequest,
     PredictResponse,
     describe_predictions,
     describe_request_errors,
-    parse_features,
+    http_status,
     parse_rows,
 )
 from mlplatform.registry import model_registry
+from mlplatform.registry.champion import ChampionFollower, LoadedModel
 from mlplatform.settings import Settings
 
 logger = logging.getLogger("ray.serve")
@@ -88,10 +91,10 @@ async def _request_invalid(_: Request, error: RequestValidationError) -> JSONRes
     return JSONResponse({"detail": message}, status_code=status)
 
 
-@app.exception_handler(InvalidRequest)
-async def _rows_invalid(_: Request, error: InvalidRequest) -> JSONResponse:
+@app.exception_handler(InvalidFeatures)
+async def _rows_invalid(_: Request, error: InvalidFeatures) -> JSONResponse:
     body = ErrorResponse(detail=str(error), row=error.row, feature=error.feature)
-    return JSONResponse(body.model_dump(exclude_none=True), status_code=error.status_code)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=http_status(error))
 
 
 @app.exception_handler(ModelUnavailable)
@@ -104,13 +107,6 @@ async def require_api_key(api_key: str | None = Security(API_KEY)) -> None:
     serve.get_replica_context().servable_object.authorize(api_key)
 
 
-@dataclass(frozen=True)
-class LoadedModel:
-    row: model_registry.ModelVersion
-    ref: model_registry.ModelRef
-    model: Any
-
-
 @serve.deployment
 @serve.ingress(app)
 class ModelServer:
@@ -120,10 +116,8 @@ class ModelServer:
         self.s = Settings(**settings)
         set_niceness(self.s.latency_actor_niceness)
         self.pinned_version = model_version
-        self.loaded: LoadedModel | None = None
+        self.follower = ChampionFollower(self.s, model_version, load=load_compiled)
         self.error = "not loaded yet"
-        self.checked_at = -math.inf
-        self.lock = threading.Lock()  # one load at a time (request threads and the refresher)
         self._reload()
         if model_version is None:  # follow the champion, with or without traffic
             threading.Thread(target=self._follow, name="model-refresh", daemon=True).start()
@@ -131,38 +125,34 @@ class ModelServer:
         gc.freeze()  # out of it, as they live as long as the replica
 
     def _reload(self) -> None:
-        with self.lock:
-            self.checked_at = time.monotonic()
-            try:
-                row = model_registry.get_version(self.s, self.pinned_version)
-                if self.loaded is not None and row.version == self.loaded.ref.version:
-                    return
-                ref = model_registry.model_ref(row)
-                model = compile_model(model_registry.load_model(ref))
-                self.loaded = LoadedModel(row, ref, model)
-                logger.info("serving model version %s", ref.version)
-            except Exception as error:  # noqa: BLE001 - a replica outlives a bad artifact or registry
-                self.error = str(error)
-                logger.warning("model not loaded (still serving %s): %s", self.version(), error)
+        try:
+            loaded = self.follower.changed()
+        except Exception as error:  # noqa: BLE001 - a replica outlives a bad artifact or registry
+            self.error = str(error)
+            logger.warning("model not loaded (still serving %s): %s", self.version(), error)
+            return
+        if loaded is not None:
+            logger.info("serving model version %s", loaded.ref.version)
 
     def _follow(self) -> None:
         """Check the registry's champion every model_refresh_s, on this thread: no request
         waits for the registry, and a promotion is served within one period even when idle."""
         while True:
-            time.sleep(max(0.0, self.checked_at + self.s.model_refresh_s - time.monotonic()))
+            time.sleep(self.follower.seconds_to_check())
             self._reload()
 
     def version(self) -> int | None:
-        return self.loaded.ref.version if self.loaded else None
+        loaded = self.follower.loaded
+        return loaded.ref.version if loaded else None
 
     def current(self) -> LoadedModel:
         """The model to answer with: the pinned version, or the champion as of at most
         model_refresh_s ago (the refresher thread checks; this request does not wait)."""
-        if self.loaded is None:  # nothing to answer with: try now (the error path, not the hot one)
+        if self.follower.loaded is None:  # nothing to answer with: try now (the error path)
             self._reload()
-            if self.loaded is None:
+            if self.follower.loaded is None:
                 raise ModelUnavailable(self.error)
-        return self.loaded
+        return self.follower.loaded
 
     def authorize(self, api_key: str | None) -> None:
         expected = self.s.serve_api_key
@@ -189,7 +179,7 @@ class ModelServer:
         # On the event loop: one row takes well under a millisecond, less than a thread hop.
         loaded = self.current()
         x = [parse_features(body.features, loaded.ref.feature_order)]
-        return {"model_version": loaded.ref.version, **self._predict(loaded, x, response)[0]}
+        return {MODEL_VERSION: loaded.ref.version, **self._predict(loaded, x, response)[0]}
 
     @app.post(
         "/predict/bulk",
@@ -202,7 +192,7 @@ class ModelServer:
         loaded = self.current()
         x = parse_rows(body.rows, loaded.ref.feature_order, self.s.serve_max_rows)
         return {
-            "model_version": loaded.ref.version,
+            MODEL_VERSION: loaded.ref.version,
             "predictions": self._predict(loaded, x, response),
         }
 

@@ -7,7 +7,7 @@ conflict, and the Iceberg work (Parquet, manifests, the catalog) runs in a proce
 instead of sharing a consumer's interpreter lock.
 
 De-duplication: a result comes with its producer (one per input partition, see
-stream_inference) and its input's sequence id. A result at or below the producer's high-water
+`consumer`) and its input's sequence id. A result at or below the producer's high-water
 mark, committed or handed in, is dropped: an actor restarted after a crash hands in again what
 its predecessor had handed in or committed, and its `add` returns once those are committed, so
 its inputs are acknowledged only then. Every snapshot's summary records every producer's mark

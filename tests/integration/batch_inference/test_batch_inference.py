@@ -87,6 +87,8 @@ def assert_exactly_once(s: Settings, run_id: str, snapshot_id: int | None = None
     assert not doubled, f"{len(doubled)} keys predicted more than once, e.g. {doubled[:3]}"
     assert not missing, f"{len(missing)} keys never predicted, e.g. {sorted(missing)[:3]}"
     assert len(rows) == len(features)
+    names = [s.label_names[i] for i in rows["class_index"]]
+    assert names == list(rows["label"]), "a label is not its class index's name"
     return rows
 
 
@@ -202,7 +204,7 @@ def test_fused_and_separated_modes_predict_the_same_and_filters_apply(batch: Set
     )
     a = assert_exactly_once(s, fused.run_id).set_index(s.key_column).sort_index()
     b = assert_exactly_once(s, separated.run_id).set_index(s.key_column).sort_index()
-    assert (a["prediction"] == b["prediction"]).all()
+    assert (a["class_index"] == b["class_index"]).all() and (a["label"] == b["label"]).all()
     np.testing.assert_array_equal(np.stack(a["probabilities"]), np.stack(b["probabilities"]))
 
     column = s.feature_columns[0]
@@ -259,7 +261,8 @@ def race_commits(s: Settings) -> None:
     rows = pd.DataFrame(
         {
             s.key_column: [f"k{i}" for i in range(10)],
-            "prediction": 0,
+            "class_index": 0,
+            "label": "setosa",
             "probabilities": [[1.0, 0.0, 0.0]] * 10,
             "model_version": 1,
             "run_id": run_id,

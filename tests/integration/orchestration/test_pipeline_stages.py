@@ -109,7 +109,8 @@ def test_stream_actors_predict_every_message_once(isolated: Settings, trained) -
     out = [json.loads(m.data()) for m in read_all(isolated, isolated.predictions_topic)]
     keys = [m[isolated.key_column] for m in out]
     assert len(keys) == len(set(keys)) == sent
-    assert {m["label_name"] for m in out} <= set(isolated.label_names)
+    assert {m["label"] for m in out} <= set(isolated.label_names)
+    assert all(m["label"] == isolated.label_names[m["class_index"]] for m in out)
     backlog = topic_stats(isolated, isolated.features_topic)["backlog"]
     assert backlog[isolated.stream_subscription] == 0, "an input was not acknowledged"
 

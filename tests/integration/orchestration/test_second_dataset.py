@@ -88,7 +88,8 @@ def test_batch_inference_predicts_every_wine_row_once(wine: Settings, trained) -
     table = load_table(wine, wine.predictions_table)
     rows = table.scan(row_filter=EqualTo("run_id", result.run_id)).to_pandas()
     assert rows["sample_id"].is_unique and len(rows) == ROWS
-    assert set(rows["prediction"]) <= {0, 1, 2}
+    assert set(rows["class_index"]) <= {0, 1, 2}
+    assert set(rows["label"]) <= set(wine.label_names)
     assert rows["model_version"].eq(trained.best_version).all()
 
 
@@ -98,4 +99,4 @@ def test_stream_actors_predict_wine_messages(wine: Settings, trained) -> None:
     assert (result.published, result.failed) == (sent, 0)
     out = [json.loads(m.data()) for m in read_all(wine, wine.predictions_topic)]
     assert len({m["sample_id"] for m in out}) == sent == ROWS
-    assert {m["label_name"] for m in out} <= set(wine.label_names)
+    assert {m["label"] for m in out} <= set(wine.label_names)

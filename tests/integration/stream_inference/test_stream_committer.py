@@ -28,13 +28,13 @@ from tests.helpers import module_settings
 pytestmark = pytest.mark.integration
 
 
-def _payload(s: Settings, key: str, prediction: object = 1) -> bytes:
+def _payload(s: Settings, key: str, class_index: object = 1) -> bytes:
     """A result as the stream actors publish it."""
     return json.dumps(
         {
             s.key_column: key,
-            "prediction": prediction,
-            "label_name": "versicolor",
+            "class_index": class_index,
+            "label": "versicolor",
             "probabilities": [0.1, 0.8, 0.1],
             "model_version": 1,
             "message_id": f"1:{key}:0",

@@ -122,7 +122,9 @@ def test_a_killed_consumer_loses_and_doubles_nothing(stream: Settings) -> None:
     table = load_table(stream, stream.stream_predictions_table).scan().to_pandas()
     assert table[stream.key_column].is_unique, "a prediction was appended to Iceberg twice"
     assert set(table[stream.key_column]) == keys
-    assert set(table["label_name"]) <= set(stream.label_names)
+    assert set(table["label"]) <= set(stream.label_names)
+    labels = [stream.label_names[i] for i in table["class_index"]]
+    assert labels == list(table["label"]), "a label is not its class index's name"
     assert stats()["backlog"][stream.stream_subscription] == 0, "an input was not acknowledged"
 
 
@@ -158,7 +160,8 @@ def test_a_poison_message_is_dead_lettered_and_the_stream_goes_on(stream: Settin
         assert message.properties()["deliveries"] == str(stream.stream_max_redeliveries)
         assert message.properties()["source_topic"].startswith(stream.features_topic)
     out = [json.loads(m.data()) for m in read_all(stream, stream.predictions_topic)]
-    assert [m for m in out if m["event_id"] == "poison-neighbour"][0]["label_name"] == "setosa"
+    [neighbour] = [m for m in out if m["event_id"] == "poison-neighbour"]
+    assert (neighbour["label"], neighbour["class_index"]) == ("setosa", 0)
     assert time.monotonic() - started < 60
 
 

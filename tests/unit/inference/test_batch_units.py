@@ -123,7 +123,8 @@ def test_predict_table_marks_only_the_failing_unit() -> None:
     out = predict_table(batch, REF, "event_id", _FailsOnNegative().predict_proba).to_pandas()
     assert list(out[ERROR] != "") == [False, True, True, False]
     assert "negative feature" in out[ERROR].iloc[1]
-    assert list(out.loc[[0, 3], "prediction"]) == [1, 0]
+    assert list(out.loc[[0, 3], "class_index"]) == [1, 0]
+    assert list(out.loc[[0, 3], "label"]) == ["high", "low"]
     assert set(out["model_version"]) == {7}
     assert out["probabilities"].iloc[0] == pytest.approx([0.1, 0.9])
     assert out["probabilities"].iloc[3] == pytest.approx([0.9, 0.1])
@@ -216,6 +217,7 @@ def test_predictions_rows_drop_placeholders_and_take_the_table_schema() -> None:
     rows = predictions_rows(out, "event_id", schema, "run-1", 99)
     assert rows.schema == schema
     assert rows["event_id"].to_pylist() == ["a"]
+    assert (rows["class_index"].to_pylist(), rows["label"].to_pylist()) == ([1], ["high"])
     assert rows["probabilities"].to_pylist() == [pytest.approx([0.1, 0.9])]
     assert (rows["run_id"].to_pylist(), rows["input_snapshot_id"].to_pylist()) == (["run-1"], [99])
 

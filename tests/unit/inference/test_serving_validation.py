@@ -9,13 +9,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mlplatform.dataset.prediction_record import CLASS_INDEX, LABEL, MODEL_VERSION, PROBABILITIES
+from mlplatform.inference.features import InvalidFeatures, parse_features, parse_value
 from mlplatform.inference.serving.api_schema import (
-    InvalidRequest,
+    PredictResponse,
     describe_predictions,
     describe_request_errors,
-    parse_features,
+    http_status,
     parse_rows,
-    parse_value,
 )
 
 pytestmark = pytest.mark.unit
@@ -23,8 +24,8 @@ pytestmark = pytest.mark.unit
 ORDER = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 
 
-def _refusal(call: Any, *args: Any, **kwargs: Any) -> InvalidRequest:
-    with pytest.raises(InvalidRequest) as caught:
+def _refusal(call: Any, *args: Any, **kwargs: Any) -> InvalidFeatures:
+    with pytest.raises(InvalidFeatures) as caught:
         call(*args, **kwargs)
     return caught.value
 
@@ -40,7 +41,7 @@ def test_wrong_count_says_expected_and_got() -> None:
     assert str(error) == (
         "expected 4 features (sepal_length, sepal_width, petal_length, petal_width), got 3"
     )
-    assert error.status_code == 422
+    assert http_status(error) == 422 and error.code == "wrong_count"
     error = _refusal(parse_features, [1.0] * 5, ORDER, row=7)
     assert str(error).startswith("row 7: expected 4 features") and str(error).endswith("got 5")
     assert error.row == 7
@@ -50,7 +51,8 @@ def test_wrong_count_says_expected_and_got() -> None:
 def test_non_numbers_are_refused_with_row_and_feature(value: Any) -> None:
     error = _refusal(parse_features, [1.0, value, 2.0, 3.0], ORDER, row=2)
     assert str(error) == f"row 2, feature 1 (sepal_width): {value!r} is not a number"
-    assert (error.row, error.feature, error.status_code) == (2, "sepal_width", 422)
+    assert (error.row, error.feature, http_status(error)) == (2, "sepal_width", 422)
+    assert error.reason == f"not_number: sepal_width={value!r}"
 
 
 @pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity", "1e999"])
@@ -72,9 +74,11 @@ def test_unknown_and_missing_names_are_refused() -> None:
     error = _refusal(parse_features, row, ORDER, row=4)
     assert str(error).startswith("row 4: unknown feature name(s) petal_widht; expected ")
     assert error.feature == "petal_widht"
+    assert error.reason == "unknown_feature: petal_widht"
     del row["petal_widht"]
     error = _refusal(parse_features, row, ORDER)
     assert str(error).startswith("missing feature(s) petal_width; expected sepal_length")
+    assert error.reason == "missing_feature: petal_width"
 
 
 def test_a_row_of_the_wrong_type_is_refused() -> None:
@@ -97,11 +101,11 @@ def test_the_first_bad_row_is_named() -> None:
 
 def test_too_many_rows_is_413_and_empty_is_422() -> None:
     error = _refusal(parse_rows, [[1.0] * 4] * 4, ORDER, max_rows=3)
-    assert error.status_code == 413
+    assert http_status(error) == 413
     assert str(error) == "4 rows in one request; at most 3 (MLP_SERVE_MAX_ROWS): split the request"
     error = _refusal(parse_rows, [], ORDER, max_rows=3)
-    assert (error.status_code, str(error)) == (422, "'rows' is empty; send 1 to 3 rows")
-    assert _refusal(parse_rows, {"a": 1}, ORDER, max_rows=3).status_code == 422
+    assert (http_status(error), str(error)) == (422, "'rows' is empty; send 1 to 3 rows")
+    assert http_status(_refusal(parse_rows, {"a": 1}, ORDER, max_rows=3)) == 422
 
 
 def test_predictions_name_the_classes_of_the_model() -> None:
@@ -113,10 +117,18 @@ def test_predictions_name_the_classes_of_the_model() -> None:
         "probabilities": {"a": 0.9, "b": 0.1, "c": 0.0},
     }
     assert out[1]["label"] == "c" and out[1]["class_index"] == 2
-    # A model that never saw class 1 has two columns: indexes come from its classes_.
+    # A model that never saw class 1 has two columns: indexes come from its classes_, and
+    # every class has its probability, in label_names order (0 for class 1).
     out = describe_predictions(np.array([[0.4, 0.6]]), np.array([0, 2]), ["a", "b", "c"])
-    assert out == [{"label": "c", "class_index": 2, "probabilities": {"a": 0.4, "c": 0.6}}]
+    assert out == [
+        {"label": "c", "class_index": 2, "probabilities": {"a": 0.4, "b": 0.0, "c": 0.6}}
+    ]
+    assert list(out[0]["probabilities"]) == ["a", "b", "c"]
     assert math.isclose(sum(out[0]["probabilities"].values()), 1.0)
+
+
+def test_answers_have_the_prediction_records_field_names() -> None:
+    assert set(PredictResponse.model_fields) == {CLASS_INDEX, LABEL, PROBABILITIES, MODEL_VERSION}
 
 
 def test_request_errors_bad_json_is_400_and_shape_is_422() -> None:

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from mlplatform.inference.features import InvalidFeatures, parse_message
 from mlplatform.inference.stream.committer import high_water_marks, merge_marks
-from mlplatform.inference.stream.runner import (
-    InvalidMessage,
+from mlplatform.inference.stream.consumer import predict_rows
+from mlplatform.inference.stream.partitions import (
     batch_bounds,
     owned_partitions,
-    parse_features,
     partition_of,
-    predict_rows,
     sequence_id,
 )
 from mlplatform.registry.model_registry import ModelRef
@@ -43,6 +42,8 @@ def model() -> LogisticRegression:
 class _Recorder:
     """predict_proba that records its input and favours the class in column 0."""
 
+    classes_ = np.array([0, 1])
+
     def __init__(self) -> None:
         self.seen: np.ndarray | None = None
 
@@ -53,7 +54,7 @@ class _Recorder:
 
 
 def predict_payloads(model: object, payloads: list[bytes]) -> list[dict]:
-    parsed = [parse_features(p, "event_id", FEATURES) for p in payloads]
+    parsed = [parse_message(p, "event_id", FEATURES) for p in payloads]
     return predict_rows(model, REF, "event_id", [k for k, _ in parsed], [f for _, f in parsed])
 
 
@@ -65,13 +66,13 @@ def test_predict_rows(model: LogisticRegression) -> None:
     ]
     results = predict_payloads(model, payloads)
     assert [r["event_id"] for r in results] == ["e1", "e2", "e3"]
-    assert [r["prediction"] for r in results] == [1, 0, 1]
-    assert [r["label_name"] for r in results] == ["high", "low", "high"]
+    assert [r["class_index"] for r in results] == [1, 0, 1]
+    assert [r["label"] for r in results] == ["high", "low", "high"]
     for r in results:
         assert r["model_version"] == 5
         assert sum(r["probabilities"]) == pytest.approx(1.0)
         assert all(isinstance(v, float) for v in r["probabilities"])
-        assert isinstance(r["prediction"], int)
+        assert isinstance(r["class_index"], int)
     json.dumps(results)  # publishable as is
 
 
@@ -81,7 +82,7 @@ def test_predict_rows_uses_feature_order() -> None:
     [result] = predict_payloads(recorder, payloads)
     np.testing.assert_array_equal(recorder.seen, [[6.0, 3.0]])
     assert result["probabilities"] == pytest.approx([0.4, 0.6])
-    assert result["prediction"] == 1
+    assert result["class_index"] == 1
     assert result["event_id"] == "1"
 
 
@@ -98,12 +99,35 @@ def test_predict_rows_uses_feature_order() -> None:
         (b'{"event_id": "e", "f1": true, "f2": 2}', "not_number: f1=True"),
         (b'{"event_id": "e", "f1": 1, "f2": NaN}', "not_finite: f2=nan"),
         (b'{"event_id": "e", "f1": -Infinity, "f2": 1}', "not_finite: f1=-inf"),
+        (b'{"event_id": "e", "f1": 1' + b"0" * 400 + b', "f2": 1}', "not_finite: f1=1000"),
+        (b'{"event_id": "e"}', "missing_feature: f1, f2"),
     ],
 )
-def test_parse_features_names_the_reason(payload: bytes, reason: str) -> None:
-    with pytest.raises(InvalidMessage) as error:
-        parse_features(payload, "event_id", FEATURES)
-    assert str(error.value).startswith(reason)
+def test_parse_message_names_the_reason(payload: bytes, reason: str) -> None:
+    with pytest.raises(InvalidFeatures) as error:
+        parse_message(payload, "event_id", FEATURES)
+    assert error.value.reason.startswith(reason)
+
+
+def test_a_refused_value_says_the_same_to_both_doors() -> None:
+    """The dead-letter reason and the HTTP message come from one refusal."""
+    with pytest.raises(InvalidFeatures) as error:
+        parse_message(b'{"event_id": "e", "f1": 1, "f2": "x"}', "event_id", FEATURES)
+    assert error.value.reason == "not_number: f2='x'"
+    assert str(error.value) == "feature 1 (f2): 'x' is not a number"
+    assert (error.value.code, error.value.feature, error.value.row) == ("not_number", "f2", None)
+
+
+def test_a_model_without_some_class_predicts_in_label_order() -> None:
+    """classes_ [0, 2] of three labels: two probability columns, placed at labels 0 and 2."""
+    x = np.array([[0.0, 0.0], [1.0, 0.0], [9.0, 0.0], [10.0, 0.0]])
+    model = LogisticRegression().fit(x, [0, 0, 2, 2])
+    ref = ModelRef(5, "/nonexistent", "0" * 64, FEATURES, ("low", "mid", "high"))
+    [row] = predict_rows(model, ref, "event_id", ["e"], [[9.5, 0.0]])
+    assert list(row) == ["event_id", "class_index", "label", "probabilities", "model_version"]
+    assert (row["class_index"], row["label"]) == (2, "high")
+    assert len(row["probabilities"]) == 3 and row["probabilities"][1] == 0.0
+    assert row["probabilities"][2] > 0.5
 
 
 class _Id:
