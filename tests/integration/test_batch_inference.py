@@ -28,6 +28,7 @@ from checkpoints.store import CheckpointStore, RunInProgress, UnitPlan
 from mlplatform.connectors.iceberg_tables import ensure_tables, load_table
 from mlplatform.dataset.synthetic_features import append_features, feature_rows
 from mlplatform.inference.batch.commit import commit_units, committed_units, disable_auto_retry
+from mlplatform.inference.batch.request import BatchRequest
 from mlplatform.inference.batch.runner import BatchInferenceFailed, job_key, run_batch_inference
 from mlplatform.settings import PROJECT_DIR, Settings
 from mlplatform.training.retrain import retrain
@@ -160,9 +161,9 @@ def test_a_killed_ray_worker_loses_and_doubles_nothing(batch: Settings) -> None:
     assert_exactly_once(s, result.run_id)
 
 
-def _run(s: Settings, **kwargs: object):
+def _run(s: Settings, request: BatchRequest | None = None):
     try:
-        return run_batch_inference(s, **kwargs)
+        return run_batch_inference(s, request)
     except BaseException as error:  # handed to the test thread
         return error
 
@@ -185,7 +186,8 @@ def test_a_poisoned_unit_is_reported_not_retried_forever(batch: Settings) -> Non
     assert len(predictions_of(s, run.run_id)) == 1200  # every healthy row, once
 
     tolerant = s.model_copy(update={"max_failed_fraction": 0.01})
-    resumed = run_batch_inference(tolerant, resume_run_id=run.run_id)  # failed unit retried
+    again = BatchRequest(resume_run_id=run.run_id)  # an explicit resume: the failed unit retried
+    resumed = run_batch_inference(tolerant, again)
     assert resumed.resumed and resumed.skipped_rows == 1200 and resumed.predicted_rows == 0
     assert [f.unit for f in resumed.failed_units] == [bad.unit]
     assert resumed.failed_units[0].attempts == 2
@@ -194,8 +196,8 @@ def test_a_poisoned_unit_is_reported_not_retried_forever(batch: Settings) -> Non
 
 def test_fused_and_separated_modes_predict_the_same_and_filters_apply(batch: Settings) -> None:
     s = _fresh(batch, "modes", 2000, row_group=500)
-    fused = run_batch_inference(s, mode="fused")
-    separated = run_batch_inference(s, mode="separated")
+    fused = run_batch_inference(s, BatchRequest(mode="fused"))
+    separated = run_batch_inference(s, BatchRequest(mode="separated"))
     assert fused.run_id != separated.run_id and (fused.mode, separated.mode) == (
         "fused",
         "separated",
@@ -206,7 +208,7 @@ def test_fused_and_separated_modes_predict_the_same_and_filters_apply(batch: Set
     np.testing.assert_array_equal(np.stack(a["probabilities"]), np.stack(b["probabilities"]))
 
     column = s.feature_columns[0]
-    filtered = run_batch_inference(s, row_filter=f"{column} > 6.0")
+    filtered = run_batch_inference(s, BatchRequest(row_filter=f"{column} > 6.0"))
     assert filtered.run_id not in (fused.run_id, separated.run_id)  # another job
     features = load_table(s, s.features_table).scan().to_pandas()
     wanted = set(features[features[column] > 6.0][s.key_column])

@@ -1,12 +1,14 @@
 """Pure parts of batch inference: reading a unit's row groups, the model stage's per-unit error
-isolation and timeout, and the driver's stall watchdog."""
+isolation and timeout, the driver's stall watchdog, and the request the flow builds."""
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import FrozenInstanceError, fields
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from pyiceberg.schema import Schema
 from pyiceberg.types import DoubleType, NestedField, StringType
 
 from mlplatform.inference.batch.predictors import Predictor, predict_table
+from mlplatform.inference.batch.request import BatchRequest
 from mlplatform.inference.batch.runner import (
     BatchInferenceStalled,
     _watched,
@@ -254,3 +257,16 @@ print("ok")
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_the_flow_parameters_are_the_fields_of_the_request() -> None:
+    """The flow builds one BatchRequest from its parameters (deployments pass them by name)."""
+    from flows.batch_inference import batch_inference
+
+    flow_parameters = inspect.signature(batch_inference.fn).parameters
+    assert list(flow_parameters) == [f.name for f in fields(BatchRequest) if f.name != "run_id"]
+    assert all(p.default is None for p in flow_parameters.values())
+    request = BatchRequest(mode="fused")
+    assert request == BatchRequest(mode="fused") and request.model_version is None
+    with pytest.raises(FrozenInstanceError):
+        request.mode = "separated"  # type: ignore[misc]

@@ -18,8 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +36,7 @@ from mlplatform.inference.batch.predictors import (
     deploy_batch_model,
     serving_batch_model,
 )
+from mlplatform.inference.batch.request import BatchRequest, Mode
 from mlplatform.inference.batch.units import (
     ERROR,
     UNIT,
@@ -50,7 +50,6 @@ from mlplatform.registry.model_registry import ModelRef
 from mlplatform.settings import Settings
 
 KIND = "batch-inference"
-Mode = Literal["fused", "separated"]
 
 
 class BatchInferenceFailed(RuntimeError):
@@ -363,41 +362,46 @@ def failure_report(run_id: str, failed: list[FailedUnit], rows_total: int) -> st
 
 def run_batch_inference(
     s: Settings,
-    run_id: str | None = None,
-    resume_run_id: str | None = None,
-    model_version: int | None = None,
-    snapshot_id: int | None = None,
-    row_filter: str | None = None,
-    mode: Mode | None = None,
+    request: BatchRequest | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> BatchResult:
     """Predict every row of a features snapshot exactly once, continuing an unfinished run.
 
-    on_progress(units done, units in the run) is called after every commit, from the store.
+    request: which snapshot, model, filter and mode (default: the latest, the champion, every
+    row, settings.batch_mode). on_progress(units done, units in the run) is called after every
+    commit, from the store.
     """
     started = time.monotonic()
+    request = request or BatchRequest()
     catalog = ensure_tables(s)
     store = CheckpointStore(s.resolved_database_url)
     dataset = s.table_id(s.features_table)
+    resume_run_id = request.resume_run_id
     if resume_run_id:
         previous = store.get_run(resume_run_id)
         if previous.status == "succeeded":
             raise ValueError(f"run {resume_run_id} has succeeded already: nothing to resume")
-        snapshot_id, model_version = previous.snapshot_id, previous.model_version
-        row_filter, dataset = previous.row_filter, previous.dataset
+        request = replace(
+            request,
+            snapshot_id=previous.snapshot_id,
+            model_version=previous.model_version,
+            row_filter=previous.row_filter,
+        )
+        dataset = previous.dataset
     features = catalog.load_table(dataset)
     predictions = disable_auto_retry(catalog.load_table(s.table_id(s.predictions_table)))
+    snapshot_id, row_filter = request.snapshot_id, request.row_filter
     snapshot = features.snapshot_by_id(snapshot_id) if snapshot_id else features.current_snapshot()
     if snapshot is None:
         where = f"snapshot {snapshot_id}" if snapshot_id else "no snapshot yet"
         raise LookupError(f"{dataset} has {where}; run the preprocess flow first")
-    ref = model_registry.model_ref(model_registry.get_version(s, model_version))
+    ref = model_registry.model_ref(model_registry.get_version(s, request.model_version))
     expression = parse_row_filter(row_filter, features)
     key = job_key(dataset, snapshot.snapshot_id, ref.version, row_filter)
-    mode = mode or s.batch_mode
+    mode = request.mode or s.batch_mode
     run, resumed = store.open_run(
         key,
-        run_id,
+        request.run_id,
         lambda: plan_units(features, snapshot.snapshot_id, expression, s.unit_rows),
         kind=KIND,
         dataset=dataset,
