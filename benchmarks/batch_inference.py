@@ -61,14 +61,13 @@ from mlplatform.connectors.iceberg_tables import ensure_tables
 from mlplatform.connectors.ray_runtime import connect
 from mlplatform.dataset.synthetic_features import append_features, feature_rows
 from mlplatform.inference.batch.commit import committed_units
+from mlplatform.inference.batch.pipeline import read_stage, unit_pipeline
 from mlplatform.inference.batch.predictors import Predictor, deploy_batch_model
 from mlplatform.inference.batch.request import BatchRequest
 from mlplatform.inference.batch.runner import (
     commit_interval_rows,
     predictions_rows,
-    read_stage,
     run_batch_inference,
-    unit_pipeline,
 )
 from mlplatform.inference.batch.units import plan_units
 from mlplatform.registry import model_registry

@@ -13,7 +13,8 @@ from prefect.artifacts import (
 from prefect.runtime import flow_run
 
 from mlplatform.inference.batch.request import BatchRequest
-from mlplatform.inference.batch.runner import BatchResult, run_batch_inference
+from mlplatform.inference.batch.results import BatchResult
+from mlplatform.inference.batch.runner import run_batch_inference
 from mlplatform.inference.stream.runner import StreamResult, run_stream_inference
 from mlplatform.settings import Settings
 from tasks.artifacts import publish_summary

@@ -19,16 +19,11 @@ import pytest
 from pyiceberg.schema import Schema
 from pyiceberg.types import DoubleType, NestedField, StringType
 
+from mlplatform.inference.batch.pipeline import BatchInferenceStalled, watch_output
 from mlplatform.inference.batch.predictors import Predictor, predict_table
 from mlplatform.inference.batch.request import BatchRequest
-from mlplatform.inference.batch.runner import (
-    BatchInferenceStalled,
-    _watched,
-    commit_interval_rows,
-    failure_report,
-    predictions_rows,
-    unit_parts,
-)
+from mlplatform.inference.batch.results import FailedUnit, failure_report
+from mlplatform.inference.batch.runner import commit_interval_rows, predictions_rows, unit_parts
 from mlplatform.inference.batch.units import ERROR, UNIT, UNIT_ROWS, read_unit, read_units
 from mlplatform.registry.model_registry import ModelRef
 
@@ -173,23 +168,21 @@ class _Pipeline:
             threading.Event().wait(30)
 
 
-def test_watched_yields_everything_then_ends() -> None:
+def test_watch_output_yields_everything_then_ends() -> None:
     frames = [pd.DataFrame({"x": [1]}), pd.DataFrame({"x": [2]})]
-    assert [f["x"].iloc[0] for f in _watched(_Pipeline(frames, False), 5)] == [1, 2]
+    assert [f["x"].iloc[0] for f in watch_output(_Pipeline(frames, False), 5)] == [1, 2]
 
 
-def test_watched_fails_a_stalled_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_watch_output_fails_a_stalled_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("ray.available_resources", lambda: {"CPU": 0.0})
     seen = []
     with pytest.raises(BatchInferenceStalled, match="for 0 s.*'CPU': 0.0"):
-        for frame in _watched(_Pipeline([pd.DataFrame({"x": [1]})], True), 0.3):
+        for frame in watch_output(_Pipeline([pd.DataFrame({"x": [1]})], True), 0.3):
             seen.append(frame)
     assert len(seen) == 1
 
 
 def test_failure_report_names_each_unit() -> None:
-    from mlplatform.inference.batch.runner import FailedUnit
-
     report = failure_report(
         "r1", [FailedUnit(3, "s3://b/f.parquet", 500, 3, "ValueError('x')")], 10_000
     )

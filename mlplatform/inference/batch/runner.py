@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,71 +22,27 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import ray
 from pyiceberg.table import Table
 
 from checkpoints.store import FAILED, PENDING, CheckpointStore, Run, RunInProgress, process_owner
 from mlplatform.connectors.iceberg_tables import ensure_tables
 from mlplatform.connectors.ray_runtime import connect
 from mlplatform.inference.batch.commit import commit_units, committed_units, disable_auto_retry
-from mlplatform.inference.batch.predictors import (
-    Predictor,
-    ServePredictor,
-    deploy_batch_model,
-    serving_batch_model,
-)
+from mlplatform.inference.batch.pipeline import unit_pipeline, watch_output
+from mlplatform.inference.batch.predictors import serving_batch_model
 from mlplatform.inference.batch.request import BatchRequest, Mode
-from mlplatform.inference.batch.units import (
-    ERROR,
-    UNIT,
-    UNIT_ROWS,
-    parse_row_filter,
-    plan_units,
-    read_units,
+from mlplatform.inference.batch.results import (
+    BatchInferenceFailed,
+    BatchResult,
+    FailedUnit,
+    failure_report,
 )
+from mlplatform.inference.batch.units import ERROR, UNIT, UNIT_ROWS, parse_row_filter, plan_units
 from mlplatform.registry import model_registry
 from mlplatform.registry.model_registry import ModelRef
 from mlplatform.settings import Settings
 
 KIND = "batch-inference"
-
-
-class BatchInferenceFailed(RuntimeError):
-    """Too many rows are in failed units; the message lists them."""
-
-
-class BatchInferenceStalled(RuntimeError):
-    """Ray Data produced nothing for too long (typically: no free resources for a stage)."""
-
-
-@dataclass(frozen=True)
-class FailedUnit:
-    unit: int
-    file_path: str
-    rows: int
-    attempts: int
-    error: str
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    run_id: str
-    resumed: bool
-    mode: str
-    snapshot_id: int
-    model_version: int
-    input_rows: int
-    units_total: int
-    skipped_units: int
-    skipped_rows: int
-    predicted_rows: int
-    commits: int
-    failed_units: list[FailedUnit] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def rows_per_s(self) -> float:
-        return self.predicted_rows / self.seconds if self.seconds else 0.0
 
 
 @dataclass
@@ -140,82 +95,6 @@ def _lease(job: _Job) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
-
-
-def read_stage(s: Settings, units: list[dict], read_kwargs: dict) -> ray.data.Dataset:
-    """The units' rows, a Ray task per unit (read_units); the first stage of unit_pipeline."""
-    return ray.data.from_items(units, override_num_blocks=max(1, len(units))).map_batches(
-        read_units,
-        fn_kwargs={**read_kwargs, "niceness": s.batch_niceness},
-        batch_size=1,
-        batch_format="pyarrow",
-        num_cpus=s.reader_num_cpus,
-    )
-
-
-def unit_pipeline(
-    s: Settings,
-    ref: ModelRef,
-    mode: Mode,
-    units: list[dict],
-    read_kwargs: dict,
-    app_name: str | None = None,
-) -> ray.data.Dataset:
-    """Units -> read stage (tasks) -> model stage (actor pool), streamed by Ray Data.
-
-    read_kwargs: columns (the key column first), row_filter, schema_json (see read_units).
-    In separated mode the model is the Serve application app_name (default: deployed now).
-    """
-    predictor: type = Predictor
-    kwargs = {
-        "ref": ref,
-        "key": s.key_column,
-        "timeout_s": s.batch_timeout_s,
-        "niceness": s.batch_niceness,
-    }
-    if mode == "separated":
-        app_name = app_name or deploy_batch_model(s, ref)
-        predictor, kwargs = ServePredictor, {**kwargs, "app_name": app_name}
-    fused = mode == "fused"
-    return read_stage(s, units, read_kwargs).map_batches(
-        predictor,
-        fn_constructor_kwargs=kwargs,
-        batch_size=s.batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=s.actor_pool_min, max_size=s.actor_pool_max),
-        num_cpus=s.actor_num_cpus if fused else 0.1,
-        num_gpus=s.actor_num_gpus if fused else 0,
-    )
-
-
-def _watched(pipeline: ray.data.Dataset, stall_timeout_s: float) -> Iterator[pa.Table]:
-    """The pipeline's output blocks; BatchInferenceStalled when none comes for stall_timeout_s
-    (Ray Data waits for resources forever, and a run should fail with a reason instead)."""
-    frames: queue.Queue = queue.Queue(maxsize=8)
-    end = object()
-
-    def pump() -> None:
-        try:
-            for table in pipeline.iter_batches(batch_size=None, batch_format="pyarrow"):
-                frames.put(table)
-            frames.put(end)
-        except BaseException as error:  # re-raised in the driver below
-            frames.put(error)
-
-    threading.Thread(target=pump, name="ray-data-output", daemon=True).start()
-    while True:
-        try:
-            item = frames.get(timeout=stall_timeout_s)
-        except queue.Empty:
-            raise BatchInferenceStalled(
-                f"no prediction came back from Ray Data for {stall_timeout_s:.0f} s; "
-                f"cluster resources available: {ray.available_resources()}"
-            ) from None
-        if item is end:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item
 
 
 def predictions_rows(
@@ -280,7 +159,7 @@ def _run_pass(job: _Job, units: list[dict]) -> dict[int, str]:
     schema = job.predictions.schema().as_arrow()
     every_rows = commit_interval_rows(job.s, job.run.rows_total)
     pipeline = unit_pipeline(job.s, job.ref, job.mode, units, job.read_kwargs, job.app_name)
-    for table in _watched(pipeline, job.s.stall_timeout_s):
+    for table in watch_output(pipeline, job.s.stall_timeout_s):
         for unit, part in unit_parts(table):
             if unit in errors:
                 continue
@@ -345,19 +224,6 @@ def _reconcile(job: _Job) -> None:
     missing = {unit: rows for unit, rows in in_iceberg.items() if unit not in done}
     if missing:
         job.store.mark_done(job.run.run_id, missing, None)
-
-
-def failure_report(run_id: str, failed: list[FailedUnit], rows_total: int) -> str:
-    rows = sum(f.rows for f in failed)
-    lines = [
-        f"run {run_id}: {len(failed)} unit(s) with {rows} of {rows_total} rows failed after "
-        "their last attempt:"
-    ]
-    lines += [
-        f"  unit {f.unit} ({f.file_path}, {f.rows} rows, {f.attempts} attempts): {f.error}"
-        for f in failed
-    ]
-    return "\n".join(lines)
 
 
 def run_batch_inference(
