@@ -28,9 +28,10 @@ from checkpoints.store import CheckpointStore, RunInProgress, UnitPlan
 from mlplatform.connectors.iceberg_tables import ensure_tables, load_table
 from mlplatform.dataset.synthetic_features import append_features, feature_rows
 from mlplatform.inference.batch.commit import commit_units, committed_units, disable_auto_retry
+from mlplatform.inference.batch.job import job_key
 from mlplatform.inference.batch.request import BatchRequest
 from mlplatform.inference.batch.results import BatchInferenceFailed
-from mlplatform.inference.batch.runner import job_key, run_batch_inference
+from mlplatform.inference.batch.runner import run_batch_inference
 from mlplatform.settings import PROJECT_DIR, Settings
 from mlplatform.training.retrain import retrain
 from tests.conftest import module_settings, settings_env

@@ -7,61 +7,38 @@ The protocol that makes crashes, restarts and concurrent runs lose and double no
 checkpoints package's docstring. A unit whose attempt fails is tried again in a later pass, up to
 unit_max_attempts; then it is failed, and the run fails when failed units hold more than
 max_failed_fraction of the rows.
+
+This module is the driver: the run (run_batch_inference) and its passes over pending units. The
+job and its run, lease and reconciliation are in inference.batch.job; the Ray Data stages in
+inference.batch.pipeline; the request and the result in inference.batch.request and .results.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
+from contextlib import ExitStack
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.table import Table
 
-from checkpoints.store import FAILED, PENDING, CheckpointStore, Run, RunInProgress, process_owner
-from mlplatform.connectors.iceberg_tables import ensure_tables
+from checkpoints.store import FAILED, PENDING, RunInProgress
 from mlplatform.connectors.ray_runtime import connect
-from mlplatform.inference.batch.commit import commit_units, committed_units, disable_auto_retry
+from mlplatform.inference.batch.commit import commit_units
+from mlplatform.inference.batch.job import Job, hold_lease, open_job, reconcile
 from mlplatform.inference.batch.pipeline import unit_pipeline, watch_output
 from mlplatform.inference.batch.predictors import serving_batch_model
-from mlplatform.inference.batch.request import BatchRequest, Mode
+from mlplatform.inference.batch.request import BatchRequest
 from mlplatform.inference.batch.results import (
     BatchInferenceFailed,
     BatchResult,
     FailedUnit,
     failure_report,
 )
-from mlplatform.inference.batch.units import ERROR, UNIT, UNIT_ROWS, parse_row_filter, plan_units
-from mlplatform.registry import model_registry
-from mlplatform.registry.model_registry import ModelRef
+from mlplatform.inference.batch.units import ERROR, UNIT, UNIT_ROWS
 from mlplatform.settings import Settings
-
-KIND = "batch-inference"
-
-
-@dataclass
-class _Job:
-    """Everything one execution of a run needs."""
-
-    s: Settings
-    run: Run
-    ref: ModelRef
-    mode: Mode
-    predictions: Table
-    store: CheckpointStore
-    owner: str
-    read_kwargs: dict  # for read_units: columns (key first), row_filter, schema_json
-    on_progress: Callable[[int, int], None] | None
-    app_name: str | None = None  # the Serve application in separated mode
-    lease_lost: threading.Event = field(default_factory=threading.Event)
-    committed_rows: int = 0
-    commits: int = 0
 
 
 def commit_interval_rows(s: Settings, rows_total: int) -> int:
@@ -69,32 +46,6 @@ def commit_interval_rows(s: Settings, rows_total: int) -> int:
     commit_every_rows, and at most commit_every_fraction of the run, which bounds the rows a
     crash makes predict again to that fraction while a run has about 1/fraction commits."""
     return max(1, min(s.commit_every_rows, math.ceil(s.commit_every_fraction * rows_total)))
-
-
-def job_key(dataset: str, snapshot_id: int, model_version: int, row_filter: str | None) -> str:
-    text = f"{KIND}|{dataset}|{snapshot_id}|{model_version}|{row_filter or ''}"
-    return hashlib.sha256(text.encode()).hexdigest()[:40]
-
-
-@contextmanager
-def _lease(job: _Job) -> Iterator[None]:
-    """Hold the run's lease, renewed in the background, for the duration of the block."""
-    job.store.acquire(job.run.run_id, job.owner, job.s.lease_ttl_s)
-    stop = threading.Event()
-
-    def renew() -> None:
-        while not stop.wait(job.s.lease_ttl_s / 3):
-            if not job.store.heartbeat(job.run.run_id, job.owner):
-                job.lease_lost.set()
-                return
-
-    thread = threading.Thread(target=renew, name="checkpoint-lease", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 def predictions_rows(
@@ -124,7 +75,7 @@ def unit_parts(table: pa.Table) -> Iterator[tuple[int, pa.Table]]:
         yield int(units[first]), table.slice(first, end - first)
 
 
-def _commit(job: _Job, ready: dict[int, pa.Table]) -> None:
+def _commit(job: Job, ready: dict[int, pa.Table]) -> None:
     """Steps 3 and 4 of the protocol for the complete units in `ready`, which it empties."""
     if not ready:
         return
@@ -148,7 +99,7 @@ def _first_error(part: pa.Table) -> str | None:
     return errors.filter(failed)[0].as_py()
 
 
-def _run_pass(job: _Job, units: list[dict]) -> dict[int, str]:
+def _run_pass(job: Job, units: list[dict]) -> dict[int, str]:
     """Predict and commit the units; {unit: error} of those whose attempt failed."""
     buffers: dict[int, list[pa.Table]] = {}
     arrived: dict[int, int] = {}
@@ -193,7 +144,7 @@ def _run_pass(job: _Job, units: list[dict]) -> dict[int, str]:
     return errors
 
 
-def _execute(job: _Job) -> list[FailedUnit]:
+def _execute(job: Job) -> list[FailedUnit]:
     """Passes over the run's pending units until none is left; the units that failed for good."""
     s, run_id = job.s, job.run.run_id
     while True:
@@ -217,15 +168,6 @@ def _execute(job: _Job) -> list[FailedUnit]:
     ]
 
 
-def _reconcile(job: _Job) -> None:
-    """Resume: units Iceberg holds but the store does not mark done (a crash between 3 and 4)."""
-    in_iceberg = committed_units(job.predictions, job.run.run_id)
-    done = {u.unit for u in job.store.units(job.run.run_id, "done")}
-    missing = {unit: rows for unit, rows in in_iceberg.items() if unit not in done}
-    if missing:
-        job.store.mark_done(job.run.run_id, missing, None)
-
-
 def run_batch_inference(
     s: Settings,
     request: BatchRequest | None = None,
@@ -239,70 +181,18 @@ def run_batch_inference(
     """
     started = time.monotonic()
     request = request or BatchRequest()
-    catalog = ensure_tables(s)
-    store = CheckpointStore(s.resolved_database_url)
-    dataset = s.table_id(s.features_table)
-    resume_run_id = request.resume_run_id
-    if resume_run_id:
-        previous = store.get_run(resume_run_id)
-        if previous.status == "succeeded":
-            raise ValueError(f"run {resume_run_id} has succeeded already: nothing to resume")
-        request = replace(
-            request,
-            snapshot_id=previous.snapshot_id,
-            model_version=previous.model_version,
-            row_filter=previous.row_filter,
-        )
-        dataset = previous.dataset
-    features = catalog.load_table(dataset)
-    predictions = disable_auto_retry(catalog.load_table(s.table_id(s.predictions_table)))
-    snapshot_id, row_filter = request.snapshot_id, request.row_filter
-    snapshot = features.snapshot_by_id(snapshot_id) if snapshot_id else features.current_snapshot()
-    if snapshot is None:
-        where = f"snapshot {snapshot_id}" if snapshot_id else "no snapshot yet"
-        raise LookupError(f"{dataset} has {where}; run the preprocess flow first")
-    ref = model_registry.model_ref(model_registry.get_version(s, request.model_version))
-    expression = parse_row_filter(row_filter, features)
-    key = job_key(dataset, snapshot.snapshot_id, ref.version, row_filter)
-    mode = request.mode or s.batch_mode
-    run, resumed = store.open_run(
-        key,
-        request.run_id,
-        lambda: plan_units(features, snapshot.snapshot_id, expression, s.unit_rows),
-        kind=KIND,
-        dataset=dataset,
-        snapshot_id=snapshot.snapshot_id,
-        model_version=ref.version,
-        mode=mode,
-        row_filter=row_filter,
-    )
-    if resume_run_id and run.run_id != resume_run_id:
-        raise LookupError(f"run {resume_run_id} is not the current run of its job ({run.run_id})")
-    job = _Job(
-        s,
-        run,
-        ref,
-        mode,
-        predictions,
-        store,
-        process_owner(),
-        read_kwargs={
-            "columns": [s.key_column, *ref.feature_order],
-            "row_filter": row_filter,
-            "schema_json": features.schema().model_dump_json(),
-        },
-        on_progress=on_progress,
-    )
-    with _lease(job):
-        if resume_run_id:
+    job = open_job(s, request, on_progress)
+    store, run = job.store, job.run
+    with hold_lease(job):
+        if request.resume_run_id:
             store.retry_failed(run.run_id)  # an explicit resume gives failed units new attempts
-        _reconcile(job)
+        reconcile(job)
         skipped_units, skipped_rows = store.progress(run.run_id)
         connect(s)
         try:
             with ExitStack() as stack:
-                if mode == "separated":
-                    job.app_name = stack.enter_context(serving_batch_model(s, ref))
+                if job.mode == "separated":
+                    job.app_name = stack.enter_context(serving_batch_model(s, job.ref))
                 failed = _execute(job)
         except BaseException as error:
             store.finish(run.run_id, job.owner, "failed", repr(error)[:2000])
@@ -315,10 +205,10 @@ def run_batch_inference(
         store.finish(run.run_id, job.owner, "partial" if failed else "succeeded")
     return BatchResult(
         run_id=run.run_id,
-        resumed=resumed,
-        mode=mode,
-        snapshot_id=snapshot.snapshot_id,
-        model_version=ref.version,
+        resumed=job.resumed,
+        mode=job.mode,
+        snapshot_id=run.snapshot_id,
+        model_version=job.ref.version,
         input_rows=run.rows_total,
         units_total=run.units_total,
         skipped_units=skipped_units,
