@@ -60,13 +60,13 @@ from checkpoints.store import CheckpointStore
 from mlplatform.connectors.iceberg_tables import ensure_tables
 from mlplatform.connectors.ray_runtime import connect
 from mlplatform.inference.batch.commit import committed_units
+from mlplatform.inference.batch.pipeline import read_stage, unit_pipeline
 from mlplatform.inference.batch.predictors import Predictor, deploy_batch_model
+from mlplatform.inference.batch.request import BatchRequest
 from mlplatform.inference.batch.runner import (
     commit_interval_rows,
     predictions_rows,
-    read_stage,
     run_batch_inference,
-    unit_pipeline,
 )
 from mlplatform.inference.batch.units import plan_units
 from mlplatform.registry import model_registry
@@ -507,7 +507,8 @@ def _killed_child(overrides: dict, version: int, run_id: str, key: str, arrived:
             yield batch
 
     ray.data.Dataset.iter_batches = counted
-    run_batch_inference(Settings(**overrides), run_id=run_id, model_version=version, mode="fused")
+    request = BatchRequest(run_id=run_id, model_version=version, mode="fused")
+    run_batch_inference(Settings(**overrides), request)
 
 
 def kill_and_resume(bench: Bench, data: Dataset, ref: ModelRef, kill_at: float) -> dict:
@@ -540,7 +541,7 @@ def kill_and_resume(bench: Bench, data: Dataset, ref: ModelRef, kill_at: float) 
     in_iceberg = sum(committed_units(data.predictions, run_id).values())
     store_rows = store.progress(run_id)[1]
     came_back = int(arrived.value)
-    resumed = run_batch_inference(s, model_version=ref.version, mode="fused")
+    resumed = run_batch_inference(s, BatchRequest(model_version=ref.version, mode="fused"))
     rows, keys = data.count_predictions(run_id)
     recomputed = max(0, came_back - in_iceberg)
     return {
@@ -672,7 +673,9 @@ class Runner:
             if variant == "separated":  # deployed before, as it stays up between runs
                 self.bench.serve_apps.add(deploy_batch_model(data.s, ref))
             times, result = self.repeat(
-                lambda: run_batch_inference(data.s, model_version=ref.version, mode=variant)
+                lambda: run_batch_inference(
+                    data.s, BatchRequest(model_version=ref.version, mode=variant)
+                )
             )
             if variant == "separated":  # its replicas would take CPU from the other variants
                 self.bench.delete_serve_apps()

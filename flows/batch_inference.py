@@ -7,6 +7,7 @@ from typing import Literal
 
 from prefect import flow
 
+from mlplatform.inference.batch.request import BatchRequest
 from mlplatform.logs import configure_logging
 from mlplatform.settings import get_settings
 from tasks.inference import batch_predict
@@ -33,7 +34,14 @@ def batch_inference(
     """
     s = get_settings()
     configure_logging(s)
-    result = batch_predict(s, resume_run_id, model_version, snapshot_id, row_filter, mode)
+    request = BatchRequest(
+        resume_run_id=resume_run_id,
+        model_version=model_version,
+        snapshot_id=snapshot_id,
+        row_filter=row_filter,
+        mode=mode,
+    )
+    result = batch_predict(s, request)
     print(f"batch-inference: {result}")
     return asdict(result)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from prefect import task
 from prefect.artifacts import (
     create_progress_artifact,
@@ -10,7 +12,9 @@ from prefect.artifacts import (
 )
 from prefect.runtime import flow_run
 
-from mlplatform.inference.batch.runner import BatchResult, Mode, run_batch_inference
+from mlplatform.inference.batch.request import BatchRequest
+from mlplatform.inference.batch.results import BatchResult
+from mlplatform.inference.batch.runner import run_batch_inference
 from mlplatform.inference.stream.runner import StreamResult, run_stream_inference
 from mlplatform.settings import Settings
 from tasks.artifacts import publish_summary
@@ -42,30 +46,16 @@ def batch_summary_rows(result: BatchResult) -> list[dict]:
 
 
 @task(name="ray-data-batch-inference")
-def batch_predict(
-    settings: Settings,
-    resume_run_id: str | None = None,
-    model_version: int | None = None,
-    snapshot_id: int | None = None,
-    row_filter: str | None = None,
-    mode: Mode | None = None,
-) -> BatchResult:
+def batch_predict(settings: Settings, request: BatchRequest) -> BatchResult:
     """Predict a features snapshot with Ray Data; progress from the checkpoint tables."""
     progress = create_progress_artifact(progress=0.0, description="units committed")
 
     def report(units_done: int, units_total: int) -> None:
         update_progress_artifact(progress, progress=100.0 * units_done / max(units_total, 1))
 
-    result = run_batch_inference(
-        settings,
-        run_id=str(flow_run.id) if flow_run.id else None,
-        resume_run_id=resume_run_id,
-        model_version=model_version,
-        snapshot_id=snapshot_id,
-        row_filter=row_filter,
-        mode=mode,
-        on_progress=report,
-    )
+    if request.run_id is None and flow_run.id:  # a new run is named after its flow run
+        request = replace(request, run_id=str(flow_run.id))
+    result = run_batch_inference(settings, request, on_progress=report)
     update_progress_artifact(progress, progress=100.0)
     create_table_artifact(
         key="batch-inference-summary",

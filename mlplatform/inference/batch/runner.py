@@ -7,107 +7,38 @@ The protocol that makes crashes, restarts and concurrent runs lose and double no
 checkpoints package's docstring. A unit whose attempt fails is tried again in a later pass, up to
 unit_max_attempts; then it is failed, and the run fails when failed units hold more than
 max_failed_fraction of the rows.
+
+This module is the driver: the run (run_batch_inference) and its passes over pending units. The
+job and its run, lease and reconciliation are in inference.batch.job; the Ray Data stages in
+inference.batch.pipeline; the request and the result in inference.batch.request and .results.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
-from typing import Literal
+from contextlib import ExitStack
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import ray
-from pyiceberg.table import Table
 
-from checkpoints.store import FAILED, PENDING, CheckpointStore, Run, RunInProgress, process_owner
-from mlplatform.connectors.iceberg_tables import ensure_tables
+from checkpoints.store import FAILED, PENDING, RunInProgress
 from mlplatform.connectors.ray_runtime import connect
-from mlplatform.inference.batch.commit import commit_units, committed_units, disable_auto_retry
-from mlplatform.inference.batch.predictors import (
-    Predictor,
-    ServePredictor,
-    deploy_batch_model,
-    serving_batch_model,
+from mlplatform.inference.batch.commit import commit_units
+from mlplatform.inference.batch.job import Job, hold_lease, open_job, reconcile
+from mlplatform.inference.batch.pipeline import unit_pipeline, watch_output
+from mlplatform.inference.batch.predictors import serving_batch_model
+from mlplatform.inference.batch.request import BatchRequest
+from mlplatform.inference.batch.results import (
+    BatchInferenceFailed,
+    BatchResult,
+    FailedUnit,
+    failure_report,
 )
-from mlplatform.inference.batch.units import (
-    ERROR,
-    UNIT,
-    UNIT_ROWS,
-    parse_row_filter,
-    plan_units,
-    read_units,
-)
-from mlplatform.registry import model_registry
-from mlplatform.registry.model_registry import ModelRef
+from mlplatform.inference.batch.units import ERROR, UNIT, UNIT_ROWS
 from mlplatform.settings import Settings
-
-KIND = "batch-inference"
-Mode = Literal["fused", "separated"]
-
-
-class BatchInferenceFailed(RuntimeError):
-    """Too many rows are in failed units; the message lists them."""
-
-
-class BatchInferenceStalled(RuntimeError):
-    """Ray Data produced nothing for too long (typically: no free resources for a stage)."""
-
-
-@dataclass(frozen=True)
-class FailedUnit:
-    unit: int
-    file_path: str
-    rows: int
-    attempts: int
-    error: str
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    run_id: str
-    resumed: bool
-    mode: str
-    snapshot_id: int
-    model_version: int
-    input_rows: int
-    units_total: int
-    skipped_units: int
-    skipped_rows: int
-    predicted_rows: int
-    commits: int
-    failed_units: list[FailedUnit] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def rows_per_s(self) -> float:
-        return self.predicted_rows / self.seconds if self.seconds else 0.0
-
-
-@dataclass
-class _Job:
-    """Everything one execution of a run needs."""
-
-    s: Settings
-    run: Run
-    ref: ModelRef
-    mode: Mode
-    predictions: Table
-    store: CheckpointStore
-    owner: str
-    read_kwargs: dict  # for read_units: columns (key first), row_filter, schema_json
-    on_progress: Callable[[int, int], None] | None
-    app_name: str | None = None  # the Serve application in separated mode
-    lease_lost: threading.Event = field(default_factory=threading.Event)
-    committed_rows: int = 0
-    commits: int = 0
 
 
 def commit_interval_rows(s: Settings, rows_total: int) -> int:
@@ -115,108 +46,6 @@ def commit_interval_rows(s: Settings, rows_total: int) -> int:
     commit_every_rows, and at most commit_every_fraction of the run, which bounds the rows a
     crash makes predict again to that fraction while a run has about 1/fraction commits."""
     return max(1, min(s.commit_every_rows, math.ceil(s.commit_every_fraction * rows_total)))
-
-
-def job_key(dataset: str, snapshot_id: int, model_version: int, row_filter: str | None) -> str:
-    text = f"{KIND}|{dataset}|{snapshot_id}|{model_version}|{row_filter or ''}"
-    return hashlib.sha256(text.encode()).hexdigest()[:40]
-
-
-@contextmanager
-def _lease(job: _Job) -> Iterator[None]:
-    """Hold the run's lease, renewed in the background, for the duration of the block."""
-    job.store.acquire(job.run.run_id, job.owner, job.s.lease_ttl_s)
-    stop = threading.Event()
-
-    def renew() -> None:
-        while not stop.wait(job.s.lease_ttl_s / 3):
-            if not job.store.heartbeat(job.run.run_id, job.owner):
-                job.lease_lost.set()
-                return
-
-    thread = threading.Thread(target=renew, name="checkpoint-lease", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
-def read_stage(s: Settings, units: list[dict], read_kwargs: dict) -> ray.data.Dataset:
-    """The units' rows, a Ray task per unit (read_units); the first stage of unit_pipeline."""
-    return ray.data.from_items(units, override_num_blocks=max(1, len(units))).map_batches(
-        read_units,
-        fn_kwargs={**read_kwargs, "niceness": s.batch_niceness},
-        batch_size=1,
-        batch_format="pyarrow",
-        num_cpus=s.reader_num_cpus,
-    )
-
-
-def unit_pipeline(
-    s: Settings,
-    ref: ModelRef,
-    mode: Mode,
-    units: list[dict],
-    read_kwargs: dict,
-    app_name: str | None = None,
-) -> ray.data.Dataset:
-    """Units -> read stage (tasks) -> model stage (actor pool), streamed by Ray Data.
-
-    read_kwargs: columns (the key column first), row_filter, schema_json (see read_units).
-    In separated mode the model is the Serve application app_name (default: deployed now).
-    """
-    predictor: type = Predictor
-    kwargs = {
-        "ref": ref,
-        "key": s.key_column,
-        "timeout_s": s.batch_timeout_s,
-        "niceness": s.batch_niceness,
-    }
-    if mode == "separated":
-        app_name = app_name or deploy_batch_model(s, ref)
-        predictor, kwargs = ServePredictor, {**kwargs, "app_name": app_name}
-    fused = mode == "fused"
-    return read_stage(s, units, read_kwargs).map_batches(
-        predictor,
-        fn_constructor_kwargs=kwargs,
-        batch_size=s.batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=s.actor_pool_min, max_size=s.actor_pool_max),
-        num_cpus=s.actor_num_cpus if fused else 0.1,
-        num_gpus=s.actor_num_gpus if fused else 0,
-    )
-
-
-def _watched(pipeline: ray.data.Dataset, stall_timeout_s: float) -> Iterator[pa.Table]:
-    """The pipeline's output blocks; BatchInferenceStalled when none comes for stall_timeout_s
-    (Ray Data waits for resources forever, and a run should fail with a reason instead)."""
-    frames: queue.Queue = queue.Queue(maxsize=8)
-    end = object()
-
-    def pump() -> None:
-        try:
-            for table in pipeline.iter_batches(batch_size=None, batch_format="pyarrow"):
-                frames.put(table)
-            frames.put(end)
-        except BaseException as error:  # re-raised in the driver below
-            frames.put(error)
-
-    threading.Thread(target=pump, name="ray-data-output", daemon=True).start()
-    while True:
-        try:
-            item = frames.get(timeout=stall_timeout_s)
-        except queue.Empty:
-            raise BatchInferenceStalled(
-                f"no prediction came back from Ray Data for {stall_timeout_s:.0f} s; "
-                f"cluster resources available: {ray.available_resources()}"
-            ) from None
-        if item is end:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item
 
 
 def predictions_rows(
@@ -246,7 +75,7 @@ def unit_parts(table: pa.Table) -> Iterator[tuple[int, pa.Table]]:
         yield int(units[first]), table.slice(first, end - first)
 
 
-def _commit(job: _Job, ready: dict[int, pa.Table]) -> None:
+def _commit(job: Job, ready: dict[int, pa.Table]) -> None:
     """Steps 3 and 4 of the protocol for the complete units in `ready`, which it empties."""
     if not ready:
         return
@@ -270,7 +99,7 @@ def _first_error(part: pa.Table) -> str | None:
     return errors.filter(failed)[0].as_py()
 
 
-def _run_pass(job: _Job, units: list[dict]) -> dict[int, str]:
+def _run_pass(job: Job, units: list[dict]) -> dict[int, str]:
     """Predict and commit the units; {unit: error} of those whose attempt failed."""
     buffers: dict[int, list[pa.Table]] = {}
     arrived: dict[int, int] = {}
@@ -281,7 +110,7 @@ def _run_pass(job: _Job, units: list[dict]) -> dict[int, str]:
     schema = job.predictions.schema().as_arrow()
     every_rows = commit_interval_rows(job.s, job.run.rows_total)
     pipeline = unit_pipeline(job.s, job.ref, job.mode, units, job.read_kwargs, job.app_name)
-    for table in _watched(pipeline, job.s.stall_timeout_s):
+    for table in watch_output(pipeline, job.s.stall_timeout_s):
         for unit, part in unit_parts(table):
             if unit in errors:
                 continue
@@ -315,7 +144,7 @@ def _run_pass(job: _Job, units: list[dict]) -> dict[int, str]:
     return errors
 
 
-def _execute(job: _Job) -> list[FailedUnit]:
+def _execute(job: Job) -> list[FailedUnit]:
     """Passes over the run's pending units until none is left; the units that failed for good."""
     s, run_id = job.s, job.run.run_id
     while True:
@@ -339,100 +168,31 @@ def _execute(job: _Job) -> list[FailedUnit]:
     ]
 
 
-def _reconcile(job: _Job) -> None:
-    """Resume: units Iceberg holds but the store does not mark done (a crash between 3 and 4)."""
-    in_iceberg = committed_units(job.predictions, job.run.run_id)
-    done = {u.unit for u in job.store.units(job.run.run_id, "done")}
-    missing = {unit: rows for unit, rows in in_iceberg.items() if unit not in done}
-    if missing:
-        job.store.mark_done(job.run.run_id, missing, None)
-
-
-def failure_report(run_id: str, failed: list[FailedUnit], rows_total: int) -> str:
-    rows = sum(f.rows for f in failed)
-    lines = [
-        f"run {run_id}: {len(failed)} unit(s) with {rows} of {rows_total} rows failed after "
-        "their last attempt:"
-    ]
-    lines += [
-        f"  unit {f.unit} ({f.file_path}, {f.rows} rows, {f.attempts} attempts): {f.error}"
-        for f in failed
-    ]
-    return "\n".join(lines)
-
-
 def run_batch_inference(
     s: Settings,
-    run_id: str | None = None,
-    resume_run_id: str | None = None,
-    model_version: int | None = None,
-    snapshot_id: int | None = None,
-    row_filter: str | None = None,
-    mode: Mode | None = None,
+    request: BatchRequest | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> BatchResult:
     """Predict every row of a features snapshot exactly once, continuing an unfinished run.
 
-    on_progress(units done, units in the run) is called after every commit, from the store.
+    request: which snapshot, model, filter and mode (default: the latest, the champion, every
+    row, settings.batch_mode). on_progress(units done, units in the run) is called after every
+    commit, from the store.
     """
     started = time.monotonic()
-    catalog = ensure_tables(s)
-    store = CheckpointStore(s.resolved_database_url)
-    dataset = s.table_id(s.features_table)
-    if resume_run_id:
-        previous = store.get_run(resume_run_id)
-        if previous.status == "succeeded":
-            raise ValueError(f"run {resume_run_id} has succeeded already: nothing to resume")
-        snapshot_id, model_version = previous.snapshot_id, previous.model_version
-        row_filter, dataset = previous.row_filter, previous.dataset
-    features = catalog.load_table(dataset)
-    predictions = disable_auto_retry(catalog.load_table(s.table_id(s.predictions_table)))
-    snapshot = features.snapshot_by_id(snapshot_id) if snapshot_id else features.current_snapshot()
-    if snapshot is None:
-        where = f"snapshot {snapshot_id}" if snapshot_id else "no snapshot yet"
-        raise LookupError(f"{dataset} has {where}; run the preprocess flow first")
-    ref = model_registry.model_ref(model_registry.get_version(s, model_version))
-    expression = parse_row_filter(row_filter, features)
-    key = job_key(dataset, snapshot.snapshot_id, ref.version, row_filter)
-    mode = mode or s.batch_mode
-    run, resumed = store.open_run(
-        key,
-        run_id,
-        lambda: plan_units(features, snapshot.snapshot_id, expression, s.unit_rows),
-        kind=KIND,
-        dataset=dataset,
-        snapshot_id=snapshot.snapshot_id,
-        model_version=ref.version,
-        mode=mode,
-        row_filter=row_filter,
-    )
-    if resume_run_id and run.run_id != resume_run_id:
-        raise LookupError(f"run {resume_run_id} is not the current run of its job ({run.run_id})")
-    job = _Job(
-        s,
-        run,
-        ref,
-        mode,
-        predictions,
-        store,
-        process_owner(),
-        read_kwargs={
-            "columns": [s.key_column, *ref.feature_order],
-            "row_filter": row_filter,
-            "schema_json": features.schema().model_dump_json(),
-        },
-        on_progress=on_progress,
-    )
-    with _lease(job):
-        if resume_run_id:
+    request = request or BatchRequest()
+    job = open_job(s, request, on_progress)
+    store, run = job.store, job.run
+    with hold_lease(job):
+        if request.resume_run_id:
             store.retry_failed(run.run_id)  # an explicit resume gives failed units new attempts
-        _reconcile(job)
+        reconcile(job)
         skipped_units, skipped_rows = store.progress(run.run_id)
         connect(s)
         try:
             with ExitStack() as stack:
-                if mode == "separated":
-                    job.app_name = stack.enter_context(serving_batch_model(s, ref))
+                if job.mode == "separated":
+                    job.app_name = stack.enter_context(serving_batch_model(s, job.ref))
                 failed = _execute(job)
         except BaseException as error:
             store.finish(run.run_id, job.owner, "failed", repr(error)[:2000])
@@ -445,10 +205,10 @@ def run_batch_inference(
         store.finish(run.run_id, job.owner, "partial" if failed else "succeeded")
     return BatchResult(
         run_id=run.run_id,
-        resumed=resumed,
-        mode=mode,
-        snapshot_id=snapshot.snapshot_id,
-        model_version=ref.version,
+        resumed=job.resumed,
+        mode=job.mode,
+        snapshot_id=run.snapshot_id,
+        model_version=job.ref.version,
         input_rows=run.rows_total,
         units_total=run.units_total,
         skipped_units=skipped_units,

@@ -15,23 +15,28 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pytest
-from pyiceberg.expressions import EqualTo
 from ray.util.state import list_actors
 
-from checkpoints.store import CheckpointStore, RunInProgress, UnitPlan
-from mlplatform.connectors.iceberg_tables import ensure_tables, load_table
-from mlplatform.inference.batch.commit import commit_units, committed_units, disable_auto_retry
-from mlplatform.inference.batch.runner import BatchInferenceFailed, job_key, run_batch_inference
+from checkpoints.store import CheckpointStore, RunInProgress
+from mlplatform.connectors.iceberg_tables import load_table
+from mlplatform.inference.batch.job import job_key
+from mlplatform.inference.batch.request import BatchRequest
+from mlplatform.inference.batch.results import BatchInferenceFailed
+from mlplatform.inference.batch.runner import run_batch_inference
 from mlplatform.sample_data.synthetic_features import append_features, feature_rows
 from mlplatform.settings import PROJECT_DIR, Settings
 from mlplatform.training.retrain import retrain
 from tests.helpers import module_settings, settings_env
+from tests.integration.batch_inference.exactly_once import (
+    assert_exactly_once,
+    predictions_of,
+    race_commits,
+    race_open_run,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -70,26 +75,6 @@ def _env(s: Settings) -> dict[str, str]:
         **settings_env(s),
         **{f"MLP_{name.upper()}": str(getattr(s, name)) for name in extra},
     }
-
-
-def predictions_of(s: Settings, run_id: str) -> pd.DataFrame:
-    """An independent read: the predictions table's rows of one run, through PyIceberg."""
-    table = load_table(s, s.predictions_table)
-    return table.scan(row_filter=EqualTo("run_id", run_id)).to_pandas()
-
-
-def assert_exactly_once(s: Settings, run_id: str, snapshot_id: int | None = None) -> pd.DataFrame:
-    features = load_table(s, s.features_table).scan(snapshot_id=snapshot_id).to_pandas()
-    rows = predictions_of(s, run_id)
-    counts = Counter(rows[s.key_column])
-    doubled = [k for k, n in counts.items() if n > 1]
-    missing = set(features[s.key_column]) - set(counts)
-    assert not doubled, f"{len(doubled)} keys predicted more than once, e.g. {doubled[:3]}"
-    assert not missing, f"{len(missing)} keys never predicted, e.g. {sorted(missing)[:3]}"
-    assert len(rows) == len(features)
-    names = [s.label_names[i] for i in rows["class_index"]]
-    assert names == list(rows["label"]), "a label is not its class index's name"
-    return rows
 
 
 def _current_run_id(s: Settings) -> str | None:
@@ -162,9 +147,9 @@ def test_a_killed_ray_worker_loses_and_doubles_nothing(batch: Settings) -> None:
     assert_exactly_once(s, result.run_id)
 
 
-def _run(s: Settings, **kwargs: object):
+def _run(s: Settings, request: BatchRequest | None = None):
     try:
-        return run_batch_inference(s, **kwargs)
+        return run_batch_inference(s, request)
     except BaseException as error:  # handed to the test thread
         return error
 
@@ -187,7 +172,8 @@ def test_a_poisoned_unit_is_reported_not_retried_forever(batch: Settings) -> Non
     assert len(predictions_of(s, run.run_id)) == 1200  # every healthy row, once
 
     tolerant = s.model_copy(update={"max_failed_fraction": 0.01})
-    resumed = run_batch_inference(tolerant, resume_run_id=run.run_id)  # failed unit retried
+    again = BatchRequest(resume_run_id=run.run_id)  # an explicit resume: the failed unit retried
+    resumed = run_batch_inference(tolerant, again)
     assert resumed.resumed and resumed.skipped_rows == 1200 and resumed.predicted_rows == 0
     assert [f.unit for f in resumed.failed_units] == [bad.unit]
     assert resumed.failed_units[0].attempts == 2
@@ -196,8 +182,8 @@ def test_a_poisoned_unit_is_reported_not_retried_forever(batch: Settings) -> Non
 
 def test_fused_and_separated_modes_predict_the_same_and_filters_apply(batch: Settings) -> None:
     s = _fresh(batch, "modes", 2000, row_group=500)
-    fused = run_batch_inference(s, mode="fused")
-    separated = run_batch_inference(s, mode="separated")
+    fused = run_batch_inference(s, BatchRequest(mode="fused"))
+    separated = run_batch_inference(s, BatchRequest(mode="separated"))
     assert fused.run_id != separated.run_id and (fused.mode, separated.mode) == (
         "fused",
         "separated",
@@ -208,7 +194,7 @@ def test_fused_and_separated_modes_predict_the_same_and_filters_apply(batch: Set
     np.testing.assert_array_equal(np.stack(a["probabilities"]), np.stack(b["probabilities"]))
 
     column = s.feature_columns[0]
-    filtered = run_batch_inference(s, row_filter=f"{column} > 6.0")
+    filtered = run_batch_inference(s, BatchRequest(row_filter=f"{column} > 6.0"))
     assert filtered.run_id not in (fused.run_id, separated.run_id)  # another job
     features = load_table(s, s.features_table).scan().to_pandas()
     wanted = set(features[features[column] > 6.0][s.key_column])
@@ -252,73 +238,6 @@ def test_a_concurrent_second_run_is_refused_and_nothing_doubles(batch: Settings)
     rows = assert_exactly_once(s, run_id)
     everything = load_table(s, s.predictions_table).scan().to_pandas()
     assert len(everything) == len(rows)  # no other run wrote predictions
-
-
-def race_commits(s: Settings) -> None:
-    """Four writers commit overlapping units of one run at the same moment: each unit lands once."""
-    run_id = f"race-{time.time_ns()}"
-    table = disable_auto_retry(ensure_tables(s).load_table(s.table_id(s.predictions_table)))
-    rows = pd.DataFrame(
-        {
-            s.key_column: [f"k{i}" for i in range(10)],
-            "class_index": 0,
-            "label": "setosa",
-            "probabilities": [[1.0, 0.0, 0.0]] * 10,
-            "model_version": 1,
-            "run_id": run_id,
-            "input_snapshot_id": 0,
-        }
-    )
-    data = pa.Table.from_pandas(rows, schema=table.schema().as_arrow(), preserve_index=False)
-    barrier = threading.Barrier(4)
-    snapshots: list[int | None] = []
-
-    def commit(unit: int) -> None:
-        own = load_table(s, s.predictions_table)  # each writer its own table object
-        barrier.wait()
-        snapshots.append(commit_units(own, run_id, {unit: data, 99: data})[0])
-
-    threads = [threading.Thread(target=commit, args=(u,)) for u in (1, 1, 2, 2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    table.refresh()
-    assert committed_units(table, run_id) == {1: 10, 2: 10, 99: 10}
-    assert len(predictions_of(s, run_id)) == 30  # units 1, 2 and 99 once each
-    assert len([x for x in snapshots if x is not None]) == 2, snapshots
-
-
-def race_open_run(s: Settings) -> None:
-    """Four processes' worth of threads open the same new job at once: one run, planned once."""
-    store = CheckpointStore(s.resolved_database_url)
-    plan = [UnitPlan(i, "f.parquet", i, 1, 10) for i in range(5)]
-    key = f"race-{time.time_ns()}"
-    barrier = threading.Barrier(4)
-    opened: list[tuple[str, bool]] = []
-
-    def open_run() -> None:
-        barrier.wait()
-        run, resumed = store.open_run(
-            key,
-            None,
-            lambda: plan,
-            kind="test",
-            dataset="d",
-            snapshot_id=1,
-            model_version=1,
-            mode="fused",
-        )
-        opened.append((run.run_id, resumed))
-
-    threads = [threading.Thread(target=open_run) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert len({run_id for run_id, _ in opened}) == 1, opened
-    assert sorted(resumed for _, resumed in opened) == [False, True, True, True]
-    assert len(store.units(opened[0][0])) == 5
 
 
 def test_concurrent_commits_and_starts_of_one_job_land_once(batch: Settings) -> None:

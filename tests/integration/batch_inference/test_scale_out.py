@@ -41,6 +41,7 @@ from checkpoints.database import (
 from checkpoints.schema import schema_differences
 from infra.processes import running
 from mlplatform.connectors.iceberg_tables import load_table
+from mlplatform.inference.batch.request import BatchRequest
 from mlplatform.inference.batch.runner import run_batch_inference
 from mlplatform.preprocess.batch import jdbc_catalog_options, preprocess
 from mlplatform.sample_data.demo_rows import write_demo_raw
@@ -48,7 +49,7 @@ from mlplatform.sample_data.synthetic_features import append_features
 from mlplatform.settings import PROJECT_DIR, Settings
 from mlplatform.training.retrain import retrain
 from tests.helpers import extra_service, settings_env
-from tests.integration.batch_inference.test_batch_inference import (
+from tests.integration.batch_inference.exactly_once import (
     assert_exactly_once,
     race_commits,
     race_open_run,
@@ -479,7 +480,7 @@ def test_batch_inference_resumes_and_races_safely_on_postgresql(pg_settings: Set
     )
     append_features(s, 3000, seed=4, row_group_rows=500)
     # The registry is shared with the pipeline test: pin this table's model, champion or not.
-    version = retrain(s, on_ray=False).best_version
+    pinned = BatchRequest(model_version=retrain(s, on_ray=False).best_version)
 
     class Crash(Exception):
         pass
@@ -489,8 +490,8 @@ def test_batch_inference_resumes_and_races_safely_on_postgresql(pg_settings: Set
             raise Crash
 
     with pytest.raises(Crash):
-        run_batch_inference(s, model_version=version, on_progress=crash_at_the_second_commit)
-    resumed = run_batch_inference(s, model_version=version)
+        run_batch_inference(s, pinned, on_progress=crash_at_the_second_commit)
+    resumed = run_batch_inference(s, pinned)
     assert resumed.resumed and resumed.skipped_rows >= 1000
     assert resumed.skipped_rows + resumed.predicted_rows == 3000
     assert_exactly_once(s, resumed.run_id)

@@ -1,12 +1,14 @@
 """Pure parts of batch inference: reading a unit's row groups, the model stage's per-unit error
-isolation and timeout, and the driver's stall watchdog."""
+isolation and timeout, the driver's stall watchdog, and the request the flow builds."""
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import FrozenInstanceError, fields
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +19,11 @@ import pytest
 from pyiceberg.schema import Schema
 from pyiceberg.types import DoubleType, NestedField, StringType
 
+from mlplatform.inference.batch.pipeline import BatchInferenceStalled, watch_output
 from mlplatform.inference.batch.predictors import Predictor, predict_table
-from mlplatform.inference.batch.runner import (
-    BatchInferenceStalled,
-    _watched,
-    commit_interval_rows,
-    failure_report,
-    predictions_rows,
-    unit_parts,
-)
+from mlplatform.inference.batch.request import BatchRequest
+from mlplatform.inference.batch.results import FailedUnit, failure_report
+from mlplatform.inference.batch.runner import commit_interval_rows, predictions_rows, unit_parts
 from mlplatform.inference.batch.units import ERROR, UNIT, UNIT_ROWS, read_unit, read_units
 from mlplatform.registry.model_registry import ModelRef
 
@@ -171,23 +169,21 @@ class _Pipeline:
             threading.Event().wait(30)
 
 
-def test_watched_yields_everything_then_ends() -> None:
+def test_watch_output_yields_everything_then_ends() -> None:
     frames = [pd.DataFrame({"x": [1]}), pd.DataFrame({"x": [2]})]
-    assert [f["x"].iloc[0] for f in _watched(_Pipeline(frames, False), 5)] == [1, 2]
+    assert [f["x"].iloc[0] for f in watch_output(_Pipeline(frames, False), 5)] == [1, 2]
 
 
-def test_watched_fails_a_stalled_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_watch_output_fails_a_stalled_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("ray.available_resources", lambda: {"CPU": 0.0})
     seen = []
     with pytest.raises(BatchInferenceStalled, match="for 0 s.*'CPU': 0.0"):
-        for frame in _watched(_Pipeline([pd.DataFrame({"x": [1]})], True), 0.3):
+        for frame in watch_output(_Pipeline([pd.DataFrame({"x": [1]})], True), 0.3):
             seen.append(frame)
     assert len(seen) == 1
 
 
 def test_failure_report_names_each_unit() -> None:
-    from mlplatform.inference.batch.runner import FailedUnit
-
     report = failure_report(
         "r1", [FailedUnit(3, "s3://b/f.parquet", 500, 3, "ValueError('x')")], 10_000
     )
@@ -256,3 +252,16 @@ print("ok")
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_the_flow_parameters_are_the_fields_of_the_request() -> None:
+    """The flow builds one BatchRequest from its parameters (deployments pass them by name)."""
+    from flows.batch_inference import batch_inference
+
+    flow_parameters = inspect.signature(batch_inference.fn).parameters
+    assert list(flow_parameters) == [f.name for f in fields(BatchRequest) if f.name != "run_id"]
+    assert all(p.default is None for p in flow_parameters.values())
+    request = BatchRequest(mode="fused")
+    assert request == BatchRequest(mode="fused") and request.model_version is None
+    with pytest.raises(FrozenInstanceError):
+        request.mode = "separated"  # type: ignore[misc]

@@ -1,0 +1,146 @@
+"""The job a batch request names, and its run in the checkpoint store: opened (planned, or the
+unfinished run continued), leased while it executes, reconciled with Iceberg on resume.
+
+A job is a features snapshot, a model version and an optional row filter (checkpoints package
+docstring: steps 0 and 1 of the commit protocol and the resume rule are done here).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+
+from pyiceberg.table import Table
+
+from checkpoints.store import CheckpointStore, Run, process_owner
+from mlplatform.connectors.iceberg_tables import ensure_tables
+from mlplatform.inference.batch.commit import committed_units, disable_auto_retry
+from mlplatform.inference.batch.request import BatchRequest, Mode
+from mlplatform.inference.batch.units import parse_row_filter, plan_units
+from mlplatform.registry import model_registry
+from mlplatform.registry.model_registry import ModelRef
+from mlplatform.settings import Settings
+
+KIND = "batch-inference"
+
+
+@dataclass
+class Job:
+    """Everything one execution of a run needs."""
+
+    s: Settings
+    run: Run
+    resumed: bool  # the run existed before this execution
+    ref: ModelRef
+    mode: Mode
+    predictions: Table
+    store: CheckpointStore
+    owner: str
+    read_kwargs: dict  # for read_units: columns (key first), row_filter, schema_json
+    on_progress: Callable[[int, int], None] | None
+    app_name: str | None = None  # the Serve application in separated mode
+    lease_lost: threading.Event = field(default_factory=threading.Event)
+    committed_rows: int = 0
+    commits: int = 0
+
+
+def job_key(dataset: str, snapshot_id: int, model_version: int, row_filter: str | None) -> str:
+    text = f"{KIND}|{dataset}|{snapshot_id}|{model_version}|{row_filter or ''}"
+    return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def open_job(
+    s: Settings, request: BatchRequest, on_progress: Callable[[int, int], None] | None
+) -> Job:
+    """The request's job with its run: the job's unfinished run, or a new one planned now.
+
+    resume_run_id names the run to continue; it must still be its job's current run.
+    """
+    catalog = ensure_tables(s)
+    store = CheckpointStore(s.resolved_database_url)
+    dataset = s.table_id(s.features_table)
+    resume_run_id = request.resume_run_id
+    if resume_run_id:
+        previous = store.get_run(resume_run_id)
+        if previous.status == "succeeded":
+            raise ValueError(f"run {resume_run_id} has succeeded already: nothing to resume")
+        request = replace(
+            request,
+            snapshot_id=previous.snapshot_id,
+            model_version=previous.model_version,
+            row_filter=previous.row_filter,
+        )
+        dataset = previous.dataset
+    features = catalog.load_table(dataset)
+    predictions = disable_auto_retry(catalog.load_table(s.table_id(s.predictions_table)))
+    snapshot_id, row_filter = request.snapshot_id, request.row_filter
+    snapshot = features.snapshot_by_id(snapshot_id) if snapshot_id else features.current_snapshot()
+    if snapshot is None:
+        where = f"snapshot {snapshot_id}" if snapshot_id else "no snapshot yet"
+        raise LookupError(f"{dataset} has {where}; run the preprocess flow first")
+    ref = model_registry.model_ref(model_registry.get_version(s, request.model_version))
+    expression = parse_row_filter(row_filter, features)
+    key = job_key(dataset, snapshot.snapshot_id, ref.version, row_filter)
+    mode = request.mode or s.batch_mode
+    run, resumed = store.open_run(
+        key,
+        request.run_id,
+        lambda: plan_units(features, snapshot.snapshot_id, expression, s.unit_rows),
+        kind=KIND,
+        dataset=dataset,
+        snapshot_id=snapshot.snapshot_id,
+        model_version=ref.version,
+        mode=mode,
+        row_filter=row_filter,
+    )
+    if resume_run_id and run.run_id != resume_run_id:
+        raise LookupError(f"run {resume_run_id} is not the current run of its job ({run.run_id})")
+    return Job(
+        s,
+        run,
+        resumed,
+        ref,
+        mode,
+        predictions,
+        store,
+        process_owner(),
+        read_kwargs={
+            "columns": [s.key_column, *ref.feature_order],
+            "row_filter": row_filter,
+            "schema_json": features.schema().model_dump_json(),
+        },
+        on_progress=on_progress,
+    )
+
+
+@contextmanager
+def hold_lease(job: Job) -> Iterator[None]:
+    """Hold the run's lease, renewed in the background, for the duration of the block."""
+    job.store.acquire(job.run.run_id, job.owner, job.s.lease_ttl_s)
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(job.s.lease_ttl_s / 3):
+            if not job.store.heartbeat(job.run.run_id, job.owner):
+                job.lease_lost.set()
+                return
+
+    thread = threading.Thread(target=renew, name="checkpoint-lease", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def reconcile(job: Job) -> None:
+    """Resume: units Iceberg holds but the store does not mark done (a crash between 3 and 4)."""
+    in_iceberg = committed_units(job.predictions, job.run.run_id)
+    done = {u.unit for u in job.store.units(job.run.run_id, "done")}
+    missing = {unit: rows for unit, rows in in_iceberg.items() if unit not in done}
+    if missing:
+        job.store.mark_done(job.run.run_id, missing, None)

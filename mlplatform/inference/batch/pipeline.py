@@ -1,0 +1,100 @@
+"""The Ray Data pipeline of batch inference, and the driver's watch over its output.
+
+Units -> read stage (CPU tasks, inference.batch.units) -> model stage (fused: an actor pool with
+the model; separated: actors that call a Ray Serve deployment, inference.batch.predictors).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+
+import pyarrow as pa
+import ray
+
+from mlplatform.inference.batch.predictors import Predictor, ServePredictor, deploy_batch_model
+from mlplatform.inference.batch.request import Mode
+from mlplatform.inference.batch.units import read_units
+from mlplatform.registry.model_registry import ModelRef
+from mlplatform.settings import Settings
+
+
+class BatchInferenceStalled(RuntimeError):
+    """Ray Data produced nothing for too long (typically: no free resources for a stage)."""
+
+
+def read_stage(s: Settings, units: list[dict], read_kwargs: dict) -> ray.data.Dataset:
+    """The units' rows, a Ray task per unit (read_units); the first stage of unit_pipeline."""
+    return ray.data.from_items(units, override_num_blocks=max(1, len(units))).map_batches(
+        read_units,
+        fn_kwargs={**read_kwargs, "niceness": s.batch_niceness},
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=s.reader_num_cpus,
+    )
+
+
+def unit_pipeline(
+    s: Settings,
+    ref: ModelRef,
+    mode: Mode,
+    units: list[dict],
+    read_kwargs: dict,
+    app_name: str | None = None,
+) -> ray.data.Dataset:
+    """Units -> read stage (tasks) -> model stage (actor pool), streamed by Ray Data.
+
+    read_kwargs: columns (the key column first), row_filter, schema_json (see read_units).
+    In separated mode the model is the Serve application app_name (default: deployed now).
+    """
+    predictor: type = Predictor
+    kwargs = {
+        "ref": ref,
+        "key": s.key_column,
+        "timeout_s": s.batch_timeout_s,
+        "niceness": s.batch_niceness,
+    }
+    if mode == "separated":
+        app_name = app_name or deploy_batch_model(s, ref)
+        predictor, kwargs = ServePredictor, {**kwargs, "app_name": app_name}
+    fused = mode == "fused"
+    return read_stage(s, units, read_kwargs).map_batches(
+        predictor,
+        fn_constructor_kwargs=kwargs,
+        batch_size=s.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=s.actor_pool_min, max_size=s.actor_pool_max),
+        num_cpus=s.actor_num_cpus if fused else 0.1,
+        num_gpus=s.actor_num_gpus if fused else 0,
+    )
+
+
+def watch_output(pipeline: ray.data.Dataset, stall_timeout_s: float) -> Iterator[pa.Table]:
+    """The pipeline's output blocks; BatchInferenceStalled when none comes for stall_timeout_s
+    (Ray Data waits for resources forever, and a run should fail with a reason instead)."""
+    frames: queue.Queue = queue.Queue(maxsize=8)
+    end = object()
+
+    def pump() -> None:
+        try:
+            for table in pipeline.iter_batches(batch_size=None, batch_format="pyarrow"):
+                frames.put(table)
+            frames.put(end)
+        except BaseException as error:  # re-raised in the driver below
+            frames.put(error)
+
+    threading.Thread(target=pump, name="ray-data-output", daemon=True).start()
+    while True:
+        try:
+            item = frames.get(timeout=stall_timeout_s)
+        except queue.Empty:
+            raise BatchInferenceStalled(
+                f"no prediction came back from Ray Data for {stall_timeout_s:.0f} s; "
+                f"cluster resources available: {ray.available_resources()}"
+            ) from None
+        if item is end:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
