@@ -5,7 +5,8 @@ job, and a unit row per unit of work. A job is a dataset snapshot, a model versi
 row filter; a unit is a range of row groups of one Iceberg data file of that snapshot.
 
 Commit protocol of batch inference (mlplatform.inference.batch: job.py plans, leases and
-reconciles, runner.py predicts and commits), designed so that a crash between any two steps is reconciled when the run resumes:
+reconciles, runner.py predicts and commits), designed so that a crash between any two steps
+is reconciled when the run resumes:
 
   0. Plan: the run, its job row and all its units (status pending) are inserted in one transaction.
      The job row's primary key makes two concurrent starts of the same job share one run.
