@@ -22,16 +22,6 @@ from mlplatform.settings.training import TrainingSettings
 
 __all__ = ["PROJECT_DIR", "SECTIONS", "Settings", "get_settings"]
 
-SECTIONS = (
-    ServicesSettings,
-    LakeSettings,
-    TrainingSettings,
-    BatchSettings,
-    StreamSettings,
-    ServeSettings,
-    FlinkSettings,
-)
-
 
 class Settings(
     ServicesSettings,
@@ -48,6 +38,9 @@ class Settings(
     model_config = SettingsConfigDict(
         env_prefix="MLP_", env_file=PROJECT_DIR / ".env", extra="ignore"
     )
+
+
+SECTIONS = tuple(base for base in Settings.__bases__ if base is not BaseSettings)
 
 
 @lru_cache
