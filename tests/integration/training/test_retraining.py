@@ -4,6 +4,8 @@ determinism, the schedule and the data trigger."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -24,9 +26,22 @@ from mlplatform.inference.stream.runner import run_stream_inference
 from mlplatform.registry import model_registry
 from mlplatform.registry.model_registry import ModelIntegrityError
 from mlplatform.sample_data.synthetic_features import append_features
-from mlplatform.settings import Settings
+from mlplatform.settings import PROJECT_DIR, Settings
 from mlplatform.training.retrain import read_snapshot, retrain, split, train_candidates
 from tests.helpers import module_settings
+
+# Emits the retrain-due event and waits until it is sent (the events worker drains on exit).
+EMIT_RETRAIN_DUE = """
+from prefect.events import emit_event
+from prefect.events.worker import EventsWorker
+from tasks.preprocess import RETRAIN_DUE_EVENT
+emit_event(
+    RETRAIN_DUE_EVENT,
+    resource={"prefect.resource.id": "mlplatform.table.test"},
+    payload={"rows_added": 1, "rows_since_training": 10**6},
+)
+EventsWorker.drain_all()
+"""
 
 pytestmark = pytest.mark.integration
 
@@ -160,20 +175,22 @@ def test_promotion_makes_serve_reload(lake: Settings, champion) -> None:
 def test_retrain_due_event_triggers_the_retrain_deployment(deployments: None) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-    from prefect.events import emit_event
-
-    from tasks.preprocess import RETRAIN_DUE_EVENT
 
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("retrain/default")
         only_retrain = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
         known = {r.id for r in client.read_flow_runs(deployment_filter=only_retrain)}
         emitted_at = datetime.now(UTC)
-        emit_event(
-            RETRAIN_DUE_EVENT,
-            resource={"prefect.resource.id": "mlplatform.table.test"},
-            payload={"rows_added": 1, "rows_since_training": 10**6},
+        # From a process of its own, as the preprocess flow run would: this process's event
+        # queue may still hold other tests' events, which would delay this one.
+        emitted = subprocess.run(
+            [sys.executable, "-c", EMIT_RETRAIN_DUE],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
+        assert emitted.returncode == 0, emitted.stderr[-3000:]
         triggered = []
         deadline = time.monotonic() + 120
         while not triggered and time.monotonic() < deadline:
