@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 from alembic import command
 from prefect import flow
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from pydantic import SecretStr
 from pyiceberg.expressions import EqualTo
@@ -268,6 +270,11 @@ def test_prefect_server_on_postgresql(
     with extra_service("prefect-server", s, "the Prefect server on PostgreSQL"):
         with temporary_settings({PREFECT_API_URL: s.prefect_api_url}):
             state = _hello(return_state=True)
+            # This process's event and log workers started for this server: drain and stop
+            # them while it is up, so that later tests' in-process runs get workers of their
+            # own server instead of sending to this one after it stopped.
+            EventsWorker.drain_all(timeout=60)
+            APILogWorker.drain_all(timeout=60)
         assert state.is_completed()
         engine = create_engine(f"{postgres}/prefect")
         with engine.connect() as connection:
