@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+from sklearn.dummy import DummyClassifier
 
+from mlplatform.registry import model_registry
 from mlplatform.settings import Settings
 
 
@@ -66,3 +68,21 @@ def settings_env(s: Settings) -> dict[str, str]:
         "raw_events_topic",
     )
     return {f"MLP_{name.upper()}": str(getattr(s, name)) for name in fields}
+
+
+def register_constant_model(s: Settings, constant: int = 0) -> model_registry.ModelVersion:
+    """A registry version of a model that always answers class `constant` (0 or 1), trained on
+    feature x, labels no and yes, snapshot 123."""
+    model = DummyClassifier(strategy="constant", constant=constant).fit([[0.0], [1.0]], [0, 1])
+    return model_registry.register(
+        s,
+        model,
+        family="dummy",
+        params={"constant": constant},
+        metrics={"accuracy": 0.5},
+        training_table="ml.features",
+        training_snapshot_id=123,
+        training_rows=2,
+        feature_order=["x"],
+        label_names=["no", "yes"],
+    )

@@ -115,7 +115,6 @@ class ModelServer:
     def __init__(self, settings: dict[str, Any], model_version: int | None = None) -> None:
         self.s = Settings(**settings)
         set_niceness(self.s.latency_actor_niceness)
-        self.pinned_version = model_version
         self.follower = ChampionFollower(self.s, model_version, load=load_compiled)
         self.error = "not loaded yet"
         self._reload()
@@ -205,9 +204,7 @@ class ModelServer:
     def health(self, response: Response) -> HealthResponse:
         loaded = self.current()
         response.headers[VERSION_HEADER] = str(loaded.ref.version)
-        return HealthResponse(
-            model_version=loaded.ref.version, pinned=self.pinned_version is not None
-        )
+        return HealthResponse(model_version=loaded.ref.version, pinned=self.follower.pinned)
 
     @app.get(
         "/model",
@@ -221,7 +218,7 @@ class ModelServer:
         response.headers[VERSION_HEADER] = str(row.version)
         return ModelInfo(
             version=row.version,
-            pinned=self.pinned_version is not None,
+            pinned=self.follower.pinned,
             stage=row.stage,
             family=row.family,
             params=row.params,

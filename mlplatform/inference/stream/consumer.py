@@ -126,7 +126,7 @@ class StreamConsumer:
         self.index = index
         # model_version None: the champion, followed between micro-batches.
         self.follower = ChampionFollower(self.s, model_version, load=load_compiled)
-        self.loaded: LoadedModel = self.follower.current()
+        self.follower.current()  # loaded now: a model that cannot load fails the actor's start
         self.dedup = self.s.stream_subscription_type == "failover"
         self.client = make_client(self.s)
         self.consumer = subscribe(self.s, self.client, index, partitions)
@@ -168,11 +168,14 @@ class StreamConsumer:
             self.sent[name] = self.producers[name].last_sequence_id() if self.dedup else -1
         return name
 
+    @property
+    def loaded(self) -> LoadedModel:
+        return self.follower.current()
+
     def refresh_model(self) -> None:
         """Switch to a newly promoted (or rolled back) champion between micro-batches."""
         switched = self.follower.changed()
         if switched is not None:
-            self.loaded = switched
             logger.info("switched to model version %d", switched.ref.version)
 
     def poll(self, limit: int) -> tuple[int, int, int]:
@@ -209,11 +212,10 @@ class StreamConsumer:
             key=lambda entry: entry[:2],
         )
         good: list[_Parsed] = []
+        order = self.loaded.ref.feature_order
         for topic, seq, message in entries:
             try:
-                key, features = parse_message(
-                    message.data(), self.s.key_column, self.loaded.ref.feature_order
-                )
+                key, features = parse_message(message.data(), self.s.key_column, order)
                 good.append(_Parsed(topic, seq, message, key, features))
             except InvalidFeatures as error:
                 self.dead_letters.reject(message, error.reason)

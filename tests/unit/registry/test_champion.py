@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sklearn.dummy import DummyClassifier
 
 from mlplatform.registry import model_registry
 from mlplatform.registry.champion import ChampionFollower
 from mlplatform.registry.model_registry import ModelRef
 from mlplatform.settings import Settings
+from tests.helpers import register_constant_model
 
 pytestmark = pytest.mark.unit
 
@@ -34,26 +34,9 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
-def _register(s: Settings, constant: int) -> int:
-    model = DummyClassifier(strategy="constant", constant=constant).fit([[0.0], [1.0]], [0, 1])
-    row = model_registry.register(
-        s,
-        model,
-        family="dummy",
-        params={"constant": constant},
-        metrics={"accuracy": 0.5},
-        training_table="ml.features",
-        training_snapshot_id=1,
-        training_rows=2,
-        feature_order=["x"],
-        label_names=["no", "yes"],
-    )
-    return row.version
-
-
 @pytest.fixture
 def versions(settings: Settings) -> tuple[int, int]:
-    first, second = _register(settings, 0), _register(settings, 1)
+    first, second = (register_constant_model(settings, c).version for c in (0, 1))
     model_registry.promote(settings, first)
     return first, second
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sklearn.dummy import DummyClassifier
 
 from mlplatform.registry import model_registry
 from mlplatform.registry.model_registry import ModelIntegrityError, model_ref
 from mlplatform.settings import Settings
+from tests.helpers import register_constant_model
 
 pytestmark = pytest.mark.unit
 
@@ -22,27 +22,8 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
-def _model(constant: int) -> DummyClassifier:
-    return DummyClassifier(strategy="constant", constant=constant).fit([[0.0], [1.0]], [0, 1])
-
-
-def _register(s: Settings, constant: int = 0) -> model_registry.ModelVersion:
-    return model_registry.register(
-        s,
-        _model(constant),
-        family="dummy",
-        params={"constant": constant},
-        metrics={"accuracy": 0.5},
-        training_table="ml.features",
-        training_snapshot_id=123,
-        training_rows=2,
-        feature_order=["x"],
-        label_names=["no", "yes"],
-    )
-
-
 def test_register_saves_artifact_as_candidate(settings: Settings) -> None:
-    row = _register(settings)
+    row = register_constant_model(settings)
     path = Path(row.artifact_path)
     assert path.parent == settings.model_dir and path.exists()
     assert path.suffix == ".skops"
@@ -56,13 +37,13 @@ def test_register_saves_artifact_as_candidate(settings: Settings) -> None:
 
 
 def test_versions_increase(settings: Settings) -> None:
-    first, second = _register(settings, 0), _register(settings, 1)
+    first, second = register_constant_model(settings, 0), register_constant_model(settings, 1)
     assert second.version > first.version
     assert first.artifact_path != second.artifact_path
 
 
 def test_load_model_roundtrip(settings: Settings) -> None:
-    row = _register(settings, constant=1)
+    row = register_constant_model(settings, constant=1)
     ref = model_ref(row)
     assert ref.feature_order == ("x",) and ref.label_names == ("no", "yes")
     model = model_registry.load_model(ref)
@@ -70,7 +51,7 @@ def test_load_model_roundtrip(settings: Settings) -> None:
 
 
 def test_tampered_artifact_is_refused(settings: Settings) -> None:
-    row = _register(settings)
+    row = register_constant_model(settings)
     path = Path(row.artifact_path)
     path.write_bytes(path.read_bytes() + b"tampered")
     with pytest.raises(ModelIntegrityError, match=f"model version {row.version}"):
@@ -78,7 +59,7 @@ def test_tampered_artifact_is_refused(settings: Settings) -> None:
 
 
 def test_wrong_recorded_hash_is_refused(settings: Settings) -> None:
-    row = _register(settings)
+    row = register_constant_model(settings)
     ref = model_ref(row)
     forged = type(ref)(ref.version, ref.artifact_path, "0" * 64, ref.feature_order, ref.label_names)
     with pytest.raises(ModelIntegrityError, match="Refusing to load"):
@@ -86,7 +67,7 @@ def test_wrong_recorded_hash_is_refused(settings: Settings) -> None:
 
 
 def test_no_champion_raises_helpful_lookup_error(settings: Settings) -> None:
-    _register(settings)
+    register_constant_model(settings)
     with pytest.raises(LookupError, match="no champion model; run the retrain flow first"):
         model_registry.get_version(settings)
 
@@ -97,7 +78,7 @@ def test_unknown_version_raises(settings: Settings) -> None:
 
 
 def test_promote_makes_champion(settings: Settings) -> None:
-    row = _register(settings)
+    row = register_constant_model(settings)
     model_registry.promote(settings, row.version)
     champion = model_registry.get_version(settings)
     assert champion.version == row.version
@@ -106,7 +87,7 @@ def test_promote_makes_champion(settings: Settings) -> None:
 
 
 def test_promote_archives_previous_champion(settings: Settings) -> None:
-    first, second, third = (_register(settings, i % 2) for i in range(3))
+    first, second, third = (register_constant_model(settings, i % 2) for i in range(3))
     model_registry.promote(settings, first.version)
     model_registry.promote(settings, second.version)
     assert model_registry.get_version(settings).version == second.version
@@ -118,7 +99,7 @@ def test_promote_archives_previous_champion(settings: Settings) -> None:
 
 
 def test_promote_unknown_version_keeps_champion(settings: Settings) -> None:
-    row = _register(settings)
+    row = register_constant_model(settings)
     model_registry.promote(settings, row.version)
     with pytest.raises(LookupError, match="model version 99 is not in the registry"):
         model_registry.promote(settings, 99)
