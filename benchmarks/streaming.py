@@ -263,7 +263,7 @@ def drained_rate(s: Settings, topic: str, expected: int) -> dict[str, Any]:
 
 
 def plain_loop(
-    settings: dict[str, Any],
+    s: Settings,
     ref: ModelRef,
     subscription: str,
     predictions_topic: str,
@@ -276,7 +276,6 @@ def plain_loop(
 
     The same micro-batches (stream_batch_max messages or stream_batch_wait_ms) and the same
     parsing and prediction code as the Ray consumers; no Iceberg, no de-duplication."""
-    s = Settings(**settings)
     model = compile_model(model_registry.load_model(ref))  # as the Ray consumers predict
     client = make_client(s)
     consumer = client.subscribe(
@@ -353,7 +352,7 @@ class PlainProcess:
         self.process = context.Process(
             target=plain_loop,
             args=(
-                s.model_dump(mode="json"),
+                s,
                 ref,
                 subscription,
                 predictions_topic,

@@ -16,9 +16,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
-from pydantic import SecretStr
-
 from mlplatform.settings import Settings
+from mlplatform.settings.secrets import secret_fields
 
 MASK = "**********"
 HANDLER_NAME = "mlp-json"
@@ -61,13 +60,7 @@ class RunIdFilter(logging.Filter):
 
 def secret_values(settings: Settings) -> list[str]:
     """The values of every secret setting, to mask wherever they would be written."""
-    values = [
-        value.get_secret_value()
-        for name in type(settings).model_fields
-        if isinstance(value := getattr(settings, name), SecretStr)
-    ]
-    if settings.serve_api_key:
-        values.append(settings.serve_api_key)
+    values = list(secret_fields(settings).values())
     try:
         token = settings.pulsar_token()  # also a token read from a file
     except ValueError:

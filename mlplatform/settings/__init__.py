@@ -9,12 +9,14 @@ always MLP_<FIELD>.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mlplatform.settings.batch import BatchSettings
 from mlplatform.settings.flink import FlinkSettings
 from mlplatform.settings.lake import LakeSettings
+from mlplatform.settings.secrets import read_secrets_file, secret_fields, write_secrets_file
 from mlplatform.settings.serve import ServeSettings
 from mlplatform.settings.services import PROJECT_DIR, ServicesSettings
 from mlplatform.settings.stream import StreamSettings
@@ -38,6 +40,18 @@ class Settings(
     model_config = SettingsConfigDict(
         env_prefix="MLP_", env_file=PROJECT_DIR / ".env", extra="ignore"
     )
+
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any], str | None]]:
+        """Pickled (to Ray actors, Serve replicas) without its secrets: they stay in an
+        owner-only file whose path travels instead (mlplatform/settings/secrets.py)."""
+        secrets = secret_fields(self)
+        public = self.model_dump(mode="json", exclude=set(secrets))
+        path = write_secrets_file(self.state_dir / "secrets", secrets) if secrets else None
+        return _unpickle, (public, str(path) if path else None)
+
+
+def _unpickle(public: dict[str, Any], secrets_path: str | None) -> Settings:
+    return Settings(**public, **(read_secrets_file(secrets_path) if secrets_path else {}))
 
 
 SECTIONS = tuple(base for base in Settings.__bases__ if base is not BaseSettings)

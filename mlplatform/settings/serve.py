@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, SecretStr
 
 
 class ServeSettings(BaseModel):
@@ -27,4 +27,4 @@ class ServeSettings(BaseModel):
     # Read when the Ray cluster starts (`make up`).
     serve_ingress: Literal["proxy", "haproxy"] = "haproxy"
     # When set, /predict, /predict/bulk and /model need the header X-API-Key with this value.
-    serve_api_key: str | None = Field(default=None, repr=False)
+    serve_api_key: SecretStr | None = None

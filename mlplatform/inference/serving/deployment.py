@@ -112,8 +112,8 @@ async def require_api_key(api_key: str | None = Security(API_KEY)) -> None:
 class ModelServer:
     """Serves one model version; follows the registry's champion unless pinned."""
 
-    def __init__(self, settings: dict[str, Any], model_version: int | None = None) -> None:
-        self.s = Settings(**settings)
+    def __init__(self, s: Settings, model_version: int | None = None) -> None:
+        self.s = s
         set_niceness(self.s.latency_actor_niceness)
         self.follower = ChampionFollower(self.s, model_version, load=load_compiled)
         self.error = "not loaded yet"
@@ -154,8 +154,9 @@ class ModelServer:
         return self.follower.loaded
 
     def authorize(self, api_key: str | None) -> None:
-        expected = self.s.serve_api_key
-        if expected and not (api_key and hmac.compare_digest(api_key.encode(), expected.encode())):
+        key = self.s.serve_api_key
+        expected = key.get_secret_value().encode() if key else b""
+        if expected and not (api_key and hmac.compare_digest(api_key.encode(), expected)):
             raise HTTPException(
                 401,
                 "missing or wrong API key: send it in the X-API-Key header",
@@ -253,7 +254,7 @@ def build_app(s: Settings, model_version: int | None = None) -> Application:
             "max_replicas": s.serve_max_replicas,
             "target_ongoing_requests": 2,
         }
-    return ModelServer.options(**options).bind(s.model_dump(mode="json"), model_version)
+    return ModelServer.options(**options).bind(s, model_version)
 
 
 def serving_address(s: Settings) -> str:

@@ -107,8 +107,8 @@ class _Batch:
 class StreamCommitter:
     """See the module's text; `add` is its one method."""
 
-    def __init__(self, settings: dict, table_name: str) -> None:
-        self.s = Settings(**settings)
+    def __init__(self, s: Settings, table_name: str) -> None:
+        self.s = s
         self.table = load_table(self.s, table_name)
         if any(self.table.properties.get(k) != v for k, v in MERGE_MANIFESTS.items()):
             with self.table.transaction() as tx:

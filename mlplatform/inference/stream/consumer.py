@@ -115,13 +115,13 @@ class StreamConsumer:
 
     def __init__(
         self,
-        settings: dict,
+        s: Settings,
         model_version: int | None,
         index: int,
         partitions: list[int] | None,
         committer: ray.actor.ActorHandle,
     ) -> None:
-        self.s = Settings(**settings)
+        self.s = s
         set_niceness(self.s.latency_actor_niceness)
         self.index = index
         # model_version None: the champion, followed between micro-batches.

@@ -192,8 +192,8 @@ class RayContext(Context):
 class FunctionInstance:
     """One instance of a Pulsar Function, consuming the input topics on a Shared subscription."""
 
-    def __init__(self, settings: dict, spec: FunctionSpec, instance_id: int, batch: int) -> None:
-        self.s, self.spec = Settings(**settings), spec
+    def __init__(self, s: Settings, spec: FunctionSpec, instance_id: int, batch: int) -> None:
+        self.s, self.spec = s, spec
         self.function = load_function(spec.py, spec.classname)
         self.client = make_client(self.s)
         self.consumer = self.client.subscribe(
@@ -255,9 +255,8 @@ def run_function(
     started = time.monotonic()
     load_function(spec.py, spec.classname)  # a broken file fails here, with its own error
     connect(s)
-    settings = s.model_dump(mode="json")
     instances = [
-        FunctionInstance.options(num_cpus=0.25).remote(settings, spec, i, batch)
+        FunctionInstance.options(num_cpus=0.25).remote(s, spec, i, batch)
         for i in range(parallelism)
     ]
     with closing(instances):

@@ -55,13 +55,12 @@ def run_stream_inference(
         owned = [owned_partitions(i, s.stream_actors, partitions) for i in range(s.stream_actors)]
         if partitions == 0:  # a non-partitioned topic is read whole by the one actor
             owned = [None]
-    settings = s.model_dump(mode="json")
     # Mostly idle, and at Ray's niceness (15): behind the consumers when both want a core.
-    committer = StreamCommitter.options(num_cpus=0).remote(settings, s.stream_predictions_table)
+    committer = StreamCommitter.options(num_cpus=0).remote(s, s.stream_predictions_table)
     try:
         actors = [
             StreamConsumer.options(num_cpus=s.stream_actor_cpus).remote(
-                settings, model_version, i, mine, committer
+                s, model_version, i, mine, committer
             )
             for i, mine in enumerate(owned)
         ]
