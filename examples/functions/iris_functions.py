@@ -38,8 +38,21 @@ class IrisPredict(Function):
         order = context.get_user_config_value("feature_order").split(",")
         self.columns = [IRIS_ORDER.index(name) for name in order]
         self.labels = context.get_user_config_value("label_names").split(",")
+        # Optional: the platform's dataset ranges ("name:min:max,..."); a value outside is refused.
+        ranges = context.get_user_config_value("feature_ranges") or ""
+        triples = [r.split(":") for r in ranges.split(",") if r]
+        bounds = {name: (float(lo), float(hi)) for name, lo, hi in triples}
+        self.bounds = [bounds.get(name) for name in IRIS_ORDER]
         version = context.get_user_config_value("model_version")
         context.get_logger().info("loaded model version %s", version)
+
+    def check(self, values):
+        for name, value, bound in zip(IRIS_ORDER, values, self.bounds, strict=True):
+            if bound and not bound[0] <= value <= bound[1]:
+                raise ValueError(
+                    f"out_of_range: {name}={value} is outside [{bound[0]}, {bound[1]}]"
+                )
+        return values
 
     def predict(self, rows):
         ordered = [[row[i] for i in self.columns] for row in rows]
@@ -55,12 +68,12 @@ class IrisPredict(Function):
     def process(self, input, context):
         self.load(context)
         context.record_metric("rows", 1)
-        return self.predict([self.parse(input)])[0]
+        return self.predict([self.check(self.parse(input))])[0]
 
 
 class IrisPredictBulk(IrisPredict):
     def process(self, input, context):
         self.load(context)
-        rows = [self.parse(part) for part in input.split(":")]
+        rows = [self.check(self.parse(part)) for part in input.split(":")]
         context.record_metric("rows", len(rows))
         return ",".join(self.predict(rows))

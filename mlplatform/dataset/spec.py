@@ -150,6 +150,12 @@ class DatasetSpec(BaseModel):
         """Every column of a raw row, in the canonical (CSV) order."""
         return [self.key_column, *self.feature_columns, self.label_column]
 
+    @property
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        """Feature name -> the closed range a valid value lies in: the rule every entry checks
+        (the Flink job's `out_of_range`, HTTP, the stream, Pulsar Functions, batch inference)."""
+        return {f.name: (f.min, f.max) for f in self.features}
+
     def with_global_range(self, low: float, high: float) -> DatasetSpec:
         """The same spec with one range for every feature (the MLP_FEATURE_MIN/MAX settings)."""
         features = tuple(f.model_copy(update={"min": low, "max": high}) for f in self.features)

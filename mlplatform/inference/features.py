@@ -2,11 +2,12 @@
 
 A row is a list in the model's feature order or an object of feature name -> number (a feature
 message is such an object, with its key and other fields besides). A value must be a finite
-number: booleans, strings, null, NaN and Infinity are refused. A refusal is an InvalidFeatures
-with a reason code (`not_number`, `missing_feature`, ...), the feature and the row: its text says
-what was wrong and where ("row 3, feature 1 (sepal_width): 'x' is not a number", the HTTP
-answer's detail) and its `reason` is the code with the value (`not_number: sepal_width='x'`,
-the dead-letter topic's `reason` property).
+number (booleans, strings, null, NaN and Infinity are refused) inside its feature's range in the
+dataset spec (`ranges`, from `DatasetSpec.ranges`: the rule the Flink job checks too). A refusal
+is an InvalidFeatures with a reason code (`not_number`, `out_of_range`, ...), the feature and the
+row: its text says what was wrong and where ("row 3, feature 1 (sepal_width): 'x' is not a
+number", the HTTP answer's detail) and its `reason` is the code with the value
+(`not_number: sepal_width='x'`, the dead-letter topic's `reason` property).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+# Feature name -> (min, max), closed; a feature without an entry has no range.
+Ranges = Mapping[str, tuple[float, float]]
 
 
 class InvalidFeatures(ValueError):
@@ -47,8 +51,10 @@ def _where(row: int | None) -> str:
     return "" if row is None else f"row {row}: "
 
 
-def parse_value(value: Any, row: int | None, index: int, name: str) -> float:
-    """One feature value as a finite float."""
+def parse_value(
+    value: Any, row: int | None, index: int, name: str, ranges: Ranges | None = None
+) -> float:
+    """One feature value as a finite float inside its range."""
     place = f"{'' if row is None else f'row {row}, '}feature {index} ({name})"
     detail = f"{name}={short(value)}"
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -61,6 +67,10 @@ def parse_value(value: Any, row: int | None, index: int, name: str) -> float:
     if not math.isfinite(number):
         message = f"{place}: {short(value)} is not a finite number (NaN and Infinity are refused)"
         raise InvalidFeatures("not_finite", detail, message, row, name)
+    low, high = (ranges or {}).get(name, (-math.inf, math.inf))
+    if not low <= number <= high:
+        message = f"{place}: {short(value)} is outside the dataset's range [{low:g}, {high:g}]"
+        raise InvalidFeatures("out_of_range", detail, message, row, name)
     return number
 
 
@@ -69,6 +79,7 @@ def parse_features(
     feature_order: Sequence[str],
     row: int | None = None,
     others_allowed: bool = False,
+    ranges: Ranges | None = None,
 ) -> list[float]:
     """One row, by position (the model's feature order) or by name, as floats in that order.
     `others_allowed`: names that are not features are ignored (a message's key, label, ...)
@@ -78,7 +89,7 @@ def parse_features(
         if len(features) != n:
             message = f"{_where(row)}expected {n} features ({expected}), got {len(features)}"
             raise InvalidFeatures("wrong_count", f"{len(features)} of {n}", message, row)
-        return [parse_value(v, row, j, feature_order[j]) for j, v in enumerate(features)]
+        return [parse_value(v, row, j, feature_order[j], ranges) for j, v in enumerate(features)]
     if isinstance(features, Mapping):
         unknown = [] if others_allowed else [str(k) for k in features if k not in feature_order]
         if unknown:
@@ -90,7 +101,10 @@ def parse_features(
             names = ", ".join(missing)
             message = f"{_where(row)}missing feature(s) {names}; expected {expected}"
             raise InvalidFeatures("missing_feature", names, message, row, missing[0])
-        return [parse_value(features[name], row, j, name) for j, name in enumerate(feature_order)]
+        return [
+            parse_value(features[name], row, j, name, ranges)
+            for j, name in enumerate(feature_order)
+        ]
     what = "features" if row is None else f"row {row}"
     message = (
         f"{what}: expected a list of {n} numbers ({expected}) or an object of feature name to "
@@ -99,7 +113,9 @@ def parse_features(
     raise InvalidFeatures("not_a_row", f"a {type(features).__name__}", message, row)
 
 
-def parse_message(payload: bytes, key: str, feature_order: Sequence[str]) -> tuple[str, list]:
+def parse_message(
+    payload: bytes, key: str, feature_order: Sequence[str], ranges: Ranges | None = None
+) -> tuple[str, list]:
     """(key, features in the model's order) of one feature message: a JSON object with the key
     and every feature by name."""
     try:
@@ -115,4 +131,4 @@ def parse_message(payload: bytes, key: str, feature_order: Sequence[str]) -> tup
         raise InvalidFeatures("not_object", detail, f"the message is {detail}, not an object")
     if row.get(key) in (None, ""):
         raise InvalidFeatures("missing_key", key, f"the message has no key ({key})")
-    return str(row[key]), parse_features(row, feature_order, others_allowed=True)
+    return str(row[key]), parse_features(row, feature_order, others_allowed=True, ranges=ranges)

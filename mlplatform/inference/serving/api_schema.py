@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from mlplatform.dataset.prediction_record import CLASS_INDEX, LABEL, PROBABILITIES
-from mlplatform.inference.features import InvalidFeatures, parse_features, short
+from mlplatform.inference.features import InvalidFeatures, Ranges, parse_features, short
 from mlplatform.inference.predictions import class_indexes, label_order
 
 FEATURES_SCHEMA: dict[str, Any] = {
@@ -34,7 +34,9 @@ def http_status(error: InvalidFeatures) -> int:
     return 413 if error.code == "too_many_rows" else 422
 
 
-def parse_rows(rows: Any, feature_order: Sequence[str], max_rows: int) -> np.ndarray:
+def parse_rows(
+    rows: Any, feature_order: Sequence[str], max_rows: int, ranges: Ranges | None = None
+) -> np.ndarray:
     """Many rows (each by position or by name) as an (n_rows, n_features) float array."""
     if not isinstance(rows, list):
         message = f"'rows' must be a list of rows, got {short(rows)}"
@@ -48,7 +50,7 @@ def parse_rows(rows: Any, feature_order: Sequence[str], max_rows: int) -> np.nda
             f"{len(rows)} rows in one request; at most {max_rows} (MLP_SERVE_MAX_ROWS): "
             "split the request",
         )
-    parsed = [parse_features(r, feature_order, row=i) for i, r in enumerate(rows)]
+    parsed = [parse_features(r, feature_order, row=i, ranges=ranges) for i, r in enumerate(rows)]
     return np.asarray(parsed, dtype=np.float64).reshape(len(rows), len(feature_order))
 
 

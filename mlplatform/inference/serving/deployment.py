@@ -113,7 +113,7 @@ class ModelServer:
     """Serves one model version; follows the registry's champion unless pinned."""
 
     def __init__(self, s: Settings, model_version: int | None = None) -> None:
-        self.s = s
+        self.s, self.ranges = s, s.dataset_spec.ranges
         set_niceness(self.s.latency_actor_niceness)
         self.follower = ChampionFollower(self.s, model_version, load=load_compiled)
         self.error = "not loaded yet"
@@ -178,7 +178,7 @@ class ModelServer:
     async def predict(self, body: PredictRequest, response: Response) -> dict[str, Any]:
         # On the event loop: one row takes well under a millisecond, less than a thread hop.
         loaded = self.current()
-        x = [parse_features(body.features, loaded.ref.feature_order)]
+        x = [parse_features(body.features, loaded.ref.feature_order, ranges=self.ranges)]
         return {MODEL_VERSION: loaded.ref.version, **self._predict(loaded, x, response)[0]}
 
     @app.post(
@@ -190,7 +190,7 @@ class ModelServer:
     )
     def predict_bulk(self, body: BulkPredictRequest, response: Response) -> dict[str, Any]:
         loaded = self.current()
-        x = parse_rows(body.rows, loaded.ref.feature_order, self.s.serve_max_rows)
+        x = parse_rows(body.rows, loaded.ref.feature_order, self.s.serve_max_rows, self.ranges)
         return {
             MODEL_VERSION: loaded.ref.version,
             "predictions": self._predict(loaded, x, response),

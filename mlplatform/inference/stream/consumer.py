@@ -212,10 +212,10 @@ class StreamConsumer:
             key=lambda entry: entry[:2],
         )
         good: list[_Parsed] = []
-        order = self.loaded.ref.feature_order
+        order, ranges = self.loaded.ref.feature_order, self.s.dataset_spec.ranges
         for topic, seq, message in entries:
             try:
-                key, features = parse_message(message.data(), self.s.key_column, order)
+                key, features = parse_message(message.data(), self.s.key_column, order, ranges)
                 good.append(_Parsed(topic, seq, message, key, features))
             except InvalidFeatures as error:
                 self.dead_letters.reject(message, error.reason)

@@ -77,6 +77,10 @@ def champion_user_config(s: Settings, version: int | None = None) -> dict[str, s
         "model_version": str(row.version),
         "feature_order": ",".join(row.feature_order),
         "label_names": ",".join(row.label_names),
+        # The dataset spec's ranges, the rule every entry checks: name:min:max,...
+        "feature_ranges": ",".join(
+            f"{name}:{low!r}:{high!r}" for name, (low, high) in s.dataset_spec.ranges.items()
+        ),
     }
 
 

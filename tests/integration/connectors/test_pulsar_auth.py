@@ -14,6 +14,7 @@ import hmac
 import json
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,8 @@ import httpx
 import pulsar
 import pytest
 from pydantic import SecretStr
+from sklearn.datasets import load_iris
+from sklearn.tree import DecisionTreeClassifier
 
 from infra.pulsar_config import secret_key_file
 from infra.services import pulsar_admin_token_headers
@@ -33,9 +36,18 @@ from mlplatform.connectors.pulsar_io import (
     receive_batch,
     topic_partitions,
 )
+from mlplatform.inference.serving.deployment import start_serving, stop_serving
+from mlplatform.inference.stream.pulsar_functions import (
+    FunctionSpec,
+    champion_user_config,
+    run_function,
+)
+from mlplatform.inference.stream.runner import run_stream_inference
 from mlplatform.preprocess.batch import preprocess
+from mlplatform.registry import model_registry
 from mlplatform.sample_data.demo_rows import write_demo_raw
-from mlplatform.settings import Settings, get_settings
+from mlplatform.sample_data.synthetic_features import feature_rows, publish_features
+from mlplatform.settings import PROJECT_DIR, Settings, get_settings
 from tests.helpers import extra_service
 
 pytestmark = pytest.mark.integration
@@ -204,3 +216,148 @@ def test_the_flink_job_writes_with_the_token_file_and_never_shows_it(
     leaks = [str(p) for p in written for secret in secrets if secret in p.read_bytes()]
     assert not leaks, leaks
     assert not list((s.state_dir / "flink").glob("*.token"))
+
+
+# Secrets on the workers: the stream consumers (Ray actors) and a Pulsar Function (Ray actors)
+# reach the token-auth broker with the token given by value and by file, and no log, artifact,
+# Serve config or Ray dashboard answer shows it.
+
+FUNCTIONS_EXAMPLE = str(PROJECT_DIR / "examples" / "functions" / "iris_functions.py")
+WORKER_ROWS = 30
+
+
+def _worker_settings(auth_broker: Settings, source: str) -> Settings:
+    """Client settings of their own topics and tables, the client token by value or by file."""
+    token_file = auth_broker.pulsar_role_token_file(auth_broker.pulsar_auth_client_role)
+    tag = f"{source}-{uuid.uuid4().hex[:6]}"
+    by_value = source == "value"
+    return auth_broker.model_copy(
+        update={
+            "pulsar_auth": False,
+            "pulsar_auth_token": SecretStr(token_file.read_text().strip()) if by_value else None,
+            "pulsar_auth_token_file": None if by_value else token_file,
+            "features_topic": f"persistent://public/default/features-{tag}",
+            "predictions_topic": f"persistent://public/default/predictions-{tag}",
+            "dead_letter_topic": f"persistent://public/default/dlq-{tag}",
+            "stream_subscription": f"stream-{tag}",
+            "stream_predictions_table": f"stream_predictions_{tag.replace('-', '_')}",
+        }
+    )
+
+
+def _iris_champion(s: Settings) -> None:
+    """A champion in the feature order of the dataset and of the example function."""
+    if model_registry.list_versions(s):
+        return
+    iris = load_iris()
+    model = DecisionTreeClassifier(max_depth=3, random_state=0).fit(iris.data, iris.target)
+    row = model_registry.register(
+        s,
+        model,
+        family="decision_tree",
+        params={"max_depth": 3},
+        metrics={},
+        training_table="iris",
+        training_snapshot_id=0,
+        training_rows=150,
+        feature_order=list(s.feature_columns),
+        label_names=list(iris.target_names),
+    )
+    model_registry.promote(s, row.version)
+
+
+def _run_workers(s: Settings) -> None:
+    """Stream consumers and a Pulsar Function on Ray, each answering every message."""
+    _iris_champion(s)
+    publish_features(s, feature_rows(s, WORKER_ROWS, seed=9))
+    result = run_stream_inference(s, max_messages=WORKER_ROWS, timeout_s=120)
+    assert (result.published, result.failed) == (WORKER_ROWS, 0)
+    assert len(read_all(s, s.predictions_topic)) == WORKER_ROWS
+    spec = FunctionSpec(
+        py=FUNCTIONS_EXAMPLE,
+        classname="IrisPredict",
+        name=f"auth-fn-{uuid.uuid4().hex[:6]}",
+        inputs=(f"{s.features_topic}-fn",),
+        output=f"{s.predictions_topic}-fn",
+        user_config=champion_user_config(s),
+    )
+    client = make_client(s)
+    try:
+        producer = client.create_producer(spec.inputs[0])
+        for body in ("5.1,3.5,1.4,0.2", "6.7,3.0,5.2,2.3"):
+            producer.send(body.encode())
+    finally:
+        client.close()
+    answered = run_function(s, spec, max_messages=2, timeout_s=120)
+    assert (answered.processed, answered.failed) == (2, 0)
+    assert sorted(m.data().decode() for m in read_all(s, spec.output)) == ["setosa", "virginica"]
+
+
+@pytest.mark.parametrize("source", ["value", "file"])
+def test_ray_workers_authenticate_with_the_token_by_value_and_by_file(
+    auth_broker: Settings, source: str
+) -> None:
+    _run_workers(_worker_settings(auth_broker, source))
+
+
+def _dashboard_answers(s: Settings) -> dict[str, bytes]:
+    base = f"http://127.0.0.1:{s.ray_dashboard_port}"
+    paths = (
+        "/api/v0/actors?detail=1&limit=10000",
+        "/api/v0/tasks?detail=1&limit=10000",
+        "/api/serve/applications/",
+        "/api/jobs/",
+        "/nodes?view=summary",
+    )
+    answers = {}
+    for path in paths:
+        response = httpx.get(base + path, timeout=60)
+        assert response.status_code == 200, (path, response.text[:300])
+        answers[path] = response.content
+    return answers
+
+
+def test_no_log_artifact_serve_config_or_dashboard_shows_a_secret(auth_broker: Settings) -> None:
+    started = time.time()
+    s = _worker_settings(auth_broker, "value")
+    _run_workers(s)
+    key = f"serve-key-{uuid.uuid4().hex}"
+    tag = uuid.uuid4().hex[:6]
+    served = s.model_copy(
+        update={
+            "serve_api_key": SecretStr(key),
+            "serve_app_name": f"secrets-{tag}",
+            "serve_route_prefix": f"/secrets-{tag}",
+            "serve_min_replicas": 1,
+            "serve_max_replicas": 1,
+        }
+    )
+    try:
+        url = start_serving(served)
+        answer = httpx.post(
+            f"{url}/predict",
+            json={"features": [5.1, 3.5, 1.4, 0.2]},
+            headers={"X-API-Key": key},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text  # the replica got the key intact
+        answers = _dashboard_answers(served)
+        assert f"secrets-{tag}".encode() in answers["/api/serve/applications/"]
+    finally:
+        stop_serving(served)
+    secrets = [s.pulsar_token().encode(), key.encode()]
+    assert all(secrets)
+    shown = [path for path, body in answers.items() for secret in secrets if secret in body]
+    assert not shown, shown
+    # Files: this module's logs, state and artifacts (the token and the secrets files aside),
+    # and the Ray session's logs written during the test.
+    kept = (s.pulsar_auth_dir, s.state_dir / "secrets")
+    ray_logs = get_settings().state_dir / "ray" / "session_latest" / "logs"
+    written = [
+        p
+        for p in [*s.local_dir.rglob("*"), *ray_logs.rglob("*")]
+        if p.is_file() and not any(k in p.parents for k in kept) and p.stat().st_mtime >= started
+    ]
+    assert any(p.is_relative_to(ray_logs) for p in written)
+    leaks = [str(p) for p in written for secret in secrets if secret in p.read_bytes()]
+    assert not leaks, leaks

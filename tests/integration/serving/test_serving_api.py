@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from mlplatform.inference.serving.deployment import (
     manage_serving,
@@ -264,7 +265,7 @@ def guarded(lake: Settings) -> Iterator[Guarded]:
         update={
             "serve_app_name": f"{lake.serve_app_name}-guarded",
             "serve_route_prefix": f"{lake.serve_route_prefix}-guarded",
-            "serve_api_key": f"key-{uuid.uuid4().hex}",
+            "serve_api_key": SecretStr(f"key-{uuid.uuid4().hex}"),
         }
     )
     version = _other_version(lake)
@@ -279,8 +280,12 @@ def guarded(lake: Settings) -> Iterator[Guarded]:
         stop_serving(s)
 
 
+def _key(s: Settings) -> str:
+    return s.serve_api_key.get_secret_value() if s.serve_api_key else ""
+
+
 def test_503_while_the_model_cannot_be_loaded_then_recovers(guarded: Guarded) -> None:
-    key = {"X-API-Key": guarded.settings.serve_api_key or ""}
+    key = {"X-API-Key": _key(guarded.settings)}
     assert serving_status(guarded.settings) == "RUNNING"  # the replica runs, without a model
     health = httpx.get(f"{guarded.url}/health", timeout=30)
     assert health.status_code == 503
@@ -297,7 +302,7 @@ def test_503_while_the_model_cannot_be_loaded_then_recovers(guarded: Guarded) ->
 
 def test_api_key_guards_predictions_and_health_stays_open(lake: Settings, guarded: Guarded) -> None:
     guarded.restore()
-    key = guarded.settings.serve_api_key or ""
+    key = _key(guarded.settings)
     assert key not in repr(guarded.settings)  # never printed with the settings
     single, bulk = {"features": SETOSA}, {"rows": [SETOSA]}
     for path, body in (("/predict", single), ("/predict/bulk", bulk)):
