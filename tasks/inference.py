@@ -33,10 +33,15 @@ def batch_summary_rows(result: BatchResult) -> list[dict]:
         {"figure": "units skipped (committed before)", "value": result.skipped_units},
         {"figure": "rows skipped (committed before)", "value": result.skipped_rows},
         {"figure": "rows predicted now", "value": result.predicted_rows},
+        {"figure": "of which refused (broke the dataset's rules)", "value": result.refused},
         {"figure": "Iceberg commits", "value": result.commits},
         {"figure": "seconds", "value": round(result.seconds, 1)},
         {"figure": "rows/s", "value": round(result.rows_per_s)},
         {"figure": "failed units", "value": len(result.failed_units)},
+    ]
+    rows += [
+        {"figure": f"refused: {reason}", "value": count}
+        for reason, count in sorted(result.refused_rows.items())
     ]
     rows += [
         {"figure": f"failed unit {f.unit} ({f.rows} rows, {f.attempts} attempts)", "value": f.error}

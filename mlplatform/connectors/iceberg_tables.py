@@ -30,6 +30,7 @@ from mlplatform.dataset.prediction_record import (
     MODEL_VERSION,
     PREDICTED_AT,
     PROBABILITIES,
+    REASON,
     RENAMED,
     RUN_ID,
 )
@@ -144,9 +145,15 @@ def _prediction_fields(s: Settings) -> list[tuple[str, IcebergType, bool]]:
 
 
 def predictions_schema(s: Settings) -> Schema:
-    """Batch predictions: the prediction record, the run, and the input snapshot it read."""
+    """Batch predictions: the prediction record (class, label and probabilities null on a refused
+    row), why a row was refused, the run, and the input snapshot it read."""
+    refusable = (CLASS_INDEX, LABEL, PROBABILITIES)
     return _fields(
-        *_prediction_fields(s),
+        *(
+            (name, kind, required and name not in refusable)
+            for name, kind, required in _prediction_fields(s)
+        ),
+        (REASON, StringType(), False),
         (RUN_ID, StringType(), True),
         (INPUT_SNAPSHOT_ID, LongType(), True),
     )
@@ -163,19 +170,24 @@ def stream_predictions_schema(s: Settings) -> Schema:
 
 def evolve_predictions_table(table: Table, schema: Schema) -> None:
     """Bring a predictions table made by an earlier release to `schema`, in place: renamed
-    columns (prediction -> class_index, label_name -> label) keep their data, and a column it
-    lacks is added at its place in `schema` (optional: older rows read null). Idempotent."""
+    columns (prediction -> class_index, label_name -> label) keep their data, a column it
+    lacks is added at its place in `schema` (optional: older rows read null), and a column that
+    `schema` makes optional becomes optional. Idempotent."""
     names = [f.name for f in table.schema().fields]
     renames = {old: new for old, new in RENAMED.items() if old in names and new not in names}
     present = {renames.get(name, name) for name in names}
     missing = [f.name for f in schema.fields if f.name not in present]
-    if not renames and not missing:
+    required = {renames.get(f.name, f.name) for f in table.schema().fields if f.required}
+    loosen = [f.name for f in schema.fields if not f.required and f.name in required]
+    if not renames and not missing and not loosen:
         return
     order = [f.name for f in schema.fields]
     old_name = {new: old for old, new in renames.items()}  # moves name columns as they were
     with table.update_schema() as update:
         for old, new in renames.items():
             update.rename_column(old, new)
+        for name in loosen:
+            update.make_column_optional(old_name.get(name, name))
         for name in missing:
             update.add_column(name, schema.find_field(name).field_type, required=False)
             at = order.index(name)

@@ -265,7 +265,10 @@ def runs_resume(
 @app.command("quarantine")
 def quarantine(
     limit: int = typer.Option(10, help="How many of the newest rows to show."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    width: int = typer.Option(
+        120, min=10, help="Show at most this many characters of each raw row (--json: all)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (raw rows whole)."),
 ) -> None:
     """Rows the preprocess flow rejected: counts by reason and the newest rows."""
     from pyiceberg.exceptions import NoSuchTableError
@@ -281,7 +284,16 @@ def quarantine(
     for reason, count in counts.items():
         typer.echo(f"  {count:8}  {reason}")
     for row in newest:
-        typer.echo(f"{row['quarantined_at']}  {row['reason']:28} {row['source']}  {row['raw']!r}")
+        raw = clipped(row["raw"], width)
+        typer.echo(f"{row['quarantined_at']}  {row['reason']:28} {row['source']}  {raw}")
+
+
+def clipped(text: str | None, width: int) -> str:
+    """repr of a raw row, cut to about `width` characters, with its whole length when cut."""
+    shown = repr(text)
+    if len(shown) <= width:
+        return shown
+    return f"{shown[:width]}... ({len(text or '')} characters; --json shows all)"
 
 
 def _print_status(report: dict) -> None:

@@ -45,6 +45,8 @@ class Job:
     lease_lost: threading.Event = field(default_factory=threading.Event)
     committed_rows: int = 0
     commits: int = 0
+    # Committed rows refused for breaking the dataset's rules, by reason (this execution's).
+    refused: dict[str, int] = field(default_factory=dict)
 
 
 def job_key(dataset: str, snapshot_id: int, model_version: int, row_filter: str | None) -> str:

@@ -54,6 +54,7 @@ def unit_pipeline(
         "key": s.key_column,
         "timeout_s": s.batch_timeout_s,
         "niceness": s.batch_niceness,
+        "ranges": s.dataset_spec.ranges,
     }
     if mode == "separated":
         app_name = app_name or deploy_batch_model(s, ref)

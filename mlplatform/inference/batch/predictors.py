@@ -11,7 +11,7 @@ with the error instead, unit by unit, so that one bad unit does not fail its nei
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,7 +21,9 @@ import pyarrow.compute as pc
 from ray import serve
 
 from mlplatform.connectors.niceness import set_niceness
+from mlplatform.dataset.prediction_record import CLASS_INDEX, LABEL, PROBABILITIES, REASON
 from mlplatform.inference.batch.units import ERROR, UNIT, UNIT_ROWS
+from mlplatform.inference.features import Ranges
 from mlplatform.inference.predictions import label_order, prediction_columns
 from mlplatform.registry import model_registry
 from mlplatform.registry.model_registry import ModelRef
@@ -31,16 +33,44 @@ from mlplatform.settings import Settings
 PredictProba = Callable[[np.ndarray], np.ndarray]
 
 
-def predict_table(batch: pa.Table, ref: ModelRef, key: str, predict: PredictProba) -> pa.Table:
-    """Prediction columns for the batch's rows (Arrow in and out, no per-row Python); rows of a
+def refusals(
+    features: np.ndarray, nulls: np.ndarray, order: Sequence[str], ranges: Ranges
+) -> pa.Array:
+    """Per row, why its features break the dataset's rules (null: they do not), with the Flink
+    job's codes and in its order: missing_value, then not_finite, then out_of_range, each for the
+    first feature that breaks it."""
+    bounds = np.array([ranges.get(name, (-np.inf, np.inf)) for name in order]).T
+    finite = np.isfinite(features)
+    with np.errstate(invalid="ignore"):
+        outside = finite & ~((features >= bounds[0]) & (features <= bounds[1]))
+    phases = (("missing_value", nulls), ("not_finite", ~nulls & ~finite), ("out_of_range", outside))
+    reason = np.full(len(features), None, dtype=object)
+    for code, broken in reversed(phases):  # the earlier phase, then the earlier feature, wins
+        for i in reversed(range(len(order))):
+            reason[broken[:, i]] = f"{code}:{order[i]}"
+    return pa.array(reason, pa.string())
+
+
+def predict_table(
+    batch: pa.Table, ref: ModelRef, key: str, predict: PredictProba, ranges: Ranges | None = None
+) -> pa.Table:
+    """Prediction columns for the batch's rows (Arrow in and out, no per-row Python); a row whose
+    features break the dataset's rules gets the reason instead of a prediction, and rows of a
     unit whose prediction failed get the error. Placeholder rows (null key) and rows that arrived
     with an error pass through (with class 0's columns, never written)."""
     n, n_classes = batch.num_rows, len(ref.label_names)
     errors = batch[ERROR]
-    todo = pc.and_(pc.is_valid(batch[key]), pc.equal(errors, "")).to_numpy(zero_copy_only=False)
     features = np.empty((n, len(ref.feature_order)), dtype=np.float64)
+    nulls = np.zeros(features.shape, dtype=bool)
     for i, name in enumerate(ref.feature_order):
-        features[:, i] = batch[name].to_numpy()
+        column = batch[name]
+        if column.null_count:
+            nulls[:, i] = pc.is_null(column).to_numpy(zero_copy_only=False)
+            column = pc.fill_null(column.cast(pa.float64()), np.nan)
+        features[:, i] = column.to_numpy()
+    reason = refusals(features, nulls, ref.feature_order, ranges or {})
+    todo = pc.and_(pc.is_valid(batch[key]), pc.equal(errors, ""))
+    todo = pc.and_(todo, pc.is_null(reason)).to_numpy(zero_copy_only=False)
     probabilities = np.zeros((n, n_classes), dtype=np.float64)
     everything = bool(todo.all())
     try:
@@ -58,13 +88,19 @@ def predict_table(batch: pa.Table, ref: ModelRef, key: str, predict: PredictProb
             except Exception as error:
                 failed[rows] = f"predict failed: {error!r}"[:2000]
         errors = pc.if_else(pc.equal(errors, ""), pa.array(failed, pa.string()), errors)
+    columns = prediction_columns(probabilities, ref.label_names, ref.version)
+    if reason.null_count < n:  # refused rows: no class, label or probabilities
+        refused = pc.is_valid(reason)
+        for name in (CLASS_INDEX, LABEL, PROBABILITIES):
+            columns[name] = pc.if_else(refused, pa.nulls(n, columns[name].type), columns[name])
     return pa.table(
         {
             UNIT: batch[UNIT],
             UNIT_ROWS: batch[UNIT_ROWS],
             key: batch[key],
             ERROR: errors,
-            **prediction_columns(probabilities, ref.label_names, ref.version),
+            **columns,
+            REASON: reason,
         }
     )
 
@@ -79,10 +115,11 @@ class Predictor:
         timeout_s: float,
         loader: Callable[[ModelRef], Any] | None = None,
         niceness: int | None = None,
+        ranges: Ranges | None = None,
     ) -> None:
         if niceness is not None:  # this actor's process is the model's alone
             set_niceness(niceness)
-        self.ref, self.key, self.timeout_s = ref, key, timeout_s
+        self.ref, self.key, self.timeout_s, self.ranges = ref, key, timeout_s, ranges
         self.model = (loader or model_registry.load_model)(ref)
         self._pool = concurrent.futures.ThreadPoolExecutor(1)
 
@@ -98,7 +135,7 @@ class Predictor:
         return label_order(probabilities, self.model.classes_, len(self.ref.label_names))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return predict_table(batch, self.ref, self.key, self._predict)
+        return predict_table(batch, self.ref, self.key, self._predict, self.ranges)
 
 
 @serve.deployment
@@ -157,14 +194,15 @@ class ServePredictor:
         timeout_s: float,
         app_name: str,
         niceness: int | None = None,
+        ranges: Ranges | None = None,
     ) -> None:
         if niceness is not None:
             set_niceness(niceness)
-        self.ref, self.key, self.timeout_s = ref, key, timeout_s
+        self.ref, self.key, self.timeout_s, self.ranges = ref, key, timeout_s, ranges
         self.handle = serve.get_deployment_handle("BatchModel", app_name)
 
     def _predict(self, features: np.ndarray) -> np.ndarray:
         return self.handle.predict_proba.remote(features).result(timeout_s=self.timeout_s)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return predict_table(batch, self.ref, self.key, self._predict)
+        return predict_table(batch, self.ref, self.key, self._predict, self.ranges)

@@ -29,10 +29,16 @@ class BatchResult:
     units_total: int
     skipped_units: int
     skipped_rows: int
-    predicted_rows: int
+    predicted_rows: int  # rows committed now (refused rows included: each has its reason)
     commits: int
     failed_units: list[FailedUnit] = field(default_factory=list)
+    # Of predicted_rows, those whose features break the dataset's rules, by reason.
+    refused_rows: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+
+    @property
+    def refused(self) -> int:
+        return sum(self.refused_rows.values())
 
     @property
     def rows_per_s(self) -> float:

@@ -26,6 +26,13 @@ import pyarrow.compute as pc
 
 from checkpoints.store import FAILED, PENDING, RunInProgress
 from mlplatform.connectors.ray_runtime import connect
+from mlplatform.dataset.prediction_record import (
+    CLASS_INDEX,
+    LABEL,
+    MODEL_VERSION,
+    PROBABILITIES,
+    REASON,
+)
 from mlplatform.inference.batch.commit import commit_units
 from mlplatform.inference.batch.job import Job, hold_lease, open_job, reconcile
 from mlplatform.inference.batch.pipeline import unit_pipeline, watch_output
@@ -56,7 +63,7 @@ def predictions_rows(
     if table[key].null_count:
         table = table.filter(pc.is_valid(table[key]))
     n = table.num_rows
-    out = table.select([key, "class_index", "label", "probabilities", "model_version"])
+    out = table.select([key, CLASS_INDEX, LABEL, PROBABILITIES, MODEL_VERSION, REASON])
     out = out.append_column("run_id", pa.repeat(pa.scalar(run_id, pa.string()), n))
     out = out.append_column("input_snapshot_id", pa.repeat(pa.scalar(snapshot_id, pa.int64()), n))
     return out.cast(schema)
@@ -82,11 +89,14 @@ def _commit(job: Job, ready: dict[int, pa.Table]) -> None:
     if job.lease_lost.is_set():
         raise RunInProgress(f"run {job.run.run_id}: lease lost to another process; stopping")
     snapshot_id, rows = commit_units(job.predictions, job.run.run_id, ready)
-    ready.clear()
     if rows:
         job.store.mark_done(job.run.run_id, rows, snapshot_id)
         job.committed_rows += sum(rows.values())
         job.commits += 1
+        for unit in rows:
+            for count in pc.value_counts(ready[unit][REASON].drop_null()).to_pylist():
+                job.refused[count["values"]] = job.refused.get(count["values"], 0) + count["counts"]
+    ready.clear()
     if job.on_progress:
         job.on_progress(job.store.progress(job.run.run_id)[0], job.run.units_total)
 
@@ -214,6 +224,7 @@ def run_batch_inference(
         skipped_units=skipped_units,
         skipped_rows=skipped_rows,
         predicted_rows=job.committed_rows,
+        refused_rows=job.refused,
         commits=job.commits,
         failed_units=failed,
         seconds=time.monotonic() - started,

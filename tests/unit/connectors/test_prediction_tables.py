@@ -31,8 +31,8 @@ from mlplatform.settings import Settings
 
 pytestmark = pytest.mark.unit
 
-BATCH = ["event_id", "class_index", "label", "probabilities", "model_version", "run_id"]
-BATCH += ["input_snapshot_id"]
+BATCH = ["event_id", "class_index", "label", "probabilities", "model_version", "reason"]
+BATCH += ["run_id", "input_snapshot_id"]
 STREAM = ["event_id", "class_index", "label", "probabilities", "model_version", "message_id"]
 STREAM += ["predicted_at"]
 
@@ -100,6 +100,9 @@ def test_tables_of_an_earlier_release_are_evolved_in_place_once(lake: Settings) 
     stream = load_table(lake, lake.stream_predictions_table)
     assert _names(batch) == BATCH and _names(stream) == STREAM
     assert not batch.schema().find_field("label").required  # older rows have none
+    # A refused row has no class and no probabilities, only its reason.
+    assert not any(batch.schema().find_field(n).required for n in ("class_index", "probabilities"))
+    assert stream.schema().find_field("class_index").required
     rows = batch.scan().to_arrow().to_pylist()
     assert rows == [
         {
@@ -108,6 +111,7 @@ def test_tables_of_an_earlier_release_are_evolved_in_place_once(lake: Settings) 
             "label": None,
             "probabilities": [0.1, 0.2, 0.7],
             "model_version": 4,
+            "reason": None,
             "run_id": "r1",
             "input_snapshot_id": 9,
         }
@@ -128,6 +132,7 @@ def test_tables_of_an_earlier_release_are_evolved_in_place_once(lake: Settings) 
                 "label": ["setosa"],
                 "probabilities": [[0.9, 0.1, 0.0]],
                 "model_version": pa.array([5], pa.int32()),
+                "reason": pa.nulls(1, pa.string()),
                 "run_id": ["r2"],
                 "input_snapshot_id": pa.array([10], pa.int64()),
             }

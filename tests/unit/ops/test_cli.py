@@ -225,3 +225,35 @@ def test_db_on_an_unreachable_database_exits_1(
         result = runner.invoke(app, ["db", command])
         assert result.exit_code == 1 and "error:" in result.output, result.output
         assert "secret" not in result.output
+
+
+def test_quarantine_cuts_raw_rows_and_json_keeps_them_whole(
+    settings: Settings, runner: CliRunner
+) -> None:
+    from datetime import datetime
+
+    import pyarrow as pa
+
+    from mlplatform.connectors.iceberg_tables import ensure_tables, load_table
+
+    ensure_tables(settings)
+    table = load_table(settings, settings.quarantine_table)
+    huge = "9," * 8000
+    table.append(
+        pa.table(
+            {
+                "raw": [huge, "a,b"],
+                "reason": ["oversized", "wrong_field_count"],
+                "source": ["landing/x.csv", "landing/x.csv"],
+                "quarantined_at": [datetime(2026, 1, 1), datetime(2026, 1, 2)],
+            }
+        ).cast(table.schema().as_arrow())
+    )
+    text = runner.invoke(app, ["quarantine", "--width", "60"])
+    assert text.exit_code == 0, text.output
+    assert len(text.output) < 1000
+    assert "... (16000 characters; --json shows all)" in text.output
+    assert "'a,b'" in text.output  # a short row is shown whole
+    whole = runner.invoke(app, ["quarantine", "--json"])
+    assert whole.exit_code == 0, whole.output
+    assert huge in [row["raw"] for row in json.loads(whole.output)["newest"]]
