@@ -174,6 +174,9 @@ def run_flink_job(
         token_file = temporary_token
     config = job_config(s, input_dir, job_name, token_file, sources, optional_columns)
     config.update(extra or {})
+    # Owner-only: it may hold the catalog database's password (jdbc.password).
+    config_path.unlink(missing_ok=True)
+    config_path.touch(mode=0o600)
     config_path.write_text(json.dumps(config))
     shutil.rmtree(counts_dir(s, job_name), ignore_errors=True)  # a retry's counts are its own
     flink_logs = s.log_dir / "flink"

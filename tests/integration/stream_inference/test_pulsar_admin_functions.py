@@ -1,8 +1,10 @@
 """The same example file on Pulsar's own functions worker: `pulsar-admin functions create`,
-answered by `functions trigger`.
+answered by `functions trigger`, with token authentication on.
 
 The module starts a second standalone broker of its own, with the functions worker
-(MLP_PULSAR_FUNCTIONS_WORKER) on free loopback ports and with state under a temporary folder,
+(MLP_PULSAR_FUNCTIONS_WORKER) and token authentication (MLP_PULSAR_AUTH: pulsar-admin, the REST
+calls, the worker and its Python instances all authenticate with tokens read from files) on free
+loopback ports and with state under a temporary folder,
 through the same infra/services.py code as `make up`, and always stops it. The platform's broker
 is not used. A broker that does not start fails the tests; nothing is skipped.
 """
@@ -23,6 +25,7 @@ import pytest
 from sklearn.datasets import load_iris
 from sklearn.tree import DecisionTreeClassifier
 
+from infra.services import pulsar_admin_token_headers
 from mlplatform.inference.stream.pulsar_functions import champion_user_config
 from mlplatform.registry import model_registry
 from mlplatform.settings import PROJECT_DIR, Settings, get_settings
@@ -59,9 +62,23 @@ def _expected(rows: list[list[float]]) -> list[str]:
     return [str(labels[p]) for p in _model().predict(np.asarray(rows)[:, columns])]
 
 
+def _pulsar_admin(s: Settings) -> list[str]:
+    """pulsar-admin with the admin role's token, by file (never on the command line)."""
+    token = s.pulsar_role_token_file(s.pulsar_auth_admin_role)
+    return [
+        str(s.pulsar_home / "bin" / "pulsar-admin"),
+        "--admin-url",
+        s.pulsar_admin_url,
+        "--auth-plugin",
+        "org.apache.pulsar.client.impl.auth.AuthenticationToken",
+        "--auth-params",
+        f"file://{token}",
+    ]
+
+
 def _admin(s: Settings, *args: str) -> str:
     completed = subprocess.run(
-        [str(s.pulsar_home / "bin" / "pulsar-admin"), "--admin-url", s.pulsar_admin_url, *args],
+        [*_pulsar_admin(s), *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -97,6 +114,7 @@ def worker_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings
         pulsar_service_url=f"pulsar://127.0.0.1:{_free_port()}",
         pulsar_admin_url=f"http://127.0.0.1:{_free_port()}",
         pulsar_functions_worker=True,
+        pulsar_auth=True,
         database_url=f"sqlite:///{root / 'registry.db'}",
     )
     row = model_registry.register(
@@ -119,9 +137,7 @@ def worker_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings
 def _create_command(s: Settings, classname: str, name: str, tag: str, config: str) -> list[str]:
     """`pulsar-admin functions create` for one class of the example file."""
     return [
-        str(s.pulsar_home / "bin" / "pulsar-admin"),
-        "--admin-url",
-        s.pulsar_admin_url,
+        *_pulsar_admin(s),
         "functions",
         "create",
         "--py",
@@ -165,7 +181,7 @@ def functions(worker_broker: Settings) -> Settings:
     while pending and time.monotonic() < deadline:
         for name in list(pending):
             url = f"{s.pulsar_admin_url}/admin/v3/functions/public/default/{name}/status"
-            response = httpx.get(url, timeout=10)
+            response = httpx.get(url, headers=pulsar_admin_token_headers(s), timeout=10)
             if response.status_code == 200 and response.json().get("numRunning") == 1:
                 pending.discard(name)
         time.sleep(1.0)
@@ -188,7 +204,11 @@ def test_single_prediction_function_answers_trigger(functions: Settings) -> None
     assert answer == expected[0]
     # The rest through the REST endpoint pulsar-admin calls (no JVM start per row).
     url = f"{s.pulsar_admin_url}/admin/v3/functions/public/default/{NAMES['IrisPredict']}/trigger"
-    answers = [httpx.post(url, files={"data": (None, t)}, timeout=60).text for t in text[1:]]
+    headers = pulsar_admin_token_headers(s)
+    answers = [
+        httpx.post(url, files={"data": (None, t)}, headers=headers, timeout=60).text
+        for t in text[1:]
+    ]
     assert answers == expected[1:]
 
 
@@ -196,3 +216,15 @@ def test_bulk_prediction_function_answers_trigger(functions: Settings) -> None:
     s, (rows, text) = functions, _rows()
     answer = _trigger(s, NAMES["IrisPredictBulk"], ":".join(text))
     assert answer.split(",") == _expected(rows)
+
+
+def test_a_request_without_a_token_is_refused_and_no_log_shows_a_token(
+    functions: Settings,
+) -> None:
+    url = f"{functions.pulsar_admin_url}/admin/v3/functions/public/default"
+    assert httpx.get(url, timeout=10).status_code == 401
+    tokens = [p.read_bytes().strip() for p in functions.pulsar_auth_dir.glob("*.token")]
+    logs = [p for p in functions.log_dir.rglob("*") if p.is_file()]
+    assert any("pulsar-functions" in str(p) for p in logs)
+    leaks = [str(p) for p in logs for token in tokens if token in p.read_bytes()]
+    assert not leaks, leaks
