@@ -17,6 +17,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -266,13 +267,21 @@ def _iris_champion(s: Settings) -> None:
     model_registry.promote(s, row.version)
 
 
-def _run_workers(s: Settings) -> None:
-    """Stream consumers and a Pulsar Function on Ray, each answering every message."""
+@dataclass(frozen=True)
+class WorkersRan:
+    s: Settings
+    started: float  # time.time() before the workers ran
+    stream: tuple[int, int]  # (published, failed)
+    predictions: int  # on the predictions topic
+    answers: list[str]  # the function's, sorted
+
+
+def _run_workers(s: Settings) -> WorkersRan:
+    """Stream consumers and a Pulsar Function on Ray, answering WORKER_ROWS and 2 messages."""
+    started = time.time()
     _iris_champion(s)
     publish_features(s, feature_rows(s, WORKER_ROWS, seed=9))
     result = run_stream_inference(s, max_messages=WORKER_ROWS, timeout_s=120)
-    assert (result.published, result.failed) == (WORKER_ROWS, 0)
-    assert len(read_all(s, s.predictions_topic)) == WORKER_ROWS
     spec = FunctionSpec(
         py=FUNCTIONS_EXAMPLE,
         classname="IrisPredict",
@@ -290,14 +299,31 @@ def _run_workers(s: Settings) -> None:
         client.close()
     answered = run_function(s, spec, max_messages=2, timeout_s=120)
     assert (answered.processed, answered.failed) == (2, 0)
-    assert sorted(m.data().decode() for m in read_all(s, spec.output)) == ["setosa", "virginica"]
+    return WorkersRan(
+        s,
+        started,
+        (result.published, result.failed),
+        len(read_all(s, s.predictions_topic)),
+        sorted(m.data().decode() for m in read_all(s, spec.output)),
+    )
+
+
+@pytest.fixture(scope="module")
+def workers_by_value(auth_broker: Settings) -> WorkersRan:
+    return _run_workers(_worker_settings(auth_broker, "value"))
 
 
 @pytest.mark.parametrize("source", ["value", "file"])
 def test_ray_workers_authenticate_with_the_token_by_value_and_by_file(
-    auth_broker: Settings, source: str
+    auth_broker: Settings, source: str, request: pytest.FixtureRequest
 ) -> None:
-    _run_workers(_worker_settings(auth_broker, source))
+    if source == "value":
+        ran = request.getfixturevalue("workers_by_value")
+    else:
+        ran = _run_workers(_worker_settings(auth_broker, source))
+    assert ran.stream == (WORKER_ROWS, 0)
+    assert ran.predictions == WORKER_ROWS
+    assert ran.answers == ["setosa", "virginica"]
 
 
 def _dashboard_answers(s: Settings) -> dict[str, bytes]:
@@ -317,10 +343,10 @@ def _dashboard_answers(s: Settings) -> dict[str, bytes]:
     return answers
 
 
-def test_no_log_artifact_serve_config_or_dashboard_shows_a_secret(auth_broker: Settings) -> None:
-    started = time.time()
-    s = _worker_settings(auth_broker, "value")
-    _run_workers(s)
+def test_no_log_artifact_serve_config_or_dashboard_shows_a_secret(
+    workers_by_value: WorkersRan,
+) -> None:
+    s, started = workers_by_value.s, workers_by_value.started
     key = f"serve-key-{uuid.uuid4().hex}"
     tag = uuid.uuid4().hex[:6]
     served = s.model_copy(
