@@ -86,20 +86,18 @@ def current_revision(connection: Connection) -> str | None:
 def upgrade(engine: Engine) -> str:
     """Bring the database to the head revision and return it; one query when it is there."""
     head = head_revision()
-    with engine.connect() as connection:
-        if current_revision(connection) == head:
-            return head
     for attempt in range(1, UPGRADE_ATTEMPTS + 1):
         try:
+            with engine.connect() as connection:
+                if current_revision(connection) == head:
+                    return head
             with _IN_PROCESS_LOCK, _migration_transaction(engine) as connection:
                 _upgrade_locked(connection)
             return head
         except DBAPIError:
-            # A concurrent upgrade that no lock covers won the race, or a lock wait timed out:
-            # fine if the winner got there, else try again once it may have finished.
-            with engine.connect() as connection:
-                if current_revision(connection) == head:
-                    return head
+            # A concurrent upgrade that no lock covers won the race, or a lock wait timed out
+            # (SQLite's switch to WAL of a new file can fail at once under contention): look
+            # again once the winner may have finished.
             if attempt == UPGRADE_ATTEMPTS:
                 raise
             time.sleep(attempt)
