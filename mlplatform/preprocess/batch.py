@@ -20,6 +20,7 @@ from mlplatform.preprocess.landing_files import claim, plan_sources
 from mlplatform.preprocess.schema_evolution import add_columns, set_aside, table_columns
 from mlplatform.sample_data.demo_rows import header
 from mlplatform.settings import PROJECT_DIR, Settings
+from mlplatform.settings.secrets import owner_only_file
 
 JOB_FILE = Path(__file__).resolve().parent / "flink_job.py"
 
@@ -165,13 +166,11 @@ def run_flink_job(
     config_path = s.state_dir / "flink" / f"{job_name}.json"
     config_path.parent.mkdir(parents=True, exist_ok=True)
     token_file = s.resolved_pulsar_token_file
-    temporary_token = None
     if token_file is None and s.pulsar_auth_token is not None:
-        # A token given by value reaches the job as an owner-only file that lives for the run.
-        temporary_token = config_path.with_suffix(".token")
-        temporary_token.touch(mode=0o600)
-        temporary_token.write_text(s.pulsar_auth_token.get_secret_value())
-        token_file = temporary_token
+        # A token given by value reaches the job as an owner-only file, kept: a stream job's
+        # Pulsar clients read it again when they reconnect.
+        token = s.pulsar_auth_token.get_secret_value()
+        token_file = owner_only_file(s.state_dir / "secrets", token, ".token")
     config = job_config(s, input_dir, job_name, token_file, sources, optional_columns)
     config.update(extra or {})
     # Owner-only: it may hold the catalog database's password (jdbc.password).
@@ -192,8 +191,6 @@ def run_flink_job(
         )
     finally:
         config_path.unlink(missing_ok=True)
-        if temporary_token is not None:
-            temporary_token.unlink(missing_ok=True)
     if completed.returncode != 0:
         log = s.log_dir / f"flink-{job_name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)

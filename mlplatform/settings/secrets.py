@@ -40,10 +40,15 @@ def secret_fields(settings: BaseModel) -> dict[str, str]:
 
 def write_secrets_file(folder: Path, secrets: dict[str, str]) -> Path:
     """An owner-only file holding `secrets` (JSON), created once per distinct content."""
-    text = json.dumps(secrets, sort_keys=True)
+    return owner_only_file(folder, json.dumps(secrets, sort_keys=True), ".json")
+
+
+def owner_only_file(folder: Path, text: str, suffix: str) -> Path:
+    """A file holding `text`, mode 0600 in `folder` (0700), named by a hash of `text`: created
+    once, and kept (a worker restarted later, or a stream job reconnecting, reads it again)."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     folder.chmod(0o700)
-    path = folder / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.json"
+    path = folder / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}{suffix}"
     if not path.exists():
         partial = folder / f".{path.name}.{os.getpid()}"
         descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

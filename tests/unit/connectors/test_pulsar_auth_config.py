@@ -108,7 +108,7 @@ def test_flink_connector_gets_the_token_file_not_the_token(tmp_path: Path) -> No
     assert f"'pulsar.client.authPluginClassName' = '{TOKEN_CLIENT_PLUGIN}'" in sink
 
 
-def test_a_token_by_value_reaches_flink_as_a_temporary_file(
+def test_a_token_by_value_reaches_flink_as_an_owner_only_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     s = _settings(tmp_path, pulsar_auth_token=TOKEN, flink_python=Path(sys.executable))
@@ -127,5 +127,5 @@ def test_a_token_by_value_reaches_flink_as_a_temporary_file(
     assert preprocess.run_flink_job(s, tmp_path / "in", "job-2") == "j1"
     assert TOKEN not in seen["config"]
     assert (seen["token"], seen["mode"]) == (TOKEN, 0o600)
-    assert not seen["token_file"].exists()
-    assert not list((s.state_dir / "flink").iterdir())
+    assert seen["token_file"].parent == s.state_dir / "secrets"  # kept for reconnects
+    assert not list((s.state_dir / "flink").iterdir())  # the config (catalog password) is not
