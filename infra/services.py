@@ -203,6 +203,16 @@ def _pulsar_grant(s: Settings) -> None:
         updated = httpx.post(f"{base}/tenants/public", json=info, headers=headers, timeout=30.0)
         if updated.status_code not in (200, 204):
             raise ServiceError(f"pulsar: making {role} admin of public failed: {updated.text}")
+    # Standalone creates public/default after it answers healthy (later still with the
+    # functions worker): wait for it.
+    deadline = time.monotonic() + 120
+    while True:
+        listed = httpx.get(f"{base}/namespaces/public", headers=headers, timeout=30.0)
+        if listed.status_code == 200 and "public/default" in listed.json():
+            break
+        if time.monotonic() > deadline:
+            raise ServiceError("pulsar: namespace public/default did not appear within 120 s")
+        time.sleep(0.5)
     url = f"{base}/namespaces/public/default/permissions/{role}"
     granted = httpx.post(url, json=["produce", "consume"], headers=headers, timeout=30.0)
     if granted.status_code not in (200, 204):
