@@ -294,9 +294,9 @@ def check_every_line_has_one_outcome(s: Settings, lines: list[Line], result: obj
     keys = [_key_of(raw, s) for raw in written]
     unexplained = Counter(keys) - Counter(features[s.key_column])
     unwritten = Counter(features[s.key_column]) - Counter(keys)
+    lost = [raw for raw in written if _key_of(raw, s) in unexplained]
     assert not unexplained and not unwritten, (
-        f"lines neither quarantined nor written: {[r for r in written if _key_of(r, s) in unexplained]}"
-        f"; features rows of no line left: {list(unwritten)}"
+        f"lines neither quarantined nor written: {lost}; features rows of no line: {unwritten}"
     )
     assert len(set(keys)) == len(keys)
 
