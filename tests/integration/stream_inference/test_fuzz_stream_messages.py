@@ -39,6 +39,10 @@ RUN_S = 25.0
 HUGE = 1_000_000
 GOOD = "good"
 ANY = None  # refused for a reason not known in advance
+# Outside the dataset spec's range: refused as out_of_range once the parser checks ranges, else
+# predicted; either way once, and the stream goes on (1e39 and beyond do not fit a float32,
+# which tree models compute in).
+OUT_OF_RANGE = "out_of_range"
 TRIED: Counter[str] = Counter()
 
 
@@ -93,6 +97,10 @@ def message(draw: st.DrawFn, s: Settings, key: str, kind: str) -> Message:
         if draw(st.booleans()):  # fields beyond the features are allowed (label, source, ...)
             row |= {"label": draw(st.integers(0, 2)), draw(st.sampled_from(["src", "x"])): 1}
         return Message(json.dumps(row).encode(), GOOD, key, tuple(map(float, values)))
+    if kind == "out_of_range":
+        values[j] = draw(st.sampled_from([-1.0, 20.5, 1e6, 1e39, 1e300, -1e300]))
+        row = _row(s, key, values)
+        return Message(json.dumps(row).encode(), OUT_OF_RANGE, key, tuple(map(float, values)))
     if kind == "empty":
         return Message(b"", "not_json")
     if kind == "binary":
@@ -141,7 +149,7 @@ def message(draw: st.DrawFn, s: Settings, key: str, kind: str) -> Message:
 
 
 BAD_KINDS = ["empty", "binary", "not_utf8", "huge", "not_json", "not_object", "wrong_schema"]
-BAD_KINDS += ["no_key", "no_feature", "wrong_type", "not_finite"]
+BAD_KINDS += ["no_key", "no_feature", "wrong_type", "not_finite", "out_of_range"]
 
 
 @st.composite
@@ -195,16 +203,20 @@ def test_bad_messages_are_dead_lettered_and_the_stream_goes_on(
     )
     mixed, after = data.draw(messages(s, tag), label="messages")
     sent = mixed + after
-    good = [m for m in sent if m.expected == GOOD]
-    bad = [m for m in sent if m.expected != GOOD]
     publish(s, sent)
     result = run_stream_inference(s, timeout_s=RUN_S)
+    parked = read_all(s, s.dead_letter_topic)
+    out = [json.loads(m.data()) for m in read_all(s, s.predictions_topic)]
+    refused = Counter(m.data() for m in parked)
+    # Out of range: refused (then with that reason) or predicted, as the parser decides.
+    ranged = [m for m in sent if m.expected == OUT_OF_RANGE]
+    good = [m for m in sent if m.expected == GOOD or (m in ranged and m.payload not in refused)]
+    bad = [m for m in sent if m not in good]
     TRIED.update(runs=1, messages=len(sent), bad=len(bad), good=len(good))
-    TRIED.update(huge=sum(len(m.payload) >= HUGE for m in sent))
+    TRIED.update(huge=sum(len(m.payload) >= HUGE for m in sent), out_of_range=len(ranged))
 
     # Every bad message is parked once, with its bytes and a reason (the known one, if known).
-    parked = read_all(s, s.dead_letter_topic)
-    assert Counter(m.data() for m in parked) == Counter(m.payload for m in bad)
+    assert refused == Counter(m.payload for m in bad)
     reasons: dict[bytes, set[str]] = {}
     for m in parked:
         reason = m.properties().get("reason", "")
@@ -216,7 +228,6 @@ def test_bad_messages_are_dead_lettered_and_the_stream_goes_on(
             assert m.expected in reasons[m.payload], (m.payload[:120], reasons[m.payload])
 
     # Every good message has exactly one prediction, the model's own; those after the bad too.
-    out = [json.loads(m.data()) for m in read_all(s, s.predictions_topic)]
     keys = Counter(o[s.key_column] for o in out)
     assert keys == Counter(m.key for m in good), (keys, [m.key for m in good])
     by_key = {o[s.key_column]: o for o in out}
@@ -229,6 +240,7 @@ def test_bad_messages_are_dead_lettered_and_the_stream_goes_on(
     assert result.failed == len(bad) * s.stream_max_redeliveries
     print(  # cumulative: the last one printed is the module's total
         f"fuzz stream messages: {TRIED['messages']} messages tried ({TRIED['bad']} malformed, "
-        f"{TRIED['huge']} of ~1 MB, {TRIED['good']} valid) in {TRIED['runs']} runs: "
+        f"{TRIED['huge']} of ~1 MB, {TRIED['out_of_range']} out of range; {TRIED['good']} "
+        f"valid) in {TRIED['runs']} runs: "
         f"{TRIED['bad']} dead-lettered with a reason, {TRIED['good']} predicted once"
     )
