@@ -21,6 +21,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import SecretStr
 from schemathesis import GenerationMode, checks
 
 from mlplatform.inference.serving.deployment import serving_status, start_serving, stop_serving
@@ -96,7 +97,7 @@ def keyed(lake: Settings) -> Iterator[tuple[str, str]]:
         update={
             "serve_app_name": f"{lake.serve_app_name}-keyed",
             "serve_route_prefix": f"{lake.serve_route_prefix}-keyed",
-            "serve_api_key": key,
+            "serve_api_key": SecretStr(key),
         }
     )
     for url in _deployed(s):
