@@ -152,8 +152,10 @@ def test_the_api_fuzzed_from_its_schema(open_api: str) -> None:
     def fuzz(case: schemathesis.Case) -> None:
         _tried("open", case.call_and_validate(checks=CHECKS))
 
-    fuzz()
-    _report()
+    try:
+        fuzz()
+    finally:
+        _report()
 
 
 def test_the_api_behind_a_key_fuzzed_from_its_schema(keyed: tuple[str, str]) -> None:
@@ -169,5 +171,7 @@ def test_the_api_behind_a_key_fuzzed_from_its_schema(keyed: tuple[str, str]) -> 
         if not with_key and case.path != "/health":
             assert response.status_code == 401, (case.path, response.status_code)
 
-    fuzz()
-    _report()
+    try:
+        fuzz()
+    finally:
+        _report()
