@@ -11,11 +11,11 @@ for the OpenAPI schema.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from mlplatform.dataset.prediction_record import CLASS_INDEX, LABEL, PROBABILITIES
 from mlplatform.inference.features import InvalidFeatures, Ranges, parse_features, short
@@ -145,6 +145,13 @@ class ModelInfo(BaseModel):
     training_rows: int
     created_at: datetime
     promoted_at: datetime | None
+
+    @field_validator("created_at", "promoted_at")
+    @classmethod
+    def _in_utc(cls, value: datetime | None) -> datetime | None:
+        """The registry keeps UTC times without their zone (SQLite drops it): say it, so the
+        answer is an RFC 3339 date-time as the schema promises."""
+        return value.replace(tzinfo=UTC) if value and value.tzinfo is None else value
 
 
 class ErrorResponse(BaseModel):
