@@ -9,6 +9,7 @@ and stream inference, serving) reads the columns from the settings this spec fil
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from functools import lru_cache
@@ -34,6 +35,11 @@ class FeatureSpec(BaseModel):
 
     @model_validator(mode="after")
     def _range_is_ordered(self) -> FeatureSpec:
+        if not (math.isfinite(self.min) and math.isfinite(self.max)):
+            raise ValueError(
+                f"feature {self.name}: min {self.min} and max {self.max} must be finite numbers "
+                "(the Flink job's SQL and every entry compare against them)"
+            )
         if not self.min < self.max:
             raise ValueError(f"feature {self.name}: min {self.min} must be below max {self.max}")
         return self

@@ -17,8 +17,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-# Feature name -> (min, max), closed; a feature without an entry has no range.
+# Feature name -> (min, max), closed; a feature without an entry lies within float32's range.
 Ranges = Mapping[str, tuple[float, float]]
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 class InvalidFeatures(ValueError):
@@ -67,7 +68,8 @@ def parse_value(
     if not math.isfinite(number):
         message = f"{place}: {short(value)} is not a finite number (NaN and Infinity are refused)"
         raise InvalidFeatures("not_finite", detail, message, row, name)
-    low, high = (ranges or {}).get(name, (-math.inf, math.inf))
+    # Tree models compare in float32: a larger value would fail the whole batch it is in.
+    low, high = (ranges or {}).get(name, (-FLOAT32_MAX, FLOAT32_MAX))
     if not low <= number <= high:
         message = f"{place}: {short(value)} is outside the dataset's range [{low:g}, {high:g}]"
         raise InvalidFeatures("out_of_range", detail, message, row, name)

@@ -128,7 +128,8 @@ def _csv_source_sql(
         "THEN 'extra_fields' ELSE CAST(NULL AS STRING) END"
     )
     values = [
-        f"TRIM(SPLIT_INDEX(line, ',', {names.index(c['name'])}))"
+        # Blanks (spaces, tabs) around a value are cut; SQL's TRIM cuts only spaces.
+        rf"REGEXP_REPLACE(SPLIT_INDEX(line, ',', {names.index(c['name'])}), '^\s+|\s+$', '')"
         if c["name"] in names
         else "CAST(NULL AS STRING)"
         for c in columns

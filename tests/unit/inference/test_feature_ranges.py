@@ -58,8 +58,11 @@ def test_a_stream_message_out_of_range_gets_a_dead_letter_reason(s: Settings) ->
     assert error.value.reason == f"out_of_range: {order[2]}=1000000.0"
 
 
-def test_without_ranges_a_feature_is_only_checked_to_be_finite() -> None:
-    assert parse_features([-500.0], ["x"]) == [-500.0]
+def test_without_ranges_a_feature_must_fit_float32() -> None:
+    """Found by fuzzing: 1e39 failed a whole stream micro-batch (trees compare in float32)."""
+    assert parse_features([-500.0, 3.4e38], ["x", "y"]) == [-500.0, 3.4e38]
+    with pytest.raises(InvalidFeatures, match=r"feature 0 \(x\): 1e\+39 is outside"):
+        parse_features([1e39], ["x"])
 
 
 def test_the_flink_job_checks_the_same_ranges(s: Settings, tmp_path: Path) -> None:

@@ -162,7 +162,7 @@ def test_every_feature_gets_value_number_finite_and_range_checks(cfg: dict) -> N
     sql = validation_sql(cfg)
     for i, column in enumerate(feature_names(cfg), start=1):
         # Each column's text by its position in the header, then parsed by its type.
-        assert f"TRIM(SPLIT_INDEX(line, ',', {i})) AS v{i}" in sql
+        assert f"REGEXP_REPLACE(SPLIT_INDEX(line, ',', {i}), '^\\s+|\\s+$', '') AS v{i}" in sql
         assert f"TRY_CAST(v{i} AS DOUBLE) AS `{column}`" in sql
         assert f"WHEN v{i} IS NULL OR v{i} = '' THEN 'missing_value:{column}'" in sql
         assert f"WHEN v{i} <> '' AND `{column}` IS NULL THEN 'not_a_number:{column}'" in sql
@@ -289,7 +289,8 @@ def test_custom_schema_changes_generated_sql(cfg: dict) -> None:
     sql = validation_sql(cfg)
     assert "< 4 THEN 'missing_fields'" in sql and "> 4 THEN 'extra_fields'" in sql
     assert (
-        "TRIM(SPLIT_INDEX(line, ',', 3)) AS v3" in sql and "TRY_CAST(v3 AS INT) END AS `cls`" in sql
+        "REGEXP_REPLACE(SPLIT_INDEX(line, ',', 3), '^\\s+|\\s+$', '') AS v3" in sql
+        and "TRY_CAST(v3 AS INT) END AS `cls`" in sql
     )
     assert "`cls` <= 4.0) THEN 'out_of_range:cls'" in sql
     assert "WHERE line <>" not in sql  # no header line
@@ -335,9 +336,10 @@ def test_a_run_with_csv_json_and_optional_columns(cfg: dict) -> None:
     assert sql.count(" UNION ALL ") == 1
     csv, json_lines = sql.split(" UNION ALL ")
     # By the header's positions: event_id is the second field, the label the first.
-    assert "TRIM(SPLIT_INDEX(line, ',', 1)) AS v0" in csv
-    assert "TRIM(SPLIT_INDEX(line, ',', 0)) AS v5" in csv
-    assert "TRIM(SPLIT_INDEX(line, ',', 6)) AS v6" in csv and "CAST(NULL AS STRING) AS v7" in csv
+    assert "REGEXP_REPLACE(SPLIT_INDEX(line, ',', 1), '^\\s+|\\s+$', '') AS v0" in csv
+    assert "REGEXP_REPLACE(SPLIT_INDEX(line, ',', 0), '^\\s+|\\s+$', '') AS v5" in csv
+    assert "REGEXP_REPLACE(SPLIT_INDEX(line, ',', 6), '^\\s+|\\s+$', '') AS v6" in csv
+    assert "CAST(NULL AS STRING) AS v7" in csv
     assert "< 7 THEN 'missing_fields'" in csv
     assert "WHEN NOT (line IS JSON OBJECT) THEN 'not_json'" in json_lines
     assert "POSITION(',\"site\",' IN " in json_lines and "AS p7" in json_lines
