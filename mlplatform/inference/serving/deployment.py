@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import httpx
@@ -105,6 +106,40 @@ async def _unavailable(_: Request, error: ModelUnavailable) -> JSONResponse:
 async def require_api_key(api_key: str | None = Security(API_KEY)) -> None:
     """401 unless the X-API-Key header matches the configured key (when one is configured)."""
     serve.get_replica_context().servable_object.authorize(api_key)
+
+
+@lru_cache
+def guarded_paths() -> frozenset[str]:
+    """The routes behind the API key: those whose OpenAPI operation names the key."""
+    paths = app.openapi()["paths"]
+    return frozenset(p for p, ops in paths.items() if any("security" in o for o in ops.values()))
+
+
+class ApiKeyFirst:
+    """The API key is checked before anything reads the request: without the key a guarded
+    route answers 401 whatever the body (FastAPI parses the body before dependencies run)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            root, path = scope.get("root_path", ""), scope["path"]
+            if root and path.startswith(root):
+                path = path[len(root) :]
+            if path in guarded_paths():
+                key = dict(scope["headers"]).get(b"x-api-key")
+                try:
+                    await require_api_key(key.decode("latin-1") if key is not None else None)
+                except HTTPException as error:
+                    body = {"detail": error.detail}
+                    answer = JSONResponse(body, error.status_code, headers=error.headers)
+                    await answer(scope, receive, send)
+                    return
+        await self.inner(scope, receive, send)
+
+
+app.add_middleware(ApiKeyFirst)
 
 
 @serve.deployment
