@@ -19,7 +19,6 @@ import time
 import numpy as np
 import pyarrow as pa
 import pytest
-from ray.util.state import list_actors
 
 from checkpoints.store import CheckpointStore, RunInProgress
 from mlplatform.connectors.iceberg_tables import load_table
@@ -30,7 +29,7 @@ from mlplatform.inference.batch.runner import run_batch_inference
 from mlplatform.sample_data.synthetic_features import append_features, feature_rows
 from mlplatform.settings import PROJECT_DIR, Settings
 from mlplatform.training.retrain import retrain
-from tests.helpers import module_settings, settings_env
+from tests.helpers import module_settings, own_actor_pids, settings_env
 from tests.integration.batch_inference.exactly_once import (
     assert_exactly_once,
     predictions_of,
@@ -121,11 +120,6 @@ def test_kill_minus_nine_of_the_flow_process_at_random_points_then_resume(batch:
     assert {u.status for u in store.units(run_id)} == {"done"}
 
 
-def _predictor_pids(s: Settings) -> list[int]:
-    actors = list_actors(address=s.ray_address, filters=[("state", "=", "ALIVE")])
-    return [a.pid for a in actors if "Predictor" in a.class_name and a.pid]
-
-
 def test_a_killed_ray_worker_loses_and_doubles_nothing(batch: Settings) -> None:
     s = _fresh(batch, "worker", 3000, commit_every_s=0.2)
     outcome: dict[str, object] = {}
@@ -136,7 +130,7 @@ def test_a_killed_ray_worker_loses_and_doubles_nothing(batch: Settings) -> None:
     deadline = time.monotonic() + 180
     while killed is None and time.monotonic() < deadline and runner.is_alive():
         run_id = _current_run_id(s)
-        if run_id and store.progress(run_id)[0] >= 3 and (pids := _predictor_pids(s)):
+        if run_id and store.progress(run_id)[0] >= 3 and (pids := own_actor_pids(s, "Predictor")):
             os.kill(pids[0], signal.SIGKILL)
             killed = pids[0]
         time.sleep(0.05)
