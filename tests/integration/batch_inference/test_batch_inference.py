@@ -236,8 +236,11 @@ def test_a_concurrent_second_run_is_refused_and_nothing_doubles(batch: Settings)
 
 
 def test_concurrent_commits_and_starts_of_one_job_land_once(batch: Settings) -> None:
-    race_commits(batch)
-    race_open_run(batch)
+    # Tables and database of its own: the runs it opens are not the module's latest run,
+    # which the kill -9 test watches.
+    s = module_settings(batch, "race")
+    race_commits(s)
+    race_open_run(s)
 
 
 def test_job_key_separates_filters_and_models() -> None:

@@ -478,16 +478,24 @@ def test_batch_inference_on_a_two_node_ray_cluster(
     assert completed.returncode == 0 and "healthy" in completed.stdout, completed.stdout
 
 
-def test_batch_inference_resumes_and_races_safely_on_postgresql(pg_settings: Settings) -> None:
+def test_batch_inference_resumes_and_races_safely_on_postgresql(
+    pg_settings: Settings, postgres: str
+) -> None:
+    # A database (checkpoints, registry) of its own: a champion it promoted would make the
+    # pipeline test's first model a rejected candidate when that test runs later.
+    admin = create_engine(f"{postgres}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text("CREATE DATABASE batch"))
+    admin.dispose()
     s = pg_settings.model_copy(
         update={
             "namespace": f"{pg_settings.namespace}_batch",
+            "database_url": f"{postgres}/batch",
             "unit_rows": 500,
             "commit_every_rows": 500,
         }
     )
     append_features(s, 3000, seed=4, row_group_rows=500)
-    # The registry is shared with the pipeline test: pin this table's model, champion or not.
     pinned = BatchRequest(model_version=retrain(s, on_ray=False).best_version)
 
     class Crash(Exception):
