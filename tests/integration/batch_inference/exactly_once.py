@@ -51,6 +51,7 @@ def race_commits(s: Settings) -> None:
             "model_version": 1,
             "run_id": run_id,
             "input_snapshot_id": 0,
+            "reason": None,  # every row predicted, none refused
         }
     )
     data = pa.Table.from_pandas(rows, schema=table.schema().as_arrow(), preserve_index=False)
