@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export PREFECT_API_URL ?= http://127.0.0.1:4200/api
 export PREFECT_HOME ?= $(CURDIR)/.local/state/prefect
 
-.PHONY: setup up down status deploy demo test test-unit bench lint format clean
+.PHONY: setup up down status deploy demo test test-shuffled test-unit bench lint format clean
 
 setup:  ## install both Python environments and the JVM artifacts (idempotent)
 	bash infra/setup.sh
@@ -26,6 +26,9 @@ demo: deploy  ## the whole pipeline as Prefect deployment runs, with a reconcile
 
 test: setup  ## unit, integration and end-to-end tests on the real services
 	$(PY) -m pytest
+
+test-shuffled: setup  ## the tests in a random order (pytest-randomly); ARGS=--randomly-seed=N repeats one
+	$(PY) -m pytest -p randomly $(ARGS)
 
 test-unit: setup
 	$(PY) -m pytest tests/unit

@@ -1,12 +1,17 @@
 """Helpers that tests share (plain functions; fixtures stay in conftest.py): settings with
-resources of a test module's own, a second instance of an infra service, and the environment
-that hands settings to another process."""
+resources of a test module's own, a second instance of an infra service, the environment that
+hands settings to another process, waiting on observable state, threads started together, the
+Ray actors of this test process, and the flow runs a deployment's trigger started."""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, TypeVar
 
 import pytest
 from sklearn.dummy import DummyClassifier
@@ -14,10 +19,13 @@ from sklearn.dummy import DummyClassifier
 from mlplatform.registry import model_registry
 from mlplatform.settings import Settings
 
+T = TypeVar("T")
+
 
 def module_settings(isolated: Settings, name: str, **overrides: object) -> Settings:
-    """The session's settings with a namespace, topics, subscription, landing folder and
-    database of one test module's own (`name`), plus `overrides`."""
+    """The session's settings with a namespace, topics, subscription, landing folder, database
+    and Serve application (name and route) of one test module's own (`name`), plus
+    `overrides`."""
     tag = f"{name}-{uuid.uuid4().hex[:6]}"
     return isolated.model_copy(
         update={
@@ -30,6 +38,9 @@ def module_settings(isolated: Settings, name: str, **overrides: object) -> Setti
             "stream_subscription": tag,
             "landing_dir": isolated.resolved_landing_dir.parent / f"landing-{tag}",
             "database_url": isolated.resolved_database_url.replace(".db", f"-{tag}.db"),
+            # Never the default application ("model" at "/") that a user's `mlp serve` runs.
+            "serve_app_name": f"model-it-{tag}",
+            "serve_route_prefix": f"/it-{tag}",
             **overrides,
         }
     )
@@ -86,3 +97,104 @@ def register_constant_model(s: Settings, constant: int = 0) -> model_registry.Mo
         feature_order=["x"],
         label_names=["no", "yes"],
     )
+
+
+def wait_until(what: str, check: Callable[[], T], timeout_s: float, every_s: float = 0.5) -> T:
+    """Poll `check` until it returns something truthy (returned); fail the test naming `what`
+    after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(every_s)
+
+
+def run_together(target: Callable[..., T], calls: Sequence[tuple], timeout_s: float) -> list[T]:
+    """`target(*args)` for each args in `calls`, each in a thread of its own, released at the
+    same moment; their results in order. A thread that raised fails the test with its error,
+    one still running after `timeout_s` fails it too."""
+    barrier = threading.Barrier(len(calls), timeout=timeout_s)
+    results: list[Any] = [None] * len(calls)
+    errors: list[BaseException] = []
+
+    def run(i: int, args: tuple) -> None:
+        try:
+            barrier.wait()
+            results[i] = target(*args)
+        except BaseException as error:  # a thread's exception would otherwise go unseen
+            errors.append(error)
+            barrier.abort()  # the others stop waiting for it
+
+    threads = [
+        threading.Thread(target=run, args=(i, args), daemon=True) for i, args in enumerate(calls)
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout_s
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    first = next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)), None)
+    if first or errors:
+        raise AssertionError(f"a thread of {target.__name__} raised: {first or errors[0]!r}")
+    stuck = sum(thread.is_alive() for thread in threads)
+    assert not stuck, f"{stuck} thread(s) of {target.__name__} still running after {timeout_s}s"
+    return results
+
+
+def own_actor_pids(s: Settings, class_name_part: str) -> list[int]:
+    """Process ids of the alive Ray actors whose class name contains `class_name_part` and that
+    this test process created (its Ray job): never another test's or a user's actors on the
+    shared cluster."""
+    import ray
+    from ray.util.state import list_actors
+
+    job = ray.get_runtime_context().get_job_id()
+    actors = list_actors(
+        address=s.ray_address, filters=[("state", "=", "ALIVE"), ("job_id", "=", job)]
+    )
+    return [a.pid for a in actors if class_name_part in a.class_name and a.pid]
+
+
+def cancel_triggered_runs(deployment: str, since: datetime, timeout_s: float = 120) -> list:
+    """The flow runs of `deployment` ('<flow>/<name>') that an automation (the deployment's
+    trigger) created after `since` (timezone-aware), waited for (at least one), each cancelled
+    at once and checked to end Cancelled: a triggered run works on the worker's settings (the
+    default namespace), which a test must leave alone. The runs, as read at the end."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.states import Cancelled, Cancelling
+
+    with get_client(sync_client=True) as client:
+        deployment_id = client.read_deployment_by_name(deployment).id
+        only = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+
+        def triggered() -> list:
+            return [
+                run
+                for run in client.read_flow_runs(deployment_filter=only)
+                if run.created_by is not None
+                and run.created_by.type == "AUTOMATION"
+                and run.created is not None
+                and run.created >= since
+            ]
+
+        runs = wait_until(f"a {deployment} run started by its trigger", triggered, timeout_s)
+        for run in runs:
+            state = client.read_flow_run(run.id).state
+            if state is None or not state.is_final():
+                # A run a worker holds is killed by it on Cancelling; one not picked up yet
+                # is simply Cancelled.
+                new = Cancelling() if state and state.is_running() else Cancelled()
+                client.set_flow_run_state(run.id, new, force=True)
+
+        def ended() -> list | None:
+            now = [client.read_flow_run(run.id) for run in runs]
+            return now if all(run.state and run.state.is_final() for run in now) else None
+
+        done = wait_until(f"the triggered {deployment} runs to end", ended, 90, 1.0)
+    states = {str(run.id): run.state.name for run in done}
+    assert set(states.values()) == {"Cancelled"}, f"a triggered run was not cancelled: {states}"
+    return done

@@ -49,11 +49,52 @@ class DemoReport:
         return all(check.ok for check in self.checks)
 
 
-def run_deployment_and_wait(name: str, parameters: dict | None = None, timeout_s: float = 900):
-    """Start a deployment run through the worker and wait for it; fail loudly if it fails."""
+# Where the demo's data lives: set in the demo's environment, these go with each deployment
+# run, so the runs work on the data the demo writes and reconciles (not the worker's default).
+PLACEMENT = (
+    "NAMESPACE",
+    "DATASET",
+    "FEATURES_TOPIC",
+    "PREDICTIONS_TOPIC",
+    "DEAD_LETTER_TOPIC",
+    "QUARANTINE_TOPIC",
+    "RAW_EVENTS_TOPIC",
+    "STREAM_SUBSCRIPTION",
+    "LANDING_DIR",
+    "DATABASE_URL",
+    "CATALOG_URL",
+)
+
+
+def placement_env(environ: dict[str, str]) -> dict[str, str]:
+    """The MLP_ placement variables set in `environ`, for the deployment runs' environment.
+    A database URL with a password stays out (job variables are stored on the Prefect
+    server): the worker must have that one itself."""
+    from sqlalchemy.engine import make_url
+
+    env = {f"MLP_{n}": environ[f"MLP_{n}"] for n in PLACEMENT if environ.get(f"MLP_{n}")}
+    for name in ("MLP_DATABASE_URL", "MLP_CATALOG_URL"):
+        if name in env and make_url(env[name]).password is not None:
+            del env[name]
+    return env
+
+
+def run_deployment_and_wait(
+    name: str,
+    parameters: dict | None = None,
+    timeout_s: float = 900,
+    env: dict[str, str] | None = None,
+):
+    """Start a deployment run through the worker (with `env` added to its environment) and
+    wait for it; fail loudly if it fails."""
     from prefect.deployments import run_deployment
 
-    flow_run = run_deployment(name=name, parameters=parameters or {}, timeout=timeout_s)
+    flow_run = run_deployment(
+        name=name,
+        parameters=parameters or {},
+        timeout=timeout_s,
+        job_variables={"env": env} if env else None,
+    )
     if not flow_run.state or not flow_run.state.is_completed():
         state = flow_run.state.name if flow_run.state else "unknown"
         raise RuntimeError(f"deployment run {name} ended {state}: see the Prefect UI")
@@ -67,6 +108,7 @@ def _predictions_for(s: Settings, run_id: str) -> int:
 
 def run_demo(s: Settings, rows: int, malformed: int) -> DemoReport:
     report = DemoReport()
+    env = placement_env(dict(os.environ))
     catalog = ensure_tables(s)
     ensure_partitioned_topic(s, s.features_topic, s.features_topic_partitions)
     ensure_subscription(s, s.features_topic, s.stream_subscription)
@@ -79,7 +121,7 @@ def run_demo(s: Settings, rows: int, malformed: int) -> DemoReport:
 
     def timed(stage: str, name: str, parameters: dict | None = None):
         started = time.monotonic()
-        flow_run = run_deployment_and_wait(name, parameters)
+        flow_run = run_deployment_and_wait(name, parameters, env=env)
         report.timings[stage] = round(time.monotonic() - started, 1)
         return flow_run
 

@@ -4,7 +4,6 @@ and run openers."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 
@@ -16,6 +15,7 @@ from checkpoints.store import CheckpointStore, UnitPlan
 from mlplatform.connectors.iceberg_tables import ensure_tables, load_table
 from mlplatform.inference.batch.commit import commit_units, committed_units, disable_auto_retry
 from mlplatform.settings import Settings
+from tests.helpers import run_together
 
 
 def predictions_of(s: Settings, run_id: str) -> pd.DataFrame:
@@ -51,29 +51,17 @@ def race_commits(s: Settings) -> None:
             "model_version": 1,
             "run_id": run_id,
             "input_snapshot_id": 0,
+            "reason": None,  # every row predicted, none refused
         }
     )
     data = pa.Table.from_pandas(rows, schema=table.schema().as_arrow(), preserve_index=False)
-    barrier = threading.Barrier(4)
-    snapshots: list[int | None] = []
 
-    errors: list[BaseException] = []
+    def commit(unit: int) -> int | None:
+        own = load_table(s, s.predictions_table)  # each writer its own table object
+        return commit_units(own, run_id, {unit: data, 99: data})[0]
 
-    def commit(unit: int) -> None:
-        try:
-            own = load_table(s, s.predictions_table)  # each writer its own table object
-            barrier.wait()
-            snapshots.append(commit_units(own, run_id, {unit: data, 99: data})[0])
-        except BaseException as error:  # a thread's exception would otherwise go unseen
-            errors.append(error)
-
-    threads = [threading.Thread(target=commit, args=(u,)) for u in (1, 1, 2, 2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, f"a committer raised: {errors[0]!r}"
-    assert len(snapshots) == 4, "a committer did not finish in time"
+    # A committer that raises or hangs fails the test (run_together).
+    snapshots = run_together(commit, [(1,), (1,), (2,), (2,)], timeout_s=120)
     table.refresh()
     assert committed_units(table, run_id) == {1: 10, 2: 10, 99: 10}
     assert len(predictions_of(s, run_id)) == 30  # units 1, 2 and 99 once each
@@ -85,11 +73,8 @@ def race_open_run(s: Settings) -> None:
     store = CheckpointStore(s.resolved_database_url)
     plan = [UnitPlan(i, "f.parquet", i, 1, 10) for i in range(5)]
     key = f"race-{time.time_ns()}"
-    barrier = threading.Barrier(4)
-    opened: list[tuple[str, bool]] = []
 
-    def open_run() -> None:
-        barrier.wait()
+    def open_run() -> tuple[str, bool]:
         run, resumed = store.open_run(
             key,
             None,
@@ -100,13 +85,9 @@ def race_open_run(s: Settings) -> None:
             model_version=1,
             mode="fused",
         )
-        opened.append((run.run_id, resumed))
+        return run.run_id, resumed
 
-    threads = [threading.Thread(target=open_run) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    opened = run_together(open_run, [()] * 4, timeout_s=60)
     assert len({run_id for run_id, _ in opened}) == 1, opened
     assert sorted(resumed for _, resumed in opened) == [False, True, True, True]
     assert len(store.units(opened[0][0])) == 5

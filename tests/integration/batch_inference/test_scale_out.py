@@ -293,8 +293,9 @@ def _ray_env() -> dict[str, str]:
     return {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
-def _node_ports(first_worker_port: int) -> list[str]:
-    """Every port a Ray node opens, free and outside the platform's ranges."""
+def _node_ports() -> list[str]:
+    """Every port a Ray node opens, free when chosen; workers' ports picked by the OS (0: no
+    fixed range that another Ray on the machine could hold)."""
     return [
         "--node-ip-address",
         "127.0.0.1",
@@ -311,9 +312,9 @@ def _node_ports(first_worker_port: int) -> list[str]:
         "--metrics-export-port",
         str(_free_port()),
         "--min-worker-port",
-        str(first_worker_port),
+        "0",
         "--max-worker-port",
-        str(first_worker_port + 99),
+        "0",
         "--num-cpus",
         "2",
         "--object-store-memory",
@@ -374,7 +375,7 @@ def ray_cluster() -> Iterator[tuple[str, Callable[[], None]]]:
         str(_free_port()),
         "--temp-dir",
         str(root),
-        *_node_ports(21000),
+        *_node_ports(),
     ]
     # Ray refuses a second node under RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, and with it on, swaps
     # a 127.0.0.1 --address for the machine's outward address, where this GCS does not listen.
@@ -391,7 +392,7 @@ def ray_cluster() -> Iterator[tuple[str, Callable[[], None]]]:
         str(root),
         "--resources",
         json.dumps({"node2": 1}),
-        *_node_ports(21200),
+        *_node_ports(),
     ]
     try:
         for command, multi_node in ((head, "0"), (worker, "1")):
@@ -477,16 +478,24 @@ def test_batch_inference_on_a_two_node_ray_cluster(
     assert completed.returncode == 0 and "healthy" in completed.stdout, completed.stdout
 
 
-def test_batch_inference_resumes_and_races_safely_on_postgresql(pg_settings: Settings) -> None:
+def test_batch_inference_resumes_and_races_safely_on_postgresql(
+    pg_settings: Settings, postgres: str
+) -> None:
+    # A database (checkpoints, registry) of its own: a champion it promoted would make the
+    # pipeline test's first model a rejected candidate when that test runs later.
+    admin = create_engine(f"{postgres}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text("CREATE DATABASE batch"))
+    admin.dispose()
     s = pg_settings.model_copy(
         update={
             "namespace": f"{pg_settings.namespace}_batch",
+            "database_url": f"{postgres}/batch",
             "unit_rows": 500,
             "commit_every_rows": 500,
         }
     )
     append_features(s, 3000, seed=4, row_group_rows=500)
-    # The registry is shared with the pipeline test: pin this table's model, champion or not.
     pinned = BatchRequest(model_version=retrain(s, on_ray=False).best_version)
 
     class Crash(Exception):

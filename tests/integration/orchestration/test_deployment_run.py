@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -11,27 +12,23 @@ from prefect.deployments import run_deployment
 from mlplatform.connectors.iceberg_tables import count_rows, load_table
 from mlplatform.sample_data.demo_rows import write_demo_raw
 from mlplatform.settings import Settings
-from tests.helpers import settings_env
+from tests.helpers import cancel_triggered_runs, module_settings, settings_env, wait_until
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def own_settings(isolated: Settings) -> Settings:
-    """Tables, topic and landing folder of its own, so the counts below see only this run."""
-    return isolated.model_copy(
-        update={
-            "namespace": f"{isolated.namespace}_deploy",
-            "features_topic": f"{isolated.features_topic}-deploy",
-            "landing_dir": isolated.resolved_landing_dir.parent / "landing-deploy",
-        }
-    )
+    """Tables, topics, landing folder and database of its own, so the counts below see only
+    this run."""
+    return module_settings(isolated, "deploy")
 
 
 def test_preprocess_deployment_completes_through_the_worker(
     own_settings: Settings, deployments: None
 ) -> None:
     write_demo_raw(own_settings, 120, 7, seed=21)
+    started = datetime.now(UTC)
     env = {**settings_env(own_settings), "MLP_RETRAIN_MIN_NEW_ROWS": "100"}
     flow_run = run_deployment(name="preprocess/default", job_variables={"env": env}, timeout=600)
     assert flow_run.state is not None and flow_run.state.is_completed(), flow_run.state
@@ -46,14 +43,18 @@ def test_preprocess_deployment_completes_through_the_worker(
         },
         "limit": 10,
     }
-    events: list = []
-    deadline = time.monotonic() + 60  # the server stores events in batches
-    while not events and time.monotonic() < deadline:
-        time.sleep(2)
+
+    def events() -> list:
         response = httpx.post(f"{own_settings.prefect_api_url}/events/filter", json=query)
         response.raise_for_status()
-        events = response.json()["events"]
-    assert [e["payload"]["rows_added"] for e in events] == [120]
+        return response.json()["events"]
+
+    # The server stores events in batches.
+    found = wait_until("the retrain-due event", events, timeout_s=60, every_s=1.0)
+    assert [e["payload"]["rows_added"] for e in found] == [120]
+    # The retrain deployment's trigger started a run for it: cancelled before it retrains the
+    # worker's (default) namespace.
+    cancel_triggered_runs("retrain/default", started)
 
 
 def test_retrain_cron_schedule_creates_scheduled_runs(deployments: None) -> None:

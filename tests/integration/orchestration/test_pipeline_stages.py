@@ -1,5 +1,7 @@
-"""The pipeline's stages on the real services, in order, on session-isolated tables and topics:
-Flink preprocessing -> training -> Ray Data batch inference (with a resume) -> Ray stream actors.
+"""The pipeline's stages on the real services, on tables and topics of the module's own:
+Flink preprocessing (which also takes over a crashed run's files) -> training -> Ray Data batch
+inference (with a resume) -> Ray stream actors, and the operator CLI. Each stage is a module
+fixture that the tests of it and of later stages ask for, so the tests pass in any order.
 """
 
 from __future__ import annotations
@@ -21,28 +23,45 @@ from mlplatform.preprocess.batch import preprocess
 from mlplatform.sample_data.demo_rows import MALFORMED_KINDS, write_demo_raw
 from mlplatform.settings import Settings, get_settings
 from mlplatform.training.retrain import retrain
-from tests.helpers import settings_env
+from tests.helpers import module_settings, settings_env
 
 pytestmark = pytest.mark.integration
 
-ROWS, MALFORMED = 400, 21
+ROWS, MALFORMED, CRASHED = 400, 21, 30
+
+
+def _keys(path) -> list[str]:
+    return [line.split(",")[0] for line in path.read_text().splitlines()[1:]]
+
+
+@pytest.fixture(scope="module")
+def isolated(isolated: Settings) -> Settings:
+    """This module's own namespace, topics, landing folder and database."""
+    return module_settings(isolated, "stages")
 
 
 @pytest.fixture(scope="module")
 def preprocessed(isolated: Settings) -> dict:
+    """One Flink run over a new file and the files a crashed run left in flight."""
+    crashed = write_demo_raw(isolated, CRASHED, 0, seed=12)
+    keys = _keys(crashed.path)
+    inflight = isolated.resolved_landing_dir / "_inflight" / "crashed-run"
+    inflight.mkdir(parents=True)
+    crashed.path.rename(inflight / crashed.path.name)
     batch = write_demo_raw(isolated, ROWS, MALFORMED, seed=11)
-    keys = [line.split(",")[0] for line in batch.path.read_text().splitlines()[1:]]
+    keys += _keys(batch.path)
     result = preprocess(isolated, run_id="it-preprocess")
-    return {"result": result, "keys": keys}
+    return {"result": result, "keys": keys, "inflight": inflight}
 
 
 def test_flink_writes_both_sinks_and_pyiceberg_reads_them(
     isolated: Settings, preprocessed: dict
 ) -> None:
     result = preprocessed["result"]
-    assert (result.features_rows, result.quarantined_rows) == (ROWS, MALFORMED)
+    assert (result.features_rows, result.quarantined_rows) == (ROWS + CRASHED, MALFORMED)
     features = load_table(isolated, isolated.features_table).scan().to_pandas()
     valid_keys = {k for k in preprocessed["keys"] if k and "-bad-" not in k}
+    assert len(valid_keys) == ROWS + CRASHED
     assert set(features[isolated.key_column]) == valid_keys
     assert features[isolated.feature_columns].notna().all().all()
     messages = [json.loads(m.data()) for m in read_all(isolated, isolated.features_topic)]
@@ -58,16 +77,9 @@ def test_every_malformed_row_is_quarantined_with_its_reason(
     assert quarantine["source"].str.endswith(".csv").all()
 
 
-def test_a_crashed_runs_files_are_processed_by_the_next_run(
-    isolated: Settings, preprocessed: dict
-) -> None:
-    batch = write_demo_raw(isolated, 30, 0, seed=12)
-    crashed = isolated.resolved_landing_dir / "_inflight" / "crashed-run"
-    crashed.mkdir(parents=True)
-    batch.path.rename(crashed / batch.path.name)
-    result = preprocess(isolated, run_id="it-recover")
-    assert result.features_rows == 30
-    assert not crashed.exists()
+def test_a_crashed_runs_files_are_processed_by_the_next_run(preprocessed: dict) -> None:
+    # Its rows are among the features checked above; its in-flight folder is gone.
+    assert not preprocessed["inflight"].exists()
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +93,10 @@ def test_training_registers_and_promotes_the_first_model(trained) -> None:
     assert trained.best_metrics["accuracy"] > 0.8  # noisy Iris is easy; a broken pipeline is not
 
 
-def test_batch_inference_resumes_without_doubling(isolated: Settings, trained) -> None:
+@pytest.fixture(scope="module")
+def resumed(isolated: Settings, trained):
+    """A batch run crashed after its first commit, then resumed."""
+
     class Crash(Exception):
         pass
 
@@ -90,7 +105,10 @@ def test_batch_inference_resumes_without_doubling(isolated: Settings, trained) -
 
     with pytest.raises(Crash):
         run_batch_inference(isolated, on_progress=crash_after_the_first_commit)
-    resumed = run_batch_inference(isolated)
+    return run_batch_inference(isolated)
+
+
+def test_batch_inference_resumes_without_doubling(isolated: Settings, trained, resumed) -> None:
     assert resumed.resumed and resumed.skipped_rows > 0  # the committed unit is not redone
     assert resumed.skipped_rows + resumed.predicted_rows == resumed.input_rows
     table = load_table(isolated, isolated.predictions_table)
@@ -116,7 +134,7 @@ def test_stream_actors_predict_every_message_once(isolated: Settings, trained) -
 
 
 def test_operator_cli_on_the_real_services(
-    isolated: Settings, trained, monkeypatch: pytest.MonkeyPatch
+    isolated: Settings, resumed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name, value in settings_env(isolated).items():
         monkeypatch.setenv(name, value)

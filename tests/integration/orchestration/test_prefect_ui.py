@@ -25,7 +25,7 @@ from mlplatform.connectors.iceberg_tables import ensure_tables, load_table
 from mlplatform.sample_data.synthetic_features import features_table_rows
 from mlplatform.settings import PROJECT_DIR, Settings
 from mlplatform.training.retrain import retrain
-from tests.helpers import settings_env
+from tests.helpers import module_settings, settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -79,12 +79,8 @@ def registered(deployments: None) -> list[tuple[str, Deployment]]:
 @pytest.fixture(scope="module")
 def finished_run(isolated: Settings, deployments: None) -> str:
     """A completed batch-inference run through the worker, on 50 feature rows of its own."""
-    s = isolated.model_copy(
-        update={
-            "namespace": f"{isolated.namespace}_ui",
-            "database_url": isolated.resolved_database_url.replace(".db", "-ui.db"),
-            "candidate_grid": [{"family": "decision_tree", "max_depth": 3}],
-        }
+    s = module_settings(
+        isolated, "ui", candidate_grid=[{"family": "decision_tree", "max_depth": 3}]
     )
     ensure_tables(s)
     features = load_table(s, s.features_table)

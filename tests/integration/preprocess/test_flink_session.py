@@ -202,11 +202,13 @@ def test_stream_mode_stops_with_a_savepoint_and_resumes_losing_and_doubling_noth
         savepoint = stop_stream(s)
         assert active_job(s) is None
         publish(s, s.raw_events_topic, encode(c) + encode([b[0], a[1]]))
+        last_published = time.monotonic()
         second = start_stream(s, run_id="stream-2")
         assert second["resumed_from"] == savepoint
         _wait_for("the second and third batches in Iceberg", lambda: features() == 120)
-        # Events later than the last window's end plus the delay move the watermark past it.
-        time.sleep(3)
+        # Events later than the last window's end plus the delay move the watermark past it:
+        # 3 s after the last batch (window 2 s + delay 1 s), which is usually already past.
+        time.sleep(max(0.0, last_published + 3.0 - time.monotonic()))
         publish(s, s.raw_events_topic, [b"late trailer"])
         windowed = lambda: sum(_table(s, s.feature_windows_table)["row_count"].to_pylist())  # noqa: E731
         _wait_for("every valid event's window", lambda: windowed() == 120)

@@ -10,8 +10,10 @@ import base64
 import json
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pulsar
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -129,35 +131,65 @@ def _shown(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")[:MAX_LINE_BYTES]
 
 
+@dataclass(frozen=True)
+class Sinks:
+    """What a run left in the four sinks, read right after it: later runs of this module add
+    to them, and the tests run in any order."""
+
+    features: pd.DataFrame
+    feature_messages: list[dict]
+    quarantine: pd.DataFrame
+    quarantine_messages: list[dict]
+
+
+def _sinks(s: Settings, quarantine_topic: bool = True) -> Sinks:
+    """The sinks now (the quarantine topic left out, as [], when not `quarantine_topic`)."""
+
+    def messages(topic: str) -> list[dict]:
+        return [json.loads(m.data()) for m in _consume_from_earliest(s, topic)]
+
+    return Sinks(
+        load_table(s, s.features_table).scan().to_pandas(),
+        messages(s.features_topic),
+        load_table(s, s.quarantine_table).scan().to_pandas(),
+        messages(s.quarantine_topic) if quarantine_topic else [],
+    )
+
+
+@dataclass(frozen=True)
+class Run:
+    result: PreprocessResult
+    sinks: Sinks
+
+
 @pytest.fixture(scope="module")
 def lake(isolated: Settings) -> Settings:
     return module_settings(isolated, "quarantine", max_line_bytes=MAX_LINE_BYTES)
 
 
 @pytest.fixture(scope="module")
-def first_run(lake: Settings) -> PreprocessResult:
+def first_run(lake: Settings) -> Run:
     # Good and bad rows interleaved, the duplicate after its first occurrence.
     lines = [GOOD[0], *list(BAD)[:8], GOOD[1], *list(BAD)[8:], GOOD[2]]
     _write(lake, "matrix.csv", lines)
     json_lines = [GOOD_JSON[0], *list(BAD_JSON)[:5], GOOD_JSON[1], *list(BAD_JSON)[5:]]
     (lake.resolved_landing_dir / "matrix.jsonl").write_bytes(b"\n".join(json_lines) + b"\n")
     _write_parquet(lake, "matrix.parquet")
-    return preprocess(lake, run_id="it-matrix")
+    return Run(preprocess(lake, run_id="it-matrix"), _sinks(lake))
 
 
-def test_every_row_is_accounted_for_by_reason(first_run: PreprocessResult) -> None:
-    assert first_run.files == 3
+def test_every_row_is_accounted_for_by_reason(first_run: Run) -> None:
+    result = first_run.result
+    assert result.files == 3
     total = len(GOOD) + len(BAD) + len(GOOD_JSON) + len(BAD_JSON) + len(PARQUET)
-    assert first_run.rows_read == total
-    assert (first_run.features_rows, first_run.already_ingested) == (len(GOOD_KEYS), 0)
-    assert first_run.quarantined_by_reason == dict(sorted(ALL_REASONS.items()))
-    assert first_run.quarantined_rows == sum(ALL_REASONS.values())
+    assert result.rows_read == total
+    assert (result.features_rows, result.already_ingested) == (len(GOOD_KEYS), 0)
+    assert result.quarantined_by_reason == dict(sorted(ALL_REASONS.items()))
+    assert result.quarantined_rows == sum(ALL_REASONS.values())
 
 
-def test_each_bad_row_is_in_the_quarantine_table_with_its_reason(
-    lake: Settings, first_run: PreprocessResult
-) -> None:
-    rows = load_table(lake, lake.quarantine_table).scan().to_pandas()
+def test_each_bad_row_is_in_the_quarantine_table_with_its_reason(first_run: Run) -> None:
+    rows = first_run.sinks.quarantine
     assert rows["quarantined_at"].notna().all()
     csv = rows[rows["source"].str.endswith("/matrix.csv")]
     assert dict(zip(csv["raw"], csv["reason"], strict=True)) == {
@@ -181,10 +213,8 @@ def test_each_bad_row_is_in_the_quarantine_table_with_its_reason(
     assert len(rows) == len(csv) + len(jsonl) + len(parquet)
 
 
-def test_each_bad_row_is_on_the_quarantine_topic_with_its_exact_bytes(
-    lake: Settings, first_run: PreprocessResult
-) -> None:
-    messages = [json.loads(m.data()) for m in _consume_from_earliest(lake, lake.quarantine_topic)]
+def test_each_bad_row_is_on_the_quarantine_topic_with_its_exact_bytes(first_run: Run) -> None:
+    messages = first_run.sinks.quarantine_messages
     assert Counter(m["reason"] for m in messages) == ALL_REASONS
     messages = [m for m in messages if m["source"].endswith("/matrix.csv")]
     assert len(messages) == len(BAD)
@@ -199,40 +229,38 @@ def test_each_bad_row_is_on_the_quarantine_topic_with_its_exact_bytes(
             assert base64.b64decode(message["raw_base64"]) == raw, reason
 
 
-def test_good_rows_land_in_both_feature_sinks(lake: Settings, first_run: PreprocessResult) -> None:
-    features = load_table(lake, lake.features_table).scan().to_pandas()
+def test_good_rows_land_in_both_feature_sinks(lake: Settings, first_run: Run) -> None:
+    features = first_run.sinks.features
     assert sorted(features[lake.key_column]) == GOOD_KEYS
     by_key = features.set_index(lake.key_column)
     assert by_key.loc["g1", "sepal_length"] == 5.0  # the first g1
     assert by_key.loc["j2", "petal_width"] == 1.5 and by_key.loc["p1", "label"] == 2
-    messages = [json.loads(m.data()) for m in _consume_from_earliest(lake, lake.features_topic)]
+    messages = first_run.sinks.feature_messages
     assert sorted(m[lake.key_column] for m in messages) == GOOD_KEYS
     labels = {m[lake.key_column]: m["label"] for m in messages}
     assert labels == {"g1": 0, "g2": 1, "g3": 2, "j1": 0, "j2": 1, "p1": 2}
 
 
 @pytest.fixture(scope="module")
-def replayed(lake: Settings, first_run: PreprocessResult) -> PreprocessResult:
+def replayed(lake: Settings, first_run: Run) -> Run:
     [processed] = (lake.resolved_landing_dir / "_processed" / "it-matrix").rglob("matrix.csv")
     (lake.resolved_landing_dir / "matrix.csv").write_bytes(processed.read_bytes())
-    return preprocess(lake, run_id="it-matrix-replay")
+    return Run(preprocess(lake, run_id="it-matrix-replay"), _sinks(lake, quarantine_topic=False))
 
 
-def test_a_replayed_file_adds_nothing_to_either_feature_sink(
-    lake: Settings, replayed: PreprocessResult
-) -> None:
+def test_a_replayed_file_adds_nothing_to_either_feature_sink(lake: Settings, replayed: Run) -> None:
     # Every copy of a known event id (g1 twice, g2, g3) is skipped, not written nor quarantined.
-    assert (replayed.features_rows, replayed.already_ingested) == (0, len(GOOD) + 1)
+    result = replayed.result
+    assert (result.features_rows, result.already_ingested) == (0, len(GOOD) + 1)
     bad_again = Counter(r for r in BAD.values() if r != "duplicate_key")
-    assert replayed.quarantined_by_reason == dict(sorted(bad_again.items()))
-    features = load_table(lake, lake.features_table).scan().to_pandas()
-    assert sorted(features[lake.key_column]) == GOOD_KEYS
-    messages = [json.loads(m.data()) for m in _consume_from_earliest(lake, lake.features_topic)]
+    assert result.quarantined_by_reason == dict(sorted(bad_again.items()))
+    assert sorted(replayed.sinks.features[lake.key_column]) == GOOD_KEYS
+    messages = replayed.sinks.feature_messages
     assert sorted(m[lake.key_column] for m in messages) == GOOD_KEYS
 
 
 def test_the_flow_publishes_a_report_artifact(
-    lake: Settings, replayed: PreprocessResult, monkeypatch: pytest.MonkeyPatch
+    lake: Settings, replayed: Run, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The preprocess flow, run here against the Prefect server, on a partial replay: one row
     already ingested, one new, one bad."""

@@ -9,6 +9,7 @@ import math
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -246,8 +247,7 @@ def test_a_promotion_switches_the_version_answering(lake: Settings, api: str) ->
 
 @dataclass
 class Guarded:
-    """An application pinned to a non-champion version, behind an API key, deployed while the
-    pinned artifact was damaged."""
+    """An application pinned to a non-champion version, behind an API key."""
 
     url: str
     settings: Settings
@@ -259,19 +259,22 @@ class Guarded:
         self.artifact.write_bytes(self.original)
 
 
-@pytest.fixture(scope="module")
-def guarded(lake: Settings) -> Iterator[Guarded]:
+@contextmanager
+def _guarded(lake: Settings, name: str, damaged: bool) -> Iterator[Guarded]:
+    """A Guarded application of its own (`name`), deployed while the pinned artifact was
+    damaged when `damaged`; the artifact restored and the application deleted at the end."""
     s = lake.model_copy(
         update={
-            "serve_app_name": f"{lake.serve_app_name}-guarded",
-            "serve_route_prefix": f"{lake.serve_route_prefix}-guarded",
+            "serve_app_name": f"{lake.serve_app_name}-{name}",
+            "serve_route_prefix": f"{lake.serve_route_prefix}-{name}",
             "serve_api_key": SecretStr(f"key-{uuid.uuid4().hex}"),
         }
     )
     version = _other_version(lake)
     artifact = Path(model_registry.get_version(lake, version).artifact_path)
     state = Guarded("", s, version, artifact, artifact.read_bytes())
-    artifact.write_bytes(state.original[:-1] + bytes([state.original[-1] ^ 0xFF]))
+    if damaged:
+        artifact.write_bytes(state.original[:-1] + bytes([state.original[-1] ^ 0xFF]))
     try:
         state.url = start_serving(s, version)
         yield state
@@ -284,7 +287,22 @@ def _key(s: Settings) -> str:
     return s.serve_api_key.get_secret_value() if s.serve_api_key else ""
 
 
-def test_503_while_the_model_cannot_be_loaded_then_recovers(guarded: Guarded) -> None:
+@pytest.fixture
+def damaged(lake: Settings) -> Iterator[Guarded]:
+    """Deployed while its model's artifact was damaged: it never loaded a model. Restored and
+    deleted right after its test, whatever the test did."""
+    with _guarded(lake, "damaged", damaged=True) as state:
+        yield state
+
+
+@pytest.fixture(scope="module")
+def guarded(lake: Settings) -> Iterator[Guarded]:
+    with _guarded(lake, "guarded", damaged=False) as state:
+        yield state
+
+
+def test_503_while_the_model_cannot_be_loaded_then_recovers(damaged: Guarded) -> None:
+    guarded = damaged
     key = {"X-API-Key": _key(guarded.settings)}
     assert serving_status(guarded.settings) == "RUNNING"  # the replica runs, without a model
     health = httpx.get(f"{guarded.url}/health", timeout=30)
@@ -301,7 +319,6 @@ def test_503_while_the_model_cannot_be_loaded_then_recovers(guarded: Guarded) ->
 
 
 def test_api_key_guards_predictions_and_health_stays_open(lake: Settings, guarded: Guarded) -> None:
-    guarded.restore()
     key = _key(guarded.settings)
     assert key not in repr(guarded.settings)  # never printed with the settings
     single, bulk = {"features": SETOSA}, {"rows": [SETOSA]}

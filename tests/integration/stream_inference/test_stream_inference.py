@@ -12,7 +12,6 @@ import uuid
 
 import pulsar
 import pytest
-from ray.util.state import list_actors
 
 from mlplatform.connectors.iceberg_tables import load_table
 from mlplatform.connectors.pulsar_io import ensure_partitioned_topic, make_client, read_all
@@ -21,7 +20,7 @@ from mlplatform.ops.status import topic_stats
 from mlplatform.sample_data.synthetic_features import feature_rows, publish_features
 from mlplatform.settings import Settings
 from mlplatform.training.retrain import retrain
-from tests.helpers import module_settings
+from tests.helpers import module_settings, own_actor_pids
 
 pytestmark = pytest.mark.integration
 
@@ -46,14 +45,6 @@ def stream(isolated: Settings) -> Settings:
     publish_features(s, rows)
     assert retrain(s).decision == "promote"
     return s
-
-
-def _consumer_pids(s: Settings) -> list[int]:
-    actors = list_actors(
-        address=s.ray_address,
-        filters=[("class_name", "=", "StreamConsumer"), ("state", "=", "ALIVE")],
-    )
-    return [a.pid for a in actors if a.pid]
 
 
 def test_a_killed_consumer_loses_and_doubles_nothing(stream: Settings) -> None:
@@ -91,7 +82,7 @@ def test_a_killed_consumer_loses_and_doubles_nothing(stream: Settings) -> None:
     while seen < ROWS // 5:  # a fifth of the stream is out: kill a consumer mid-stream
         watch.acknowledge(watch.receive(timeout_millis=120_000))
         seen += 1
-    pids = _consumer_pids(stream)
+    pids = own_actor_pids(stream, "StreamConsumer")  # this run's, not the cluster's
     assert pids, "no StreamConsumer actor is alive"
     os.kill(pids[0], signal.SIGKILL)
     runner.join(timeout=300)

@@ -8,11 +8,13 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import numpy as np
+import pulsar
 import pytest
 
 from mlplatform.connectors.pulsar_io import (
@@ -28,29 +30,37 @@ from mlplatform.registry.model_registry import ModelIntegrityError
 from mlplatform.sample_data.synthetic_features import append_features
 from mlplatform.settings import PROJECT_DIR, Settings
 from mlplatform.training.retrain import read_snapshot, retrain, split, train_candidates
-from tests.helpers import module_settings
+from tests.helpers import cancel_triggered_runs, module_settings, wait_until
 
-# Emits the retrain-due event and waits until it is sent (the events worker drains on exit).
+# Emits the retrain-due event for table sys.argv[1] and waits until it is sent (the events
+# worker drains on exit).
 EMIT_RETRAIN_DUE = """
+import sys
 from prefect.events import emit_event
 from prefect.events.worker import EventsWorker
 from tasks.preprocess import RETRAIN_DUE_EVENT
 emit_event(
     RETRAIN_DUE_EVENT,
-    resource={"prefect.resource.id": "mlplatform.table.test"},
+    resource={"prefect.resource.id": f"mlplatform.table.{sys.argv[1]}"},
     payload={"rows_added": 1, "rows_since_training": 10**6},
 )
 EventsWorker.drain_all()
 """
+# At most this many rounds of probes (one message per partition, so per consumer) find the
+# moment every consumer follows a rollback.
+PROBE_ROUNDS = 20
 
 pytestmark = pytest.mark.integration
+PARTITIONS = 2
 
 
 @pytest.fixture(scope="module")
 def lake(isolated: Settings) -> Settings:
     """Tables, topics and a registry of this module's own, with 600 feature rows (appended
     straight to Iceberg: the Flink job that writes them has tests of its own)."""
-    s = module_settings(isolated, "retrain", model_refresh_s=1.0)
+    s = module_settings(
+        isolated, "retrain", model_refresh_s=1.0, features_topic_partitions=PARTITIONS
+    )
     append_features(s, 600, seed=31)
     ensure_partitioned_topic(s, s.features_topic, s.features_topic_partitions)
     ensure_subscription(s, s.features_topic, s.stream_subscription)
@@ -107,49 +117,87 @@ def test_a_tampered_artifact_is_refused(lake: Settings, champion) -> None:
     model_registry.load_model(model_registry.model_ref(version))  # restored bytes load again
 
 
-def _publish_features(s: Settings, n: int, seed: int) -> None:
+def _publish_features(
+    s: Settings, n: int, seed: int, prefix: str = "rb", topic: str | None = None
+) -> list[str]:
+    """n feature messages keyed '<prefix>-<seed>-<i>' (to `topic`, default the features
+    topic); their keys."""
     rng = np.random.default_rng(seed)
     client = make_client(s)
+    keys = [f"{prefix}-{seed}-{i}" for i in range(n)]
     try:
-        producer = client.create_producer(s.features_topic)
-        for i in range(n):
-            row = {s.key_column: f"rb-{seed}-{i}", s.label_column: 0}
+        producer = client.create_producer(topic or s.features_topic)
+        for key in keys:
+            row = {s.key_column: key, s.label_column: 0}
             row.update({c: float(rng.uniform(1, 6)) for c in s.feature_columns})
             producer.send(json.dumps(row).encode())
     finally:
         client.close()
+    return keys
 
 
 def test_rollback_switches_running_consumers(lake: Settings, champion) -> None:
+    """Running consumers follow a rollback: rounds of probes (one message per partition) find
+    the moment (no fixed sleep); every message before it is predicted by the rolled-back
+    version, every one after by the restored champion."""
     # Two versions: the champion, and a second one promoted by hand.
     previous = champion.best_version
     other = next(v.version for v in model_registry.list_versions(lake) if v.version != previous)
     model_registry.promote(lake, other)
     ensure_partitioned_topic(lake, lake.features_topic, lake.features_topic_partitions)
     before = len(read_all(lake, lake.features_topic))
+    partitions = [f"{lake.features_topic}-partition-{p}" for p in range(PARTITIONS)]
+    probes_total = PROBE_ROUNDS * PARTITIONS  # unused probes are sent as fillers at the end
+    total = before + 40 + probes_total + 40
+    client = make_client(lake)
+    watch = client.subscribe(
+        lake.predictions_topic,
+        f"watch-{uuid.uuid4().hex[:6]}",
+        initial_position=pulsar.InitialPosition.Earliest,
+    )
+    versions: dict[str, int] = {}
+
+    def predicted(keys: list[str], timeout_s: float = 90) -> list[int]:
+        deadline = time.monotonic() + timeout_s
+        while not set(keys) <= set(versions):
+            left = int(max(0.0, deadline - time.monotonic()) * 1000)
+            assert left, f"{len(set(keys) - set(versions))} of {keys[:2]}... not predicted"
+            try:
+                message = watch.receive(timeout_millis=min(left, 5000))
+            except pulsar.Timeout:
+                continue
+            watch.acknowledge(message)
+            out = json.loads(message.data())
+            versions[out[lake.key_column]] = out["model_version"]
+        return [versions[key] for key in keys]
+
     outcome: dict = {}
     consumer = threading.Thread(
         target=lambda: outcome.update(
-            result=run_stream_inference(lake, max_messages=before + 80, timeout_s=180)
+            result=run_stream_inference(lake, max_messages=total, timeout_s=240)
         )
     )
     consumer.start()
+    rounds: list[set[int]] = []
     try:
-        _publish_features(lake, 40, seed=1)
-        deadline = time.monotonic() + 90
-        while len(read_all(lake, lake.predictions_topic)) < before + 40:
-            assert time.monotonic() < deadline, "first phase was not predicted in time"
-            time.sleep(1)
+        assert set(predicted(_publish_features(lake, 40, seed=1))) == {other}
         assert model_registry.rollback(lake) == previous
-        time.sleep(lake.model_refresh_s + 2)
-        _publish_features(lake, 40, seed=2)
+        while len(rounds) < PROBE_ROUNDS and rounds[-1:] != [{previous}]:
+            keys = [
+                key
+                for p, topic in enumerate(partitions)
+                for key in _publish_features(lake, 1, len(rounds), f"probe-p{p}", topic)
+            ]
+            rounds.append(set(predicted(keys)))
+        assert rounds[-1] == {previous}, f"consumers still answer v{other}: {rounds}"
+        assert set(predicted(_publish_features(lake, 40, seed=2))) == {previous}
+        left = probes_total - len(rounds) * PARTITIONS
+        assert set(predicted(_publish_features(lake, left, 0, "filler"))) <= {previous}
     finally:
         consumer.join(timeout=200)
-    assert outcome["result"].published == before + 80
-    out = [json.loads(m.data()) for m in read_all(lake, lake.predictions_topic)]
-    versions = {m[lake.key_column]: m["model_version"] for m in out}
-    assert {versions[f"rb-1-{i}"] for i in range(40)} == {other}
-    assert {versions[f"rb-2-{i}"] for i in range(40)} == {previous}
+        client.close()
+    assert all(answers <= {other, previous} for answers in rounds), rounds
+    assert outcome["result"].published == total
 
 
 def test_promotion_makes_serve_reload(lake: Settings, champion) -> None:
@@ -164,42 +212,32 @@ def test_promotion_makes_serve_reload(lake: Settings, champion) -> None:
         bad = httpx.post(f"{url}/predict/bulk", json={"rows": [[1.0, "x", 2.0, 3.0]]}, timeout=30)
         assert bad.status_code == 422 and "not a number" in bad.json()["detail"]
         model_registry.promote(lake, other)
-        time.sleep(lake.model_refresh_s + 1)
-        again = httpx.post(f"{url}/predict/bulk", json=rows, timeout=30)
-        assert again.json()["model_version"] == other
+        wait_until(
+            f"serve to answer with v{other}",
+            lambda: (
+                httpx.post(f"{url}/predict/bulk", json=rows, timeout=30).json()["model_version"]
+                == other
+            ),
+            timeout_s=lake.model_refresh_s + 30,
+        )
     finally:
         model_registry.promote(lake, current)
         stop_serving(lake)
 
 
 def test_retrain_due_event_triggers_the_retrain_deployment(deployments: None) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
-    with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name("retrain/default")
-        only_retrain = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
-        known = {r.id for r in client.read_flow_runs(deployment_filter=only_retrain)}
-        emitted_at = datetime.now(UTC)
-        # From a process of its own, as the preprocess flow run would: this process's event
-        # queue may still hold other tests' events, which would delay this one.
-        emitted = subprocess.run(
-            [sys.executable, "-c", EMIT_RETRAIN_DUE],
-            cwd=PROJECT_DIR,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert emitted.returncode == 0, emitted.stderr[-3000:]
-        triggered = []
-        deadline = time.monotonic() + 120
-        while not triggered and time.monotonic() < deadline:
-            time.sleep(2)
-            triggered = [
-                r
-                for r in client.read_flow_runs(deployment_filter=only_retrain)
-                if r.id not in known
-                and r.created
-                and r.created >= emitted_at.replace(microsecond=0)
-            ]
-    assert triggered, "no retrain flow run was created by the retrain-due event"
+    """The retrain deployment's trigger starts a run for the event; the run is cancelled before
+    it retrains anything (it would work on the worker's default namespace)."""
+    emitted_at = datetime.now(UTC)
+    # From a process of its own, as the preprocess flow run would: this process's event
+    # queue may still hold other tests' events, which would delay this one.
+    emitted = subprocess.run(
+        [sys.executable, "-c", EMIT_RETRAIN_DUE, f"it_{uuid.uuid4().hex[:8]}.features"],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert emitted.returncode == 0, emitted.stderr[-3000:]
+    runs = cancel_triggered_runs("retrain/default", emitted_at)
+    assert runs, "no retrain flow run was created by the retrain-due event"
