@@ -42,6 +42,13 @@ class InvalidFeatures(ValueError):
         return f"{self.code}: {self.detail}"
 
 
+def within_float32(bounds: tuple[float, float] | None) -> tuple[float, float]:
+    """A feature's range, cut to float32's: tree models compare in float32, and a larger value
+    would fail the whole batch it is in (found by fuzzing)."""
+    low, high = bounds or (-FLOAT32_MAX, FLOAT32_MAX)
+    return max(low, -FLOAT32_MAX), min(high, FLOAT32_MAX)
+
+
 def short(value: Any) -> str:
     """repr of a value, cut to 40 characters."""
     text = repr(value)
@@ -68,8 +75,7 @@ def parse_value(
     if not math.isfinite(number):
         message = f"{place}: {short(value)} is not a finite number (NaN and Infinity are refused)"
         raise InvalidFeatures("not_finite", detail, message, row, name)
-    # Tree models compare in float32: a larger value would fail the whole batch it is in.
-    low, high = (ranges or {}).get(name, (-FLOAT32_MAX, FLOAT32_MAX))
+    low, high = within_float32((ranges or {}).get(name))
     if not low <= number <= high:
         message = f"{place}: {short(value)} is outside the dataset's range [{low:g}, {high:g}]"
         raise InvalidFeatures("out_of_range", detail, message, row, name)

@@ -23,7 +23,7 @@ from ray import serve
 from mlplatform.connectors.niceness import set_niceness
 from mlplatform.dataset.prediction_record import CLASS_INDEX, LABEL, PROBABILITIES, REASON
 from mlplatform.inference.batch.units import ERROR, UNIT, UNIT_ROWS
-from mlplatform.inference.features import Ranges
+from mlplatform.inference.features import Ranges, within_float32
 from mlplatform.inference.predictions import label_order, prediction_columns
 from mlplatform.registry import model_registry
 from mlplatform.registry.model_registry import ModelRef
@@ -39,7 +39,7 @@ def refusals(
     """Per row, why its features break the dataset's rules (null: they do not), with the Flink
     job's codes and in its order: missing_value, then not_finite, then out_of_range, each for the
     first feature that breaks it."""
-    bounds = np.array([ranges.get(name, (-np.inf, np.inf)) for name in order]).T
+    bounds = np.array([within_float32(ranges.get(name)) for name in order]).T
     finite = np.isfinite(features)
     with np.errstate(invalid="ignore"):
         outside = finite & ~((features >= bounds[0]) & (features <= bounds[1]))

@@ -17,7 +17,7 @@ import threading
 import time
 
 import numpy as np
-import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from checkpoints.store import CheckpointStore, RunInProgress
@@ -151,16 +151,19 @@ def _run(s: Settings, request: BatchRequest | None = None):
 
 def test_a_poisoned_unit_is_reported_not_retried_forever(batch: Settings) -> None:
     s = _fresh(batch, "poison", 1200, unit_max_attempts=2)
-    poison = feature_rows(s, 3, seed=6).to_pandas()
-    poison.loc[1, s.feature_columns[0]] = np.inf  # the model refuses infinity
     table = load_table(s, s.features_table)
-    table.append(pa.Table.from_pandas(poison, schema=table.schema().as_arrow()))
-    with pytest.raises(BatchInferenceFailed, match="infinity") as failure:
+    before = {task.file.file_path for task in table.scan().plan_files()}
+    poison = feature_rows(s, 3, seed=6)
+    table.append(poison)  # a data file of its own: one unit
+    [path] = {task.file.file_path for task in table.refresh().scan().plan_files()} - before
+    # Another tool damaged the file: same rows and row group, the feature columns gone.
+    pq.write_table(poison.select([s.key_column]), path.removeprefix("file://"))
+    with pytest.raises(BatchInferenceFailed, match="read failed") as failure:
         run_batch_inference(s)
     store = CheckpointStore(s.resolved_database_url)
     run = store.list_runs(1)[0]
     [bad] = store.units(run.run_id, "failed")
-    assert bad.attempts == 2 and "infinity" in (bad.last_error or "")
+    assert bad.attempts == 2 and "read failed" in (bad.last_error or "")
     assert f"unit {bad.unit}" in str(failure.value)
     assert run.status == "failed"
     assert len(store.units(run.run_id, "done")) == len(store.units(run.run_id)) - 1

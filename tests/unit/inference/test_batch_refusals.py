@@ -68,8 +68,11 @@ def test_each_refused_row_gets_the_first_broken_features_reason() -> None:
     assert out[ERROR].to_pylist() == [""] * 8
 
 
-def test_without_ranges_only_missing_and_non_finite_values_are_refused() -> None:
+def test_without_ranges_a_value_must_fit_float32() -> None:
     out = predict_table(
-        _batch([-500.0, None], [0.0, 0.0]), REF, "event_id", lambda x: np.ones((len(x), 2)) / 2
+        _batch([-500.0, None, 1e39], [0.0, 0.0, 0.0]),
+        REF,
+        "event_id",
+        lambda x: np.ones((len(x), 2)) / 2,
     )
-    assert out["reason"].to_pylist() == [None, "missing_value:f1"]
+    assert out["reason"].to_pylist() == [None, "missing_value:f1", "out_of_range:f1"]
