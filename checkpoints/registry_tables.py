@@ -23,6 +23,11 @@ class ModelVersion(Base):
     training_table: Mapped[str] = mapped_column(String(256))
     training_snapshot_id: Mapped[int] = mapped_column(BigInteger)
     training_rows: Mapped[int] = mapped_column(Integer)
+    # The bounded training sample (revision 0003; None for versions trained before it): rows of
+    # the snapshot, rows sampled (train + holdout, of which training_rows trained), the seed.
+    rows_available: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    rows_used: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    sample_seed: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     feature_order: Mapped[list[str]] = mapped_column(JSON)
     label_names: Mapped[list[str]] = mapped_column(JSON)
     artifact_path: Mapped[str] = mapped_column(String(1024))

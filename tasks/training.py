@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from prefect import task
+from dataclasses import dataclass
+
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run
 
 from mlplatform.registry import model_registry
 from mlplatform.settings import Settings
-from mlplatform.training.retrain import RetrainResult, retrain
+from mlplatform.training.retrain import RetrainInProgress, RetrainResult, retrain
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A retrain that did not train, and why."""
+
+    reason: str
 
 
 def confusion_matrix_markdown(matrix: list[list[int]], labels: list[str]) -> str:
@@ -20,26 +30,41 @@ def confusion_matrix_markdown(matrix: list[list[int]], labels: list[str]) -> str
     return "\n".join(lines)
 
 
-def publish_retrain_artifacts(settings: Settings, result: RetrainResult) -> None:
-    create_table_artifact(
-        key="retrain-candidates", table=result.candidates, description="Candidates on the holdout"
+def sample_line(result: RetrainResult) -> str:
+    """Rows available and used: the training sample at a glance."""
+    share = result.rows_used / result.rows_available if result.rows_available else 1.0
+    return (
+        f"Sample: **{result.rows_used:,} rows used of {result.rows_available:,} available** "
+        f"({share:.1%}; stratified by label, seed {result.sample_seed}, taken before the split "
+        f"into {result.training_rows:,} training and {result.holdout_rows:,} holdout rows)."
     )
+
+
+def decision_markdown(settings: Settings, result: RetrainResult) -> str:
+    """The decision artifact: verdict, reason, sample, confusion matrix and per-class scores."""
     m = result.best_metrics
     per_class = "\n".join(
         f"| {name} | {m['precision'][name]:.3f} | {m['recall'][name]:.3f} |"
         for name in settings.label_names
     )
+    return (
+        f"## Decision: {result.decision} version {result.best_version}\n\n{result.reason}\n\n"
+        f"Snapshot `{result.snapshot_id}`; champion before: {result.champion_before}.\n\n"
+        f"{sample_line(result)}\n\n"
+        f"### Confusion matrix of version {result.best_version}\n\n"
+        + confusion_matrix_markdown(m["confusion_matrix"], settings.label_names)
+        + "\n\n### Per class\n\n| class | precision | recall |\n|---|---|---|\n"
+        + per_class
+    )
+
+
+def publish_retrain_artifacts(settings: Settings, result: RetrainResult) -> None:
+    create_table_artifact(
+        key="retrain-candidates", table=result.candidates, description="Candidates on the holdout"
+    )
     create_markdown_artifact(
         key="retrain-decision",
-        markdown=(
-            f"## Decision: {result.decision} version {result.best_version}\n\n{result.reason}\n\n"
-            f"Snapshot `{result.snapshot_id}`, {result.training_rows} training rows, "
-            f"{result.holdout_rows} holdout rows; champion before: {result.champion_before}.\n\n"
-            f"### Confusion matrix of version {result.best_version}\n\n"
-            + confusion_matrix_markdown(m["confusion_matrix"], settings.label_names)
-            + "\n\n### Per class\n\n| class | precision | recall |\n|---|---|---|\n"
-            + per_class
-        ),
+        markdown=decision_markdown(settings, result),
         description="Promotion decision",
     )
     if result.drift:
@@ -49,9 +74,19 @@ def publish_retrain_artifacts(settings: Settings, result: RetrainResult) -> None
 
 
 @task(name="train-candidates-and-decide")
-def train_and_decide(settings: Settings, snapshot_id: int | None = None) -> RetrainResult:
+def train_and_decide(settings: Settings, snapshot_id: int | None = None) -> RetrainResult | Skipped:
     """Train the candidate grid on Ray, register every candidate, promote the best or not."""
-    result = retrain(settings, snapshot_id)
+    holder = f"retrain flow run {flow_run.name} ({flow_run.id})" if flow_run.id else "a retrain"
+    try:
+        result = retrain(settings, snapshot_id, holder=holder)
+    except RetrainInProgress as busy:
+        get_run_logger().warning("%s", busy)
+        create_markdown_artifact(
+            key="retrain-decision",
+            markdown=f"## Decision: none, this run did not train\n\n{busy}\n",
+            description="Promotion decision",
+        )
+        return Skipped(str(busy))
     publish_retrain_artifacts(settings, result)
     return result
 

@@ -12,6 +12,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.pool import NullPool
 
+import checkpoints.leases  # noqa: F401
 import checkpoints.registry_tables  # noqa: F401
 import checkpoints.store  # noqa: F401  (registers its tables on Base, for autogenerate)
 from checkpoints.database import Base, new_engine

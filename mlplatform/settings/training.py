@@ -20,6 +20,9 @@ class TrainingSettings(BaseModel):
             {"family": "logistic_regression", "C": 1.0},
         ]
     )
+    # Training reads at most this many rows of the pinned snapshot: a sample stratified by label
+    # and seeded by `seed`, taken before the train/holdout split (mlplatform.training.sample).
+    training_sample_rows: int = Field(default=200_000, ge=10)
     holdout_fraction: float = 0.25
     seed: int = 7
     promotion_metric: str = "macro_f1"
@@ -29,5 +32,8 @@ class TrainingSettings(BaseModel):
     drift_psi_threshold: float = 0.2
     # The preprocess flow asks for a retrain when this many rows arrived since the champion's data.
     retrain_min_new_rows: int = 5000
+    # One retrain at a time: a run holds a lease in the platform database, renewed every quarter
+    # of this; a run whose process died gives it up after this long without a heartbeat.
+    retrain_lease_ttl_s: float = Field(default=120.0, gt=0)
     # Stream consumers and Serve replicas check this often whether a new champion was promoted.
     model_refresh_s: float = 5.0

@@ -1,12 +1,17 @@
 """Retraining: a pinned Iceberg snapshot, a candidate grid on Ray, a promotion decision, drift.
 
-Every candidate is registered with its metrics and lineage. The best one (by the configured
-metric) is compared with the current champion on the same holdout and promoted only when it is
-not worse by more than the configured margin; the decision and its reason are recorded.
+Training reads a bounded, stratified, seeded sample of the snapshot (snapshot_sample), then
+splits it into train and holdout. Every candidate is registered with its metrics and lineage
+(snapshot, rows available and used, seed). The best one (by the configured metric) is compared
+with the current champion on the same holdout and promoted only when it is not worse by more
+than the configured margin; the decision and its reason are recorded. One retrain runs at a
+time per platform database: a run holds the RETRAIN_LEASE, and a run that finds it held raises
+RetrainInProgress before reading or training anything.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +19,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from mlplatform.connectors.iceberg_tables import count_rows, load_catalog, load_table
+from checkpoints.leases import LeaseHeld, held_lease
+from mlplatform.connectors.iceberg_tables import count_rows, load_table
 from mlplatform.connectors.ray_runtime import connect
 from mlplatform.registry import model_registry
 from mlplatform.settings import Settings
@@ -26,6 +32,13 @@ from mlplatform.training.candidates import (
     train_grid_sequential,
 )
 from mlplatform.training.drift import drift_report
+from mlplatform.training.snapshot_sample import TrainingSample, read_training_sample
+
+RETRAIN_LEASE = "retrain"
+
+
+class RetrainInProgress(RuntimeError):
+    """Another retrain holds the lease: this one did not train."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +46,9 @@ class RetrainResult:
     snapshot_id: int
     training_rows: int
     holdout_rows: int
+    rows_available: int  # rows of the snapshot
+    rows_used: int  # rows sampled from it: training_rows + holdout_rows
+    sample_seed: int
     candidates: list[dict[str, Any]]
     best_version: int
     best_metrics: dict[str, Any]
@@ -46,17 +62,10 @@ class RetrainResult:
 def read_snapshot(
     s: Settings, snapshot_id: int | None = None, table_id: str | None = None
 ) -> tuple[pd.DataFrame, int]:
-    """A features table (default: the configured one) at one snapshot (default: the current
-    one), and that snapshot's id."""
-    table = load_catalog(s).load_table(table_id) if table_id else load_table(s, s.features_table)
-    snapshot = table.snapshot_by_id(snapshot_id) if snapshot_id else table.current_snapshot()
-    if snapshot is None:
-        wanted = f"snapshot {snapshot_id}" if snapshot_id else "any snapshot"
-        raise LookupError(f"{table_id or s.table_id(s.features_table)} has no {wanted}")
-    columns = [s.key_column, *s.feature_columns, s.label_column]
-    frame = table.scan(snapshot_id=snapshot.snapshot_id, selected_fields=tuple(columns)).to_pandas()
-    # Sorting by key makes the split independent of file order: same snapshot, same model.
-    return frame.sort_values(s.key_column, ignore_index=True), snapshot.snapshot_id
+    """The training sample of a features table (default: the configured one) at one snapshot
+    (default: the current one), ordered by key, and that snapshot's id."""
+    sample = read_training_sample(s, snapshot_id, table_id)
+    return sample.frame, sample.snapshot_id
 
 
 def rows_since_training(s: Settings) -> int:
@@ -109,21 +118,46 @@ def decide(s: Settings, score: float, champion_score: float | None) -> tuple[str
     )
 
 
-def _drift(s: Settings, current: pd.DataFrame, champion) -> list[dict[str, Any]]:
+def _drift(s: Settings, current: TrainingSample, champion) -> list[dict[str, Any]]:
     if champion is None:
         return []
-    # The champion's own training data: it may come from another table than today's.
+    # The champion's own training data, sampled alike: it may come from another table.
     reference, _ = read_snapshot(s, champion.training_snapshot_id, champion.training_table)
-    return drift_report(reference, current, s.feature_columns, s.drift_bins, s.drift_psi_threshold)
+    return drift_report(
+        reference, current.frame, s.feature_columns, s.drift_bins, s.drift_psi_threshold
+    )
 
 
-def retrain(s: Settings, snapshot_id: int | None = None, on_ray: bool = True) -> RetrainResult:
-    """Train the grid on a pinned snapshot, register every candidate, promote the best or not."""
-    frame, snapshot_id = read_snapshot(s, snapshot_id)
+def retrain(
+    s: Settings, snapshot_id: int | None = None, on_ray: bool = True, holder: str = "a retrain"
+) -> RetrainResult:
+    """Train the grid on a pinned snapshot, register every candidate, promote the best or not.
+
+    Raises RetrainInProgress, having read nothing, when another retrain holds the lease;
+    `holder` names this run in the refusal another one would get.
+    """
+    url = s.resolved_database_url
+    try:
+        with held_lease(url, RETRAIN_LEASE, holder, s.retrain_lease_ttl_s) as lease:
+            return _retrain(s, snapshot_id, on_ray, lease.check)
+    except LeaseHeld as held:
+        raise RetrainInProgress(
+            f"not training: another retrain is running ({held}). One retrain at a time: its "
+            "result covers this request when it read the same snapshot; run again after it "
+            "if new rows arrived since it started."
+        ) from held
+
+
+def _retrain(
+    s: Settings, snapshot_id: int | None, on_ray: bool, still_held: Callable[[], None]
+) -> RetrainResult:
+    sample = read_training_sample(s, snapshot_id)
+    frame, snapshot_id = sample.frame, sample.snapshot_id
     if len(frame) < 10:
         raise ValueError(f"snapshot {snapshot_id} has {len(frame)} rows; at least 10 are needed")
     train_rows, holdout = split(s, frame)
     candidates = train_candidates(s, train_rows, holdout, on_ray)
+    still_held()  # never register or promote beside a run that took over a stalled lease
     registered = [
         model_registry.register(
             s,
@@ -134,6 +168,9 @@ def retrain(s: Settings, snapshot_id: int | None = None, on_ray: bool = True) ->
             training_table=s.table_id(s.features_table),
             training_snapshot_id=snapshot_id,
             training_rows=len(train_rows),
+            rows_available=sample.rows_available,
+            rows_used=sample.rows_used,
+            sample_seed=sample.seed,
             feature_order=list(s.feature_columns),
             label_names=list(s.label_names),
         )
@@ -150,11 +187,15 @@ def retrain(s: Settings, snapshot_id: int | None = None, on_ray: bool = True) ->
         champion_model = model_registry.load_model(model_registry.model_ref(champion))
         champion_score = evaluate(s, champion_model, holdout)[s.promotion_metric]
     decision, reason = decide(s, winner.metrics[s.promotion_metric], champion_score)
+    still_held()
     model_registry.record_decision(s, decision, version, reason)
     return RetrainResult(
         snapshot_id=snapshot_id,
         training_rows=len(train_rows),
         holdout_rows=len(holdout),
+        rows_available=sample.rows_available,
+        rows_used=sample.rows_used,
+        sample_seed=sample.seed,
         candidates=[
             {
                 "version": r.version,
@@ -171,5 +212,5 @@ def retrain(s: Settings, snapshot_id: int | None = None, on_ray: bool = True) ->
         champion_score=champion_score,
         decision=decision,
         reason=reason,
-        drift=_drift(s, frame, champion),
+        drift=_drift(s, sample, champion),
     )
