@@ -80,14 +80,23 @@ class StratifiedSampler:
     def add(self, batch: pd.DataFrame) -> None:
         """Keep, per class, the rows of smallest rank among those kept so far and `batch`."""
         batch = batch.assign(**{_RANK: ranks(batch[self.key_column], self.seed)})
-        rows = batch if self._kept is None else pd.concat([self._kept, batch], ignore_index=True)
-        # Rank first; the key breaks the (astronomically rare) tie of two keys' hashes.
-        rows = rows.sort_values(
-            [self.label_column, _RANK, self.key_column], kind="stable", ignore_index=True
-        )
+        if self._kept is not None:
+            batch = batch[~self._cannot_enter(batch)]
+            batch = pd.concat([self._kept, batch], ignore_index=True)
+        # Equal ranks are equal keys (or a 64-bit hash collision): those keep arrival order.
+        rows = batch.sort_values([self.label_column, _RANK], kind="stable", ignore_index=True)
         quota = rows[self.label_column].map(self.quotas).fillna(0)
         position = rows.groupby(self.label_column, sort=False).cumcount()
         self._kept = rows[position < quota].reset_index(drop=True)
+
+    def _cannot_enter(self, batch: pd.DataFrame) -> pd.Series:
+        """Rows of a class whose quota is filled, ranked above the largest rank kept of it."""
+        kept = self._kept.groupby(self.label_column)[_RANK].agg(["max", "size"])
+        filled = kept["size"] >= kept.index.map(self.quotas).fillna(0)
+        # float64 rounds monotonically: a row it puts above the limit is above it.
+        limit = kept["max"].astype("float64").where(filled)
+        above = batch[_RANK].astype("float64") > batch[self.label_column].map(limit)
+        return above.fillna(False).astype(bool)
 
     def result(self) -> pd.DataFrame:
         """The sample, ordered by key (the order the train/holdout split expects)."""
