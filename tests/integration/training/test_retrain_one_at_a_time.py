@@ -188,3 +188,39 @@ def test_the_flow_run_ends_cancelled_with_the_reason(lake: Settings) -> None:
         )
     decision = next(a for a in artifacts if a.key == "retrain-decision")
     assert "did not train" in decision.data and holder in decision.data
+
+
+def test_the_deployment_cancels_a_run_started_while_one_is_running() -> None:
+    """prefect.yaml's retrain deployment, on a Prefect server of this test's own (deploying on
+    the shared one would repoint everyone's deployments at this checkout)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import get_current_settings
+    from prefect.states import Pending, Running
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        env = {**os.environ, "PREFECT_API_URL": get_current_settings().api.url}
+        for command in (
+            ["work-pool", "create", "mlp-process", "--type", "process"],
+            ["deploy", "--prefect-file", "prefect.yaml", "--name", "retrain/default"],
+        ):
+            done = subprocess.run(
+                [str(PROJECT_DIR / ".venv" / "bin" / "prefect"), "--no-prompt", *command],
+                cwd=PROJECT_DIR,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name("retrain/default")
+            first = client.create_flow_run_from_deployment(deployment.id)
+            second = client.create_flow_run_from_deployment(deployment.id)
+            assert client.set_flow_run_state(first.id, Pending()).state.is_pending()
+            assert client.set_flow_run_state(first.id, Running()).state.is_running()
+            # What a worker does when it picks up the second run: proposes Pending.
+            refused = client.set_flow_run_state(second.id, Pending())
+            final = client.read_flow_run(second.id).state
+    assert refused.state.is_cancelled() and final.is_cancelled()
+    assert final.message == "Deployment concurrency limit reached."
