@@ -24,8 +24,6 @@ import httpx
 import pulsar
 import pytest
 from pydantic import SecretStr
-from sklearn.datasets import load_iris
-from sklearn.tree import DecisionTreeClassifier
 
 from infra.pulsar_config import secret_key_file
 from infra.services import pulsar_admin_token_headers
@@ -50,6 +48,7 @@ from mlplatform.sample_data.demo_rows import write_demo_raw
 from mlplatform.sample_data.synthetic_features import feature_rows, publish_features
 from mlplatform.settings import PROJECT_DIR, Settings, get_settings
 from tests.helpers import extra_service
+from tests.integration.small_champion import register_small_champion
 
 pytestmark = pytest.mark.integration
 
@@ -248,23 +247,8 @@ def _worker_settings(auth_broker: Settings, source: str) -> Settings:
 
 def _iris_champion(s: Settings) -> None:
     """A champion in the feature order of the dataset and of the example function."""
-    if model_registry.list_versions(s):
-        return
-    iris = load_iris()
-    model = DecisionTreeClassifier(max_depth=3, random_state=0).fit(iris.data, iris.target)
-    row = model_registry.register(
-        s,
-        model,
-        family="decision_tree",
-        params={"max_depth": 3},
-        metrics={},
-        training_table="iris",
-        training_snapshot_id=0,
-        training_rows=150,
-        feature_order=list(s.feature_columns),
-        label_names=list(iris.target_names),
-    )
-    model_registry.promote(s, row.version)
+    if not model_registry.list_versions(s):
+        register_small_champion(s)
 
 
 @dataclass(frozen=True)
