@@ -11,12 +11,18 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mlplatform.settings.batch import BatchSettings
 from mlplatform.settings.flink import FlinkSettings
 from mlplatform.settings.lake import LakeSettings
-from mlplatform.settings.secrets import read_secrets_file, secret_fields, write_secrets_file
+from mlplatform.settings.secrets import (
+    URL_FIELDS,
+    read_secrets_file,
+    secret_fields,
+    write_secrets_file,
+)
 from mlplatform.settings.serve import ServeSettings
 from mlplatform.settings.services import PROJECT_DIR, ServicesSettings
 from mlplatform.settings.stream import StreamSettings
@@ -42,16 +48,22 @@ class Settings(
     )
 
     def __reduce__(self) -> tuple[Any, tuple[dict[str, Any], str | None]]:
-        """Pickled (to Ray actors, Serve replicas) without its secrets: they stay in an
-        owner-only file whose path travels instead (mlplatform/settings/secrets.py)."""
+        """Pickled (to Ray actors, Serve replicas) as it is, fields set explicitly or not,
+        without its secrets: they stay in an owner-only file whose path travels instead
+        (mlplatform/settings/secrets.py)."""
         secrets = secret_fields(self)
-        public = self.model_dump(mode="json", exclude=set(secrets))
+        state = self.__getstate__()
+        state["__dict__"] = {**state["__dict__"], **dict.fromkeys(secrets)}
         path = write_secrets_file(self.state_dir / "secrets", secrets) if secrets else None
-        return _unpickle, (public, str(path) if path else None)
+        return _unpickle, (state, str(path) if path else None)
 
 
-def _unpickle(public: dict[str, Any], secrets_path: str | None) -> Settings:
-    return Settings(**public, **(read_secrets_file(secrets_path) if secrets_path else {}))
+def _unpickle(state: dict[str, Any], secrets_path: str | None) -> Settings:
+    s = Settings.__new__(Settings)
+    s.__setstate__(state)
+    for name, value in (read_secrets_file(secrets_path) if secrets_path else {}).items():
+        s.__dict__[name] = value if name in URL_FIELDS else SecretStr(value)
+    return s
 
 
 SECTIONS = tuple(base for base in Settings.__bases__ if base is not BaseSettings)

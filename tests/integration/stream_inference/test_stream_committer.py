@@ -77,7 +77,7 @@ def table_settings(isolated: Settings, request: pytest.FixtureRequest) -> Iterat
 
 def _committer(s: Settings) -> ray.actor.ActorHandle:
     return StreamCommitter.options(num_cpus=0).remote(
-        s.model_dump(mode="json"), s.stream_predictions_table
+        s, s.stream_predictions_table
     )
 
 
