@@ -93,18 +93,33 @@ def run_deployment_and_wait(
 ):
     """Start a deployment run through the worker (with `env` added to its environment) and
     wait for it; fail loudly if it fails."""
+    return _completed(name, _start(name, parameters, timeout_s, env))
+
+
+def _start(name: str, parameters: dict | None, timeout_s: float, env: dict[str, str] | None):
+    """A deployment run, with `env` added to its environment, once it ended (or timed out)."""
     from prefect.deployments import run_deployment
 
-    flow_run = run_deployment(
-        name=name,
-        parameters=parameters or {},
-        timeout=timeout_s,
-        job_variables={"env": env} if env else None,
+    job_variables = {"env": env} if env else None
+    return run_deployment(
+        name, parameters=parameters or {}, timeout=timeout_s, job_variables=job_variables
     )
+
+
+def _completed(name: str, flow_run):
     if not flow_run.state or not flow_run.state.is_completed():
         state = flow_run.state.name if flow_run.state else "unknown"
         raise RuntimeError(f"deployment run {name} ended {state}: see the Prefect UI")
     return flow_run
+
+
+def _wait_until_final(client: SyncPrefectClient, run: FlowRun, deadline: float, timeout_s: float):
+    """The run's final state, polled every 2 s until `deadline`."""
+    while not (state := client.read_flow_run(run.id).state).is_final():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{run.name} still running after {timeout_s} s")
+        time.sleep(2)
+    return state
 
 
 def _active_runs(client: SyncPrefectClient, deployment_id: UUID) -> list[FlowRun]:
@@ -138,16 +153,10 @@ def run_retrain_and_wait(
     cancelled; then the demo waits for that run, and joins it when it trained the same data
     (the same placement env), else runs its own again."""
     from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
 
     deadline = time.monotonic() + timeout_s
     for _ in range(3):
-        flow_run = run_deployment(
-            name=name,
-            parameters=parameters or {},
-            timeout=timeout_s,
-            job_variables={"env": env} if env else None,
-        )
+        flow_run = _start(name, parameters, timeout_s, env)
         if not flow_run.state or not flow_run.state.is_cancelled():
             break
         with get_client(sync_client=True) as client:
@@ -156,17 +165,11 @@ def run_retrain_and_wait(
                 raise RuntimeError(f"{name}: {flow_run.state.message}")
             for other in others:
                 print(f"demo: retrain {flow_run.name} cancelled; waiting for {other.name}")
-                while not (state := client.read_flow_run(other.id).state).is_final():
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"{other.name} still running after {timeout_s} s")
-                    time.sleep(2)
+                state = _wait_until_final(client, other, deadline, timeout_s)
                 same_data = ((other.job_variables or {}).get("env") or {}) == (env or {})
                 if same_data and state.is_completed():
                     return other
-    if not flow_run.state or not flow_run.state.is_completed():
-        state = flow_run.state.name if flow_run.state else "unknown"
-        raise RuntimeError(f"deployment run {name} ended {state}: see the Prefect UI")
-    return flow_run
+    return _completed(name, flow_run)
 
 
 def _predictions_for(s: Settings, run_id: str) -> int:
