@@ -76,9 +76,7 @@ def table_settings(isolated: Settings, request: pytest.FixtureRequest) -> Iterat
 
 
 def _committer(s: Settings) -> ray.actor.ActorHandle:
-    return StreamCommitter.options(num_cpus=0).remote(
-        s, s.stream_predictions_table
-    )
+    return StreamCommitter.options(num_cpus=0).remote(s, s.stream_predictions_table)
 
 
 def test_results_at_or_below_a_producers_mark_are_dropped_also_after_a_restart(
