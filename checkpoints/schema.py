@@ -7,6 +7,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine
 
+import checkpoints.function_store  # noqa: F401
 import checkpoints.leases  # noqa: F401
 import checkpoints.registry_tables  # noqa: F401  (registers its tables on Base)
 import checkpoints.store  # noqa: F401

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import httpx
 import pulsar
@@ -125,3 +126,24 @@ def publish(s: Settings, topic: str, payloads: list[bytes], keys: list[str] | No
         client.close()
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(payloads)} sends to {topic} failed: {failed[0]}")
+
+
+def topic_stats(s: Settings, topic: str) -> dict[str, Any]:
+    """Rates in and out and each subscription's backlog, summed over the topic's partitions."""
+    base = f"{s.pulsar_admin_url}/admin/v2/{topic_path(topic)}"
+    headers = admin_headers(s)
+    response = httpx.get(f"{base}/partitioned-stats", headers=headers, timeout=10.0)
+    if response.status_code in (404, 409):  # not partitioned, or not there
+        response = httpx.get(f"{base}/stats", headers=headers, timeout=10.0)
+    if response.status_code == 404:
+        return {"topic": topic, "exists": False}
+    response.raise_for_status()
+    stats = response.json()
+    return {
+        "topic": topic,
+        "exists": True,
+        "msg_rate_in": round(stats.get("msgRateIn", 0.0), 1),
+        "msg_rate_out": round(stats.get("msgRateOut", 0.0), 1),
+        "messages_in": stats.get("msgInCounter", 0),
+        "backlog": {name: sub.get("msgBacklog", 0) for name, sub in stats["subscriptions"].items()},
+    }

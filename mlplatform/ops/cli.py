@@ -10,6 +10,8 @@ from dataclasses import asdict
 import typer
 from sqlalchemy import Engine
 
+from mlplatform.ops.cli_errors import failing_on
+from mlplatform.ops.functions_cli import app as functions_app
 from mlplatform.registry import model_registry
 from mlplatform.settings import get_settings
 
@@ -29,18 +31,9 @@ database = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(database, name="db")
+app.add_typer(functions_app, name="functions")
 SERVICE_NAMES = typer.Argument(None, help="Services (default: all).")
 FLOWS = ("preprocess", "retrain", "batch-inference", "stream-inference", "serving")
-
-
-@contextmanager
-def failing_on(*errors: type[Exception]) -> Iterator[None]:
-    """Turn an expected error into its message on stderr and exit code 1."""
-    try:
-        yield
-    except errors as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from error
 
 
 @models.command("list")
@@ -322,7 +315,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     """
     from infra.services import SERVICES
     from infra.services import status as service_status
-    from mlplatform.ops.status import flink_jobs, links, list_runs, ray_resources, topic_stats
+    from mlplatform.connectors.pulsar_io import topic_stats
+    from mlplatform.ops.status import flink_jobs, links, list_runs, ray_resources
 
     s = get_settings()
     lines = [service_status(service, s) for service in SERVICES.values()]

@@ -12,7 +12,6 @@ import httpx
 
 from checkpoints.store import FAILED, CheckpointStore
 from mlplatform.connectors.iceberg_tables import load_table
-from mlplatform.connectors.pulsar_io import admin_headers, topic_path
 from mlplatform.settings import Settings
 
 
@@ -67,27 +66,6 @@ def quarantine_summary(s: Settings, limit: int = 10) -> tuple[dict[str, int], li
     newest = frame.sort_values("quarantined_at", ascending=False).head(limit)
     newest["quarantined_at"] = newest["quarantined_at"].astype(str)
     return counts, newest.to_dict("records")
-
-
-def topic_stats(s: Settings, topic: str) -> dict[str, Any]:
-    """Rates in and out and each subscription's backlog, summed over the topic's partitions."""
-    base = f"{s.pulsar_admin_url}/admin/v2/{topic_path(topic)}"
-    headers = admin_headers(s)
-    response = httpx.get(f"{base}/partitioned-stats", headers=headers, timeout=10.0)
-    if response.status_code in (404, 409):  # not partitioned, or not there
-        response = httpx.get(f"{base}/stats", headers=headers, timeout=10.0)
-    if response.status_code == 404:
-        return {"topic": topic, "exists": False}
-    response.raise_for_status()
-    stats = response.json()
-    return {
-        "topic": topic,
-        "exists": True,
-        "msg_rate_in": round(stats.get("msgRateIn", 0.0), 1),
-        "msg_rate_out": round(stats.get("msgRateOut", 0.0), 1),
-        "messages_in": stats.get("msgInCounter", 0),
-        "backlog": {name: sub.get("msgBacklog", 0) for name, sub in stats["subscriptions"].items()},
-    }
 
 
 def ray_resources(s: Settings) -> dict[str, Any]:

@@ -2,47 +2,59 @@
 
 A file written for Pulsar Functions (a class deriving from `pulsar.Function` with
 `process(self, input, context)`, or a plain `process(input)` function) is loaded from its path.
-Each Ray actor subscribes to the input topics (one Shared subscription named after the function),
-deserializes each message as Pulsar's IdentitySerDe does, calls `process`, publishes a non-None
-return value to the output topic, flushes, and only then acknowledges the inputs. A message whose
-`process` raises is negatively acknowledged and ends in the dead-letter topic after the configured
-redeliveries. Pickle serdes are refused: nothing is unpickled from a topic.
+With a window (`--window-length-count` or `--window-length-duration-ms`) the class's
+`process(inputs, context)` gets each closed window's records (function_windows.WindowRecord).
+Pickle serdes are refused: nothing is unpickled from a topic.
+
+Delivery protocol of one instance, per batch of messages:
+  1. Process: call `process` per message (or per closed window); a call that raises is tried
+     again up to `max_message_retries` times, then the message (a window's messages) goes to the
+     dead-letter topic. Outputs and `context.publish` calls are sent asynchronously.
+  2. Flush: every output is on its topic.
+  3. Commit: the batch's state changes (counters, key-value state, the open windows) and, under
+     EFFECTIVELY_ONCE, the input partitions' positions, in one SQL transaction
+     (checkpoints.function_store).
+  4. Acknowledge the batch's inputs.
+A crash anywhere redelivers what was not acknowledged. ATLEAST_ONCE (a Shared subscription)
+then processes it again. EFFECTIVELY_ONCE (a Failover subscription: each input partition in
+order by one instance) skips a message at or below its partition's committed position (crash
+between 3 and 4), and a message processed again (crash between 1 and 3) republishes its output
+with the same sequence id from a producer named after the input partition, which the broker
+drops as a duplicate (windows: the window's sequence from a producer per instance). Counters and
+state therefore count each message once; `context.publish` to other topics is at least once.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import base64
+import json
 import logging
+import os
+import re
+import threading
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections import defaultdict, deque
+from dataclasses import dataclass
 from typing import Any
+from zlib import crc32
 
 import pulsar
 import ray
-from pulsar.functions.context import Context
-from pulsar.functions.serde import IdentitySerDe
 
+from checkpoints.function_store import FunctionStore, Position, StateChanges
 from mlplatform.connectors.pulsar_io import make_client, receive_batch
 from mlplatform.connectors.ray_runtime import connect
 from mlplatform.inference.stream.actor_pool import closing, drive
+from mlplatform.inference.stream.function_context import SERDE, RayContext, user_metrics
+from mlplatform.inference.stream.function_spec import FunctionSpec, load_function
+from mlplatform.inference.stream.function_windows import Window, Windower, WindowRecord
+from mlplatform.inference.stream.partitions import sequence_id
 from mlplatform.registry import model_registry
 from mlplatform.settings import Settings
 
-SERDE = IdentitySerDe()
-
-
-@dataclass(frozen=True)
-class FunctionSpec:
-    """What `pulsar-admin functions create` would be told: file, class, topics, user config."""
-
-    py: str
-    classname: str
-    inputs: tuple[str, ...]
-    output: str | None
-    name: str
-    user_config: dict[str, Any] = field(default_factory=dict)
+logger = logging.getLogger(__name__)
+INPUT_TOPIC, INPUT_ID = "__pfn_input_topic__", "__pfn_input_msg_id__"  # Pulsar's own names
+LATEST_EXCEPTIONS = 10
 
 
 @dataclass(frozen=True)
@@ -52,20 +64,6 @@ class FunctionRunResult:
     failed: int
     metrics: dict[str, float]
     seconds: float
-
-
-def load_function(py: str, classname: str) -> Any:
-    """The function object: an instance of the named class, or the module's plain function."""
-    path = Path(py)
-    if not path.is_file():
-        raise FileNotFoundError(f"function file {py} does not exist")
-    spec = importlib.util.spec_from_file_location(f"pulsar_function_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    target = getattr(module, classname, None)
-    if target is None:
-        raise AttributeError(f"{py} defines no {classname!r}")
-    return target() if isinstance(target, type) else target
 
 
 def champion_user_config(s: Settings, version: int | None = None) -> dict[str, str]:
@@ -84,167 +82,285 @@ def champion_user_config(s: Settings, version: int | None = None) -> dict[str, s
     }
 
 
-class RayContext(Context):
-    """The Pulsar Functions context on our runtime: logger, user config, publish, message
-    metadata, metrics. State and counters need Pulsar's state store and are not offered."""
+def position(message: pulsar.Message) -> Position:
+    mid = message.message_id()
+    return mid.ledger_id(), mid.entry_id(), max(mid.batch_index(), 0)
 
-    def __init__(self, spec: FunctionSpec, instance_id: int, client: pulsar.Client) -> None:
-        self.spec, self.instance_id, self.client = spec, instance_id, client
-        self.message: pulsar.Message | None = None
-        self.producers: dict[str, pulsar.Producer] = {}
-        self.metrics: dict[str, list[float]] = defaultdict(list)
-        self.logger = logging.getLogger(f"pulsar.function.{spec.name}")
 
-    def producer(self, topic: str) -> pulsar.Producer:
-        if topic not in self.producers:
-            self.producers[topic] = self.client.create_producer(topic, block_if_queue_full=True)
-        return self.producers[topic]
+def encoded_id(message: pulsar.Message) -> str:
+    return base64.b64encode(message.message_id().serialize()).decode()
 
-    def flush(self) -> None:
-        for producer in self.producers.values():
-            producer.flush()
 
-    def get_message_id(self):
-        return self.message.message_id()
+def topic_tag(topic: str) -> str:
+    """A short stable name for an input partition, part of its output producer's name."""
+    return f"{crc32(topic.encode()):08x}"
 
-    def get_message_key(self):
-        return self.message.partition_key()
 
-    def get_message_eventtime(self):
-        return self.message.event_timestamp()
-
-    def get_message_properties(self):
-        return self.message.properties()
-
-    def get_current_message_topic_name(self):
-        return self.message.topic_name()
-
-    def get_partition_key(self):
-        return self.message.partition_key()
-
-    def get_ordering_key(self):
-        return self.message.ordering_key()
-
-    def get_function_tenant(self):
-        return "public"
-
-    def get_function_namespace(self):
-        return "default"
-
-    def get_function_name(self):
-        return self.spec.name
-
-    def get_function_id(self):
-        return self.spec.name
-
-    def get_instance_id(self):
-        return self.instance_id
-
-    def get_function_version(self):
-        return "1"
-
-    def get_logger(self):
-        return self.logger
-
-    def get_user_config_value(self, key):
-        return self.spec.user_config.get(key)
-
-    def get_user_config_map(self):
-        return dict(self.spec.user_config)
-
-    def get_secret(self, secret_name):
-        return None
-
-    def record_metric(self, metric_name, metric_value):
-        self.metrics[metric_name].append(float(metric_value))
-
-    def publish(
-        self,
-        topic_name,
-        message,
-        serde_class_name="serde.IdentitySerDe",
-        properties=None,
-        compression_type=None,
-        callback=None,
-        message_conf=None,
-    ):
-        if "IdentitySerDe" not in serde_class_name:
-            raise ValueError(f"serde {serde_class_name} is not supported; use IdentitySerDe")
-        self.producer(topic_name).send_async(
-            SERDE.serialize(message), callback, properties=properties or {}
+def own_partitions(
+    client: pulsar.Client, inputs: tuple[str, ...], instance_id: int, parallelism: int
+) -> list[str]:
+    """Instance `instance_id`'s share of the inputs' partitions (all of them, one by one)."""
+    partitions = [p for topic in inputs for p in client.get_topic_partitions(topic)]
+    if parallelism > len(partitions):
+        raise ValueError(
+            f"--parallelism {parallelism} under EFFECTIVELY_ONCE needs at least as many input "
+            f"partitions; the inputs have {len(partitions)}"
         )
-
-    def get_input_topics(self):
-        return list(self.spec.inputs)
-
-    def get_output_topic(self):
-        return self.spec.output
-
-    def get_output_serde_class_name(self):
-        return "serde.IdentitySerDe"
-
-    def ack(self, msgid, topic):
-        """Acknowledgement is the runtime's: after the outputs are durable."""
-
-    def _unsupported(self, *args, **kwargs):
-        raise NotImplementedError("function state and counters need Pulsar's state store")
-
-    incr_counter = get_counter = del_counter = put_state = get_state = _unsupported
+    return partitions[instance_id::parallelism]
 
 
-@ray.remote(max_restarts=3, max_task_retries=0)
 class FunctionInstance:
-    """One instance of a Pulsar Function, consuming the input topics on a Shared subscription."""
+    """One instance of a function: its consumer, context, state and statistics.
 
-    def __init__(self, s: Settings, spec: FunctionSpec, instance_id: int, batch: int) -> None:
-        self.s, self.spec = s, spec
+    As a Ray actor (`FunctionActor`) it is polled by `run_function`, or, created with `forever`,
+    runs its own loop until killed, restarted by Ray after a crash."""
+
+    def __init__(
+        self,
+        s: Settings,
+        spec: FunctionSpec,
+        instance_id: int,
+        batch: int = 100,
+        forever: bool = False,
+    ) -> None:
+        self.s, self.spec, self.instance_id, self.batch = s, spec, instance_id, batch
         self.function = load_function(spec.py, spec.classname)
-        self.client = make_client(self.s)
-        self.consumer = self.client.subscribe(
-            list(spec.inputs),
-            spec.name,
-            consumer_type=pulsar.ConsumerType.Shared,
-            initial_position=pulsar.InitialPosition.Earliest,
-            receiver_queue_size=batch,
-            negative_ack_redelivery_delay_ms=self.s.stream_nack_delay_ms,
-            dead_letter_policy=pulsar.ConsumerDeadLetterPolicy(
-                max_redeliver_count=self.s.stream_max_redeliveries,
-                dead_letter_topic=f"{spec.inputs[0]}-{spec.name}-DLQ",
-            ),
+        self.store = FunctionStore(s.resolved_database_url)
+        self.client = make_client(s)
+        self.consumer = self._subscribe()
+        self.context = RayContext(s, spec, instance_id, self.client, self.store)
+        self.positions = self.store.positions(spec.fqfn) if spec.effectively_once else {}
+        self.window_key = f"__window__/{instance_id}"
+        self.windower: Windower | None = None
+        if spec.window is not None:
+            saved = self.store.state(spec.fqfn, self.window_key)
+            self.windower = (
+                Windower(spec.window)
+                if saved is None
+                else Windower.restore(spec.window, json.loads(saved))
+            )
+        self.counts = {"received": 0, "processed": 0, "user_exceptions": 0, "system_exceptions": 0}
+        self.latency_ms = {"sum": 0.0, "count": 0}
+        self.last_invocation_ms = 0
+        self.latest_exceptions: deque[dict[str, Any]] = deque(maxlen=LATEST_EXCEPTIONS)
+        self.stopping = threading.Event()
+        self.loop: threading.Thread | None = None
+        if forever:
+            starts = StateChanges(increments={f"__starts__/{instance_id}": 1})
+            self.store.commit(spec.fqfn, starts)
+            self.loop = threading.Thread(target=self._run_forever, daemon=True)
+            self.loop.start()
+
+    def _subscribe(self) -> pulsar.Consumer:
+        spec = self.spec
+        topics: Any = re.compile(spec.topics_pattern) if spec.topics_pattern else list(spec.inputs)
+        if spec.effectively_once and spec.inputs:
+            # Each input partition read by one instance only, in order, and never moved to
+            # another: its named output producer is never open in two places.
+            topics = own_partitions(self.client, spec.inputs, self.instance_id, spec.parallelism)
+        options: dict[str, Any] = {}
+        if spec.timeout_ms:
+            options["unacked_messages_timeout_ms"] = max(spec.timeout_ms, 10_000)
+        deadline = time.monotonic() + 30
+        while True:  # a restarted instance may race the broker noticing its predecessor is gone
+            try:
+                return self.client.subscribe(
+                    topics,
+                    spec.subscription,
+                    consumer_type=pulsar.ConsumerType.Failover
+                    if spec.effectively_once
+                    else pulsar.ConsumerType.Shared,
+                    consumer_name=f"{spec.fqfn}:{self.instance_id}",
+                    initial_position=pulsar.InitialPosition.Earliest,
+                    receiver_queue_size=self.batch,
+                    **options,
+                )
+            except pulsar.PulsarException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    # Producers: under EFFECTIVELY_ONCE named (the broker's de-duplication is per name)
+    def _producer(self, topic: str, name: str | None) -> pulsar.Producer:
+        key = f"{topic}|{name}"
+        if key not in self.context.producers:
+            options = {"producer_name": name} if name and self.spec.effectively_once else {}
+            self.context.producers[key] = self.client.create_producer(
+                topic, block_if_queue_full=True, **options
+            )
+        return self.context.producers[key]
+
+    def _send(
+        self, topic: str, name: str, value: Any, seq: int, properties: dict[str, str]
+    ) -> None:
+        ids = {"sequence_id": seq} if self.spec.effectively_once else {}
+        self._producer(topic, name).send_async(
+            SERDE.serialize(value), self.context._sent, properties=properties, **ids
         )
-        self.context = RayContext(spec, instance_id, self.client)
 
     def _call(self, value: Any) -> Any:
-        if hasattr(self.function, "process"):
-            return self.function.process(value, self.context)
-        return self.function(value)
+        """The user's code, tried up to 1 + max_message_retries times; raises the last error."""
+        for attempt in range(self.spec.max_message_retries + 1):
+            started = time.perf_counter()
+            try:
+                if hasattr(self.function, "process"):
+                    result = self.function.process(value, self.context)
+                else:
+                    result = self.function(value)
+            except Exception as error:
+                self.counts["user_exceptions"] += 1
+                self.latest_exceptions.append(
+                    {"exceptionString": repr(error)[:500], "timestampMs": int(time.time() * 1000)}
+                )
+                self.context.logger.warning("process() failed (attempt %d): %r", attempt + 1, error)
+                if attempt == self.spec.max_message_retries:
+                    raise
+            else:
+                self.latency_ms["sum"] += (time.perf_counter() - started) * 1000
+                self.latency_ms["count"] += 1
+                self.last_invocation_ms = int(time.time() * 1000)
+                return result
+        raise AssertionError("unreachable")
+
+    def _dead_letter(self, message: pulsar.Message, error: Exception) -> None:
+        topic = message.topic_name()
+        properties = {**message.properties(), INPUT_TOPIC: topic, INPUT_ID: encoded_id(message)}
+        properties["__pfn_error__"] = repr(error)[:500]
+        name = f"{self.spec.name}-dlq-{topic_tag(topic)}"
+        self._send(
+            self.spec.dead_letters,
+            name,
+            message.data(),
+            sequence_id(message.message_id()),
+            properties,
+        )
+
+    def _process_message(self, message: pulsar.Message) -> bool:
+        self.context.message = message
+        topic = message.topic_name()
+        try:
+            result = self._call(SERDE.deserialize(message.data()))
+        except Exception as error:
+            self._dead_letter(message, error)
+            return False
+        if result is not None and self.spec.output:
+            properties = {INPUT_TOPIC: topic, INPUT_ID: encoded_id(message)}
+            name = f"{self.spec.name}-{topic_tag(topic)}"
+            self._send(
+                self.spec.output, name, result, sequence_id(message.message_id()), properties
+            )
+        return True
+
+    def _record(self, message: pulsar.Message) -> WindowRecord:
+        event = message.event_timestamp() or None
+        stamp = (
+            event
+            if self.spec.window_timestamp == "event" and event
+            else message.publish_timestamp()
+        )
+        return WindowRecord(
+            value=SERDE.deserialize(message.data()),
+            message_id=encoded_id(message),
+            topic=message.topic_name(),
+            timestamp_ms=stamp,
+            event_time_ms=event,
+            key=message.partition_key() or None,
+            properties=dict(message.properties()),
+        )
+
+    def _process_window(self, window: Window) -> bool:
+        self.context.message = None
+        self.context.window = window  # type: ignore[attr-defined]
+        try:
+            result = self._call(list(window.records))
+        except Exception as error:
+            self.context.logger.error(
+                "window [%d, %d) failed for good: %r", window.start, window.end, error
+            )
+            return False
+        if result is not None and self.spec.output:
+            properties = {"__window_start__": str(window.start), "__window_end__": str(window.end)}
+            name = f"{self.spec.name}-window-{self.instance_id}"
+            self._send(self.spec.output, name, result, window.sequence, properties)
+        return True
 
     def poll(self, limit: int) -> tuple[int, int, int]:
-        """Process up to `limit` messages: (consumed, processed, failed)."""
-        messages = receive_batch(self.consumer, limit, self.s.stream_batch_wait_ms)
-        done = []
+        """One batch, through the delivery protocol above: (consumed, processed, failed)."""
+        messages = receive_batch(self.consumer, min(limit, self.batch), self.s.stream_batch_wait_ms)
+        self.counts["received"] += len(messages)
+        processed = failed = 0
+        moved: dict[str, Position] = {}
+        windows: list[Window] = []
         for message in messages:
-            self.context.message = message
-            try:
-                result = self._call(SERDE.deserialize(message.data()))
-                if result is not None and self.spec.output:
-                    self.context.publish(self.spec.output, result)
-                done.append(message)
-            except Exception:
-                self.context.logger.exception("process() failed on %s", message.message_id())
-                self.consumer.negative_acknowledge(message)
-        self.context.flush()  # outputs durable before their inputs are acknowledged
-        for message in done:
+            topic, here = message.topic_name(), position(message)
+            if self.spec.effectively_once and here <= self.positions.get(topic, (-1, -1, -1)):
+                continue  # committed before a crash, acknowledged only now
+            if self.windower is not None:
+                windows += self.windower.add(self._record(message))
+                processed += 1
+            elif self._process_message(message):
+                processed += 1
+            else:
+                failed += 1
+            moved[topic] = here
+        if self.windower is not None:
+            windows += self.windower.advance(int(time.time() * 1000))
+            late = self.windower.take_late()
+            if late:
+                logger.warning("%d late records dropped from %s", len(late), self.spec.fqfn)
+            for window in windows:
+                if not self._process_window(window):
+                    failed += 1
+        self.context.flush()
+        changes = self.context.take_changes()
+        if self.windower is not None and (messages or windows):
+            changes.puts[self.window_key] = json.dumps(self.windower.snapshot()).encode()
+        if self.spec.effectively_once:
+            changes.positions = moved
+        self.store.commit(self.spec.fqfn, changes)
+        self.positions.update(moved)
+        for message in messages:
             self.consumer.acknowledge(message)
-        return len(messages), len(done), len(messages) - len(done)
+        self.counts["processed"] += processed
+        return len(messages), processed, failed
+
+    def _run_forever(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                self.poll(self.batch)
+        except BaseException:
+            # Crash-only: Ray restarts the actor, the broker redelivers what was not acknowledged.
+            logger.exception("instance %d of %s crashed", self.instance_id, self.spec.fqfn)
+            os._exit(1)
+
+    def stats(self) -> dict[str, Any]:
+        count = self.latency_ms["count"]
+        return {
+            "instanceId": self.instance_id,
+            "running": self.loop is None or self.loop.is_alive(),
+            "numReceived": self.counts["received"],
+            "numSuccessfullyProcessed": self.counts["processed"],
+            "numUserExceptions": self.counts["user_exceptions"],
+            "numSystemExceptions": self.counts["system_exceptions"],
+            "latestUserExceptions": list(self.latest_exceptions),
+            "averageLatency": self.latency_ms["sum"] / count if count else 0.0,
+            "lastInvocationTime": self.last_invocation_ms,
+            "userMetrics": user_metrics(self.context.metrics),
+        }
 
     def metrics(self) -> dict[str, list[float]]:
         return dict(self.context.metrics)
 
     def close(self) -> None:
+        self.stopping.set()
+        if self.loop is not None and self.loop is not threading.current_thread():
+            self.loop.join(timeout=30)
         self.context.flush()
         self.consumer.close()
         self.client.close()
+
+
+FunctionActor = ray.remote(max_task_retries=0)(FunctionInstance)
 
 
 def run_function(
@@ -260,7 +376,9 @@ def run_function(
     load_function(spec.py, spec.classname)  # a broken file fails here, with its own error
     connect(s)
     instances = [
-        FunctionInstance.options(num_cpus=0.25).remote(s, spec, i, batch)
+        FunctionActor.options(num_cpus=s.stream_actor_cpus, max_restarts=3).remote(
+            s, spec, i, batch
+        )
         for i in range(parallelism)
     ]
     with closing(instances):

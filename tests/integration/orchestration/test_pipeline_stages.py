@@ -14,11 +14,10 @@ from pyiceberg.expressions import EqualTo
 from typer.testing import CliRunner
 
 from mlplatform.connectors.iceberg_tables import load_table
-from mlplatform.connectors.pulsar_io import read_all
+from mlplatform.connectors.pulsar_io import read_all, topic_stats
 from mlplatform.inference.batch.runner import run_batch_inference
 from mlplatform.inference.stream.runner import run_stream_inference
 from mlplatform.ops.cli import app
-from mlplatform.ops.status import topic_stats
 from mlplatform.preprocess.batch import preprocess
 from mlplatform.sample_data.demo_rows import MALFORMED_KINDS, write_demo_raw
 from mlplatform.settings import Settings, get_settings

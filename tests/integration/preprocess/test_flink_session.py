@@ -34,8 +34,7 @@ from infra.flink_cluster import (
 )
 from infra.processes import running
 from mlplatform.connectors.iceberg_tables import count_rows, ensure_tables, load_table
-from mlplatform.connectors.pulsar_io import publish, read_all
-from mlplatform.ops.status import topic_stats
+from mlplatform.connectors.pulsar_io import publish, read_all, topic_stats
 from mlplatform.preprocess import batch as preprocess_module
 from mlplatform.preprocess.batch import FlinkJobError, preprocess
 from mlplatform.preprocess.landing_files import Plan

@@ -14,9 +14,13 @@ import pulsar
 import pytest
 
 from mlplatform.connectors.iceberg_tables import load_table
-from mlplatform.connectors.pulsar_io import ensure_partitioned_topic, make_client, read_all
+from mlplatform.connectors.pulsar_io import (
+    ensure_partitioned_topic,
+    make_client,
+    read_all,
+    topic_stats,
+)
 from mlplatform.inference.stream.runner import StreamResult, run_stream_inference
-from mlplatform.ops.status import topic_stats
 from mlplatform.sample_data.synthetic_features import feature_rows, publish_features
 from mlplatform.settings import Settings
 from mlplatform.training.retrain import retrain
