@@ -303,6 +303,11 @@ def _print_status(report: dict) -> None:
     for r in report.get("runs", []):
         done = f"rows {r['rows_done']}/{r['rows_total']}"
         typer.echo(f"run {r['run_id']} {r['kind']} {r['status']} {done} started {r['started_at']}")
+    for f in report.get("functions", []):
+        counts = f"processed {f['processed']}, user exceptions {f['user_exceptions']}"
+        typer.echo(
+            f"function {f['function']}: {f['running']} running, {counts}, backlog {f['backlog']}"
+        )
     for name, url in report["links"].items():
         typer.echo(f"{name}: {url}")
 
@@ -316,6 +321,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     from infra.services import SERVICES
     from infra.services import status as service_status
     from mlplatform.connectors.pulsar_io import topic_stats
+    from mlplatform.inference.stream import functions_admin
     from mlplatform.ops.status import flink_jobs, links, list_runs, ray_resources
 
     s = get_settings()
@@ -328,6 +334,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         report["ray"] = ray_resources(s)
         report["flink"] = flink_jobs(s)
         report["runs"] = [asdict(r) for r in list_runs(s, 5)]
+        report["functions"] = functions_admin.summary(s)
     report["links"] = links(s)
     if as_json:
         typer.echo(json.dumps(report, indent=2, default=str))

@@ -192,6 +192,23 @@ def stats(s: Settings, fqfn: str) -> dict[str, Any]:
     }
 
 
+def summary(s: Settings) -> list[dict[str, Any]]:
+    """One line per registered function, for `mlp status`."""
+    rows = []
+    for fqfn in function_store(s).list():
+        state = status(s, fqfn)
+        rows.append(
+            {
+                "function": fqfn,
+                "running": f"{state['numRunning']}/{state['numInstances']}",
+                "processed": state["numSuccessfullyProcessed"],
+                "user_exceptions": state["numUserExceptions"],
+                "backlog": state["backlog"],
+            }
+        )
+    return rows
+
+
 def trigger(
     s: Settings, fqfn: str, value: str, topic: str | None = None, timeout_s: float = 30.0
 ) -> str | None:

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import re
+import socket
 import threading
 import time
 from collections import defaultdict, deque
@@ -338,6 +339,7 @@ class FunctionInstance:
         return {
             "instanceId": self.instance_id,
             "running": self.loop is None or self.loop.is_alive(),
+            "workerId": f"{socket.gethostname()}:{os.getpid()}",
             "numReceived": self.counts["received"],
             "numSuccessfullyProcessed": self.counts["processed"],
             "numUserExceptions": self.counts["user_exceptions"],

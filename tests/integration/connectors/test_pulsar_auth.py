@@ -36,8 +36,8 @@ from mlplatform.connectors.pulsar_io import (
     topic_partitions,
 )
 from mlplatform.inference.serving.deployment import start_serving, stop_serving
+from mlplatform.inference.stream.function_spec import FunctionSpec
 from mlplatform.inference.stream.pulsar_functions import (
-    FunctionSpec,
     champion_user_config,
     run_function,
 )
