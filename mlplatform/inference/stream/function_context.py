@@ -94,6 +94,17 @@ class RayContext(Context):
     def get_current_message_topic_name(self):
         return self.message.topic_name()
 
+    def get_message_sequence_id(self):
+        """Pulsar's: (ledger id << 28) | entry id."""
+        mid = self.message.message_id()
+        return (mid.ledger_id() << 28) | mid.entry_id()
+
+    def get_message_partition_index(self):
+        return self.message.message_id().partition()
+
+    def get_pulsar_client(self):
+        return self.client
+
     def get_partition_key(self):
         return self.message.partition_key()
 
