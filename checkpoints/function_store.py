@@ -101,6 +101,13 @@ class FunctionStore:
             row = session.get(FunctionRow, fqfn)
             return None if row is None else row.spec
 
+    def created_ms(self, fqfn: str) -> int:
+        """When the function was created (0 when it is not registered): names its window
+        producers, so that a function created again after a purge starts a fresh sequence."""
+        with Session(self.engine) as session:
+            row = session.get(FunctionRow, fqfn)
+            return 0 if row is None else int(row.created_at.timestamp() * 1000)
+
     def list(self, prefix: str = "") -> list[str]:
         with Session(self.engine) as session:
             query = select(FunctionRow.fqfn).order_by(FunctionRow.fqfn)

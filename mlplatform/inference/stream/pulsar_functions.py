@@ -132,6 +132,7 @@ class FunctionInstance:
         self.context = RayContext(s, spec, instance_id, self.client, self.store)
         self.positions = self.store.positions(spec.fqfn) if spec.effectively_once else {}
         self.window_key = f"__window__/{instance_id}"
+        self.generation = self.store.created_ms(spec.fqfn)
         self.windower: Windower | None = None
         if spec.window is not None:
             saved = self.store.state(spec.fqfn, self.window_key)
@@ -281,7 +282,7 @@ class FunctionInstance:
             return False
         if result is not None and self.spec.output:
             properties = {"__window_start__": str(window.start), "__window_end__": str(window.end)}
-            name = f"{self.spec.name}-window-{self.instance_id}"
+            name = f"{self.spec.name}-window-{self.instance_id}-{self.generation}"
             self._send(self.spec.output, name, result, window.sequence, properties)
         return True
 
