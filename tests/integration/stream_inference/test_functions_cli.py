@@ -185,3 +185,30 @@ def test_count_windows_close_on_count_and_time_windows_on_time(s: Settings) -> N
     finally:
         functions_admin.delete(s, by_count.fqfn, purge_state=True)
         functions_admin.delete(s, by_time.fqfn, purge_state=True)
+
+
+def test_localrun_runs_in_the_foreground_until_its_limit(s: Settings, cli: CliRunner) -> None:
+    words, counts = _topic("local-words"), _topic("local-counts")
+    publish(s, words, [b"a b", b"b", b"c"])
+    name = f"local-{uuid.uuid4().hex[:6]}"
+    flags = ["--name", name, "--py", WORD_COUNT, "--classname", "word_count.WordCount"]
+    try:
+        ran = json.loads(
+            _ok(
+                cli,
+                "localrun",
+                *flags,
+                "--inputs",
+                words,
+                "--output",
+                counts,
+                "--max-messages",
+                "3",
+                "--timeout-s",
+                "60",
+            )
+        )
+        assert ran["processed"] == 3
+        assert sorted(m.data().decode() for m in read_all(s, counts)) == ["a=1 b=1", "b=2", "c=1"]
+    finally:
+        FunctionStore(s.database_url).remove(f"public/default/{name}", state=True)
