@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import multiprocessing
 import os
 import shutil
 import signal
@@ -20,7 +19,6 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import pytest
@@ -50,6 +48,7 @@ from mlplatform.sample_data.demo_rows import write_demo_raw
 from mlplatform.sample_data.synthetic_features import append_features
 from mlplatform.settings import PROJECT_DIR, Settings
 from mlplatform.training.retrain import retrain
+from tests.concurrent_openers import open_in_processes
 from tests.helpers import extra_service, settings_env
 from tests.integration.batch_inference.exactly_once import (
     assert_exactly_once,
@@ -214,11 +213,6 @@ def test_pipeline_on_postgresql(pg_settings: Settings, pg_pipeline: dict) -> Non
         catalog.dispose()
 
 
-def _upgrade_after(barrier: Barrier, url: str) -> None:
-    barrier.wait()
-    upgrade(new_engine(url))
-
-
 def test_migrations_on_postgresql(postgres: str) -> None:
     """Concurrent first upgrades of a fresh database all succeed (the advisory lock), and give
     exactly the models' schema; downgrading to 0001 and upgrading again does too."""
@@ -227,14 +221,7 @@ def test_migrations_on_postgresql(postgres: str) -> None:
         connection.execute(text("CREATE DATABASE migrations"))
     admin.dispose()
     url = f"{postgres}/migrations"
-    spawn = multiprocessing.get_context("spawn")  # not fork: this process holds Ray threads
-    barrier = spawn.Barrier(3)
-    openers = [spawn.Process(target=_upgrade_after, args=(barrier, url)) for _ in range(3)]
-    for opener in openers:
-        opener.start()
-    for opener in openers:
-        opener.join(timeout=180)
-    assert [opener.exitcode for opener in openers] == [0, 0, 0]
+    assert open_in_processes(url) == [0, 0, 0]
     engine = new_engine(url)
     try:
         with engine.connect() as connection:

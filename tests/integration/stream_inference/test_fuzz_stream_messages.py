@@ -34,8 +34,8 @@ from tests.integration.small_champion import register_small_champion
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = 2
-RUN_S = 25.0
+EXAMPLES = 1
+RUN_S = 15.0
 HUGE = 1_000_000
 GOOD = "good"
 ANY = None  # refused for a reason not known in advance
@@ -158,9 +158,9 @@ def messages(draw: st.DrawFn, s: Settings, prefix: str) -> tuple[list[Message], 
     that come after all the bad ones."""
     kinds = draw(st.permutations(BAD_KINDS + ["good"] * len(BAD_KINDS)))
     more = st.sampled_from([*BAD_KINDS, "good", "good"])
-    kinds += draw(st.lists(more, min_size=10, max_size=60))
+    kinds += draw(st.lists(more, min_size=30, max_size=120))
     mixed = [draw(message(s, f"{prefix}-{i}", kind)) for i, kind in enumerate(kinds)]
-    n_after = draw(st.integers(3, 20))
+    n_after = draw(st.integers(6, 40))
     after = [draw(message(s, f"{prefix}-after-{i}", "good")) for i in range(n_after)]
     return mixed, after
 

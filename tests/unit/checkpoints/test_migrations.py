@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from checkpoints.database import (
 )
 from checkpoints.schema import schema_differences
 from checkpoints.store import CheckpointStore
+from tests.concurrent_openers import open_in_processes
 
 pytestmark = pytest.mark.unit
 
@@ -181,25 +181,6 @@ def test_concurrent_first_openings_in_threads(url: str) -> None:
         thread.join(timeout=120)
     assert errors == []
     assert revision_of(new_engine(url)) == head_revision()
-
-
-def _open_in_process(url: str, barrier: threading.Barrier) -> None:
-    barrier.wait()
-    get_engine(url)
-
-
-def open_in_processes(url: str, count: int = 3) -> list[int | None]:
-    """Exit codes of `count` processes that open the database at the same moment."""
-    context = multiprocessing.get_context("spawn")  # not fork: this process may hold Ray threads
-    barrier = context.Barrier(count)
-    processes = [
-        context.Process(target=_open_in_process, args=(url, barrier)) for _ in range(count)
-    ]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(timeout=120)
-    return [process.exitcode for process in processes]
 
 
 def test_concurrent_first_openings_in_processes(url: str) -> None:
