@@ -39,8 +39,8 @@ from tests.helpers import module_settings
 pytestmark = pytest.mark.integration
 
 EXAMPLES = 1  # a Flink run each (~30 s): many lines per run, few runs
-MIN_CSV, MAX_CSV = 200, 600
-MIN_JSON, MAX_JSON = 80, 240
+MIN_CSV, MAX_CSV = 300, 600
+MIN_JSON, MAX_JSON = 100, 240
 MAX_LINE_BYTES = 256
 WRITTEN = "written"  # the expected outcome of a valid line (or duplicate_key for a later copy)
 ANY = None  # arbitrary input: any outcome, as long as it has exactly one

@@ -158,7 +158,7 @@ def messages(draw: st.DrawFn, s: Settings, prefix: str) -> tuple[list[Message], 
     that come after all the bad ones."""
     kinds = draw(st.permutations(BAD_KINDS + ["good"] * len(BAD_KINDS)))
     more = st.sampled_from([*BAD_KINDS, "good", "good"])
-    kinds += draw(st.lists(more, min_size=30, max_size=120))
+    kinds += draw(st.lists(more, min_size=50, max_size=120))
     mixed = [draw(message(s, f"{prefix}-{i}", kind)) for i, kind in enumerate(kinds)]
     n_after = draw(st.integers(6, 40))
     after = [draw(message(s, f"{prefix}-after-{i}", "good")) for i in range(n_after)]
