@@ -2,10 +2,16 @@
 
 Services are started once per session (a running one is reused). A service that cannot start
 fails the tests that need it: nothing is skipped.
+
+`make test` runs two pytest-xdist workers, one per group of XDIST_GROUPS: the tests that use
+Ray (its 2 logical CPUs are sized for one pipeline at a time) and Prefect's deployments run one
+after another in one worker, while the JVM-bound tests (Flink, the second brokers) and the unit
+tests run beside them in the other.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import uuid
@@ -22,6 +28,23 @@ os.environ.setdefault("PREFECT_API_URL", get_settings().prefect_api_url)
 os.environ.setdefault("JVM_ARGS", "-XX:TieredStopAtLevel=1")
 
 
+# Neither uses Ray nor Prefect's deployments: these run beside the rest (see the docstring).
+BESIDE_RAY = (
+    "tests/unit/",
+    "tests/integration/preprocess/",
+    "tests/integration/stream_inference/test_pulsar_admin_functions.py",
+    "tests/integration/connectors/test_pulsar_roundtrip.py",
+    "tests/integration/orchestration/test_prefect_auth.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(item.path).relative_to(PROJECT_DIR).as_posix()
+        group = "jvm-and-unit" if path.startswith(BESIDE_RAY) else "ray-and-deployments"
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def services() -> Iterator[Settings]:
     """Pulsar, Prefect server and worker, and Ray, healthy on loopback."""
@@ -29,18 +52,24 @@ def services() -> Iterator[Settings]:
 
     settings = get_settings()
     started = []
-    for service in SERVICES.values():
-        try:
-            if start(service, settings).endswith("started"):
-                started.append(service)
-        except ServiceError as error:
-            pytest.fail(f"service did not start: {error}")
+    lock = settings.state_dir / "tests-starting-services.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # xdist workers: one starts them, the other waits
+        for service in SERVICES.values():
+            try:
+                if start(service, settings).endswith("started"):
+                    started.append(service)
+            except ServiceError as error:
+                pytest.fail(f"service did not start: {error}")
     yield settings
     import ray
 
     # Disconnect this driver first: a driver whose raylet is stopped exits the process.
     ray.shutdown()
-    if os.environ.get("CI") == "true":  # leave a developer's running services alone
+    # Leave a developer's running services alone; and under xdist the other worker may still
+    # use them (`make down` stops them after CI's run).
+    if os.environ.get("CI") == "true" and "PYTEST_XDIST_WORKER" not in os.environ:
         for service in reversed(started):
             stop(service, settings)
 
