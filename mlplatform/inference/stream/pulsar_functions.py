@@ -182,13 +182,15 @@ class FunctionInstance:
                     raise
                 time.sleep(0.5)
 
-    # Producers: under EFFECTIVELY_ONCE named (the broker's de-duplication is per name)
-    def _producer(self, topic: str, name: str | None) -> pulsar.Producer:
+    def _producer(self, topic: str, name: str) -> pulsar.Producer:
+        """Under EFFECTIVELY_ONCE one named producer per input partition (or window sequence):
+        the broker de-duplicates per name; otherwise the topic's one producer."""
+        if not self.spec.effectively_once:
+            return self.context.producer(topic)
         key = f"{topic}|{name}"
         if key not in self.context.producers:
-            options = {"producer_name": name} if name and self.spec.effectively_once else {}
             self.context.producers[key] = self.client.create_producer(
-                topic, block_if_queue_full=True, **options
+                topic, block_if_queue_full=True, producer_name=name
             )
         return self.context.producers[key]
 
