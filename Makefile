@@ -26,7 +26,7 @@ demo: deploy  ## the whole pipeline as Prefect deployment runs, with a reconcile
 
 # Two workers: the Ray and deployment tests in one, the JVM-bound and unit tests beside them
 # (tests/conftest.py). `pytest` alone runs everything in one process.
-XDIST := -n 2 --dist loadgroup
+XDIST := -n 2
 
 test: setup  ## unit, integration and end-to-end tests on the real services
 	$(PY) -m pytest $(XDIST)

@@ -3,7 +3,7 @@
 Services are started once per session (a running one is reused). A service that cannot start
 fails the tests that need it: nothing is skipped.
 
-`make test` runs two pytest-xdist workers, one per group of XDIST_GROUPS: the tests that use
+`make test` runs two pytest-xdist workers, one per group (`xdist_group`, by path): the tests that use
 Ray (its 2 logical CPUs are sized for one pipeline at a time) and Prefect's deployments run one
 after another in one worker, while the JVM-bound tests (Flink, the second brokers) and the unit
 tests run beside them in the other.
@@ -38,11 +38,20 @@ BESIDE_RAY = (
 )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        path = Path(item.path).relative_to(PROJECT_DIR).as_posix()
-        group = "jvm-and-unit" if path.startswith(BESIDE_RAY) else "ray-and-deployments"
-        item.add_marker(pytest.mark.xdist_group(group))
+def xdist_group(nodeid: str) -> str:
+    return "jvm-and-unit" if nodeid.startswith(BESIDE_RAY) else "ray-and-deployments"
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Under `-n 2`: each group to one worker, in its own order (xdist's loadgroup marks do not
+    reach its scheduler on pytest 9, whose node ids no longer come from `_nodeid`)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(nodeid)
+
+    return ByGroup(config, log)
 
 
 @pytest.fixture(scope="session")
