@@ -3,10 +3,10 @@
 Services are started once per session (a running one is reused). A service that cannot start
 fails the tests that need it: nothing is skipped.
 
-`make test` runs two pytest-xdist workers, one per group (`xdist_group`, by path): the tests that use
-Ray (its 2 logical CPUs are sized for one pipeline at a time) and Prefect's deployments run one
-after another in one worker, while the JVM-bound tests (Flink, the second brokers) and the unit
-tests run beside them in the other.
+`make test` runs two pytest-xdist workers, one per group (`xdist_group`, by path): the tests
+that use Ray (its 2 logical CPUs are sized for one pipeline at a time) and Prefect's deployments
+run one after another in one worker, while the JVM-bound tests (Flink, the second brokers) and
+the unit tests run beside them in the other.
 """
 
 from __future__ import annotations
