@@ -24,15 +24,11 @@ deploy: up  ## register every deployment in prefect.yaml
 demo: deploy  ## the whole pipeline as Prefect deployment runs, with a reconciled summary
 	$(PY) -m mlplatform.ops.demo
 
-# Two workers: the Ray and deployment tests in one, the JVM-bound and unit tests beside them
-# (tests/conftest.py). `pytest` alone runs everything in one process.
-XDIST := -n 2
-
 test: setup  ## unit, integration and end-to-end tests on the real services
-	$(PY) -m pytest $(XDIST)
+	$(PY) -m pytest
 
 test-shuffled: setup  ## the tests in a random order (pytest-randomly); ARGS=--randomly-seed=N repeats one
-	$(PY) -m pytest $(XDIST) -p randomly $(ARGS)
+	$(PY) -m pytest -p randomly $(ARGS)
 
 test-unit: setup
 	$(PY) -m pytest tests/unit

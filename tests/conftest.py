@@ -2,16 +2,10 @@
 
 Services are started once per session (a running one is reused). A service that cannot start
 fails the tests that need it: nothing is skipped.
-
-`make test` runs two pytest-xdist workers, one per group (`xdist_group`, by path): the tests
-that use Ray (its 2 logical CPUs are sized for one pipeline at a time) and Prefect's deployments
-run one after another in one worker, while the JVM-bound tests (Flink, the second brokers) and
-the unit tests run beside them in the other.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import subprocess
 import uuid
@@ -28,32 +22,6 @@ os.environ.setdefault("PREFECT_API_URL", get_settings().prefect_api_url)
 os.environ.setdefault("JVM_ARGS", "-XX:TieredStopAtLevel=1")
 
 
-# Neither uses Ray nor Prefect's deployments: these run beside the rest (see the docstring).
-BESIDE_RAY = (
-    "tests/unit/",
-    "tests/integration/preprocess/",
-    "tests/integration/stream_inference/test_pulsar_admin_functions.py",
-    "tests/integration/connectors/test_pulsar_roundtrip.py",
-    "tests/integration/orchestration/test_prefect_auth.py",
-)
-
-
-def xdist_group(nodeid: str) -> str:
-    return "jvm-and-unit" if nodeid.startswith(BESIDE_RAY) else "ray-and-deployments"
-
-
-def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
-    """Under `-n 2`: each group to one worker, in its own order (xdist's loadgroup marks do not
-    reach its scheduler on pytest 9, whose node ids no longer come from `_nodeid`)."""
-    from xdist.scheduler import LoadScopeScheduling
-
-    class ByGroup(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return xdist_group(nodeid)
-
-    return ByGroup(config, log)
-
-
 @pytest.fixture(scope="session")
 def services() -> Iterator[Settings]:
     """Pulsar, Prefect server and worker, and Ray, healthy on loopback."""
@@ -61,24 +29,18 @@ def services() -> Iterator[Settings]:
 
     settings = get_settings()
     started = []
-    lock = settings.state_dir / "tests-starting-services.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)  # xdist workers: one starts them, the other waits
-        for service in SERVICES.values():
-            try:
-                if start(service, settings).endswith("started"):
-                    started.append(service)
-            except ServiceError as error:
-                pytest.fail(f"service did not start: {error}")
+    for service in SERVICES.values():
+        try:
+            if start(service, settings).endswith("started"):
+                started.append(service)
+        except ServiceError as error:
+            pytest.fail(f"service did not start: {error}")
     yield settings
     import ray
 
     # Disconnect this driver first: a driver whose raylet is stopped exits the process.
     ray.shutdown()
-    # Leave a developer's running services alone; and under xdist the other worker may still
-    # use them (`make down` stops them after CI's run).
-    if os.environ.get("CI") == "true" and "PYTEST_XDIST_WORKER" not in os.environ:
+    if os.environ.get("CI") == "true":  # leave a developer's running services alone
         for service in reversed(started):
             stop(service, settings)
 
