@@ -290,7 +290,14 @@ class FunctionInstance:
 
     def poll(self, limit: int) -> tuple[int, int, int]:
         """One batch, through the delivery protocol above: (consumed, processed, failed)."""
-        messages = receive_batch(self.consumer, min(limit, self.batch), self.s.stream_batch_wait_ms)
+        # Natural batching, as the stream consumers: what has arrived when the first message
+        # does, never waiting for more (a message's latency is not the batch window's).
+        messages = receive_batch(
+            self.consumer,
+            min(limit, self.batch),
+            self.s.stream_batch_wait_ms,
+            self.s.stream_batch_linger_ms,
+        )
         self.counts["received"] += len(messages)
         processed = failed = 0
         moved: dict[str, Position] = {}
