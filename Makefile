@@ -39,6 +39,7 @@ bench: up  ## the benchmarks under benchmarks/, JSON results in benchmarks/resul
 	$(PY) -m benchmarks.streaming
 	$(PY) -m benchmarks.batch_inference
 	$(PY) -m benchmarks.preprocess
+	$(PY) -m benchmarks.functions
 
 lint: setup  ## ruff, and the import contracts in pyproject.toml (lint-imports)
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/lint-imports
