@@ -18,7 +18,7 @@ from tasks.functions import apply_function_action
 
 @flow(name="pulsar-function", log_prints=True)
 def pulsar_function(
-    name: str,
+    name: str | None = None,
     action: Literal["create", "update", "restart", "delete", "status"] = "status",
     config: dict[str, Any] | None = None,
     tenant: str = "public",
@@ -27,12 +27,14 @@ def pulsar_function(
     """Manage one Pulsar Function on the Ray runtime.
 
     Args:
-        name: the function's name (or tenant/namespace/name).
+        name: the function's name (or tenant/namespace/name); required.
         action: create, update (changes only the keys given), restart, delete, or status.
-        config: the function's configuration, pulsar-admin's flags in snake_case: py, classname,
-            inputs, output, user_config, parallelism, processing_guarantees, window_length_count,
-            ... Secrets are given by name only (`secrets`: name -> settings field).
+        config: pulsar-admin's flags in snake_case (py, classname, inputs, output, ...).
+        tenant: the function's tenant.
+        namespace: the function's namespace.
     """
+    if not name:
+        raise ValueError("give the function's name (parameter name), e.g. word-count")
     configure_logging(get_settings())
     fqfn = fqfn_of(name, tenant, namespace)
     result = apply_function_action(get_settings(), action, fqfn, config or {})
