@@ -1,5 +1,6 @@
 """The model registry's tables: every model version with its metrics, lineage and artifact hash,
-and every promotion decision (the logic is in mlplatform.registry)."""
+and every promotion decision (the logic is in mlplatform.registry). Versions and decisions belong
+to a model by name (revision 0005); version numbers are unique across models."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ class ModelVersion(Base):
     __tablename__ = "model_versions"
 
     version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # None only for versions from before revision 0005, until the registry gives them a name.
+    model_name: Mapped[str | None] = mapped_column(String(128), index=True, nullable=True)
+    dataset: Mapped[str | None] = mapped_column(String(256), nullable=True)  # lineage
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     family: Mapped[str] = mapped_column(String(64))
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -42,6 +46,7 @@ class Promotion(Base):
     __tablename__ = "model_promotions"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_name: Mapped[str | None] = mapped_column(String(128), index=True, nullable=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     action: Mapped[str] = mapped_column(String(16))  # promote | reject | rollback
     version: Mapped[int] = mapped_column(Integer)

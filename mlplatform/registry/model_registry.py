@@ -1,4 +1,11 @@
-"""The model registry: versions, their metrics and lineage, and SHA-256-verified artifacts."""
+"""The model registry: versions, their metrics and lineage, and SHA-256-verified artifacts.
+
+Every version belongs to a model by name (`Settings.resolved_model_name`: MLP_MODEL_NAME, or
+the dataset's name); the champion, promotions, rollbacks and listings are per model, so models
+of several datasets share one registry without meeting. Version numbers are unique across the
+registry: a version number names one model's version. Versions from before models had names
+(revision 0005) are given the name of the first model that opens the registry.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from checkpoints.database import get_engine
@@ -35,6 +42,25 @@ class ModelRef:
     label_names: tuple[str, ...]
 
 
+_NAMED: set[str] = set()  # database URLs whose unnamed versions have a model's name
+
+
+def _registry(s: Settings) -> Session:
+    """A session on the registry, after its versions from before model names got this model's
+    name (once per database and process; later openers find none left)."""
+    url = s.resolved_database_url
+    engine: Engine = get_engine(url)
+    if url not in _NAMED:
+        name = s.resolved_model_name
+        with Session(engine) as session, session.begin():
+            for table in (ModelVersion, Promotion):
+                session.execute(
+                    update(table).where(table.model_name.is_(None)).values(model_name=name)
+                )
+        _NAMED.add(url)
+    return Session(engine, expire_on_commit=False)
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -52,28 +78,49 @@ def register(s: Settings, model: Any, **record: Any) -> ModelVersion:
     path = s.model_dir / f"model-{stamp:%Y%m%dT%H%M%S%f}.skops"
     skops.io.dump(model, path)
     row = ModelVersion(
+        model_name=s.resolved_model_name,
+        dataset=s.dataset,
         created_at=stamp,
         artifact_path=str(path),
         sha256=sha256_of(path),
         stage="candidate",
         **record,
     )
-    with Session(get_engine(s.resolved_database_url), expire_on_commit=False) as session:
+    with _registry(s) as session:
         session.add(row)
         session.commit()
     return row
 
 
-def _champion_version(session: Session) -> int | None:
-    return session.scalar(select(ModelVersion.version).where(ModelVersion.stage == "champion"))
+def _champion_version(session: Session, model: str) -> int | None:
+    return session.scalar(
+        select(ModelVersion.version).where(
+            ModelVersion.model_name == model, ModelVersion.stage == "champion"
+        )
+    )
 
 
-def _set_champion(session: Session, version: int) -> int | None:
-    if session.get(ModelVersion, version) is None:
-        raise LookupError(f"model version {version} is not in the registry")
-    previous = _champion_version(session)
+def _own_version(session: Session, model: str, version: int) -> ModelVersion:
+    """Version `version` of `model`, or a LookupError that says whose it is."""
+    row = session.get(ModelVersion, version)
+    if row is None:
+        raise LookupError(f"the model registry has no version {version}")
+    if row.model_name != model:
+        raise LookupError(
+            f"model version {version} belongs to model {row.model_name!r}, not {model!r}: "
+            f"name its model (--model {row.model_name}, MLP_MODEL_NAME) or one of {model!r}'s "
+            "versions"
+        )
+    return row
+
+
+def _set_champion(session: Session, model: str, version: int) -> int | None:
+    _own_version(session, model, version)
+    previous = _champion_version(session, model)
     session.execute(
-        update(ModelVersion).where(ModelVersion.stage == "champion").values(stage="archived")
+        update(ModelVersion)
+        .where(ModelVersion.model_name == model, ModelVersion.stage == "champion")
+        .values(stage="archived")
     )
     session.execute(
         update(ModelVersion)
@@ -84,14 +131,17 @@ def _set_champion(session: Session, version: int) -> int | None:
 
 
 def record_decision(s: Settings, action: str, version: int, reason: str) -> None:
-    """Record a decision; 'promote' and 'rollback' also make `version` the champion."""
-    with Session(get_engine(s.resolved_database_url)) as session, session.begin():
+    """Record a decision on a version of this model; 'promote' and 'rollback' also make
+    `version` its champion."""
+    model = s.resolved_model_name
+    with _registry(s) as session, session.begin():
         if action in ("promote", "rollback"):
-            previous = _set_champion(session, version)
+            previous = _set_champion(session, model, version)
         else:
-            previous = _champion_version(session)
+            previous = _champion_version(session, model)
         session.add(
             Promotion(
+                model_name=model,
                 at=datetime.now(UTC),
                 action=action,
                 version=version,
@@ -109,11 +159,13 @@ def promote(s: Settings, version: int, reason: str = "promoted by hand") -> None
 def rollback(s: Settings, version: int | None = None) -> int:
     """Make an earlier version the champion again: `version`, or the one the current champion
     replaced when it was promoted (so repeated rollbacks keep stepping back)."""
-    with Session(get_engine(s.resolved_database_url)) as session:
+    model = s.resolved_model_name
+    with _registry(s) as session:
         if version is None:
-            current = _champion_version(session)
+            current = _champion_version(session, model)
             version = session.scalar(
                 select(Promotion.previous_champion)
+                .where(Promotion.model_name == model)
                 .where(Promotion.action == "promote", Promotion.version == current)
                 .where(Promotion.previous_champion.is_not(None))
                 .where(Promotion.previous_champion != current)
@@ -126,27 +178,52 @@ def rollback(s: Settings, version: int | None = None) -> int:
 
 
 def list_versions(s: Settings) -> list[ModelVersion]:
-    with Session(get_engine(s.resolved_database_url), expire_on_commit=False) as session:
-        return list(session.scalars(select(ModelVersion).order_by(ModelVersion.version)))
+    """This model's versions, oldest first."""
+    with _registry(s) as session:
+        return list(
+            session.scalars(
+                select(ModelVersion)
+                .where(ModelVersion.model_name == s.resolved_model_name)
+                .order_by(ModelVersion.version)
+            )
+        )
 
 
 def list_decisions(s: Settings) -> list[Promotion]:
-    with Session(get_engine(s.resolved_database_url), expire_on_commit=False) as session:
-        return list(session.scalars(select(Promotion).order_by(Promotion.id)))
+    """This model's decisions, oldest first."""
+    with _registry(s) as session:
+        return list(
+            session.scalars(
+                select(Promotion)
+                .where(Promotion.model_name == s.resolved_model_name)
+                .order_by(Promotion.id)
+            )
+        )
+
+
+def list_models(s: Settings) -> dict[str, int | None]:
+    """Every model in the registry, by name, with its champion's version (None: none yet)."""
+    with _registry(s) as session:
+        names = session.scalars(select(ModelVersion.model_name).distinct()).all()
+        return {name: _champion_version(session, name) for name in sorted(n for n in names if n)}
 
 
 def get_version(s: Settings, version: int | None = None) -> ModelVersion:
-    """A pinned version, or the champion when version is None."""
-    with Session(get_engine(s.resolved_database_url), expire_on_commit=False) as session:
+    """A pinned version of this model, or its champion when version is None."""
+    model = s.resolved_model_name
+    with _registry(s) as session:
         if version is not None:
-            row = session.get(ModelVersion, version)
-        else:
-            row = session.scalars(
-                select(ModelVersion).where(ModelVersion.stage == "champion")
-            ).first()
+            return _own_version(session, model, version)
+        row = session.scalars(
+            select(ModelVersion).where(
+                ModelVersion.model_name == model, ModelVersion.stage == "champion"
+            )
+        ).first()
     if row is None:
-        wanted = f"version {version}" if version is not None else "champion model"
-        raise LookupError(f"the model registry has no {wanted}; run the retrain flow first")
+        raise LookupError(
+            f"the model registry has no champion of model {model!r}; run the retrain flow "
+            "first (or name another model: MLP_MODEL_NAME, --model)"
+        )
     return row
 
 

@@ -9,6 +9,9 @@ from pydantic import BaseModel, Field, model_validator
 
 from mlplatform.dataset.spec import DatasetSpec, FeatureSpec, load_spec
 
+# A model's name: letters, digits, '.', '_' and '-', as in a URL path or a topic name.
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+
 
 class LakeSettings(BaseModel):
     """Where the platform's tables live, and the dataset whose columns they hold."""
@@ -49,6 +52,9 @@ class LakeSettings(BaseModel):
     feature_max: float = 20.0
     label_column: str = "label"
     label_names: list[str] = Field(default=["setosa", "versicolor", "virginica"])
+    # The registry's model that this platform trains, predicts with and serves: its versions,
+    # champion and promotions are its own (mlplatform.registry). Default: the dataset's name.
+    model_name: str | None = Field(default=None, pattern=MODEL_NAME_PATTERN)
 
     @model_validator(mode="after")
     def _columns_from_dataset(self) -> Self:
@@ -63,6 +69,11 @@ class LakeSettings(BaseModel):
             if name not in self.model_fields_set:
                 self.__dict__[name] = value  # not marked as set: the spec stays the source
         return self
+
+    @property
+    def resolved_model_name(self) -> str:
+        """The model this platform works on: MLP_MODEL_NAME, or the dataset's name."""
+        return self.model_name or load_spec(self.dataset).name
 
     @property
     def dataset_spec(self) -> DatasetSpec:

@@ -103,6 +103,6 @@ def test_a_load_error_keeps_the_loaded_model_until_the_next_period(
 
 def test_nothing_to_follow_says_so(settings: Settings) -> None:
     follower = ChampionFollower(settings)
-    with pytest.raises(LookupError, match="no champion model"):
+    with pytest.raises(LookupError, match="no champion of model .iris."):
         follower.current()
     assert follower.loaded is None

@@ -146,7 +146,7 @@ def test_promote_records_reason(settings: Settings) -> None:
 def test_record_decision_for_unknown_version_records_nothing(settings: Settings) -> None:
     v1 = _register(settings).version
     model_registry.promote(settings, v1)
-    with pytest.raises(LookupError, match="model version 42"):
+    with pytest.raises(LookupError, match="registry has no version 42"):
         model_registry.record_decision(settings, "promote", 42, "typo")
     assert _champion(settings) == v1
     assert len(model_registry.list_decisions(settings)) == 1
@@ -228,7 +228,7 @@ def test_rollback_to_unknown_version_raises_and_keeps_champion(settings: Setting
     v1, v2 = (_register(settings).version for _ in range(2))
     model_registry.promote(settings, v1)
     model_registry.promote(settings, v2)
-    with pytest.raises(LookupError, match="model version 99 is not in the registry"):
+    with pytest.raises(LookupError, match="the model registry has no version 99"):
         model_registry.rollback(settings, 99)
     assert _champion(settings) == v2
     assert [d[0] for d in _decisions(settings)] == ["promote", "promote"]
