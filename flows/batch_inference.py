@@ -20,6 +20,7 @@ def batch_inference(
     snapshot_id: int | None = None,
     row_filter: str | None = None,
     mode: Literal["fused", "separated"] | None = None,
+    model: str | None = None,
 ) -> dict:
     """Predict every row of a features snapshot exactly once.
 
@@ -31,8 +32,9 @@ def batch_inference(
         snapshot_id: the Iceberg features snapshot to read; default: the latest.
         row_filter: only rows matching this Iceberg filter, e.g. petal_length > 2.5; default: all.
         mode: fused (model in Ray Data actors) or separated (Ray Serve); default MLP_BATCH_MODE.
+        model: the registry's model by name; default: MLP_MODEL_NAME, else the dataset's name.
     """
-    s = get_settings()
+    s = get_settings().for_model(model)
     configure_logging(s)
     request = BatchRequest(
         resume_run_id=resume_run_id,

@@ -18,7 +18,9 @@ EXIT_ANOTHER_RETRAIN_RUNNING = 75
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(snapshot_id: int | None = None, rollback_to: int | None = None) -> dict | State:
+def retrain(
+    snapshot_id: int | None = None, rollback_to: int | None = None, model: str | None = None
+) -> dict | State:
     """Train the candidate grid on a pinned snapshot; promote the best if it is not worse.
 
     One retrain at a time: a run that finds another one going ends Cancelled, with the reason,
@@ -27,8 +29,9 @@ def retrain(snapshot_id: int | None = None, rollback_to: int | None = None) -> d
     Args:
         snapshot_id: the Iceberg features snapshot to train on; default: the latest.
         rollback_to: skip training and make this earlier model version the champion again.
+        model: the registry's model by name; default: MLP_MODEL_NAME, else the dataset's name.
     """
-    settings = get_settings()
+    settings = get_settings().for_model(model)
     configure_logging(settings)
     if rollback_to is not None:
         version = roll_back(settings, rollback_to)

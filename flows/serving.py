@@ -18,16 +18,20 @@ from tasks.serving import apply_serving_action
 
 @flow(name="serving", log_prints=True)
 def serving(
-    action: Literal["start", "stop", "status"] = "status", model_version: int | None = None
+    action: Literal["start", "stop", "status"] = "status",
+    model_version: int | None = None,
+    model: str | None = None,
 ) -> dict:
     """Manage the model API on Ray Serve.
 
     Args:
         action: start (deploy, or redeploy with new settings), stop, or status.
         model_version: with start, pin this registry version; default: follow the champion.
+        model: the registry's model by name; default: MLP_MODEL_NAME, else the dataset's name.
     """
-    configure_logging(get_settings())
-    state = apply_serving_action(get_settings(), action, model_version)
+    s = get_settings().for_model(model)
+    configure_logging(s)
+    state = apply_serving_action(s, action, model_version)
     print(f"serving: {state.action} -> {state.status} at {state.address}: {state.detail}")
     return asdict(state)
 

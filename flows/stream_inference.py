@@ -16,6 +16,7 @@ def stream_inference(
     max_messages: int | None = None,
     timeout_s: float | None = 60.0,
     model_version: int | None = None,
+    model: str | None = None,
 ) -> dict:
     """Run the stream consumers until `max_messages` are predicted or `timeout_s` passes.
 
@@ -26,9 +27,11 @@ def stream_inference(
         max_messages: stop after this many predictions; default: no limit.
         timeout_s: stop after this many seconds; null: run until cancelled.
         model_version: pin this registry version; default: follow the champion as it changes.
+        model: the registry's model by name; default: MLP_MODEL_NAME, else the dataset's name.
     """
-    configure_logging(get_settings())
-    result = stream_predict(get_settings(), max_messages, timeout_s, model_version)
+    s = get_settings().for_model(model)
+    configure_logging(s)
+    result = stream_predict(s, max_messages, timeout_s, model_version)
     print(f"stream-inference: {result}")
     return asdict(result)
 

@@ -33,12 +33,30 @@ database = typer.Typer(
 app.add_typer(database, name="db")
 app.add_typer(functions_app, name="functions")
 SERVICE_NAMES = typer.Argument(None, help="Services (default: all).")
+MODEL = typer.Option(
+    None,
+    "--model",
+    help="The registry's model by name; default: MLP_MODEL_NAME, else the dataset's.",
+)
 FLOWS = ("preprocess", "retrain", "batch-inference", "stream-inference", "serving")
 
 
+@models.command("names")
+def model_names(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Every model in the registry by name, with its champion's version."""
+    models_by_name = model_registry.list_models(get_settings())
+    if as_json:
+        typer.echo(json.dumps(models_by_name, indent=2))
+        return
+    for name, champion in models_by_name.items():
+        typer.echo(f"{name:<24} champion={'v' + str(champion) if champion else '-'}")
+
+
 @models.command("list")
-def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Every registered version with its stage, family, metrics and training snapshot."""
+def list_models(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."), model: str | None = MODEL
+) -> None:
+    """One model's registered versions with stage, family, metrics and training snapshot."""
     rows = [
         {
             "version": v.version,
@@ -50,7 +68,7 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON."
             "snapshot": v.training_snapshot_id,
             "sha256": v.sha256[:12],
         }
-        for v in model_registry.list_versions(get_settings())
+        for v in model_registry.list_versions(get_settings().for_model(model))
     ]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -67,32 +85,37 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON."
 
 
 @models.command("promote")
-def promote(version: int = typer.Argument(..., help="The version to make champion.")) -> None:
+def promote(
+    version: int = typer.Argument(..., help="The version to make champion."),
+    model: str | None = MODEL,
+) -> None:
     """Make a version the champion by hand (recorded with the reason 'promoted by hand')."""
     with failing_on(LookupError):
-        model_registry.promote(get_settings(), version)
+        model_registry.promote(get_settings().for_model(model), version)
     typer.echo(f"champion is now version {version}")
 
 
 @models.command("rollback")
 def rollback(
     version: int | None = typer.Argument(None, help="Version to restore; default: the previous"),
+    model: str | None = MODEL,
 ) -> None:
     """Make an earlier version the champion again; running consumers switch to it."""
     with failing_on(LookupError):
-        restored = model_registry.rollback(get_settings(), version)
+        restored = model_registry.rollback(get_settings().for_model(model), version)
     typer.echo(f"champion is now version {restored}")
 
 
 @serving.command("start")
 def serve_start(
     version: int | None = typer.Option(None, help="Pin a version; default: follow the champion."),
+    model: str | None = MODEL,
 ) -> None:
     """Deploy the model API on Ray Serve (or redeploy it) and print its address."""
     from mlplatform.inference.serving.deployment import start_serving
 
     with failing_on(LookupError):
-        address = start_serving(get_settings(), version)
+        address = start_serving(get_settings().for_model(model), version)
     typer.echo(f"{address}  (POST /predict, POST /predict/bulk, GET /health, docs: {address}/docs)")
 
 

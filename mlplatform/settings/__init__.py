@@ -47,6 +47,13 @@ class Settings(
         env_prefix="MLP_", env_file=PROJECT_DIR / ".env", extra="ignore"
     )
 
+    def for_model(self, name: str | None) -> Settings:
+        """These settings working on the registry's model `name` (None: as they are)."""
+        if name is None or name == self.model_name:
+            return self
+        fields = self.model_dump(exclude_unset=True)
+        return type(self).model_validate({**fields, "model_name": name})
+
     def __reduce__(self) -> tuple[Any, tuple[dict[str, Any], str | None]]:
         """Pickled (to Ray actors, Serve replicas) as it is, fields set explicitly or not,
         without its secrets: they stay in an owner-only file whose path travels instead

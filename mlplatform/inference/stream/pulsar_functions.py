@@ -71,6 +71,7 @@ def champion_user_config(s: Settings, version: int | None = None) -> dict[str, s
     """User config that tells a function where the (verified) model and its metadata are."""
     row = model_registry.get_version(s, version)
     return {
+        "model_name": row.model_name or s.resolved_model_name,
         "model_path": row.artifact_path,
         "model_sha256": row.sha256,
         "model_version": str(row.version),

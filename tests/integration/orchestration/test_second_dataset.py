@@ -1,8 +1,9 @@
 """The second bundled dataset (wine: 13 features, two of them integers, its own key and label
 names and per-column ranges) through the whole pipeline with no code change, only
 MLP_DATASET=wine: Flink preprocessing -> Iceberg features -> training -> batch inference and
-the stream actors. Its namespace, topics, landing folder and registry are its own, so the Iris
-tables other tests use are left alone.
+the stream actors. Its namespace, topics, landing folder and database are its own, so the Iris
+tables other tests use are left alone; its registry also holds an Iris model (the platform ran
+the Iris demo before), which wine's training and predictions never meet: models by name.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from mlplatform.connectors.pulsar_io import read_all
 from mlplatform.inference.batch.runner import run_batch_inference
 from mlplatform.inference.stream.runner import run_stream_inference
 from mlplatform.preprocess.batch import preprocess
+from mlplatform.registry import model_registry
 from mlplatform.sample_data.demo_rows import malformed_kinds, write_demo_raw
 from mlplatform.settings import Settings
 from mlplatform.training.retrain import retrain
 from tests.helpers import module_settings, settings_env
+from tests.integration.small_champion import register_small_champion
 
 pytestmark = pytest.mark.integration
 
@@ -30,12 +33,17 @@ ROWS, MALFORMED = 240, 14
 
 
 @pytest.fixture(scope="module")
-def wine(isolated: Settings) -> Settings:
-    """The module's own tables and topics, and the wine dataset: settings built the way a
-    process builds them from its environment (MLP_DATASET=wine beside the isolation)."""
-    own = module_settings(isolated, "wine")
-    env = {k.removeprefix("MLP_").lower(): v for k, v in settings_env(own).items()}
-    return Settings(**env, dataset="wine")
+def own(isolated: Settings) -> dict[str, str]:
+    """The module's own tables, topics and database, as settings fields."""
+    env = settings_env(module_settings(isolated, "wine"))
+    return {k.removeprefix("MLP_").lower(): v for k, v in env.items()}
+
+
+@pytest.fixture(scope="module")
+def wine(own: dict[str, str]) -> Settings:
+    """The wine dataset: settings built the way a process builds them from its environment
+    (MLP_DATASET=wine beside the isolation)."""
+    return Settings(**own, dataset="wine")
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +80,35 @@ def test_wine_bad_rows_are_quarantined_by_wine_column_names(wine: Settings, prep
 
 
 @pytest.fixture(scope="module")
-def trained(wine: Settings, preprocessed):
+def iris(own: dict[str, str], wine: Settings) -> Settings:
+    """The Iris dataset on wine's database, with a champion registered before wine trains."""
+    s = Settings(**own)
+    assert s.resolved_model_name == "iris" and s.resolved_database_url == wine.resolved_database_url
+    register_small_champion(s)
+    return s
+
+
+@pytest.fixture(scope="module")
+def trained(wine: Settings, iris: Settings, preprocessed):
     return retrain(wine)
+
+
+def test_wine_trains_beside_the_iris_model_without_meeting_it(
+    wine: Settings, iris: Settings, trained
+) -> None:
+    """Wine's first candidate is compared with no champion (not Iris's 4-feature tree), and
+    promoting it leaves Iris's champion as it was."""
+    assert (trained.decision, trained.reason) == ("promote", "no champion yet")
+    assert model_registry.get_version(wine).version == trained.best_version
+    champion = model_registry.get_version(iris)
+    assert (
+        champion.version != trained.best_version and champion.feature_order == iris.feature_columns
+    )
+    assert model_registry.list_models(wine) == {
+        "iris": champion.version,
+        "wine": trained.best_version,
+    }
+    assert {v.dataset for v in model_registry.list_versions(wine)} == {"wine"}
 
 
 def test_training_on_wine_uses_its_13_features(wine: Settings, trained) -> None:

@@ -259,7 +259,9 @@ def test_the_flow_parameters_are_the_fields_of_the_request() -> None:
     from flows.batch_inference import batch_inference
 
     flow_parameters = inspect.signature(batch_inference.fn).parameters
-    assert list(flow_parameters) == [f.name for f in fields(BatchRequest) if f.name != "run_id"]
+    # Plus the model by name, which picks the settings (the registry's model) the request runs on.
+    request_fields = [f.name for f in fields(BatchRequest) if f.name != "run_id"]
+    assert list(flow_parameters) == [*request_fields, "model"]
     assert all(p.default is None for p in flow_parameters.values())
     request = BatchRequest(mode="fused")
     assert request == BatchRequest(mode="fused") and request.model_version is None

@@ -155,6 +155,27 @@ def test_models_rollback_on_empty_registry(settings: Settings, runner: CliRunner
     assert "no earlier champion" in result.stderr
 
 
+def test_models_by_name_with_the_model_option(settings: Settings, runner: CliRunner) -> None:
+    """--model picks the registry's model; without it, the dataset's (iris) is meant."""
+    wine = settings.for_model("wine")
+    iris_1, wine_1, wine_2 = _register(settings), _register(wine), _register(wine)
+    model_registry.promote(settings, iris_1)
+    model_registry.promote(wine, wine_1)
+    result = runner.invoke(app, ["models", "promote", str(wine_2), "--model", "wine"])
+    assert result.exit_code == 0, result.output
+    assert (_champion(wine), _champion(settings)) == (wine_2, iris_1)
+    listed = runner.invoke(app, ["models", "list", "--json", "--model", "wine"])
+    assert [r["version"] for r in json.loads(listed.stdout)] == [wine_1, wine_2]
+    names = runner.invoke(app, ["models", "names", "--json"])
+    assert json.loads(names.stdout) == {"iris": iris_1, "wine": wine_2}
+    refused = runner.invoke(app, ["models", "promote", str(wine_1)])  # iris's, by default
+    assert refused.exit_code == 1
+    assert "belongs to model 'wine', not 'iris'" in refused.stderr
+    assert runner.invoke(app, ["models", "rollback", "--model", "wine"]).exit_code == 0
+    assert (_champion(wine), _champion(settings)) == (wine_1, iris_1)
+    assert runner.invoke(app, ["models", "list", "--model", "no such!"]).exit_code != 0
+
+
 def test_runs_list_shows_checkpoint_progress(settings: Settings, runner: CliRunner) -> None:
     from checkpoints.store import CheckpointStore, UnitPlan
 
