@@ -14,7 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
@@ -22,6 +22,8 @@ from sqlalchemy.orm import Session
 from checkpoints.database import get_engine
 from checkpoints.registry_tables import ModelVersion, Promotion
 from mlplatform.settings import Settings
+
+T = TypeVar("T", ModelVersion, Promotion)
 
 # skops loads only the types it is told to trust; we trust scikit-learn's and numpy's own.
 TRUSTED_TYPE_PREFIXES = ("sklearn.", "numpy.")
@@ -177,28 +179,20 @@ def rollback(s: Settings, version: int | None = None) -> int:
     return version
 
 
+def _of_model(s: Settings, table: type[T], oldest_first: Any) -> list[T]:
+    with _registry(s) as session:
+        query = select(table).where(table.model_name == s.resolved_model_name)
+        return list(session.scalars(query.order_by(oldest_first)))
+
+
 def list_versions(s: Settings) -> list[ModelVersion]:
     """This model's versions, oldest first."""
-    with _registry(s) as session:
-        return list(
-            session.scalars(
-                select(ModelVersion)
-                .where(ModelVersion.model_name == s.resolved_model_name)
-                .order_by(ModelVersion.version)
-            )
-        )
+    return _of_model(s, ModelVersion, ModelVersion.version)
 
 
 def list_decisions(s: Settings) -> list[Promotion]:
     """This model's decisions, oldest first."""
-    with _registry(s) as session:
-        return list(
-            session.scalars(
-                select(Promotion)
-                .where(Promotion.model_name == s.resolved_model_name)
-                .order_by(Promotion.id)
-            )
-        )
+    return _of_model(s, Promotion, Promotion.id)
 
 
 def list_models(s: Settings) -> dict[str, int | None]:
