@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from pathlib import Path
 
 import typer
 from sqlalchemy import Engine
@@ -38,6 +39,7 @@ MODEL = typer.Option(
     "--model",
     help="The registry's model by name; default: MLP_MODEL_NAME, else the dataset's.",
 )
+SKOPS_FILE = typer.Argument(..., help="A skops file: a scikit-learn classifier or pipeline.")
 FLOWS = ("preprocess", "retrain", "batch-inference", "stream-inference", "serving")
 
 
@@ -82,6 +84,31 @@ def list_models(
             f"v{r['version']:<4} {r['stage']:<10} {r['family']:<20} {scores} "
             f"snapshot={r['snapshot']}"
         )
+
+
+@models.command("register")
+def register_model(
+    path: Path = SKOPS_FILE,
+    feature_order: str | None = typer.Option(
+        None, help="Its input columns, comma-separated; default: as fitted, else the dataset's."
+    ),
+    snapshot_id: int | None = typer.Option(None, help="Score it on this features snapshot."),
+    model: str | None = MODEL,
+) -> None:
+    """Import a model trained elsewhere: checked against the dataset, scored on the holdout,
+    registered as a candidate, and promoted by the retraining rule when not worse."""
+    from mlplatform.registry.model_registry import ModelIntegrityError
+    from mlplatform.training.external_model import ModelMismatch, import_model
+    from mlplatform.training.retrain import RetrainInProgress
+
+    order = feature_order.split(",") if feature_order else None
+    with failing_on(ModelMismatch, ModelIntegrityError, LookupError, RetrainInProgress, OSError):
+        result = import_model(get_settings().for_model(model), path, order, snapshot_id)
+    score = result.metrics.get("macro_f1")
+    typer.echo(
+        f"v{result.version} registered (macro_f1={score:.4f} on {result.holdout_rows} holdout "
+        f"rows of snapshot {result.snapshot_id}): {result.decision}: {result.reason}"
+    )
 
 
 @models.command("promote")

@@ -242,18 +242,22 @@ def load_model(ref: ModelRef) -> Any:
             f"model version {ref.version}: {path} has SHA-256 {actual}, but the registry "
             f"recorded {ref.sha256}. Refusing to load it; retrain or restore the artifact."
         )
+    return load_trusted(data, f"model version {ref.version}: {path}", "retrain to replace it")
+
+
+def load_trusted(data: bytes, what: str, remedy: str) -> Any:
+    """A skops artifact's model, loaded only when every type in it comes from scikit-learn or
+    numpy; `what` names it in the errors, `remedy` says what to do about a broken file."""
     import skops.io
 
     try:
         untrusted = skops.io.get_untrusted_types(data=data)
     except zipfile.BadZipFile as error:
-        raise ModelIntegrityError(
-            f"model version {ref.version}: {path} is not a skops artifact; retrain to replace it"
-        ) from error
+        raise ModelIntegrityError(f"{what} is not a skops artifact; {remedy}") from error
     refused = [t for t in untrusted if not t.startswith(TRUSTED_TYPE_PREFIXES)]
     if refused:
         raise ModelIntegrityError(
-            f"model version {ref.version}: {path} holds types outside scikit-learn and numpy "
-            f"({', '.join(refused)}); refusing to load it."
+            f"{what} holds types outside scikit-learn and numpy ({', '.join(refused)}); "
+            "refusing to load it."
         )
     return skops.io.loads(data, trusted=untrusted)

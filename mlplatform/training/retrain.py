@@ -11,7 +11,8 @@ RetrainInProgress before reading or training anything.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ from checkpoints.leases import LeaseHeld, held_lease
 from mlplatform.connectors.iceberg_tables import count_rows, load_table
 from mlplatform.connectors.ray_runtime import connect
 from mlplatform.registry import model_registry
+from mlplatform.registry.model_registry import ModelVersion
 from mlplatform.settings import Settings
 from mlplatform.training.candidates import (
     Candidate,
@@ -86,8 +88,12 @@ def split(s: Settings, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]
     )
 
 
-def evaluate(s: Settings, model: object, holdout: pd.DataFrame) -> dict[str, Any]:
-    x = holdout[s.feature_columns].to_numpy(dtype=np.float64)
+def evaluate(
+    s: Settings, model: object, holdout: pd.DataFrame, columns: list[str] | None = None
+) -> dict[str, Any]:
+    """The model's metrics on the holdout, fed as the platform feeds it: one float array of the
+    features in `columns` order (a version's feature order; default the dataset's)."""
+    x = holdout[columns or s.feature_columns].to_numpy(dtype=np.float64)
     predicted = model.predict(x)  # type: ignore[attr-defined]
     return classification_metrics(holdout[s.label_column].to_numpy(), predicted, s.label_names)
 
@@ -118,6 +124,24 @@ def decide(s: Settings, score: float, champion_score: float | None) -> tuple[str
     )
 
 
+def against_champion(
+    s: Settings, metrics: dict[str, Any], holdout: pd.DataFrame
+) -> tuple[ModelVersion | None, float | None, str, str]:
+    """The champion (None: none yet), its score on the same holdout, and the promotion rule's
+    decision and reason for a candidate with these metrics."""
+    try:
+        champion = model_registry.get_version(s)
+    except LookupError:
+        champion = None
+    champion_score = None
+    if champion is not None:
+        champion_model = model_registry.load_model(model_registry.model_ref(champion))
+        order = list(champion.feature_order)
+        champion_score = evaluate(s, champion_model, holdout, order)[s.promotion_metric]
+    decision, reason = decide(s, metrics[s.promotion_metric], champion_score)
+    return champion, champion_score, decision, reason
+
+
 def _drift(s: Settings, current: TrainingSample, champion) -> list[dict[str, Any]]:
     if champion is None:
         return []
@@ -136,10 +160,19 @@ def retrain(
     Raises RetrainInProgress, having read nothing, when another retrain holds the lease;
     `holder` names this run in the refusal another one would get.
     """
-    url = s.resolved_database_url
+    with one_at_a_time(s, holder) as still_held:
+        return _retrain(s, snapshot_id, on_ray, still_held)
+
+
+@contextmanager
+def one_at_a_time(s: Settings, holder: str) -> Iterator[Callable[[], None]]:
+    """Hold the RETRAIN_LEASE (retraining, importing a model) or raise RetrainInProgress; the
+    check to call before registering or promoting (it raises when the lease was taken over)."""
     try:
-        with held_lease(url, RETRAIN_LEASE, holder, s.retrain_lease_ttl_s) as lease:
-            return _retrain(s, snapshot_id, on_ray, lease.check)
+        with held_lease(
+            s.resolved_database_url, RETRAIN_LEASE, holder, s.retrain_lease_ttl_s
+        ) as lease:
+            yield lease.check
     except LeaseHeld as held:
         raise RetrainInProgress(
             f"not training: another retrain is running ({held}). One retrain at a time: its "
@@ -178,15 +211,7 @@ def _retrain(
     ]
     winner = best(candidates, s.promotion_metric)
     version = registered[candidates.index(winner)].version
-    try:
-        champion = model_registry.get_version(s)
-    except LookupError:
-        champion = None
-    champion_score = None
-    if champion is not None:
-        champion_model = model_registry.load_model(model_registry.model_ref(champion))
-        champion_score = evaluate(s, champion_model, holdout)[s.promotion_metric]
-    decision, reason = decide(s, winner.metrics[s.promotion_metric], champion_score)
+    champion, champion_score, decision, reason = against_champion(s, winner.metrics, holdout)
     still_held()
     model_registry.record_decision(s, decision, version, reason)
     return RetrainResult(

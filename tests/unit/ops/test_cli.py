@@ -176,6 +176,38 @@ def test_models_by_name_with_the_model_option(settings: Settings, runner: CliRun
     assert runner.invoke(app, ["models", "list", "--model", "no such!"]).exit_code != 0
 
 
+def test_models_register_imports_a_skops_file_or_says_why_not(
+    settings: Settings, runner: CliRunner, tmp_path: Path
+) -> None:
+    """A classifier trained elsewhere, on a features table of this test's own (no services)."""
+    import skops.io
+    from sklearn.linear_model import LogisticRegression
+
+    from mlplatform.connectors.iceberg_tables import ensure_tables
+    from mlplatform.sample_data.synthetic_features import feature_rows
+
+    rows = feature_rows(settings, 120, seed=2)
+    ensure_tables(settings).load_table(settings.table_id(settings.features_table)).append(rows)
+    frame = rows.to_pandas()
+    good = LogisticRegression(max_iter=500).fit(
+        frame[settings.feature_columns].to_numpy(), frame[settings.label_column]
+    )
+    skops.io.dump(good, tmp_path / "good.skops")
+    result = runner.invoke(app, ["models", "register", str(tmp_path / "good.skops")])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("v") and "promote: no champion yet" in result.stdout
+    assert model_registry.get_version(settings).family == "external"
+    narrow = LogisticRegression().fit(
+        frame[settings.feature_columns[:2]].to_numpy(), frame["label"]
+    )
+    skops.io.dump(narrow, tmp_path / "narrow.skops")
+    refused = runner.invoke(app, ["models", "register", str(tmp_path / "narrow.skops")])
+    assert refused.exit_code == 1 and refused.stdout == ""
+    assert refused.stderr.startswith("error: the model takes 2 features")
+    missing = runner.invoke(app, ["models", "register", str(tmp_path / "absent.skops")])
+    assert missing.exit_code == 1 and "absent.skops" in missing.stderr
+
+
 def test_runs_list_shows_checkpoint_progress(settings: Settings, runner: CliRunner) -> None:
     from checkpoints.store import CheckpointStore, UnitPlan
 
