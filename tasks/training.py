@@ -1,8 +1,9 @@
-"""Prefect tasks around retraining and rollback, with their artifacts."""
+"""Prefect tasks around retraining, imported models and rollback, with their artifacts."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -10,6 +11,7 @@ from prefect.runtime import flow_run
 
 from mlplatform.registry import model_registry
 from mlplatform.settings import Settings
+from mlplatform.training.external_model import ImportResult, import_model
 from mlplatform.training.retrain import RetrainInProgress, RetrainResult, retrain
 
 
@@ -95,3 +97,34 @@ def train_and_decide(settings: Settings, snapshot_id: int | None = None) -> Retr
 def roll_back(settings: Settings, version: int) -> int:
     """Make an earlier model version the champion again."""
     return model_registry.rollback(settings, version)
+
+
+@task(name="import-model-and-decide")
+def import_external_model(
+    settings: Settings,
+    path: str,
+    feature_order: list[str] | None = None,
+    snapshot_id: int | None = None,
+) -> ImportResult:
+    """Check, score and register a model trained elsewhere; promote it or not, as retraining
+    would (the decision as an artifact)."""
+    result = import_model(settings, Path(path), feature_order, snapshot_id)
+    champion = (
+        f"v{result.champion_before}: {result.champion_score:.4f}"
+        if result.champion_before is not None and result.champion_score is not None
+        else "none"
+    )
+    create_markdown_artifact(
+        key="import-decision",
+        markdown=(
+            f"## Decision: {result.decision} imported version {result.version}\n\n"
+            f"{result.reason}\n\n| | |\n|---|---|\n| file | `{Path(path).name}` |\n"
+            f"| inputs | {', '.join(result.feature_order)} |\n"
+            f"| {settings.promotion_metric} on the holdout | "
+            f"{result.metrics[settings.promotion_metric]:.4f} |\n"
+            f"| champion before | {champion} |\n"
+            f"| holdout | {result.holdout_rows:,} rows of snapshot {result.snapshot_id} |\n"
+        ),
+        description="Imported model: promotion decision",
+    )
+    return result

@@ -9,20 +9,24 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import skops.io
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from pyiceberg.expressions import EqualTo
 from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.tree import DecisionTreeClassifier
 
+from flows.register_model import register_model
 from mlplatform.connectors.iceberg_tables import load_table
 from mlplatform.inference.batch.runner import run_batch_inference
 from mlplatform.registry import model_registry
 from mlplatform.registry.model_registry import ModelIntegrityError
 from mlplatform.sample_data.synthetic_features import append_features
-from mlplatform.settings import Settings
+from mlplatform.settings import Settings, get_settings
 from mlplatform.training.external_model import ModelMismatch, import_model
-from tests.helpers import module_settings
+from tests.helpers import module_settings, settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -115,3 +119,33 @@ def test_a_model_that_does_not_fit_the_dataset_is_refused_with_nothing_registere
     with pytest.raises(ModelIntegrityError, match="is not a skops artifact"):
         import_model(lake, not_skops)
     assert [v.version for v in model_registry.list_versions(lake)] == before
+
+
+def test_the_register_model_flow_imports_and_reports_the_decision(
+    lake: Settings, features: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flow behind `register-model/default`, on the Prefect server, under a model name of
+    its own: its decision is an artifact of the run."""
+    tree = DecisionTreeClassifier(max_depth=3, random_state=0).fit(
+        features[lake.feature_columns].to_numpy(), features[lake.label_column]
+    )
+    for name, value in {**settings_env(lake), "MLP_MODEL_NAME": "iris-external"}.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        state = register_model(path=str(_saved(tree, tmp_path, "tree.skops")), return_state=True)
+    finally:
+        get_settings.cache_clear()
+    assert state.is_completed(), state
+    result = state.result()
+    assert (result["decision"], result["reason"]) == ("promote", "no champion yet")
+    named = lake.for_model("iris-external")
+    assert model_registry.get_version(named).version == result["version"]
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    [artifact] = [a for a in artifacts if a.key == "import-decision"]
+    assert f"promote imported version {result['version']}" in artifact.data
