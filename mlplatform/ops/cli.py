@@ -147,20 +147,20 @@ def serve_start(
 
 
 @serving.command("stop")
-def serve_stop() -> None:
+def serve_stop(model: str | None = MODEL) -> None:
     """Remove the model application from Ray Serve."""
     from mlplatform.inference.serving.deployment import stop_serving
 
-    stop_serving(get_settings())
+    stop_serving(get_settings().for_model(model))
     typer.echo("stopped")
 
 
 @serving.command("status")
-def serve_status() -> None:
+def serve_status(model: str | None = MODEL) -> None:
     """The model API's status (RUNNING, DEPLOYING, NOT_DEPLOYED, ...), address and version."""
     from mlplatform.inference.serving.deployment import describe_serving
 
-    state = describe_serving(get_settings())
+    state = describe_serving(get_settings().for_model(model))
     version = state.model_version
     typer.echo(f"{state.status} {state.address} model_version={version} ({state.detail})")
     raise typer.Exit(0 if state.status == "RUNNING" else 1)

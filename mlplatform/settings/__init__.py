@@ -9,11 +9,12 @@ always MLP_<FIELD>.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import Any, Self
 
-from pydantic import SecretStr
+from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mlplatform.dataset.spec import load_spec
 from mlplatform.settings.batch import BatchSettings
 from mlplatform.settings.flink import FlinkSettings
 from mlplatform.settings.lake import LakeSettings
@@ -28,7 +29,16 @@ from mlplatform.settings.services import PROJECT_DIR, ServicesSettings
 from mlplatform.settings.stream import StreamSettings
 from mlplatform.settings.training import TrainingSettings
 
-__all__ = ["PROJECT_DIR", "SECTIONS", "Settings", "get_settings"]
+__all__ = ["PROJECT_DIR", "SECTIONS", "TOPIC_FIELDS", "Settings", "get_settings"]
+
+# The topics a dataset other than the default one gets of its own (Settings._resources_per_dataset).
+TOPIC_FIELDS = (
+    "features_topic",
+    "predictions_topic",
+    "dead_letter_topic",
+    "quarantine_topic",
+    "raw_events_topic",
+)
 
 
 class Settings(
@@ -46,6 +56,38 @@ class Settings(
     model_config = SettingsConfigDict(
         env_prefix="MLP_", env_file=PROJECT_DIR / ".env", extra="ignore"
     )
+
+    @model_validator(mode="after")
+    def _resources_per_dataset(self) -> Self:
+        """A dataset other than the default one gets tables, topics and a subscription of its
+        own, unless they are set: `<namespace>_<dataset>`, topics named `<dataset>-<topic>`,
+        `<subscription>-<dataset>` (and a landing folder: `resolved_landing_dir`). Two datasets
+        then run side by side on one set of services; the default dataset keeps plain names."""
+        name = load_spec(self.dataset).name
+        default = {field: info.default for field, info in type(self).model_fields.items()}
+        if name == default["dataset"]:
+            return self
+        own = {
+            "namespace": f"{default['namespace']}_{name}",
+            "stream_subscription": f"{default['stream_subscription']}-{name}",
+        }
+        for topic in TOPIC_FIELDS:
+            base, _, leaf = default[topic].rpartition("/")
+            own[topic] = f"{base}/{name}-{leaf}"
+        for field, value in own.items():
+            if field not in self.model_fields_set:
+                self.__dict__[field] = value
+        return self
+
+    @model_validator(mode="after")
+    def _serving_per_named_model(self) -> Self:
+        """A model named explicitly gets an application and route of its own by default."""
+        if self.model_name is not None:
+            if "serve_app_name" not in self.model_fields_set:
+                self.__dict__["serve_app_name"] = f"model-{self.model_name}"
+            if "serve_route_prefix" not in self.model_fields_set:
+                self.__dict__["serve_route_prefix"] = f"/models/{self.model_name}"
+        return self
 
     def for_model(self, name: str | None) -> Settings:
         """These settings working on the registry's model `name` (None: as they are)."""

@@ -112,7 +112,13 @@ class LakeSettings(BaseModel):
 
     @property
     def resolved_landing_dir(self) -> Path:
-        return self.landing_dir or self.local_dir / "landing"
+        """MLP_LANDING_DIR, or `landing` under local_dir (`landing-<dataset>` for a dataset
+        other than the default one)."""
+        if self.landing_dir is not None:
+            return self.landing_dir
+        name = load_spec(self.dataset).name
+        default = type(self).model_fields["dataset"].default
+        return self.local_dir / ("landing" if name == default else f"landing-{name}")
 
     def table_id(self, table: str) -> str:
         return f"{self.namespace}.{table}"

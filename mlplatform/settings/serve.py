@@ -13,6 +13,8 @@ class ServeSettings(BaseModel):
     # Ray Serve on loopback.
     serve_port: int = 8000
     serve_max_rows: int = 10_000
+    # The application and its route. With a model named explicitly (MLP_MODEL_NAME, --model) and
+    # these left unset: "model-<name>" at "/models/<name>", so models serve side by side.
     serve_app_name: str = "model"
     serve_route_prefix: str = "/"
     # Replicas autoscale between min and max on ongoing requests (min == max: a fixed count).

@@ -29,6 +29,7 @@ from mlplatform.sample_data.synthetic_features import append_features
 from mlplatform.settings import Settings, get_settings
 from mlplatform.training.retrain import retrain
 from tests.helpers import module_settings
+from tests.integration.small_champion import register_small_champion
 
 pytestmark = pytest.mark.integration
 
@@ -359,3 +360,32 @@ def test_the_serving_flow_reports_the_application(
     assert state["detail"] == "/health 200: ok"
     with pytest.raises(ValueError, match="unknown serving action 'restart'"):
         manage_serving(lake, "restart")
+
+
+def test_two_models_serve_side_by_side_each_with_its_champion(lake: Settings, api: str) -> None:
+    """A second model in the same registry, served as an application of its own next to the
+    first: each answers with its own champion, and stopping one leaves the other serving."""
+    second = lake.model_copy(
+        update={
+            "model_name": "second",
+            "serve_app_name": f"{lake.serve_app_name}-second",
+            "serve_route_prefix": f"{lake.serve_route_prefix}-second",
+        }
+    )
+    register_small_champion(second)
+    mine = _champion(second)
+    firsts = {v.version for v in model_registry.list_versions(lake)}
+    assert mine not in firsts
+    url = start_serving(second)
+    try:
+        answers = [
+            httpx.post(f"{address}/predict", json={"features": SETOSA}, timeout=30)
+            for address in (url, api)
+        ]
+        assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+        assert answers[0].json()["model_version"] == mine
+        assert answers[1].json()["model_version"] in firsts  # the first model's, whichever
+        assert {a.json()["label"] for a in answers} == {"setosa"}
+    finally:
+        stop_serving(second)
+    assert serving_status(second) == "NOT_DEPLOYED" and serving_status(lake) == "RUNNING"

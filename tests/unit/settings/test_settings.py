@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from mlplatform.settings import PROJECT_DIR, SECTIONS, Settings
+from mlplatform.settings import PROJECT_DIR, SECTIONS, TOPIC_FIELDS, Settings
 
 pytestmark = pytest.mark.unit
 
@@ -137,3 +137,52 @@ def test_env_example_names_every_setting_and_nothing_else() -> None:
     named = {name[4:].lower() for name in re.findall(r"\bMLP_[A-Z0-9_]*[A-Z0-9]", text)}
     assert named - set(Settings.model_fields) == set(), "not a setting: remove or rename it"
     assert set(Settings.model_fields) - named == set(), "add these settings to .env.example"
+
+
+def test_a_named_model_gets_its_own_serve_application(clean_env: pytest.MonkeyPatch) -> None:
+    """The default model keeps the application "model" at "/"; a model named explicitly gets
+    "model-<name>" at "/models/<name>" unless those are set; for_model follows the same rule."""
+    default = Settings(_env_file=None)
+    assert (default.resolved_model_name, default.serve_app_name) == ("iris", "model")
+    assert default.serve_route_prefix == "/"
+    wine = default.for_model("wine")
+    assert (wine.serve_app_name, wine.serve_route_prefix) == ("model-wine", "/models/wine")
+    assert wine.for_model("iris").serve_app_name == "model-iris"  # derived, not carried over
+    clean_env.setenv("MLP_MODEL_NAME", "beer")
+    clean_env.setenv("MLP_SERVE_APP_NAME", "pub")
+    beer = Settings(_env_file=None)
+    assert (beer.serve_app_name, beer.serve_route_prefix) == ("pub", "/models/beer")
+    assert beer.for_model("ale").serve_app_name == "pub"  # set explicitly: kept
+    with pytest.raises(ValueError, match="model_name"):
+        default.for_model("no spaces")
+
+
+def test_a_second_dataset_gets_tables_topics_and_landing_of_its_own(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Wine beside Iris on one set of services: nothing shared unless set explicitly; the
+    default dataset keeps the plain names; copies and pickles keep the rule."""
+    import pickle
+
+    iris = Settings(_env_file=None, local_dir=tmp_path)
+    wine = Settings(_env_file=None, local_dir=tmp_path, dataset="wine")
+    assert (iris.namespace, wine.namespace) == ("ml", "ml_wine")
+    assert wine.features_topic == "persistent://public/default/wine-features"
+    assert wine.dead_letter_topic == "persistent://public/default/wine-features-dlq"
+    assert wine.raw_events_topic == "persistent://public/default/wine-raw-events"
+    assert (iris.stream_subscription, wine.stream_subscription) == (
+        "stream-inference",
+        "stream-inference-wine",
+    )
+    assert (iris.resolved_landing_dir, wine.resolved_landing_dir) == (
+        tmp_path / "landing",
+        tmp_path / "landing-wine",
+    )
+    shared = {"namespace", "stream_subscription", *TOPIC_FIELDS}
+    assert all(getattr(iris, f) != getattr(wine, f) for f in shared)
+    for copy in (wine.for_model("other"), pickle.loads(pickle.dumps(wine))):
+        assert all(getattr(copy, f) == getattr(wine, f) for f in shared)
+    clean_env.setenv("MLP_DATASET", "wine")
+    clean_env.setenv("MLP_NAMESPACE", "cellar")
+    mine = Settings(_env_file=None)
+    assert (mine.namespace, mine.features_topic) == ("cellar", wine.features_topic)
