@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from checkpoints.database import get_engine
@@ -51,7 +51,7 @@ def _registry(s: Settings) -> Session:
     """A session on the registry, after its versions from before model names got this model's
     name (once per database and process; later openers find none left)."""
     url = s.resolved_database_url
-    engine: Engine = get_engine(url)
+    engine = get_engine(url)
     if url not in _NAMED:
         name = s.resolved_model_name
         with Session(engine) as session, session.begin():
