@@ -101,12 +101,14 @@ def register_model(
     from mlplatform.training.external_model import ModelMismatch, import_model
     from mlplatform.training.retrain import RetrainInProgress
 
+    s = get_settings().for_model(model)
     order = feature_order.split(",") if feature_order else None
     with failing_on(ModelMismatch, ModelIntegrityError, LookupError, RetrainInProgress, OSError):
-        result = import_model(get_settings().for_model(model), path, order, snapshot_id)
-    score = result.metrics.get("macro_f1")
+        result = import_model(s, path, order, snapshot_id)
+    metric = s.promotion_metric
     typer.echo(
-        f"v{result.version} registered (macro_f1={score:.4f} on {result.holdout_rows} holdout "
+        f"v{result.version} registered ({metric}={result.metrics[metric]:.4f} on "
+        f"{result.holdout_rows} holdout "
         f"rows of snapshot {result.snapshot_id}): {result.decision}: {result.reason}"
     )
 

@@ -14,10 +14,9 @@ from typing import Any, Self
 from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mlplatform.dataset.spec import load_spec
 from mlplatform.settings.batch import BatchSettings
 from mlplatform.settings.flink import FlinkSettings
-from mlplatform.settings.lake import LakeSettings
+from mlplatform.settings.lake import DEFAULT_DATASET, LakeSettings
 from mlplatform.settings.secrets import (
     URL_FIELDS,
     read_secrets_file,
@@ -63,10 +62,10 @@ class Settings(
         own, unless they are set: `<namespace>_<dataset>`, topics named `<dataset>-<topic>`,
         `<subscription>-<dataset>` (and a landing folder: `resolved_landing_dir`). Two datasets
         then run side by side on one set of services; the default dataset keeps plain names."""
-        name = load_spec(self.dataset).name
-        default = {field: info.default for field, info in type(self).model_fields.items()}
-        if name == default["dataset"]:
+        name = self.dataset_name
+        if name == DEFAULT_DATASET:
             return self
+        default = {field: info.default for field, info in type(self).model_fields.items()}
         own = {
             "namespace": f"{default['namespace']}_{name}",
             "stream_subscription": f"{default['stream_subscription']}-{name}",

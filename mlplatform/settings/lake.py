@@ -9,6 +9,8 @@ from pydantic import BaseModel, Field, model_validator
 
 from mlplatform.dataset.spec import DatasetSpec, FeatureSpec, load_spec
 
+# The dataset that keeps the plain table, topic and landing names (the others get their own).
+DEFAULT_DATASET = "iris"
 # A model's name: letters, digits, '.', '_' and '-', as in a URL path or a topic name.
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
@@ -43,7 +45,7 @@ class LakeSettings(BaseModel):
     # (mlplatform/dataset/spec.py): key, typed feature columns with per-column ranges, label and
     # classes. It fills in the column settings below; any of them set explicitly overrides
     # the spec (MLP_FEATURE_MIN/MAX then give every feature one range).
-    dataset: str = "iris"
+    dataset: str = DEFAULT_DATASET
     key_column: str = "event_id"
     feature_columns: list[str] = Field(
         default=["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -71,9 +73,14 @@ class LakeSettings(BaseModel):
         return self
 
     @property
+    def dataset_name(self) -> str:
+        """The dataset's name, from its spec (MLP_DATASET may be a file's path)."""
+        return load_spec(self.dataset).name
+
+    @property
     def resolved_model_name(self) -> str:
         """The model this platform works on: MLP_MODEL_NAME, or the dataset's name."""
-        return self.model_name or load_spec(self.dataset).name
+        return self.model_name or self.dataset_name
 
     @property
     def dataset_spec(self) -> DatasetSpec:
@@ -116,9 +123,8 @@ class LakeSettings(BaseModel):
         other than the default one)."""
         if self.landing_dir is not None:
             return self.landing_dir
-        name = load_spec(self.dataset).name
-        default = type(self).model_fields["dataset"].default
-        return self.local_dir / ("landing" if name == default else f"landing-{name}")
+        name = self.dataset_name
+        return self.local_dir / ("landing" if name == DEFAULT_DATASET else f"landing-{name}")
 
     def table_id(self, table: str) -> str:
         return f"{self.namespace}.{table}"
