@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from mlplatform.settings.batch import BatchSettings
 from mlplatform.settings.flink import FlinkSettings
 from mlplatform.settings.lake import DEFAULT_DATASET, LakeSettings
+from mlplatform.settings.predictor import PredictorSettings
 from mlplatform.settings.secrets import (
     URL_FIELDS,
     read_secrets_file,
@@ -47,6 +48,7 @@ class Settings(
     BatchSettings,
     StreamSettings,
     ServeSettings,
+    PredictorSettings,
     FlinkSettings,
     BaseSettings,
 ):

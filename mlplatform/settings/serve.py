@@ -21,6 +21,8 @@ class ServeSettings(BaseModel):
     serve_min_replicas: int = 1
     serve_max_replicas: int = 2
     serve_replica_cpus: float = 0.25
+    # GPUs of each replica (a user predictor that computes on a GPU: predictor.py).
+    serve_replica_gpus: float = 0.0
     # A log line per request from each replica (Ray Serve's access log); off for latency.
     serve_access_log: bool = False
     # "haproxy": Ray's direct ingress (experimental in Ray 2.60), each replica serving HTTP itself

@@ -1,21 +1,31 @@
 """The Ray Data pipeline of batch inference, and the driver's watch over its output.
 
-Units -> read stage (CPU tasks, inference.batch.units) -> model stage (fused: an actor pool with
-the model; separated: actors that call a Ray Serve deployment, inference.batch.predictors).
+Units -> read stage (CPU tasks, inference.batch.units) -> [the user's preprocessing stage (CPU
+actors, inference.user_predictor)] -> model stage (fused: an actor pool with the model, on GPUs
+when actor_num_gpus asks; separated: actors that call a Ray Serve deployment,
+inference.batch.predictors).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pyarrow as pa
 import ray
 
-from mlplatform.inference.batch.predictors import Predictor, ServePredictor, deploy_batch_model
+from mlplatform.inference.batch.predictors import (
+    Predictor,
+    PreprocessStage,
+    ServePredictor,
+    deploy_batch_model,
+)
 from mlplatform.inference.batch.request import Mode
 from mlplatform.inference.batch.units import read_units
+from mlplatform.inference.user_predictor import model_loader
+from mlplatform.registry import model_registry
 from mlplatform.registry.model_registry import ModelRef
 from mlplatform.settings import Settings
 
@@ -35,6 +45,12 @@ def read_stage(s: Settings, units: list[dict], read_kwargs: dict) -> ray.data.Da
     )
 
 
+def batch_model_loader(s: Settings) -> Callable[[ModelRef], Any]:
+    """The model stage's model: the registry's estimator or the user's predictor (the user's
+    preprocessor runs in a stage of its own before it)."""
+    return model_loader(s, model_registry.load_model, preprocess=False)
+
+
 def unit_pipeline(
     s: Settings,
     ref: ModelRef,
@@ -49,7 +65,7 @@ def unit_pipeline(
     In separated mode the model is the Serve application app_name (default: deployed now).
     """
     predictor: type = Predictor
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "ref": ref,
         "key": s.key_column,
         "timeout_s": s.batch_timeout_s,
@@ -57,10 +73,22 @@ def unit_pipeline(
         "ranges": s.dataset_spec.ranges,
     }
     if mode == "separated":
-        app_name = app_name or deploy_batch_model(s, ref)
+        app_name = app_name or deploy_batch_model(s, ref, batch_model_loader(s))
         predictor, kwargs = ServePredictor, {**kwargs, "app_name": app_name}
+    else:
+        kwargs["loader"] = batch_model_loader(s)
     fused = mode == "fused"
-    return read_stage(s, units, read_kwargs).map_batches(
+    rows = read_stage(s, units, read_kwargs)
+    if s.preprocessor_class:
+        rows = rows.map_batches(
+            PreprocessStage,
+            fn_constructor_kwargs={"ref": ref, "key": s.key_column, "s": s},
+            batch_size=s.batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=s.actor_pool_max),
+            num_cpus=s.preprocessor_num_cpus,
+        )
+    return rows.map_batches(
         predictor,
         fn_constructor_kwargs=kwargs,
         batch_size=s.batch_size,

@@ -25,6 +25,7 @@ from mlplatform.dataset.prediction_record import CLASS_INDEX, LABEL, PROBABILITI
 from mlplatform.inference.batch.units import ERROR, UNIT, UNIT_ROWS
 from mlplatform.inference.features import Ranges, within_float32
 from mlplatform.inference.predictions import label_order, prediction_columns
+from mlplatform.inference.user_predictor import UserModel
 from mlplatform.registry import model_registry
 from mlplatform.registry.model_registry import ModelRef
 from mlplatform.settings import Settings
@@ -51,6 +52,35 @@ def refusals(
     return pa.array(reason, pa.string())
 
 
+def feature_matrix(batch: pa.Table, order: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The batch's features as one float64 array in `order` (null: NaN), and where the nulls are."""
+    features = np.empty((batch.num_rows, len(order)), dtype=np.float64)
+    nulls = np.zeros(features.shape, dtype=bool)
+    for i, name in enumerate(order):
+        column = batch[name]
+        if column.null_count:
+            nulls[:, i] = pc.is_null(column).to_numpy(zero_copy_only=False)
+            column = pc.fill_null(column.cast(pa.float64()), np.nan)
+        features[:, i] = column.to_numpy()
+    return features, nulls
+
+
+def unit_by_unit(
+    batch: pa.Table, todo: np.ndarray, step: Callable[[np.ndarray], None], what: str
+) -> pa.ChunkedArray:
+    """After `step` failed on the batch's `todo` rows: `step` on each unit's rows alone; the
+    batch's error column with the rows of each unit that fails alone marked with its error."""
+    units, failed = batch[UNIT].to_numpy(), np.full(batch.num_rows, "", dtype=object)
+    for unit in np.unique(units[todo]):
+        rows = todo & (units == unit)
+        try:
+            step(rows)
+        except Exception as error:
+            failed[rows] = f"{what} failed: {error!r}"[:2000]
+    errors = batch[ERROR]
+    return pc.if_else(pc.equal(errors, ""), pa.array(failed, pa.string()), errors)
+
+
 def predict_table(
     batch: pa.Table, ref: ModelRef, key: str, predict: PredictProba, ranges: Ranges | None = None
 ) -> pa.Table:
@@ -60,15 +90,11 @@ def predict_table(
     with an error pass through (with class 0's columns, never written)."""
     n, n_classes = batch.num_rows, len(ref.label_names)
     errors = batch[ERROR]
-    features = np.empty((n, len(ref.feature_order)), dtype=np.float64)
-    nulls = np.zeros(features.shape, dtype=bool)
-    for i, name in enumerate(ref.feature_order):
-        column = batch[name]
-        if column.null_count:
-            nulls[:, i] = pc.is_null(column).to_numpy(zero_copy_only=False)
-            column = pc.fill_null(column.cast(pa.float64()), np.nan)
-        features[:, i] = column.to_numpy()
-    reason = refusals(features, nulls, ref.feature_order, ranges or {})
+    features, nulls = feature_matrix(batch, ref.feature_order)
+    if REASON in batch.column_names:  # refused by the preprocessing stage already
+        reason = batch[REASON].combine_chunks()
+    else:
+        reason = refusals(features, nulls, ref.feature_order, ranges or {})
     todo = pc.and_(pc.is_valid(batch[key]), pc.equal(errors, ""))
     todo = pc.and_(todo, pc.is_null(reason)).to_numpy(zero_copy_only=False)
     probabilities = np.zeros((n, n_classes), dtype=np.float64)
@@ -79,15 +105,11 @@ def predict_table(
         elif todo.any():
             probabilities[todo] = predict(features[todo])
     except Exception:  # find the units that fail, one unit at a time
-        units = batch[UNIT].to_numpy()
-        failed = np.full(n, "", dtype=object)
-        for unit in np.unique(units[todo]):
-            rows = todo & (units == unit)
-            try:
-                probabilities[rows] = predict(features[rows])
-            except Exception as error:
-                failed[rows] = f"predict failed: {error!r}"[:2000]
-        errors = pc.if_else(pc.equal(errors, ""), pa.array(failed, pa.string()), errors)
+
+        def predict_rows(rows: np.ndarray) -> None:
+            probabilities[rows] = predict(features[rows])
+
+        errors = unit_by_unit(batch, todo, predict_rows, "predict")
     columns = prediction_columns(probabilities, ref.label_names, ref.version)
     if reason.null_count < n:  # refused rows: no class, label or probabilities
         refused = pc.is_valid(reason)
@@ -138,14 +160,51 @@ class Predictor:
         return predict_table(batch, self.ref, self.key, self._predict, self.ranges)
 
 
+class PreprocessStage:
+    """Batch inference's preprocessing stage: the user's preprocessor over the rows to predict
+    (valid keys, no error, within the dataset's rules), in CPU actors before the model stage.
+    Refused rows get their reason here, from the features as they arrived."""
+
+    def __init__(self, ref: ModelRef, key: str, s: Settings) -> None:
+        self.ref, self.key, self.ranges = ref, key, s.dataset_spec.ranges
+        self.model = UserModel(ref, None, s.preprocessor_class, s.predictor_options, s)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        features, nulls = feature_matrix(batch, self.ref.feature_order)
+        reason = refusals(features, nulls, self.ref.feature_order, self.ranges)
+        errors = batch[ERROR]
+        todo = pc.and_(pc.is_valid(batch[self.key]), pc.equal(errors, ""))
+        todo = pc.and_(todo, pc.is_null(reason)).to_numpy(zero_copy_only=False)
+        try:
+            if todo.any():
+                features[todo] = self.model.preprocessed(features[todo])
+        except Exception:  # the units that fail get the error, one unit at a time
+
+            def preprocess_rows(rows: np.ndarray) -> None:
+                features[rows] = self.model.preprocessed(features[rows])
+
+            errors = unit_by_unit(batch, todo, preprocess_rows, "preprocess")
+            batch = batch.set_column(batch.schema.get_field_index(ERROR), ERROR, errors)
+        for i, name in enumerate(self.ref.feature_order):
+            column = pa.array(features[:, i], pa.float64())
+            batch = batch.set_column(batch.schema.get_field_index(name), name, column)
+        return batch.append_column(REASON, reason)
+
+
 @serve.deployment
 class BatchModel:
     """separated mode: one pinned model version behind a deployment handle (no HTTP route)."""
 
-    def __init__(self, ref: ModelRef, niceness: int | None = None) -> None:
+    def __init__(
+        self,
+        ref: ModelRef,
+        niceness: int | None = None,
+        loader: Callable[[ModelRef], Any] | None = None,
+    ) -> None:
         if niceness is not None:
             set_niceness(niceness)
-        self.model, self.n_labels = model_registry.load_model(ref), len(ref.label_names)
+        self.model = (loader or model_registry.load_model)(ref)
+        self.n_labels = len(ref.label_names)
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """Class probabilities in label_names order."""
@@ -158,8 +217,11 @@ def batch_app_name(s: Settings, ref: ModelRef) -> str:
     return f"{s.serve_app_name}-batch-v{ref.version}-{ref.sha256[:8]}"
 
 
-def deploy_batch_model(s: Settings, ref: ModelRef) -> str:
-    """Deploy (or keep) the model version's autoscaling Serve application; its name."""
+def deploy_batch_model(
+    s: Settings, ref: ModelRef, loader: Callable[[ModelRef], Any] | None = None
+) -> str:
+    """Deploy (or keep) the model version's autoscaling Serve application; its name. `loader`
+    makes the model of the version (default: the registry's estimator)."""
     name = batch_app_name(s, ref)
     deployment = BatchModel.options(
         autoscaling_config={
@@ -167,17 +229,19 @@ def deploy_batch_model(s: Settings, ref: ModelRef) -> str:
             "max_replicas": s.serve_max_replicas,
             "target_ongoing_requests": 2,
         },
-        ray_actor_options={"num_cpus": s.serve_replica_cpus},
+        ray_actor_options={"num_cpus": s.serve_replica_cpus, "num_gpus": s.serve_replica_gpus},
     )
     serve.start(http_options={"host": "127.0.0.1", "port": s.serve_port})
-    serve.run(deployment.bind(ref, s.batch_niceness), name=name, route_prefix=None)
+    serve.run(deployment.bind(ref, s.batch_niceness, loader), name=name, route_prefix=None)
     return name
 
 
 @contextmanager
-def serving_batch_model(s: Settings, ref: ModelRef) -> Iterator[str]:
+def serving_batch_model(
+    s: Settings, ref: ModelRef, loader: Callable[[ModelRef], Any] | None = None
+) -> Iterator[str]:
     """The model's Serve application for the duration of a run; deleted afterwards."""
-    name = deploy_batch_model(s, ref)
+    name = deploy_batch_model(s, ref, loader)
     try:
         yield name
     finally:

@@ -35,7 +35,7 @@ from mlplatform.dataset.prediction_record import (
 )
 from mlplatform.inference.batch.commit import commit_units
 from mlplatform.inference.batch.job import Job, hold_lease, open_job, reconcile
-from mlplatform.inference.batch.pipeline import unit_pipeline, watch_output
+from mlplatform.inference.batch.pipeline import batch_model_loader, unit_pipeline, watch_output
 from mlplatform.inference.batch.predictors import serving_batch_model
 from mlplatform.inference.batch.request import BatchRequest
 from mlplatform.inference.batch.results import (
@@ -202,7 +202,8 @@ def run_batch_inference(
         try:
             with ExitStack() as stack:
                 if job.mode == "separated":
-                    job.app_name = stack.enter_context(serving_batch_model(s, job.ref))
+                    serving = serving_batch_model(s, job.ref, batch_model_loader(s))
+                    job.app_name = stack.enter_context(serving)
                 failed = _execute(job)
         except BaseException as error:
             store.finish(run.run_id, job.owner, "failed", repr(error)[:2000])

@@ -51,6 +51,7 @@ from mlplatform.inference.serving.api_schema import (
     http_status,
     parse_rows,
 )
+from mlplatform.inference.user_predictor import model_loader
 from mlplatform.registry import model_registry
 from mlplatform.registry.champion import ChampionFollower, LoadedModel
 from mlplatform.settings import Settings
@@ -150,7 +151,8 @@ class ModelServer:
     def __init__(self, s: Settings, model_version: int | None = None) -> None:
         self.s, self.ranges = s, s.dataset_spec.ranges
         set_niceness(self.s.latency_actor_niceness)
-        self.follower = ChampionFollower(self.s, model_version, load=load_compiled)
+        load = model_loader(self.s, load_compiled)
+        self.follower = ChampionFollower(self.s, model_version, load=load)
         self.error = "not loaded yet"
         self._reload()
         if model_version is None:  # follow the champion, with or without traffic
@@ -275,6 +277,7 @@ def build_app(s: Settings, model_version: int | None = None) -> Application:
     # endpoints still run in a thread pool); access logs are a file write per request.
     actor_options = {
         "num_cpus": s.serve_replica_cpus,
+        "num_gpus": s.serve_replica_gpus,
         "runtime_env": {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}},
     }
     options: dict[str, Any] = {

@@ -69,6 +69,7 @@ from mlplatform.inference.stream.partitions import (
     sequence_id,
     subscribe,
 )
+from mlplatform.inference.user_predictor import model_loader
 from mlplatform.registry.champion import ChampionFollower, LoadedModel
 from mlplatform.registry.model_registry import ModelRef
 from mlplatform.settings import Settings
@@ -125,7 +126,8 @@ class StreamConsumer:
         set_niceness(self.s.latency_actor_niceness)
         self.index = index
         # model_version None: the champion, followed between micro-batches.
-        self.follower = ChampionFollower(self.s, model_version, load=load_compiled)
+        load = model_loader(self.s, load_compiled)
+        self.follower = ChampionFollower(self.s, model_version, load=load)
         self.follower.current()  # loaded now: a model that cannot load fails the actor's start
         self.dedup = self.s.stream_subscription_type == "failover"
         self.client = make_client(self.s)
