@@ -4,7 +4,7 @@ PY := .venv/bin/python
 export PREFECT_API_URL ?= http://127.0.0.1:4200/api
 export PREFECT_HOME ?= $(CURDIR)/.local/state/prefect
 
-.PHONY: setup up down status deploy demo test test-shuffled test-unit bench lint format clean
+.PHONY: setup up down status deploy demo test test-shuffled test-unit bench gpu-check lint format clean
 
 setup:  ## install both Python environments and the JVM artifacts (idempotent)
 	bash infra/setup.sh
@@ -40,6 +40,9 @@ bench: up  ## the benchmarks under benchmarks/, JSON results in benchmarks/resul
 	$(PY) -m benchmarks.batch_inference
 	$(PY) -m benchmarks.preprocess
 	$(PY) -m benchmarks.functions
+
+gpu-check: setup  ## on a GPU machine: batch inference with a CPU preprocessing stage and a GPU model stage
+	$(PY) -m benchmarks.gpu_stages
 
 lint: setup  ## ruff, and the import contracts in pyproject.toml (lint-imports)
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/lint-imports

@@ -5,7 +5,7 @@ stage has one (PyTorch or CuPy, whichever is installed), else with numpy.
     MLP_PREPROCESSOR_CLASS=examples/predictors/split_pipeline.py:Scale
     MLP_PREDICTOR_CLASS=examples/predictors/split_pipeline.py:LinearModel
     MLP_ACTOR_NUM_GPUS=1                      # batch inference's model stage
-    MLP_PREDICTOR_OPTIONS='{"device": "gpu"}'  # refuse to start without one
+    MLP_PREDICTOR_OPTIONS='{"device": "gpu"}'  # refuse to start without one ("cpu": numpy)
 
 The registry's model is such a pipeline (for example one registered with `mlp models register`).
 Both stages read their halves from the same verified version, so the two stages predict what
@@ -41,7 +41,10 @@ class Scale:
 
 
 def _device_backend(wanted: str) -> tuple[str, Any]:
-    """("torch", torch) or ("cupy", cupy) when a GPU is there to use, else ("numpy", numpy)."""
+    """("torch", torch) or ("cupy", cupy) when a GPU is there to use (and `wanted` is not
+    "cpu"), else ("numpy", numpy)."""
+    if wanted == "cpu":
+        return "numpy", np
     try:
         import torch
 
