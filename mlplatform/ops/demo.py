@@ -1,9 +1,11 @@
-"""The demo: write raw data, run every flow as a Prefect deployment run, reconcile the counts.
+"""The demo: write raw data, run every flow as a Prefect deployment run, reconcile the counts;
+for two datasets side by side on the same services (the configured one and a second bundled one,
+each with its own tables, topics, landing folder and model: Settings.for_dataset).
 
-Usage: python -m mlplatform.ops.demo [--rows N] [--malformed M]
+Usage: python -m mlplatform.ops.demo [--rows N] [--malformed M] [--datasets iris,wine]
 Needs the services (`make up`) and the deployments (`prefect deploy --all`); `make demo` does both.
 Counts are read back from Iceberg and Pulsar independently of what the flows report.
-Exit code 0 when every count reconciles, 1 otherwise.
+Exit code 0 when every count of every dataset reconciles, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from uuid import UUID
@@ -25,7 +28,7 @@ from mlplatform.connectors.pulsar_io import ensure_partitioned_topic, ensure_sub
 from mlplatform.dataset.prediction_record import RUN_ID
 from mlplatform.registry import model_registry
 from mlplatform.sample_data.demo_rows import write_demo_raw
-from mlplatform.settings import Settings, get_settings
+from mlplatform.settings import TOPIC_FIELDS, Settings, get_settings
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -45,6 +48,7 @@ class Check:
 
 @dataclass
 class DemoReport:
+    dataset: str
     checks: list[Check] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     accuracy: float | None = None
@@ -83,6 +87,19 @@ def placement_env(environ: dict[str, str]) -> dict[str, str]:
         if name in env and make_url(env[name]).password is not None:
             del env[name]
     return env
+
+
+def dataset_env(s: Settings, env: dict[str, str]) -> dict[str, str]:
+    """The placement `env` with the names of the dataset of `s` (its own tables, topics,
+    subscription and landing folder), so that the deployment runs work on that dataset."""
+    own = {
+        "MLP_DATASET": s.dataset,
+        "MLP_NAMESPACE": s.namespace,
+        "MLP_STREAM_SUBSCRIPTION": s.stream_subscription,
+        "MLP_LANDING_DIR": str(s.resolved_landing_dir),
+        **{f"MLP_{topic.upper()}": getattr(s, topic) for topic in TOPIC_FIELDS},
+    }
+    return {**env, **own}
 
 
 def run_deployment_and_wait(
@@ -177,9 +194,9 @@ def _predictions_for(s: Settings, run_id: str) -> int:
     return len(table.scan(row_filter=EqualTo(RUN_ID, run_id), selected_fields=(RUN_ID,)).to_arrow())
 
 
-def run_demo(s: Settings, rows: int, malformed: int) -> DemoReport:
-    report = DemoReport()
-    env = placement_env(dict(os.environ))
+def run_demo(s: Settings, rows: int, malformed: int, env: dict[str, str]) -> DemoReport:
+    """The pipeline's deployment runs on the dataset of `s` (`env`: their placement)."""
+    report = DemoReport(s.dataset_name)
     catalog = ensure_tables(s)
     ensure_partitioned_topic(s, s.features_topic, s.features_topic_partitions)
     ensure_subscription(s, s.features_topic, s.stream_subscription)
@@ -240,15 +257,27 @@ def run_demo(s: Settings, rows: int, malformed: int) -> DemoReport:
     return report
 
 
+def run_demos(s: Settings, datasets: list[str], rows: int, malformed: int) -> list[DemoReport]:
+    """run_demo for each dataset, at the same time, on the same services and database."""
+    env = placement_env(dict(os.environ))
+    each = [s.for_dataset(name) for name in datasets]
+    with ThreadPoolExecutor(len(each)) as pool:
+        runs = [pool.submit(run_demo, d, rows, malformed, dataset_env(d, env)) for d in each]
+        return [run.result() for run in runs]
+
+
 def print_report(s: Settings, report: DemoReport) -> None:
     width = max(len(check.name) for check in report.checks)
-    print("\n=== demo summary ===")
+    print(f"\n=== demo summary: {report.dataset} ===")
     for check in report.checks:
         mark = "ok " if check.ok else "MISMATCH"
         print(
             f"  {check.name:<{width}}  expected {check.expected:>7}  got {check.actual:>7}  {mark}"
         )
-    print(f"  champion model v{report.model_version}: holdout accuracy {report.accuracy:.3f}")
+    print(
+        f"  champion: model {report.dataset!r} v{report.model_version}, "
+        f"holdout accuracy {report.accuracy:.3f}"
+    )
     print("  stage seconds: " + json.dumps(report.timings))
     print(f"  Prefect UI: {s.prefect_api_url.removesuffix('/api')}")
     print("  result: " + ("all counts reconcile" if report.ok else "COUNTS DO NOT RECONCILE"))
@@ -258,12 +287,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2000, help="valid raw rows to write")
     parser.add_argument("--malformed", type=int, default=70, help="malformed raw rows to write")
+    parser.add_argument(
+        "--datasets",
+        help="comma-separated datasets to run side by side (default: the configured one and "
+        "the other bundled one of iris, wine)",
+    )
     args = parser.parse_args(argv)
     s = get_settings()
+    second = "wine" if s.dataset_name != "wine" else "iris"
+    datasets = args.datasets.split(",") if args.datasets else [s.dataset_name, second]
     os.environ.setdefault("PREFECT_API_URL", s.prefect_api_url)
-    report = run_demo(s, args.rows, args.malformed)
-    print_report(s, report)
-    return 0 if report.ok else 1
+    reports = run_demos(s, datasets, args.rows, args.malformed)
+    for report in reports:
+        print_report(s, report)
+    return 0 if all(report.ok for report in reports) else 1
 
 
 if __name__ == "__main__":

@@ -90,6 +90,36 @@ class Settings(
                 self.__dict__["serve_route_prefix"] = f"/models/{self.model_name}"
         return self
 
+    def for_dataset(self, name: str) -> Settings:
+        """The dataset `name` beside this one, on the same services and database: tables, topics,
+        a subscription and a landing folder of its own, named from these settings' names by
+        the rule of `_resources_per_dataset`; its columns from its spec, its model its own."""
+        if name == self.dataset_name:
+            return self
+        own, plain = self.dataset_name, {}
+        strip = own != DEFAULT_DATASET
+        plain["namespace"] = self.namespace.removesuffix(f"_{own}") if strip else self.namespace
+        subscription = self.stream_subscription
+        plain["stream_subscription"] = (
+            subscription.removesuffix(f"-{own}") if strip else subscription
+        )
+        for topic in TOPIC_FIELDS:
+            base, _, leaf = getattr(self, topic).rpartition("/")
+            plain[topic] = f"{base}/{leaf.removeprefix(f'{own}-') if strip else leaf}"
+        landing = self.resolved_landing_dir
+        plain["landing_dir"] = landing.with_name(landing.name.removesuffix(f"-{own}"))
+        if name != DEFAULT_DATASET:
+            plain["namespace"] = f"{plain['namespace']}_{name}"
+            plain["stream_subscription"] = f"{plain['stream_subscription']}-{name}"
+            for topic in TOPIC_FIELDS:
+                base, _, leaf = plain[topic].rpartition("/")
+                plain[topic] = f"{base}/{name}-{leaf}"
+            landing = plain["landing_dir"]
+            plain["landing_dir"] = landing.with_name(f"{landing.name}-{name}")
+        columns = {"key_column", "feature_columns", "label_column", "label_names", "model_name"}
+        fields = {k: v for k, v in self.model_dump(exclude_unset=True).items() if k not in columns}
+        return type(self).model_validate({**fields, **plain, "dataset": name})
+
     def for_model(self, name: str | None) -> Settings:
         """These settings working on the registry's model `name` (None: as they are)."""
         if name is None or name == self.model_name:

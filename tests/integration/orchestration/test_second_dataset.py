@@ -1,9 +1,10 @@
 """The second bundled dataset (wine: 13 features, two of them integers, its own key and label
 names and per-column ranges) through the whole pipeline with no code change, only
-MLP_DATASET=wine: Flink preprocessing -> Iceberg features -> training -> batch inference and
-the stream actors. Its namespace, topics, landing folder and database are its own, so the Iris
-tables other tests use are left alone; its registry also holds an Iris model (the platform ran
-the Iris demo before), which wine's training and predictions never meet: models by name.
+MLP_DATASET=wine: Flink preprocessing -> Iceberg features -> training. Its namespace, topics,
+landing folder and database are its own, so the Iris tables other tests use are left alone; its
+registry also holds an Iris model (the platform ran the Iris demo before), which wine's training
+never meets: models by name. Wine's batch and stream inference, beside Iris's at the same time
+through the deployments, are the demo's (tests/e2e/test_demo.py).
 """
 
 from __future__ import annotations
@@ -12,13 +13,10 @@ import json
 from collections import Counter
 
 import pytest
-from pyiceberg.expressions import EqualTo
 from pyiceberg.types import DoubleType, IntegerType
 
 from mlplatform.connectors.iceberg_tables import load_table
 from mlplatform.connectors.pulsar_io import read_all
-from mlplatform.inference.batch.runner import run_batch_inference
-from mlplatform.inference.stream.runner import run_stream_inference
 from mlplatform.preprocess.batch import preprocess
 from mlplatform.registry import model_registry
 from mlplatform.sample_data.demo_rows import malformed_kinds, write_demo_raw
@@ -115,23 +113,3 @@ def test_training_on_wine_uses_its_13_features(wine: Settings, trained) -> None:
     assert trained.decision == "promote"
     assert trained.best_metrics["accuracy"] > 0.8  # noisy wine is separable; a mix-up is not
     assert trained.training_rows + trained.holdout_rows == ROWS
-
-
-def test_batch_inference_predicts_every_wine_row_once(wine: Settings, trained) -> None:
-    result = run_batch_inference(wine)
-    assert result.predicted_rows == result.input_rows == ROWS
-    table = load_table(wine, wine.predictions_table)
-    rows = table.scan(row_filter=EqualTo("run_id", result.run_id)).to_pandas()
-    assert rows["sample_id"].is_unique and len(rows) == ROWS
-    assert set(rows["class_index"]) <= {0, 1, 2}
-    assert set(rows["label"]) <= set(wine.label_names)
-    assert rows["model_version"].eq(trained.best_version).all()
-
-
-def test_stream_actors_predict_wine_messages(wine: Settings, trained) -> None:
-    sent = len(read_all(wine, wine.features_topic))
-    result = run_stream_inference(wine, max_messages=sent, timeout_s=120)
-    assert (result.published, result.failed) == (sent, 0)
-    out = [json.loads(m.data()) for m in read_all(wine, wine.predictions_topic)]
-    assert len({m["sample_id"] for m in out}) == sent == ROWS
-    assert {m["label"] for m in out} <= set(wine.label_names)

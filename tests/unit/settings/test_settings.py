@@ -186,3 +186,33 @@ def test_a_second_dataset_gets_tables_topics_and_landing_of_its_own(
     clean_env.setenv("MLP_NAMESPACE", "cellar")
     mine = Settings(_env_file=None)
     assert (mine.namespace, mine.features_topic) == ("cellar", wine.features_topic)
+
+
+def test_for_dataset_names_the_other_dataset_from_these_names(tmp_path: Path) -> None:
+    """The demo's second dataset: by the same rule as a process with MLP_DATASET set, applied to
+    names set explicitly too (a test's isolation), and back again."""
+    iris = Settings(_env_file=None, local_dir=tmp_path, model_name="mine")
+    wine = iris.for_dataset("wine")
+    plain_wine = Settings(_env_file=None, local_dir=tmp_path, dataset="wine")
+    fields = ("namespace", "stream_subscription", *TOPIC_FIELDS, "resolved_landing_dir")
+    assert all(getattr(wine, f) == getattr(plain_wine, f) for f in fields)
+    assert (wine.key_column, len(wine.feature_columns)) == ("sample_id", 13)
+    assert wine.resolved_model_name == "wine" and iris.for_dataset("iris") is iris
+    isolated = Settings(
+        _env_file=None,
+        local_dir=tmp_path,
+        namespace="ml_t1",
+        features_topic="persistent://public/default/features-t1",
+        landing_dir=tmp_path / "landing-t1",
+    )
+    other = isolated.for_dataset("wine")
+    assert (other.namespace, other.features_topic, other.resolved_landing_dir) == (
+        "ml_t1_wine",
+        "persistent://public/default/wine-features-t1",
+        tmp_path / "landing-t1-wine",
+    )
+    back = other.for_dataset("iris")
+    assert all(getattr(back, f) == getattr(isolated, f) for f in fields)
+    assert (
+        back.resolved_database_url == other.resolved_database_url == isolated.resolved_database_url
+    )
