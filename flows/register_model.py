@@ -1,4 +1,4 @@
-"""Flow: import a model trained elsewhere (a skops file) as a candidate, promoted by the
+"""Flow: import a model trained elsewhere (skops or ONNX) as a candidate, promoted by the
 retraining rule when it is not worse than the champion. What `mlp models register` does."""
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ def register_model(
     snapshot_id: int | None = None,
     model: str | None = None,
 ) -> dict:
-    """Check a skops file against the dataset, score it on the holdout, register it, decide.
+    """Check a skops or ONNX file against the dataset, score it on the holdout, register it, decide.
 
     Args:
-        path: the skops file, as the worker sees it; required.
+        path: the skops or ONNX (.onnx) file, as the worker sees it; required.
         feature_order: its input columns; default: as it was fitted, else the dataset's order.
         snapshot_id: score it on this features snapshot; default: the latest.
         model: the registry's model by name; default: MLP_MODEL_NAME, else the dataset's name.

@@ -39,7 +39,9 @@ MODEL = typer.Option(
     "--model",
     help="The registry's model by name; default: MLP_MODEL_NAME, else the dataset's.",
 )
-SKOPS_FILE = typer.Argument(..., help="A skops file: a scikit-learn classifier or pipeline.")
+MODEL_FILE = typer.Argument(
+    ..., help="A skops file (a scikit-learn classifier or pipeline) or an ONNX classifier (.onnx)."
+)
 FLOWS = ("preprocess", "retrain", "batch-inference", "stream-inference", "serving")
 
 
@@ -88,7 +90,7 @@ def list_models(
 
 @models.command("register")
 def register_model(
-    path: Path = SKOPS_FILE,
+    path: Path = MODEL_FILE,
     feature_order: str | None = typer.Option(
         None, help="Its input columns, comma-separated; default: as fitted, else the dataset's."
     ),

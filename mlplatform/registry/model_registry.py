@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from checkpoints.database import get_engine
 from checkpoints.registry_tables import ModelVersion, Promotion
+from mlplatform.registry.onnx_model import OnnxModel
 from mlplatform.settings import Settings
 
 T = TypeVar("T", ModelVersion, Promotion)
@@ -72,13 +73,18 @@ def sha256_of(path: Path) -> str:
 
 
 def register(s: Settings, model: Any, **record: Any) -> ModelVersion:
-    """Save the artifact under model_dir, then record it with its SHA-256 as a candidate."""
+    """Save the artifact under model_dir (skops; an OnnxModel: its ONNX file), then record it
+    with its SHA-256 as a candidate."""
     import skops.io  # here: importing it imports all of scikit-learn, seconds at every start
 
     s.model_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC)
-    path = s.model_dir / f"model-{stamp:%Y%m%dT%H%M%S%f}.skops"
-    skops.io.dump(model, path)
+    onnx = isinstance(model, OnnxModel)
+    path = s.model_dir / f"model-{stamp:%Y%m%dT%H%M%S%f}.{'onnx' if onnx else 'skops'}"
+    if onnx:
+        path.write_bytes(model.data)
+    else:
+        skops.io.dump(model, path)
     row = ModelVersion(
         model_name=s.resolved_model_name,
         dataset=s.dataset,
@@ -232,8 +238,8 @@ def model_ref(row: ModelVersion) -> ModelRef:
 
 
 def load_model(ref: ModelRef) -> Any:
-    """Load an artifact only after its bytes match the registered SHA-256 and every type in it
-    comes from scikit-learn or numpy."""
+    """Load an artifact only after its bytes match the registered SHA-256 and, for skops, every
+    type in it comes from scikit-learn or numpy (an ONNX file holds no code: onnx_model.py)."""
     path = Path(ref.artifact_path)
     data = path.read_bytes()
     actual = hashlib.sha256(data).hexdigest()
@@ -242,7 +248,10 @@ def load_model(ref: ModelRef) -> Any:
             f"model version {ref.version}: {path} has SHA-256 {actual}, but the registry "
             f"recorded {ref.sha256}. Refusing to load it; retrain or restore the artifact."
         )
-    return load_trusted(data, f"model version {ref.version}: {path}", "retrain to replace it")
+    what = f"model version {ref.version}: {path}"
+    if path.suffix == ".onnx":
+        return OnnxModel(data, what)
+    return load_trusted(data, what, "retrain to replace it")
 
 
 def load_trusted(data: bytes, what: str, remedy: str) -> Any:

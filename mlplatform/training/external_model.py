@@ -1,8 +1,9 @@
-"""Models trained elsewhere: a scikit-learn estimator or pipeline saved with skops, imported as a
-candidate of the platform's model after the checks a trained candidate passes by construction.
+"""Models trained elsewhere: a scikit-learn estimator or pipeline saved with skops, or a
+classifier in ONNX (registry.onnx_model), imported as a candidate of the platform's model after
+the checks a trained candidate passes by construction.
 
-The file loads with scikit-learn and numpy types only (the registry's rule); the model is a
-classifier with probabilities; its inputs are the dataset's features (all of them, in the order
+A skops file loads with scikit-learn and numpy types only (the registry's rule), an ONNX file
+with the standard operators only; the model is a classifier with probabilities; its inputs are the dataset's features (all of them, in the order
 it was fitted on: `feature_names_in_`, or the order given, or the dataset's); its classes are
 the dataset's label indexes; it predicts on what the platform feeds it (one float array per
 batch, features in its order). It is scored on the holdout of a pinned snapshot, split as
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mlplatform.registry import model_registry
+from mlplatform.registry.onnx_model import OnnxModel, OnnxModelError
 from mlplatform.settings import Settings
 from mlplatform.training.retrain import against_champion, evaluate, one_at_a_time, split
 from mlplatform.training.snapshot_sample import read_training_sample
@@ -92,10 +94,19 @@ def import_model(
     feature_order: list[str] | None = None,
     snapshot_id: int | None = None,
 ) -> ImportResult:
-    """Check, score, register and decide on a skops file trained elsewhere (module docstring);
-    ModelMismatch or ModelIntegrityError, with nothing registered, when it does not fit."""
+    """Check, score, register and decide on a skops or ONNX (`.onnx`) file trained elsewhere
+    (module docstring); ModelMismatch or ModelIntegrityError, with nothing registered, when it
+    does not fit."""
     data = path.read_bytes()
-    model = model_registry.load_trusted(data, str(path), "save the model with skops.io.dump")
+    if path.suffix == ".onnx":
+        try:
+            model: Any = OnnxModel(data, str(path))
+        except OnnxModelError as error:
+            raise ModelMismatch(str(error)) from error
+        estimator = f"onnx from {model.producer}"
+    else:
+        model = model_registry.load_trusted(data, str(path), "save the model with skops.io.dump")
+        estimator = type(model).__name__
     order = input_order(s, model, feature_order)
     check_classes(s, model)
     with one_at_a_time(s, f"the import of {path.name}") as still_held:
@@ -114,7 +125,7 @@ def import_model(
             model,
             family="external",
             params={
-                "estimator": type(model).__name__,
+                "estimator": estimator,
                 "source": path.name,
                 "source_sha256": hashlib.sha256(data).hexdigest(),
             },

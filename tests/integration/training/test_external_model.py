@@ -1,18 +1,22 @@
-"""Models trained elsewhere (skops files) imported into the registry on real Iceberg features:
-checked against the dataset, scored on the holdout, promoted or rejected by the retraining rule,
-and predicting in a real batch inference run (Ray) with the input order they were fitted on."""
+"""Models trained elsewhere (skops and ONNX files) imported into the registry on real Iceberg
+features: checked against the dataset, scored on the holdout, promoted or rejected by the
+retraining rule, and predicting in a real batch inference run (Ray) with the input order they
+were fitted on."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import skops.io
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from pyiceberg.expressions import EqualTo
+from skl2onnx import to_onnx
 from sklearn.dummy import DummyClassifier
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -149,3 +153,32 @@ def test_the_register_model_flow_imports_and_reports_the_decision(
         )
     [artifact] = [a for a in artifacts if a.key == "import-decision"]
     assert f"promote imported version {result['version']}" in artifact.data
+
+
+def test_an_onnx_forest_is_scored_promoted_and_predicts_in_batch(
+    lake: Settings, features: pd.DataFrame, tmp_path: Path
+) -> None:
+    """A forest exported to ONNX (a probability tensor, float32 input), under a model name of
+    its own: scored, promoted, and predicting every row in a real Ray batch run as the forest
+    does (float32 thresholds: the same classes)."""
+    x = features[lake.feature_columns].to_numpy()
+    forest = RandomForestClassifier(n_estimators=10, max_depth=4, random_state=0)
+    forest.fit(x, features[lake.label_column])
+    exported = to_onnx(forest, x[:1].astype(np.float32), options={"zipmap": False})
+    path = tmp_path / "forest.onnx"
+    path.write_bytes(exported.SerializeToString())
+    named = lake.for_model("iris-onnx")
+    result = import_model(named, path)
+    assert (result.decision, result.reason) == ("promote", "no champion yet")
+    row = model_registry.get_version(named)
+    assert row.artifact_path.endswith(".onnx") and row.params["estimator"] == "onnx from skl2onnx"
+    assert result.metrics["macro_f1"] > 0.8
+
+    batch = run_batch_inference(named)
+    assert batch.predicted_rows == batch.input_rows == ROWS
+    table = load_table(lake, lake.predictions_table)
+    predicted = table.scan(row_filter=EqualTo("run_id", batch.run_id)).to_pandas()
+    own = dict(zip(features[lake.key_column], forest.predict(x.astype(np.float32)), strict=True))
+    assert predicted["model_version"].eq(result.version).all() and len(predicted) == ROWS
+    pairs = zip(predicted[lake.key_column], predicted["class_index"], strict=True)
+    assert all(own[key] == index for key, index in pairs)
