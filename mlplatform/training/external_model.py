@@ -3,12 +3,13 @@ classifier in ONNX (registry.onnx_model), imported as a candidate of the platfor
 the checks a trained candidate passes by construction.
 
 A skops file loads with scikit-learn and numpy types only (the registry's rule), an ONNX file
-with the standard operators only; the model is a classifier with probabilities; its inputs are the dataset's features (all of them, in the order
-it was fitted on: `feature_names_in_`, or the order given, or the dataset's); its classes are
-the dataset's label indexes; it predicts on what the platform feeds it (one float array per
-batch, features in its order). It is scored on the holdout of a pinned snapshot, split as
-retraining splits it, registered with that lineage and the source file's SHA-256, and the
-promotion rule of retraining decides, under the same one-at-a-time lease.
+with the standard operators only; the model is a classifier with probabilities; its inputs are
+the dataset's features (all of them, in the order it was fitted on: `feature_names_in_`, or the
+order given, or the dataset's); its classes are the dataset's label indexes; it predicts on what
+the platform feeds it (one float array per batch, features in its order). It is scored on the
+holdout of a pinned snapshot, split as retraining splits it, registered with that lineage and
+the source file's SHA-256, and the promotion rule of retraining decides, under the same
+one-at-a-time lease.
 """
 
 from __future__ import annotations
