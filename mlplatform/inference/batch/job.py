@@ -8,6 +8,7 @@ docstring: steps 0 and 1 of the commit protocol and the resume rule are done her
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,9 +50,27 @@ class Job:
     refused: dict[str, int] = field(default_factory=dict)
 
 
-def job_key(dataset: str, snapshot_id: int, model_version: int, row_filter: str | None) -> str:
+def job_key(
+    dataset: str,
+    snapshot_id: int,
+    model_version: int,
+    row_filter: str | None,
+    predictor: str | None = None,
+) -> str:
+    """A job's identity; `predictor` names the user's classes and options when set (their
+    predictions are another job's than the registry model's)."""
     text = f"{KIND}|{dataset}|{snapshot_id}|{model_version}|{row_filter or ''}"
+    if predictor:
+        text = f"{text}|{predictor}"
     return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def predictor_identity(s: Settings) -> str | None:
+    """The user's predictor and preprocessor classes with their options; None without them."""
+    if not (s.predictor_class or s.preprocessor_class):
+        return None
+    options = json.dumps(s.predictor_options, sort_keys=True, default=str)
+    return f"{s.predictor_class or ''}|{s.preprocessor_class or ''}|{options}"
 
 
 def open_job(
@@ -85,7 +104,7 @@ def open_job(
         raise LookupError(f"{dataset} has {where}; run the preprocess flow first")
     ref = model_registry.model_ref(model_registry.get_version(s, request.model_version))
     expression = parse_row_filter(row_filter, features)
-    key = job_key(dataset, snapshot.snapshot_id, ref.version, row_filter)
+    key = job_key(dataset, snapshot.snapshot_id, ref.version, row_filter, predictor_identity(s))
     mode = request.mode or s.batch_mode
     run, resumed = store.open_run(
         key,

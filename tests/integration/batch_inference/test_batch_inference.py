@@ -246,9 +246,9 @@ def test_concurrent_commits_and_starts_of_one_job_land_once(batch: Settings) -> 
     race_open_run(s)
 
 
-def test_job_key_separates_filters_and_models() -> None:
+def test_job_key_separates_filters_models_and_predictors() -> None:
     base = job_key("ml.features", 1, 2, None)
-    assert base == job_key("ml.features", 1, 2, "")
+    assert base == job_key("ml.features", 1, 2, "") == job_key("ml.features", 1, 2, None, None)
     assert (
         len(
             {
@@ -256,7 +256,8 @@ def test_job_key_separates_filters_and_models() -> None:
                 job_key("ml.features", 1, 3, None),
                 job_key("ml.features", 1, 2, "a > 1"),
                 job_key("ml.features", 9, 2, None),
+                job_key("ml.features", 1, 2, None, "mine.py:Mine||{}"),
             }
         )
-        == 4
+        == 5
     )

@@ -15,6 +15,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -38,7 +39,13 @@ from mlplatform.connectors.pulsar_io import publish, read_all, topic_stats
 from mlplatform.preprocess import batch as preprocess_module
 from mlplatform.preprocess.batch import FlinkJobError, preprocess
 from mlplatform.preprocess.landing_files import Plan
-from mlplatform.preprocess.stream import active_job, run_counts, start_stream, stop_stream
+from mlplatform.preprocess.stream import (
+    active_job,
+    job_name,
+    run_counts,
+    start_stream,
+    stop_stream,
+)
 from mlplatform.sample_data.demo_rows import demo_events, write_demo_raw
 from mlplatform.settings import Settings, get_settings
 from tasks.artifacts import preprocess_markdown
@@ -319,24 +326,43 @@ def test_the_stream_flow_runs_the_job_for_a_while_and_reports_the_run(
     session: tuple[Settings, ClusterDirs], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The preprocess-stream flow, run against the Prefect server: start, run, stop with a
-    savepoint, and the run's report as an artifact."""
+    savepoint, and the run's report as an artifact. Meanwhile a second dataset's stream job
+    (wine, Settings.for_dataset) runs beside it on the same cluster and broker, each job on its
+    own topics and tables."""
     s = module_settings(session[0], "flinkstreamflow")
+    wine = s.for_dataset("wine")
     publish(s, s.raw_events_topic, [_json(e) for e in demo_events(s, 12, "f")] + [b"{"])
+    publish(wine, wine.raw_events_topic, [_json(e) for e in demo_events(wine, 9, "w")])
+    beside = ThreadPoolExecutor(1).submit(start_stream, wine, "wine-beside")
     env = {**settings_env(s), "MLP_FLINK_MODE": "session", "MLP_FLINK_REST_URL": s.flink_rest_url}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
     try:
         state = preprocess_stream(action="run", run_for_s=20.0, return_state=True)
+        beside.result(timeout=300)
+        wine_rows = lambda: _table(wine, wine.features_table).num_rows  # noqa: E731
+        _wait_for("wine's events in its own table", lambda: wine_rows() == 9)
+        stop_stream(wine)
     finally:
         get_settings.cache_clear()
         _cancel(s)
+        _cancel(wine)
     assert state.is_completed(), state
     report = state.result()
     assert report["start"]["resumed_from"] is None
     assert report["stop"]["features_rows"] == 12
     assert report["stop"]["quarantined_by_reason"] == {"not_json": 1}
     assert active_job(s) is None
+    jobs = httpx.get(f"{s.flink_rest_url}/jobs/overview", timeout=10).json()["jobs"]
+    [iris_job] = [j for j in jobs if j["name"] == job_name(s)]
+    [wine_job] = [j for j in jobs if j["name"] == job_name(wine)]
+    assert (
+        wine_job["start-time"] < iris_job["end-time"]
+        and iris_job["start-time"] < wine_job["end-time"]
+    )
+    assert sorted(_keys(wine)) == sorted(f"w-{i}" for i in range(9))  # wine's topic: its own
+    assert _table(s, s.features_table).num_rows == 12  # and Iris's table holds none of wine's rows
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(

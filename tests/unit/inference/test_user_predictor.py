@@ -17,6 +17,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
 from mlplatform.dataset.prediction_record import REASON
+from mlplatform.inference.batch.job import predictor_identity
 from mlplatform.inference.batch.predictors import PreprocessStage
 from mlplatform.inference.batch.units import ERROR, UNIT, UNIT_ROWS
 from mlplatform.inference.user_predictor import UserModel, load_class, model_loader
@@ -176,3 +177,14 @@ class Scale:
     assert out[ERROR].to_pylist()[:2] == ["", ""] and out[ERROR][3].as_py() == ""
     assert "preprocess failed" in out[ERROR][2].as_py() and "bad row" in out[ERROR][2].as_py()
     assert out["sepal_length"].to_pylist() == [0.5, 5.0, 6.0, 0.6]  # refused, failed: as they came
+
+
+def test_a_batch_job_with_user_classes_is_another_job(settings: Settings) -> None:
+    """Their predictions are not the registry model's: a run with them is not 'done already'
+    because the model's own run succeeded on the same snapshot."""
+    assert predictor_identity(settings) is None
+    mine = settings.model_copy(
+        update={"predictor_class": "m.py:M", "predictor_options": {"b": 1, "a": 2}}
+    )
+    same = mine.model_copy(update={"predictor_options": {"a": 2, "b": 1}})
+    assert predictor_identity(mine) == predictor_identity(same) == 'm.py:M||{"a": 2, "b": 1}'
