@@ -63,6 +63,7 @@ from mlplatform.inference.batch.commit import committed_units
 from mlplatform.inference.batch.pipeline import read_stage, unit_pipeline
 from mlplatform.inference.batch.predictors import Predictor, deploy_batch_model
 from mlplatform.inference.batch.request import BatchRequest
+from mlplatform.inference.batch.results import step_costs
 from mlplatform.inference.batch.runner import (
     commit_interval_rows,
     predictions_rows,
@@ -688,7 +689,11 @@ class Runner:
                 commits=result.commits,
                 units=result.units_total,
                 seconds_inside=round(result.seconds, 3),
+                steps=result.steps,
+                step_costs=step_costs(result.steps),
             )
+            costs = step_costs(result.steps)  # of the last repeat
+            print(f"  {'':<26}fixed steps (s): {costs}", flush=True)
         elif variant in ("no_checkpoint", "bsp", "ray_floor"):
             fn = {"no_checkpoint": no_checkpoint, "bsp": bsp, "ray_floor": ray_floor}[variant]
             tag = uuid.uuid4().hex[:6]

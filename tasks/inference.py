@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 
 from prefect import task
 from prefect.artifacts import (
@@ -13,15 +14,16 @@ from prefect.artifacts import (
 from prefect.runtime import flow_run
 
 from mlplatform.inference.batch.request import BatchRequest
-from mlplatform.inference.batch.results import BatchResult
+from mlplatform.inference.batch.results import STEPS, BatchResult, step_costs
 from mlplatform.inference.batch.runner import run_batch_inference
 from mlplatform.inference.stream.runner import StreamResult, run_stream_inference
 from mlplatform.settings import Settings
 from tasks.artifacts import publish_summary
 
 
-def batch_summary_rows(result: BatchResult) -> list[dict]:
-    """The final table: the run's figures, then one row per failed unit."""
+def batch_summary_rows(result: BatchResult, flow_start_s: float | None = None) -> list[dict]:
+    """The final table: the run's figures, the fixed steps' times, then one row per failed unit.
+    flow_start_s: seconds from the flow run's scheduled start to the run's call."""
     rows = [
         {"figure": "run id", "value": result.run_id},
         {"figure": "mode", "value": result.mode},
@@ -38,6 +40,15 @@ def batch_summary_rows(result: BatchResult) -> list[dict]:
         {"figure": "seconds", "value": round(result.seconds, 1)},
         {"figure": "rows/s", "value": round(result.rows_per_s)},
         {"figure": "failed units", "value": len(result.failed_units)},
+    ]
+    if flow_start_s is not None:
+        rows.append(
+            {"figure": "step: flow start (s, scheduled -> batch call)", "value": flow_start_s}
+        )
+    costs = step_costs(result.steps)
+    rows += [
+        {"figure": f"step: {name} (s; {STEPS[name]})", "value": cost}
+        for name, cost in costs.items()
     ]
     rows += [
         {"figure": f"refused: {reason}", "value": count}
@@ -60,12 +71,16 @@ def batch_predict(settings: Settings, request: BatchRequest) -> BatchResult:
 
     if request.run_id is None and flow_run.id:  # a new run is named after its flow run
         request = replace(request, run_id=str(flow_run.id))
+    scheduled = flow_run.scheduled_start_time
+    flow_start_s = (
+        round((datetime.now(UTC) - scheduled).total_seconds(), 1) if flow_run.id else None
+    )
     result = run_batch_inference(settings, request, on_progress=report)
     update_progress_artifact(progress, progress=100.0)
     create_table_artifact(
         key="batch-inference-summary",
-        table=batch_summary_rows(result),
-        description="Batch inference: rows, throughput, skipped on resume, failures",
+        table=batch_summary_rows(result, flow_start_s),
+        description="Batch inference: rows, throughput, fixed steps, skipped on resume, failures",
     )
     return result
 

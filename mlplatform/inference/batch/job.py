@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -48,6 +49,14 @@ class Job:
     commits: int = 0
     # Committed rows refused for breaking the dataset's rules, by reason (this execution's).
     refused: dict[str, int] = field(default_factory=dict)
+    # Seconds from the call's start to each fixed step (results.STEPS), this execution's.
+    steps: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+    def step(self, name: str, again: bool = False) -> None:
+        """Record that step `name` is reached now (the first time, unless `again`)."""
+        if again or name not in self.steps:
+            self.steps[name] = round(time.monotonic() - self.started, 3)
 
 
 def job_key(

@@ -18,6 +18,24 @@ class FailedUnit:
     error: str
 
 
+# The fixed steps of a run, in order, with what each one's time (seconds from the call's start)
+# marks; the time a step takes is the difference to the one before it.
+STEPS = {
+    "planned": "the job opened: its run found, or its units planned from the snapshot's files",
+    "ray_connected": "connected to Ray (and the Serve application deployed, separated mode)",
+    "first_prediction": "the first predictions came back: the model stage's actors are ready",
+    "first_commit": "the first units committed to Iceberg and marked done",
+    "last_commit": "the last units committed",
+    "finished": "the run recorded as finished",
+}
+
+
+def step_costs(steps: dict[str, float]) -> dict[str, float]:
+    """What each step reached cost: its time less the time of the step before it."""
+    marks = [0.0, *steps.values()]
+    return {n: round(b - a, 3) for n, a, b in zip(steps, marks[:-1], marks[1:], strict=True)}
+
+
 @dataclass(frozen=True)
 class BatchResult:
     run_id: str
@@ -35,6 +53,8 @@ class BatchResult:
     # Of predicted_rows, those whose features break the dataset's rules, by reason.
     refused_rows: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    # Seconds from the call's start to each step of STEPS that this execution reached.
+    steps: dict[str, float] = field(default_factory=dict)
 
     @property
     def refused(self) -> int:

@@ -93,6 +93,8 @@ def _commit(job: Job, ready: dict[int, pa.Table]) -> None:
         job.store.mark_done(job.run.run_id, rows, snapshot_id)
         job.committed_rows += sum(rows.values())
         job.commits += 1
+        job.step("first_commit")
+        job.step("last_commit", again=True)
         for unit in rows:
             for count in pc.value_counts(ready[unit][REASON].drop_null()).to_pylist():
                 job.refused[count["values"]] = job.refused.get(count["values"], 0) + count["counts"]
@@ -121,6 +123,7 @@ def _run_pass(job: Job, units: list[dict]) -> dict[int, str]:
     every_rows = commit_interval_rows(job.s, job.run.rows_total)
     pipeline = unit_pipeline(job.s, job.ref, job.mode, units, job.read_kwargs, job.app_name)
     for table in watch_output(pipeline, job.s.stall_timeout_s):
+        job.step("first_prediction")
         for unit, part in unit_parts(table):
             if unit in errors:
                 continue
@@ -192,6 +195,8 @@ def run_batch_inference(
     started = time.monotonic()
     request = request or BatchRequest()
     job = open_job(s, request, on_progress)
+    job.started = started
+    job.step("planned")
     store, run = job.store, job.run
     with hold_lease(job):
         if request.resume_run_id:
@@ -204,6 +209,7 @@ def run_batch_inference(
                 if job.mode == "separated":
                     serving = serving_batch_model(s, job.ref, batch_model_loader(s))
                     job.app_name = stack.enter_context(serving)
+                job.step("ray_connected")
                 failed = _execute(job)
         except BaseException as error:
             store.finish(run.run_id, job.owner, "failed", repr(error)[:2000])
@@ -214,6 +220,7 @@ def run_batch_inference(
             store.finish(run.run_id, job.owner, "failed", report[:2000])
             raise BatchInferenceFailed(report)
         store.finish(run.run_id, job.owner, "partial" if failed else "succeeded")
+    job.step("finished")
     return BatchResult(
         run_id=run.run_id,
         resumed=job.resumed,
@@ -229,4 +236,5 @@ def run_batch_inference(
         commits=job.commits,
         failed_units=failed,
         seconds=time.monotonic() - started,
+        steps=job.steps,
     )

@@ -19,6 +19,7 @@ from sklearn.preprocessing import StandardScaler
 
 from mlplatform.connectors.iceberg_tables import load_table
 from mlplatform.connectors.pulsar_io import read_all
+from mlplatform.inference.batch.results import STEPS
 from mlplatform.inference.batch.runner import run_batch_inference
 from mlplatform.inference.serving.deployment import start_serving, stop_serving
 from mlplatform.inference.stream.runner import run_stream_inference
@@ -84,6 +85,8 @@ def test_batch_runs_the_preprocessing_stage_then_the_user_model(lake: tuple) -> 
     expected = _expected(s, rows, pipeline)
     result = run_batch_inference(s)
     assert result.predicted_rows == result.input_rows == ROWS
+    assert list(result.steps) == list(STEPS)  # every fixed step timed, in order
+    assert list(result.steps.values()) == sorted(result.steps.values())
     table = load_table(s, s.predictions_table)
     found = table.scan(row_filter=EqualTo("run_id", result.run_id)).to_arrow()
     assert found.num_rows == ROWS

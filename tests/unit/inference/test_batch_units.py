@@ -22,7 +22,7 @@ from pyiceberg.types import DoubleType, NestedField, StringType
 from mlplatform.inference.batch.pipeline import BatchInferenceStalled, watch_output
 from mlplatform.inference.batch.predictors import Predictor, predict_table
 from mlplatform.inference.batch.request import BatchRequest
-from mlplatform.inference.batch.results import FailedUnit, failure_report
+from mlplatform.inference.batch.results import FailedUnit, failure_report, step_costs
 from mlplatform.inference.batch.runner import commit_interval_rows, predictions_rows, unit_parts
 from mlplatform.inference.batch.units import ERROR, UNIT, UNIT_ROWS, read_unit, read_units
 from mlplatform.registry.model_registry import ModelRef
@@ -267,3 +267,9 @@ def test_the_flow_parameters_are_the_fields_of_the_request() -> None:
     assert request == BatchRequest(mode="fused") and request.model_version is None
     with pytest.raises(FrozenInstanceError):
         request.mode = "separated"  # type: ignore[misc]
+
+
+def test_step_costs_are_the_differences_between_the_steps_reached() -> None:
+    steps = {"planned": 0.5, "ray_connected": 2.0, "first_prediction": 6.25}
+    assert step_costs(steps) == {"planned": 0.5, "ray_connected": 1.5, "first_prediction": 4.25}
+    assert step_costs({}) == {}
