@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from functools import lru_cache
 
 from pyiceberg.catalog import Catalog
@@ -21,6 +22,7 @@ from pyiceberg.types import (
     StringType,
     TimestampType,
 )
+from sqlalchemy.exc import OperationalError
 
 from mlplatform.dataset.prediction_record import (
     CLASS_INDEX,
@@ -42,9 +44,19 @@ def catalog_properties(s: Settings) -> dict[str, str]:
     return {"type": "sql", "uri": s.resolved_catalog_url, "warehouse": s.resolved_warehouse}
 
 
+_OPENING = threading.Lock()
+
+
 @lru_cache
 def _sql_catalog(name: str, uri: str, warehouse: str) -> Catalog:
-    return SqlCatalog(name, uri=uri, warehouse=warehouse)
+    """Opening a new catalog creates its tables; a process that created them between this
+    one's check and its own creation makes that fail ("already exists"): open it again."""
+    try:
+        return SqlCatalog(name, uri=uri, warehouse=warehouse)
+    except OperationalError as error:
+        if "already exists" not in str(error):
+            raise
+        return SqlCatalog(name, uri=uri, warehouse=warehouse)
 
 
 def load_catalog(s: Settings) -> Catalog:
@@ -52,7 +64,8 @@ def load_catalog(s: Settings) -> Catalog:
     s.state_dir.mkdir(parents=True, exist_ok=True)
     if s.resolved_warehouse.startswith("file://"):
         (s.local_dir / "warehouse").mkdir(parents=True, exist_ok=True)
-    return _sql_catalog(s.catalog_name, s.resolved_catalog_url, s.resolved_warehouse)
+    with _OPENING:  # threads of one process open it once (lru_cache does not wait)
+        return _sql_catalog(s.catalog_name, s.resolved_catalog_url, s.resolved_warehouse)
 
 
 def _fields(*specs: tuple[str, object, bool]) -> Schema:
