@@ -51,6 +51,10 @@ class Run(Base):
     units_total: Mapped[int] = mapped_column(Integer, default=0)
     owner: Mapped[str | None] = mapped_column(String(160), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Runs that continue one another (revision 0006): same dataset, model version, row filter and
+    # predictor. since_snapshot_id: the run predicts the rows appended after this snapshot.
+    lineage: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    since_snapshot_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class Job(Base):
@@ -130,6 +134,15 @@ class CheckpointStore:
                 .where(Run.model_version == model_version, Run.status == "succeeded")
                 .order_by(Run.started_at.desc())
             ).first()
+
+    def latest_of_lineage(self, lineage: str, model_version: int | None = None) -> Run | None:
+        """The newest run of the lineage, of `model_version` when given (incremental batch
+        inference continues from it)."""
+        query = select(Run).where(Run.lineage == lineage)
+        if model_version is not None:
+            query = query.where(Run.model_version == model_version)
+        with self._session() as session:
+            return session.scalars(query.order_by(Run.started_at.desc())).first()
 
     def get_run(self, run_id: str) -> Run:
         with self._session() as session:

@@ -21,8 +21,10 @@ def batch_inference(
     row_filter: str | None = None,
     mode: Literal["fused", "separated"] | None = None,
     model: str | None = None,
+    incremental: bool = False,
 ) -> dict:
-    """Predict every row of a features snapshot exactly once.
+    """Predict every row of a features snapshot exactly once (incremental: the rows appended
+    since the last run of the same model and filter).
 
     An unfinished run over the same snapshot, model and filter is continued automatically.
 
@@ -33,6 +35,8 @@ def batch_inference(
         row_filter: only rows matching this Iceberg filter, e.g. petal_length > 2.5; default: all.
         mode: fused (model in Ray Data actors) or separated (Ray Serve); default MLP_BATCH_MODE.
         model: the registry's model by name; default: MLP_MODEL_NAME, else the dataset's name.
+        incremental: only the rows appended since the last run of this model and filter (its
+            unfinished run is continued first; every row when none ran, or rows were rewritten).
     """
     s = get_settings().for_model(model)
     configure_logging(s)
@@ -42,6 +46,7 @@ def batch_inference(
         snapshot_id=snapshot_id,
         row_filter=row_filter,
         mode=mode,
+        incremental=incremental,
     )
     result = batch_predict(s, request)
     print(f"batch-inference: {result}")

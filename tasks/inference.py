@@ -21,6 +21,15 @@ from mlplatform.settings import Settings
 from tasks.artifacts import publish_summary
 
 
+def covered(result: BatchResult) -> str:
+    """The snapshot range a run covered, and why."""
+    since = result.since_snapshot_id
+    span = (
+        f"({since}, {result.snapshot_id}]" if since is not None else f"all of {result.snapshot_id}"
+    )
+    return f"{span}: {result.basis}"
+
+
 def batch_summary_rows(result: BatchResult, flow_start_s: float | None = None) -> list[dict]:
     """The final table: the run's figures, the fixed steps' times, then one row per failed unit.
     flow_start_s: seconds from the flow run's scheduled start to the run's call."""
@@ -29,6 +38,7 @@ def batch_summary_rows(result: BatchResult, flow_start_s: float | None = None) -
         {"figure": "mode", "value": result.mode},
         {"figure": "resumed", "value": result.resumed},
         {"figure": "input snapshot", "value": result.snapshot_id},
+        {"figure": "rows covered", "value": covered(result)},
         {"figure": "model version", "value": result.model_version},
         {"figure": "units", "value": result.units_total},
         {"figure": "input rows", "value": result.input_rows},

@@ -17,6 +17,7 @@ from mlplatform.training.retrain import rows_since_training
 from tasks.artifacts import publish_preprocess_report
 
 RETRAIN_DUE_EVENT = "mlplatform.features.retrain-due"
+APPENDED_EVENT = "mlplatform.features.appended"
 
 
 def _retry_unless_incompatible(task: Task, task_run: TaskRun, state: State) -> bool:
@@ -59,16 +60,19 @@ def stop_stream_job(settings: Settings) -> PreprocessResult:
 
 @task(name="announce-new-features")
 def announce(settings: Settings, result: PreprocessResult) -> int:
-    """Emit an event per run; a retrain-due event once enough rows arrived since training.
+    """Emit an event per run that appended rows; a retrain-due event once enough rows arrived
+    since training.
 
-    The retrain deployment's trigger (prefect.yaml) listens for the retrain-due event.
+    Triggers in prefect.yaml listen: batch-inference/incremental for the appended event, the
+    retrain deployment for the retrain-due one.
     """
     resource = {
         "prefect.resource.id": f"mlplatform.table.{settings.table_id(settings.features_table)}"
     }
     new_rows = rows_since_training(settings)
     payload = {"rows_added": result.features_rows, "rows_since_training": new_rows}
-    emit_event("mlplatform.features.appended", resource=resource, payload=payload)
-    if result.features_rows > 0 and new_rows >= settings.retrain_min_new_rows:
-        emit_event(RETRAIN_DUE_EVENT, resource=resource, payload=payload)
+    if result.features_rows > 0:
+        emit_event(APPENDED_EVENT, resource=resource, payload=payload)
+        if new_rows >= settings.retrain_min_new_rows:
+            emit_event(RETRAIN_DUE_EVENT, resource=resource, payload=payload)
     return new_rows

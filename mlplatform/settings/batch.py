@@ -38,3 +38,7 @@ class BatchSettings(BaseModel):
     max_failed_fraction: float = 0.0
     # A run's lease is taken over when its holder's heartbeat is older than this.
     lease_ttl_s: float = 30.0
+    # Incremental runs (the flow's `incremental`; inference/batch/increments.py) after a new model
+    # version: "full" predicts every row again with it; "continue" only the rows appended since
+    # the model's last run (earlier rows keep the earlier version's predictions).
+    incremental_new_model: Literal["full", "continue"] = "full"

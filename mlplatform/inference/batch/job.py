@@ -20,6 +20,13 @@ from pyiceberg.table import Table
 from checkpoints.store import CheckpointStore, Run, process_owner
 from mlplatform.connectors.iceberg_tables import ensure_tables
 from mlplatform.inference.batch.commit import committed_units, disable_auto_retry
+from mlplatform.inference.batch.increments import (
+    UNFINISHED,
+    Increment,
+    increment,
+    lineage_key,
+    previous_run,
+)
 from mlplatform.inference.batch.request import BatchRequest, Mode
 from mlplatform.inference.batch.units import parse_row_filter, plan_units
 from mlplatform.registry import model_registry
@@ -44,6 +51,11 @@ class Job:
     read_kwargs: dict  # for read_units: columns (key first), row_filter, schema_json
     on_progress: Callable[[int, int], None] | None
     app_name: str | None = None  # the Serve application in separated mode
+    # What the run covers: the rows appended after this snapshot (None: every row), and why.
+    since_snapshot_id: int | None = None
+    basis: str = "every row"
+    # A run resumed by name (or an incremental run's unfinished one): failed units get new tries.
+    retry_failed: bool = False
     lease_lost: threading.Event = field(default_factory=threading.Event)
     committed_rows: int = 0
     commits: int = 0
@@ -65,12 +77,16 @@ def job_key(
     model_version: int,
     row_filter: str | None,
     predictor: str | None = None,
+    since_snapshot_id: int | None = None,
 ) -> str:
     """A job's identity; `predictor` names the user's classes and options when set (their
-    predictions are another job's than the registry model's)."""
+    predictions are another job's than the registry model's); an incremental run's job covers
+    the rows appended after `since_snapshot_id`."""
     text = f"{KIND}|{dataset}|{snapshot_id}|{model_version}|{row_filter or ''}"
     if predictor:
         text = f"{text}|{predictor}"
+    if since_snapshot_id is not None:
+        text = f"{text}|since:{since_snapshot_id}"
     return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
@@ -87,23 +103,33 @@ def open_job(
 ) -> Job:
     """The request's job with its run: the job's unfinished run, or a new one planned now.
 
-    resume_run_id names the run to continue; it must still be its job's current run.
+    resume_run_id names the run to continue; it must still be its job's current run. An
+    incremental request covers the rows appended since its lineage's last run, after
+    continuing that run if it did not finish (increments.py).
     """
     catalog = ensure_tables(s)
     store = CheckpointStore(s.resolved_database_url)
     dataset = s.table_id(s.features_table)
+    predictor = predictor_identity(s)
+    lineage = lineage_key(dataset, s.resolved_model_name, request.row_filter, predictor)
+    previous = None
+    if request.incremental and not request.resume_run_id:
+        version = model_registry.get_version(s, request.model_version).version
+        previous = previous_run(s, store, lineage, version)
+        if previous is not None and previous.status in UNFINISHED:
+            request = replace(request, resume_run_id=previous.run_id)
     resume_run_id = request.resume_run_id
-    if resume_run_id:
-        previous = store.get_run(resume_run_id)
-        if previous.status == "succeeded":
+    resumed_run = store.get_run(resume_run_id) if resume_run_id else None
+    if resumed_run is not None:
+        if resumed_run.status == "succeeded":
             raise ValueError(f"run {resume_run_id} has succeeded already: nothing to resume")
         request = replace(
             request,
-            snapshot_id=previous.snapshot_id,
-            model_version=previous.model_version,
-            row_filter=previous.row_filter,
+            snapshot_id=resumed_run.snapshot_id,
+            model_version=resumed_run.model_version,
+            row_filter=resumed_run.row_filter,
         )
-        dataset = previous.dataset
+        dataset = resumed_run.dataset
     features = catalog.load_table(dataset)
     predictions = disable_auto_retry(catalog.load_table(s.table_id(s.predictions_table)))
     snapshot_id, row_filter = request.snapshot_id, request.row_filter
@@ -113,18 +139,31 @@ def open_job(
         raise LookupError(f"{dataset} has {where}; run the preprocess flow first")
     ref = model_registry.model_ref(model_registry.get_version(s, request.model_version))
     expression = parse_row_filter(row_filter, features)
-    key = job_key(dataset, snapshot.snapshot_id, ref.version, row_filter, predictor_identity(s))
+    if resumed_run is not None:  # the run covers what it covered when it started
+        since = resumed_run.since_snapshot_id
+        part = Increment(since, frozenset(), f"continues run {resumed_run.run_id}")
+    elif request.incremental:
+        part = increment(features, previous, snapshot.snapshot_id)
+    else:
+        part = Increment(None, frozenset(), "every row")
+    key = job_key(
+        dataset, snapshot.snapshot_id, ref.version, row_filter, predictor, part.since_snapshot_id
+    )
     mode = request.mode or s.batch_mode
     run, resumed = store.open_run(
         key,
         request.run_id,
-        lambda: plan_units(features, snapshot.snapshot_id, expression, s.unit_rows),
+        lambda: plan_units(
+            features, snapshot.snapshot_id, expression, s.unit_rows, part.skip_files
+        ),
         kind=KIND,
         dataset=dataset,
         snapshot_id=snapshot.snapshot_id,
         model_version=ref.version,
         mode=mode,
         row_filter=row_filter,
+        lineage=lineage,
+        since_snapshot_id=part.since_snapshot_id,
     )
     if resume_run_id and run.run_id != resume_run_id:
         raise LookupError(f"run {resume_run_id} is not the current run of its job ({run.run_id})")
@@ -143,6 +182,9 @@ def open_job(
             "schema_json": features.schema().model_dump_json(),
         },
         on_progress=on_progress,
+        since_snapshot_id=part.since_snapshot_id,
+        basis=part.basis,
+        retry_failed=resumed_run is not None,
     )
 
 

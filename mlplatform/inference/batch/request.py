@@ -14,7 +14,8 @@ class BatchRequest:
     """Which rows to predict with which model, and how; every field defaults to the usual run.
 
     The fields are the batch-inference flow's parameters (their help is there), plus run_id.
-    A resumed run (resume_run_id) keeps its own snapshot_id, model_version and row_filter.
+    A resumed run (resume_run_id) keeps its own snapshot_id, model_version, row_filter and the
+    snapshot it continued from.
     """
 
     resume_run_id: str | None = None
@@ -23,3 +24,5 @@ class BatchRequest:
     row_filter: str | None = None  # an Iceberg filter; default: every row
     mode: Mode | None = None  # default: settings.batch_mode
     run_id: str | None = None  # the id a new run gets; default: a fresh one
+    # Only the rows appended since the last run of the same model and input (increments.py).
+    incremental: bool = False

@@ -55,6 +55,9 @@ class BatchResult:
     seconds: float = 0.0
     # Seconds from the call's start to each step of STEPS that this execution reached.
     steps: dict[str, float] = field(default_factory=dict)
+    # The rows covered: those appended after since_snapshot_id (None: every row), and why.
+    since_snapshot_id: int | None = None
+    basis: str = "every row"
 
     @property
     def refused(self) -> int:

@@ -199,8 +199,8 @@ def run_batch_inference(
     job.step("planned")
     store, run = job.store, job.run
     with hold_lease(job):
-        if request.resume_run_id:
-            store.retry_failed(run.run_id)  # an explicit resume gives failed units new attempts
+        if job.retry_failed:  # a resume gives failed units new attempts
+            store.retry_failed(run.run_id)
         reconcile(job)
         skipped_units, skipped_rows = store.progress(run.run_id)
         connect(s)
@@ -237,4 +237,6 @@ def run_batch_inference(
         failed_units=failed,
         seconds=time.monotonic() - started,
         steps=job.steps,
+        since_snapshot_id=job.since_snapshot_id,
+        basis=job.basis,
     )

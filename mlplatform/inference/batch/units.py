@@ -35,13 +35,20 @@ def parse_row_filter(text: str | None, table: Table) -> BooleanExpression:
 
 
 def plan_units(
-    table: Table, snapshot_id: int, row_filter: BooleanExpression, unit_rows: int
+    table: Table,
+    snapshot_id: int,
+    row_filter: BooleanExpression,
+    unit_rows: int,
+    skip_files: frozenset[str] = frozenset(),
 ) -> list[UnitPlan]:
-    """Units of the snapshot's data files that may hold rows matching the filter, in file order."""
+    """Units of the snapshot's data files that may hold rows matching the filter, in file order,
+    but for those in `skip_files` (predicted by an earlier run: inference.batch.increments)."""
     tasks = table.scan(snapshot_id=snapshot_id, row_filter=row_filter).plan_files()
     units: list[UnitPlan] = []
     for task in sorted(tasks, key=lambda t: t.file.file_path):
         path = task.file.file_path
+        if path in skip_files:
+            continue
         if task.delete_files:
             raise ValueError(
                 f"{path} has {len(task.delete_files)} delete file(s); batch inference reads "

@@ -52,9 +52,20 @@ def test_preprocess_deployment_completes_through_the_worker(
     # The server stores events in batches.
     found = wait_until("the retrain-due event", events, timeout_s=60, every_s=1.0)
     assert [e["payload"]["rows_added"] for e in found] == [120]
-    # The retrain deployment's trigger started a run for it: cancelled before it retrains the
-    # worker's (default) namespace.
+    # The retrain deployment's trigger started a run for it, and the appended event one of
+    # batch-inference/incremental: cancelled before they work on the worker's (default)
+    # namespace.
     cancel_triggered_runs("retrain/default", started)
+    cancel_triggered_runs("batch-inference/incremental", started)
+
+
+def test_incremental_batch_inference_is_scheduled_hourly(deployments: None) -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("batch-inference/incremental")
+    assert [s.schedule.cron for s in deployment.schedules if s.active] == ["15 * * * *"]
+    assert deployment.parameters == {"incremental": True}
 
 
 def test_retrain_cron_schedule_creates_scheduled_runs(deployments: None) -> None:
