@@ -13,6 +13,8 @@ across runs, with the checkpoints of each run as before. Rules, each reported as
 - B's files are not all in the new snapshot (an overwrite, a delete, a compaction, or B
   expired): rows may have changed, so every row of the snapshot is predicted again;
 - nothing appended since B: a run with no units.
+A run pinned to a snapshot (the flow's snapshot_id) predicts every row of it and is no step of
+the chain.
 """
 
 from __future__ import annotations

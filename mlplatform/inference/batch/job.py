@@ -162,7 +162,8 @@ def open_job(
         model_version=ref.version,
         mode=mode,
         row_filter=row_filter,
-        lineage=lineage,
+        # A run pinned to an older snapshot is no step of the lineage's chain.
+        lineage=lineage if snapshot_id is None else None,
         since_snapshot_id=part.since_snapshot_id,
     )
     if resume_run_id and run.run_id != resume_run_id:
