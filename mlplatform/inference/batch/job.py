@@ -113,6 +113,8 @@ def open_job(
     predictor = predictor_identity(s)
     lineage = lineage_key(dataset, s.resolved_model_name, request.row_filter, predictor)
     previous = None
+    if request.incremental and request.snapshot_id is not None:
+        raise ValueError("an incremental run reads the latest snapshot: give no snapshot_id")
     if request.incremental and not request.resume_run_id:
         version = model_registry.get_version(s, request.model_version).version
         previous = previous_run(s, store, lineage, version)
