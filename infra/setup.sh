@@ -42,7 +42,9 @@ if [[ -x .venv/bin/python ]] && stamp_ok main-venv "$h"; then
 else
   echo "setup: main environment (.venv) from uv.lock"
   # --inexact keeps the optional benchmark group (make bench) where it was installed.
-  uv sync --frozen --inexact --python 3.11
+  # --compile-bytecode: every process of the platform (flow runs, Ray workers, Flink's Python)
+  # imports compiled modules from its first start, instead of compiling them at first use.
+  uv sync --frozen --inexact --compile-bytecode --python 3.11
   stamp main-venv "$h"
 fi
 
@@ -57,7 +59,7 @@ sync_venv() {
   echo "setup: $1 environment ($2) from $3"
   # Called as `sync_venv ... || ...`, where set -e is off: stop on a failure explicitly.
   [[ -x "$2/bin/python" ]] || uv venv --python 3.11 "$2" || exit 1
-  uv pip sync --python "$2/bin/python" "$3" || exit 1
+  uv pip sync --compile-bytecode --python "$2/bin/python" "$3" || exit 1
   stamp "$1-venv" "$h"
   return 1
 }

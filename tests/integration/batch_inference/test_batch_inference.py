@@ -1,7 +1,7 @@
 """Batch inference's exactly-once promise on real Ray, real Iceberg and the SQL checkpoint store:
-kill -9 of the flow process at seeded random points, a killed Ray worker, a poisoned unit, fused
-against separated mode, a concurrent second run, concurrent commits of one unit, and incremental
-runs over appends (one of them killed).
+kill -9 of the flow process at seeded random points (of an incremental run, continued by the
+next one, then two appends), a killed Ray worker, a poisoned unit, fused against separated mode,
+a concurrent second run, and concurrent commits of one unit.
 
 The features are written straight to Iceberg (mlplatform.sample_data.synthetic_features) in many
 small row groups, so that a run has many units; the Flink path into that table is tested elsewhere.
@@ -83,10 +83,15 @@ def _current_run_id(s: Settings) -> str | None:
 
 
 def test_kill_minus_nine_of_the_flow_process_at_random_points_then_resume(batch: Settings) -> None:
+    """An incremental run (the first of its lineage: every row) killed twice at random points;
+    the next incremental run continues it rather than opening a second range. Two more appends
+    with an incremental run after each: across the runs each row has exactly one prediction,
+    and a run with nothing new has no units."""
     s = batch
     store = CheckpointStore(s.resolved_database_url)
     rng = random.Random(20261122)
-    flow = [sys.executable, "-c", "from flows.batch_inference import batch_inference as f; f()"]
+    code = "from flows.batch_inference import batch_inference as f; f(incremental=True)"
+    flow = [sys.executable, "-c", code]
     run_id = None
     kills = []
     log = s.local_dir / "killed-flow.log"
@@ -113,52 +118,24 @@ def test_kill_minus_nine_of_the_flow_process_at_random_points_then_resume(batch:
             process.wait(30)
         kills.append(store.progress(run_id)[1])
     assert kills == sorted(kills) and kills[-1] < ROWS, kills
-    result = run_batch_inference(s)
-    assert result.resumed and result.run_id == run_id
+    incremental = BatchRequest(incremental=True)
+    result = run_batch_inference(s, incremental)
+    assert result.resumed and result.run_id == run_id and result.since_snapshot_id is None
     assert result.skipped_rows >= kills[-1]
     assert result.skipped_rows + result.predicted_rows == ROWS
     assert_exactly_once(s, run_id)
     assert store.get_run(run_id).status == "succeeded"
     assert {u.status for u in store.units(run_id)} == {"done"}
 
-
-def test_incremental_runs_predict_each_appended_row_once_also_through_a_kill(
-    batch: Settings,
-) -> None:
-    """Three appends, an incremental run after each; the second is killed (kill -9 of its flow
-    process) part way, and the next run continues it instead of opening a second range: across
-    the runs every row of the table has exactly one prediction. Nothing new: no units."""
-    s = _fresh(batch, "incremental", 1500)
-    incremental = BatchRequest(incremental=True)
-    first = run_batch_inference(s, incremental)
-    assert (first.since_snapshot_id, first.predicted_rows) == (None, 1500), first.basis
-    second = append_features(s, 2400, seed=7, row_group_rows=ROW_GROUP)
-    store = CheckpointStore(s.resolved_database_url)
-    code = "from flows.batch_inference import batch_inference as f; f(incremental=True)"
-    process = subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_DIR, env=_env(s))
-    try:
-        deadline, killed = time.monotonic() + 240, None
-        while time.monotonic() < deadline and process.poll() is None and killed is None:
-            latest = _current_run_id(s)
-            if latest != first.run_id and latest and store.progress(latest)[1] >= 2 * ROW_GROUP:
-                killed = latest
-            time.sleep(0.05)
-        assert killed and process.poll() is None, "the run ended before it could be killed"
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait(30)
-    assert store.progress(killed)[1] < 2400
-    third = append_features(s, 600, seed=8, row_group_rows=ROW_GROUP)
-    continued = run_batch_inference(s, incremental)
-    assert (continued.run_id, continued.resumed) == (killed, True)
-    assert (continued.since_snapshot_id, continued.snapshot_id) == (first.snapshot_id, second)
-    last = run_batch_inference(s, incremental)
-    assert (last.since_snapshot_id, last.snapshot_id, last.predicted_rows) == (second, third, 600)
+    runs = [result]
+    for rows, seed in ((600, 7), (300, 8)):
+        appended = append_features(s, rows, seed=seed, row_group_rows=ROW_GROUP)
+        runs.append(run_batch_inference(s, incremental))
+        covered = (runs[-1].since_snapshot_id, runs[-1].snapshot_id, runs[-1].predicted_rows)
+        assert covered == (runs[-2].snapshot_id, appended, rows), runs[-1].basis
     idle = run_batch_inference(s, incremental)
-    assert (idle.since_snapshot_id, idle.units_total, idle.predicted_rows) == (third, 0, 0)
-    keys = [
-        k for run in (first, continued, last) for k in predictions_of(s, run.run_id)[s.key_column]
-    ]
+    assert (idle.since_snapshot_id, idle.units_total, idle.predicted_rows) == (appended, 0, 0)
+    keys = [k for run in runs for k in predictions_of(s, run.run_id)[s.key_column]]
     everything = load_table(s, s.features_table).scan().to_arrow()[s.key_column].to_pylist()
     assert sorted(keys) == sorted(everything)  # each row once across the runs
 
