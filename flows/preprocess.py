@@ -8,7 +8,7 @@ from prefect import flow
 
 from mlplatform.logs import configure_logging
 from mlplatform.settings import get_settings
-from tasks.preprocess import announce, run_preprocess
+from tasks.preprocess import announce, one_run_per_namespace, run_preprocess
 
 
 @flow(name="preprocess", log_prints=True)
@@ -16,7 +16,8 @@ def preprocess() -> dict:
     """Clean every file waiting in the landing folder with the PyFlink job."""
     settings = get_settings()
     configure_logging(settings)
-    result = run_preprocess(settings)
+    with one_run_per_namespace(settings):
+        result = run_preprocess(settings)
     new_rows = announce(settings, result)
     print(f"preprocess: {result}; {new_rows} rows since the champion's training snapshot")
     return asdict(result)

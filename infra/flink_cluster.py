@@ -64,7 +64,7 @@ def cluster_config(s: Settings, rpc_port: int = 6123) -> dict[str, str]:
         "jobmanager.rpc.address": "127.0.0.1",
         "jobmanager.rpc.port": str(rpc_port),
         "jobmanager.bind-host": "127.0.0.1",
-        "jobmanager.memory.process.size": "768m",
+        "jobmanager.memory.process.size": "1280m",
         "jobmanager.execution.failover-strategy": "region",
         # A TaskManager that died is found lost after 2 failed heartbeats (about 4 s here, not
         # the default 20 s), so its jobs restart on a new one sooner.
@@ -73,7 +73,7 @@ def cluster_config(s: Settings, rpc_port: int = 6123) -> dict[str, str]:
         "taskmanager.bind-host": "127.0.0.1",
         "taskmanager.host": "127.0.0.1",
         "taskmanager.numberOfTaskSlots": "2",
-        "taskmanager.memory.process.size": "1g",
+        "taskmanager.memory.process.size": "1536m",
         # The default 40% managed memory would leave ~26 MiB of task heap in a 1g process.
         "taskmanager.memory.managed.size": "128m",
         # A batch job's blocking (sort-based) shuffle takes 512 network buffers per result

@@ -36,7 +36,7 @@ or in part, therefore adds nothing to the features table or topic; its bad rows 
 again, once per run, with that run's time.
 Limits:
 - runs must not overlap: two jobs started before either commits both see a key as new (the
-  preprocess deployment has concurrency_limit 1);
+  preprocess flow holds its namespace's concurrency slot: tasks/preprocess.py);
 - the two sinks are not one transaction: Iceberg commits at the end of the job, the Pulsar sink
   publishes as it goes (no Pulsar transactions), so a job that fails after publishing and before
   the Iceberg commit leaves rows on the topic that Iceberg lacks, and its retry publishes them

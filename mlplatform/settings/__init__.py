@@ -14,6 +14,7 @@ from typing import Any, Self
 from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mlplatform.dataset.spec import load_spec
 from mlplatform.settings.batch import BatchSettings
 from mlplatform.settings.flink import FlinkSettings
 from mlplatform.settings.lake import DEFAULT_DATASET, LakeSettings
@@ -90,10 +91,12 @@ class Settings(
                 self.__dict__["serve_route_prefix"] = f"/models/{self.model_name}"
         return self
 
-    def for_dataset(self, name: str) -> Settings:
-        """The dataset `name` beside this one, on the same services and database: tables, topics,
-        a subscription and a landing folder of its own, named from these settings' names by
-        the rule of `_resources_per_dataset`; its columns from its spec, its model its own."""
+    def for_dataset(self, dataset: str) -> Settings:
+        """The dataset (a bundled spec's name or a spec file, as MLP_DATASET) beside this one, on
+        the same services and database: tables, topics, a subscription and a landing folder of
+        its own, named from these settings' names by the rule of `_resources_per_dataset`; its
+        columns from its spec, its model its own."""
+        name = load_spec(dataset).name
         if name == self.dataset_name:
             return self
         own, plain = self.dataset_name, {}
@@ -118,7 +121,7 @@ class Settings(
             plain["landing_dir"] = landing.with_name(f"{landing.name}-{name}")
         columns = {"key_column", "feature_columns", "label_column", "label_names", "model_name"}
         fields = {k: v for k, v in self.model_dump(exclude_unset=True).items() if k not in columns}
-        return type(self).model_validate({**fields, **plain, "dataset": name})
+        return type(self).model_validate({**fields, **plain, "dataset": dataset})
 
     def for_model(self, name: str | None) -> Settings:
         """These settings working on the registry's model `name` (None: as they are)."""

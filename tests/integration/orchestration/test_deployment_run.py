@@ -1,7 +1,9 @@
-"""A deployment from prefect.yaml runs through the real worker on the process work pool."""
+"""A deployment from prefect.yaml runs through the real worker on the process work pool; its
+triggers, schedules and the preprocess flow's per-namespace slot on the real Prefect server."""
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -12,6 +14,7 @@ from prefect.deployments import run_deployment
 from mlplatform.connectors.iceberg_tables import count_rows, load_table
 from mlplatform.sample_data.demo_rows import write_demo_raw
 from mlplatform.settings import Settings
+from tasks.preprocess import one_run_per_namespace
 from tests.helpers import cancel_triggered_runs, module_settings, settings_env, wait_until
 
 pytestmark = pytest.mark.integration
@@ -96,3 +99,37 @@ def test_retrain_cron_schedule_creates_scheduled_runs(deployments: None) -> None
     assert runs, "the scheduler created no run for the retrain deployment's cron schedule"
     starts = [r.expected_start_time for r in runs]
     assert all(t.hour == 3 and t.minute == 0 for t in starts), starts
+
+
+def test_preprocess_runs_wait_for_their_namespace_only(
+    own_settings: Settings, deployments: None
+) -> None:
+    """The preprocess flow's slot (a global concurrency limit per namespace, on the Prefect
+    server): a second run on the namespace waits until the first ends; a run on another
+    dataset's namespace goes at once."""
+    other = own_settings.for_dataset("wine")
+    entered: dict[str, threading.Event] = {n: threading.Event() for n in ("b", "c")}
+    release = threading.Event()
+
+    def hold(s: Settings, name: str | None) -> None:
+        with one_run_per_namespace(s):
+            if name:
+                entered[name].set()
+            else:
+                release.wait(60)
+
+    first = threading.Thread(target=hold, args=(own_settings, None))
+    first.start()
+    time.sleep(1.0)  # the first holds the slot
+    second = threading.Thread(target=hold, args=(own_settings, "b"))
+    beside = threading.Thread(target=hold, args=(other, "c"))
+    second.start()
+    beside.start()
+    try:
+        assert entered["c"].wait(30), "a run on another namespace waited"
+        assert not entered["b"].wait(2.0), "a second run on the namespace did not wait"
+    finally:
+        release.set()
+    assert entered["b"].wait(30), "the waiting run did not get the slot once it was free"
+    for thread in (first, second, beside):
+        thread.join(30)

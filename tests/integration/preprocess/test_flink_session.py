@@ -15,7 +15,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -36,6 +35,7 @@ from infra.flink_cluster import (
 from infra.processes import running
 from mlplatform.connectors.iceberg_tables import count_rows, ensure_tables, load_table
 from mlplatform.connectors.pulsar_io import publish, read_all, topic_stats
+from mlplatform.dataset.spec import SPEC_DIR
 from mlplatform.preprocess import batch as preprocess_module
 from mlplatform.preprocess.batch import FlinkJobError, preprocess
 from mlplatform.preprocess.landing_files import Plan
@@ -323,31 +323,33 @@ def test_a_killed_task_manager_loses_and_doubles_nothing(
 
 
 def test_the_stream_flow_runs_the_job_for_a_while_and_reports_the_run(
-    session: tuple[Settings, ClusterDirs], monkeypatch: pytest.MonkeyPatch
+    session: tuple[Settings, ClusterDirs], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The preprocess-stream flow, run against the Prefect server: start, run, stop with a
-    savepoint, and the run's report as an artifact. Meanwhile a second dataset's stream job
-    (wine, Settings.for_dataset) runs beside it on the same cluster and broker, each job on its
-    own topics and tables."""
+    savepoint, and the run's report as an artifact. Meanwhile the stream job of a second
+    dataset (a spec file of the user's own, Settings.for_dataset) runs beside it on the same
+    cluster and broker, each job on its own topics and tables."""
     s = module_settings(session[0], "flinkstreamflow")
-    wine = s.for_dataset("wine")
+    spec = json.loads((SPEC_DIR / "iris.json").read_text())
+    path = tmp_path / "flowers.json"
+    path.write_text(json.dumps({**spec, "name": "flowers", "key_column": "flower_id"}))
+    other = s.for_dataset(str(path))
     publish(s, s.raw_events_topic, [_json(e) for e in demo_events(s, 12, "f")] + [b"{"])
-    publish(wine, wine.raw_events_topic, [_json(e) for e in demo_events(wine, 9, "w")])
-    beside = ThreadPoolExecutor(1).submit(start_stream, wine, "wine-beside")
+    publish(other, other.raw_events_topic, [_json(e) for e in demo_events(other, 9, "w")])
+    beside = start_stream(other, "flowers-beside")  # runs while the flow's job starts and stops
     env = {**settings_env(s), "MLP_FLINK_MODE": "session", "MLP_FLINK_REST_URL": s.flink_rest_url}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
     try:
         state = preprocess_stream(action="run", run_for_s=20.0, return_state=True)
-        beside.result(timeout=300)
-        wine_rows = lambda: _table(wine, wine.features_table).num_rows  # noqa: E731
-        _wait_for("wine's events in its own table", lambda: wine_rows() == 9)
-        stop_stream(wine)
+        other_rows = lambda: _table(other, other.features_table).num_rows  # noqa: E731
+        _wait_for("the other dataset's events in its own table", lambda: other_rows() == 9)
+        stop_stream(other)
     finally:
         get_settings.cache_clear()
         _cancel(s)
-        _cancel(wine)
+        _cancel(other)
     assert state.is_completed(), state
     report = state.result()
     assert report["start"]["resumed_from"] is None
@@ -356,13 +358,12 @@ def test_the_stream_flow_runs_the_job_for_a_while_and_reports_the_run(
     assert active_job(s) is None
     jobs = httpx.get(f"{s.flink_rest_url}/jobs/overview", timeout=10).json()["jobs"]
     [iris_job] = [j for j in jobs if j["name"] == job_name(s)]
-    [wine_job] = [j for j in jobs if j["name"] == job_name(wine)]
-    assert (
-        wine_job["start-time"] < iris_job["end-time"]
-        and iris_job["start-time"] < wine_job["end-time"]
-    )
-    assert sorted(_keys(wine)) == sorted(f"w-{i}" for i in range(9))  # wine's topic: its own
-    assert _table(s, s.features_table).num_rows == 12  # and Iris's table holds none of wine's rows
+    [other_job] = [j for j in jobs if j["name"] == job_name(other)]
+    assert other_job["start-time"] < iris_job["start-time"] < iris_job["end-time"]
+    assert other_job["end-time"] > iris_job["end-time"]  # both jobs ran at once
+    assert beside["job_id"] == other_job["jid"] and other.namespace == f"{s.namespace}_flowers"
+    assert sorted(_keys(other)) == sorted(f"w-{i}" for i in range(9))  # its topic: its own
+    assert _table(s, s.features_table).num_rows == 12  # and Iris's table holds none of its rows
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(
