@@ -20,8 +20,8 @@ def batch_inference(
     snapshot_id: int | None = None,
     row_filter: str | None = None,
     mode: Literal["fused", "separated"] | None = None,
-    model: str | None = None,
     incremental: bool = False,
+    model: str | None = None,
 ) -> dict:
     """Predict every row of a features snapshot exactly once (incremental: the rows appended
     since the last run of the same model and filter).
@@ -34,9 +34,9 @@ def batch_inference(
         snapshot_id: the Iceberg features snapshot to read; default: the latest.
         row_filter: only rows matching this Iceberg filter, e.g. petal_length > 2.5; default: all.
         mode: fused (model in Ray Data actors) or separated (Ray Serve); default MLP_BATCH_MODE.
-        model: the registry's model by name; default: MLP_MODEL_NAME, else the dataset's name.
         incremental: only the rows appended since the last run of this model and filter (its
             unfinished run is continued first; every row when none ran, or rows were rewritten).
+        model: the registry's model by name; default: MLP_MODEL_NAME, else the dataset's name.
     """
     s = get_settings().for_model(model)
     configure_logging(s)

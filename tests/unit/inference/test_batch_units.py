@@ -262,7 +262,8 @@ def test_the_flow_parameters_are_the_fields_of_the_request() -> None:
     # Plus the model by name, which picks the settings (the registry's model) the request runs on.
     request_fields = [f.name for f in fields(BatchRequest) if f.name != "run_id"]
     assert list(flow_parameters) == [*request_fields, "model"]
-    assert all(p.default is None for p in flow_parameters.values())
+    defaults = BatchRequest()  # the flow's defaults are the request's
+    assert all(p.default == getattr(defaults, n, None) for n, p in flow_parameters.items())
     request = BatchRequest(mode="fused")
     assert request == BatchRequest(mode="fused") and request.model_version is None
     with pytest.raises(FrozenInstanceError):
