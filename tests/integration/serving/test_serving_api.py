@@ -16,7 +16,12 @@ from typing import Any
 
 import httpx
 import pytest
+import skops.io
 from pydantic import SecretStr
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from mlplatform.inference.serving.deployment import (
     manage_serving,
@@ -27,9 +32,9 @@ from mlplatform.inference.serving.deployment import (
 from mlplatform.registry import model_registry
 from mlplatform.sample_data.synthetic_features import append_features
 from mlplatform.settings import Settings, get_settings
+from mlplatform.training.external_model import import_model
 from mlplatform.training.retrain import retrain
 from tests.helpers import module_settings
-from tests.integration.small_champion import register_small_champion
 
 pytestmark = pytest.mark.integration
 
@@ -362,9 +367,12 @@ def test_the_serving_flow_reports_the_application(
         manage_serving(lake, "restart")
 
 
-def test_two_models_serve_side_by_side_each_with_its_champion(lake: Settings, api: str) -> None:
-    """A second model in the same registry, served as an application of its own next to the
-    first: each answers with its own champion, and stopping one leaves the other serving."""
+def test_two_models_serve_side_by_side_each_with_its_champion(
+    lake: Settings, api: str, tmp_path: Path
+) -> None:
+    """A second model in the same registry, trained elsewhere (a skops file imported, scored and
+    promoted), served as an application of its own next to the first: each answers with its
+    own champion, and stopping one leaves the other serving."""
     second = lake.model_copy(
         update={
             "model_name": "second",
@@ -372,8 +380,13 @@ def test_two_models_serve_side_by_side_each_with_its_champion(lake: Settings, ap
             "serve_route_prefix": f"{lake.serve_route_prefix}-second",
         }
     )
-    register_small_champion(second)
+    iris = load_iris()
+    elsewhere = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
+    skops.io.dump(elsewhere.fit(iris.data, iris.target), tmp_path / "elsewhere.skops")
+    imported = import_model(second, tmp_path / "elsewhere.skops")
+    assert (imported.decision, imported.reason) == ("promote", "no champion yet")
     mine = _champion(second)
+    assert mine == imported.version
     firsts = {v.version for v in model_registry.list_versions(lake)}
     assert mine not in firsts
     url = start_serving(second)
