@@ -3,8 +3,9 @@ names and per-column ranges) through the whole pipeline with no code change, onl
 MLP_DATASET=wine: Flink preprocessing -> Iceberg features -> training. Its namespace, topics,
 landing folder and database are its own, so the Iris tables other tests use are left alone; its
 registry also holds an Iris model (the platform ran the Iris demo before), which wine's training
-never meets: models by name. Wine's batch and stream inference, beside Iris's at the same time
-through the deployments, are the demo's (tests/e2e/test_demo.py).
+never meets: models by name. Wine's stream consumers and Iris's run at the same moment on one
+broker and Ray cluster; wine's batch inference beside Iris's, through the deployments, is the
+demo's (tests/e2e/test_demo.py).
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from pyiceberg.types import DoubleType, IntegerType
 
 from mlplatform.connectors.iceberg_tables import load_table
 from mlplatform.connectors.pulsar_io import read_all
+from mlplatform.inference.stream.runner import StreamResult, run_stream_inference
 from mlplatform.preprocess.batch import preprocess
 from mlplatform.registry import model_registry
 from mlplatform.sample_data.demo_rows import malformed_kinds, write_demo_raw
-from mlplatform.settings import Settings
+from mlplatform.sample_data.synthetic_features import feature_rows, publish_features
+from mlplatform.settings import TOPIC_FIELDS, Settings
 from mlplatform.training.retrain import retrain
-from tests.helpers import module_settings, settings_env
+from tests.helpers import module_settings, run_together, settings_env
 from tests.integration.small_champion import register_small_champion
 
 pytestmark = pytest.mark.integration
@@ -113,3 +116,28 @@ def test_training_on_wine_uses_its_13_features(wine: Settings, trained) -> None:
     assert trained.decision == "promote"
     assert trained.best_metrics["accuracy"] > 0.8  # noisy wine is separable; a mix-up is not
     assert trained.training_rows + trained.holdout_rows == ROWS
+
+
+def test_two_consumer_pools_at_once_each_on_its_own_topics(
+    wine: Settings, iris: Settings, trained
+) -> None:
+    """Wine's stream consumers and Iris's, started at the same moment on one broker and Ray
+    cluster: each predicts its own messages with its own champion, onto its own topic."""
+    own = {f: f"{getattr(wine, f)}-iris" for f in (*TOPIC_FIELDS, "stream_subscription")}
+    beside = iris.model_copy(update={**own, "namespace": f"{wine.namespace}_iris"})
+    publish_features(beside, feature_rows(beside, 60, seed=4))
+    sent = len(read_all(wine, wine.features_topic))
+
+    def consume(s: Settings, messages: int) -> StreamResult:
+        return run_stream_inference(s, max_messages=messages, timeout_s=120)
+
+    results = run_together(consume, [(wine, sent), (beside, 60)], timeout_s=240)
+    assert [(r.published, r.failed) for r in results] == [(sent, 0), (60, 0)]
+    assert [r.model_version for r in results] == [
+        trained.best_version,
+        model_registry.get_version(iris).version,
+    ]
+    for s, count in ((wine, sent), (beside, 60)):
+        out = [json.loads(m.data()) for m in read_all(s, s.predictions_topic)]
+        assert len({m[s.key_column] for m in out}) == count
+        assert {m["label"] for m in out} <= set(s.label_names)
