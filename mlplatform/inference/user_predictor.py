@@ -28,17 +28,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from mlplatform.dataset.prediction_record import PROBABILITIES
 from mlplatform.inference.predictions import label_order
 from mlplatform.registry import model_registry
 from mlplatform.registry.model_registry import ModelRef
 from mlplatform.settings import PROJECT_DIR, Settings
-
-PROBABILITIES = "probabilities"
-Batch = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -72,6 +71,21 @@ class PredictorContext:
         return model_registry.load_model(model_registry.model_ref(row))
 
 
+def import_file(file: Path, module_name: str) -> ModuleType:
+    """A user's Python file as the module `module_name` (registered, so that pickling finds its
+    classes), with its folder on the import path while it loads, so it may import neighbours."""
+    spec = importlib.util.spec_from_file_location(module_name, file)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[module_name] = module
+    folder = str(file.resolve().parent)
+    sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    finally:
+        sys.path.remove(folder)
+    return module
+
+
 def load_class(path: str) -> type:
     """The class "package.module:Class" or "path/to/file.py:Class" (relative to the project)."""
     where, _, name = path.rpartition(":")
@@ -81,11 +95,7 @@ def load_class(path: str) -> type:
         file = Path(where) if Path(where).is_absolute() else PROJECT_DIR / where
         if not file.is_file():
             raise FileNotFoundError(f"{path!r}: {file} does not exist")
-        module_name = f"user_predictor_{file.stem}"
-        spec = importlib.util.spec_from_file_location(module_name, file)
-        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        sys.modules[module_name] = module  # pickling the class's instances finds it
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        module = import_file(file, f"user_predictor_{file.stem}")
     else:
         module = importlib.import_module(where)
     found = getattr(module, name, None)
@@ -132,8 +142,12 @@ class UserModel:
         """The feature rows after the preprocessor (as they are without one)."""
         if self.preprocess is None:
             return x
-        batch = {name: x[:, i] for i, name in enumerate(self.ref.feature_order)}
-        return _columns(self.preprocess(batch), len(x), self.ref.feature_order, "the preprocessor")
+        answer = self.preprocess(self._columns_of(x))
+        return _columns(answer, len(x), self.ref.feature_order, "the preprocessor")
+
+    def _columns_of(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Feature rows as the user classes take them: one array per feature column."""
+        return {name: x[:, i] for i, name in enumerate(self.ref.feature_order)}
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         x, n_labels = self.preprocessed(np.asarray(x, dtype=np.float64)), len(self.ref.label_names)
@@ -142,7 +156,7 @@ class UserModel:
                 self.estimator = model_registry.load_model(self.ref)
             found = self.estimator.predict_proba(x)
             return label_order(found, self.estimator.classes_, n_labels)
-        answer = self.predict({name: x[:, i] for i, name in enumerate(self.ref.feature_order)})
+        answer = self.predict(self._columns_of(x))
         if not isinstance(answer, Mapping) or PROBABILITIES not in answer:
             raise KeyError(f"the predictor returned no {PROBABILITIES!r} column")
         probabilities = np.asarray(answer[PROBABILITIES], dtype=np.float64)
@@ -152,10 +166,6 @@ class UserModel:
                 f"expected ({len(x)}, {n_labels}): one column per label, in label_names order"
             )
         return probabilities
-
-
-def has_user_classes(s: Settings) -> bool:
-    return bool(s.predictor_class or s.preprocessor_class)
 
 
 def model_loader(

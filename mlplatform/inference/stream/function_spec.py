@@ -8,14 +8,13 @@ that fully qualified name unless `subs_name` says otherwise, and `classname` is 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mlplatform.inference.stream.function_windows import WindowConfig
+from mlplatform.inference.user_predictor import import_file
 
 Guarantees = Literal["ATLEAST_ONCE", "EFFECTIVELY_ONCE"]
 
@@ -120,14 +119,7 @@ def load_function(py: str, classname: str) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"function file {py} does not exist")
     attribute = classname.rpartition(".")[2]
-    spec = importlib.util.spec_from_file_location(f"pulsar_function_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    folder = str(path.resolve().parent)
-    sys.path.insert(0, folder)
-    try:
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
-    finally:
-        sys.path.remove(folder)
+    module = import_file(path, f"pulsar_function_{path.stem}")
     target = getattr(module, attribute, None)
     if target is None:
         defined = sorted(
