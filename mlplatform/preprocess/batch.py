@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -73,6 +74,11 @@ def jdbc_catalog_options(s: Settings) -> dict[str, str]:
     return options
 
 
+def replay_window_start(s: Settings, today: date | None = None) -> date:
+    """The first event date the replay check reads (flink_job.classification_sql)."""
+    return (today or datetime.now(UTC).date()) - timedelta(days=s.replay_window_days)
+
+
 def job_config(
     s: Settings,
     input_dir: Path,
@@ -95,6 +101,7 @@ def job_config(
         "sources": sources if sources is not None else [{**default, "header": header(s)}],
         "counts_path": f"file://{counts_dir(s, job_name)}",
         "max_line_bytes": s.max_line_bytes,
+        "replay_window_start": replay_window_start(s).isoformat(),
         "key_column": s.key_column,
         "features": [f.model_dump() for f in s.dataset_spec.features],
         "derived": [{"name": d.name, "sql": d.sql()} for d in s.dataset_spec.derived],

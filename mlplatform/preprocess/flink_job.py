@@ -28,7 +28,12 @@ absent or empty (NULL), but a value must parse as their type.
 Exactly-once for replays (batch mode; stream mode: stream_classification_sql). A valid row whose
 event id is already in the Iceberg features table (read in this same job, at its start) is not
 written again, to either sink, and is counted as already_ingested; it is not quarantined,
-because nothing is wrong with it and its data is already in the lake. Among new valid rows with
+because nothing is wrong with it and its data is already in the lake. The check reads only the
+replay window: the features table's event-date partitions from `replay_window_start` on (the
+caller's today minus MLP_REPLAY_WINDOW_DAYS), so its cost follows the rows of the window, not the
+size of the lake. A valid row whose own event date is before the window cannot be checked that
+way: it is quarantined as outside_replay_window (kept, never written twice; a run with a wider
+window takes it). Among new valid rows with
 the same event id, one is written and the others are quarantined as duplicate_key: the one from
 the earliest file (modification time, then path) and, within it, the smallest line, so the
 choice is deterministic (Flink's raw line source gives no line numbers). Replaying a file, whole
@@ -41,7 +46,8 @@ Limits:
   publishes as it goes (no Pulsar transactions), so a job that fails after publishing and before
   the Iceberg commit leaves rows on the topic that Iceberg lacks, and its retry publishes them
   again (at least once on the topic in that window; Iceberg stays exact);
-- the check reads every event id of the features table, a cost that grows with the table.
+- a row's event time is its file's modification time: a file landed again with a new
+  modification time more than the window after its first ingestion is new to the check.
 
 Usage: python flink_job.py CONFIG_JSON   (prints a JSON line {"job_id": ..., "status": "SUBMITTED"}
 once submitted, and a last one with "status": "FINISHED"). With "rest_url" in the config the job
@@ -57,6 +63,7 @@ from urllib.parse import urlparse
 
 ALREADY_INGESTED = "already_ingested"
 DUPLICATE_KEY = "duplicate_key"
+OUTSIDE_REPLAY_WINDOW = "outside_replay_window"
 OVERSIZED = "oversized_payload"
 WRITTEN = "written"  # the outcome of a row that reached both feature sinks
 # A double cast to text reads one of these when it is not finite.
@@ -278,14 +285,18 @@ def validation_sql(cfg: dict[str, Any]) -> str:
 
 
 def classification_sql(cfg: dict[str, Any]) -> str:
-    """Over the `checked` view: the final reason of each row, adding already_ingested (its
-    event id is in the features table) and duplicate_key (not the first of its event id)."""
+    """Over the `checked` view: the final reason of each row, adding outside_replay_window (its
+    event date is before the replay window), already_ingested (its event id is in the features
+    table's rows of the window) and duplicate_key (not the first of its event id)."""
     if is_stream(cfg):
         return stream_classification_sql(cfg)
     key = cfg["key_column"]
     names = [c["name"] for c in row_columns(cfg)]
     table = f"`{cfg['catalog_name']}`.`{cfg['namespace']}`.`{cfg['features_table']}`"
-    columns = ", ".join(f"c.`{c}`" for c in names)
+    start = f"DATE {_quote(cfg['replay_window_start'])}"
+    plain, columns = ", ".join(f"`{c}`" for c in names), ", ".join(f"c.`{c}`" for c in names)
+    # A constant filter on the partition column: the Iceberg source reads only the window's files.
+    known = f"SELECT DISTINCT `{key}` AS known FROM {table} WHERE `event_date` >= {start}"
     # Valid rows sort first, so the row kept for an event id is a valid one when there is one.
     first = (
         f"ROW_NUMBER() OVER (PARTITION BY c.`{key}` ORDER BY "
@@ -295,12 +306,16 @@ def classification_sql(cfg: dict[str, Any]) -> str:
         f"COALESCE(reason, CASE WHEN known IS NOT NULL THEN '{ALREADY_INGESTED}' "
         f"WHEN rn > 1 THEN '{DUPLICATE_KEY}' END)"
     )
+    in_window = (
+        f"SELECT {_carried(cfg)}, {plain}, COALESCE(reason, "
+        f"CASE WHEN CAST(CAST(event_time AS TIMESTAMP(3)) AS DATE) < {start} "
+        f"THEN '{OUTSIDE_REPLAY_WINDOW}' END) AS reason FROM checked"
+    )
     return (
-        f"SELECT payload, line, source, event_time, {', '.join(f'`{c}`' for c in names)}, "
-        f"{final} AS reason FROM ("
+        f"SELECT payload, line, source, event_time, {plain}, {final} AS reason FROM ("
         f"SELECT c.payload, c.line, c.source, c.event_time, {columns}, c.reason, k.known, "
         f"{first} AS rn "
-        f"FROM checked AS c LEFT JOIN (SELECT DISTINCT `{key}` AS known FROM {table}) AS k "
+        f"FROM ({in_window}) AS c LEFT JOIN ({known}) AS k "
         f"ON c.`{key}` = k.known)"
     )
 

@@ -54,6 +54,10 @@ class FlinkSettings(BaseModel):
     # A raw line longer than this (in bytes) is quarantined as oversized_payload, its first
     # max_line_bytes characters kept; the cap keeps that within a Pulsar message (5 MB).
     max_line_bytes: int = Field(default=16_384, gt=0, le=1_048_576)
+    # Batch mode's replay check looks for a row's event id among the features of the last
+    # replay_window_days days (by event date) only, so its cost follows the window, not the lake;
+    # a row whose own event date is older is quarantined as outside_replay_window (flink_job.py).
+    replay_window_days: int = Field(default=30, gt=0)
 
     @model_validator(mode="after")
     def _transactions_outlive_checkpoints(self) -> Self:

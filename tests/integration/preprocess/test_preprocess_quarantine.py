@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -257,6 +261,29 @@ def test_a_replayed_file_adds_nothing_to_either_feature_sink(lake: Settings, rep
     assert sorted(replayed.sinks.features[lake.key_column]) == GOOD_KEYS
     messages = replayed.sinks.feature_messages
     assert sorted(m[lake.key_column] for m in messages) == GOOD_KEYS
+
+
+def test_a_replay_older_than_the_window_is_quarantined_not_checked(isolated: Settings) -> None:
+    """The replay check reads only the window's event dates: a file dated 40 days back is
+    written under a 60-day window, and the same file landed again (same modification time)
+    under a 30-day window is quarantined as outside_replay_window, never written twice."""
+    s = module_settings(isolated, "window", replay_window_days=60)
+    aged = time.time() - 40 * 86400
+    path = _write(s, "aged.csv", [b"a1,5.0,3.5,1.4,0.2,0", b"a2,6.1,2.8,4.7,1.2,1"])
+    os.utime(path, (aged, aged))
+    first = preprocess(s, run_id="it-aged")
+    assert (first.features_rows, first.quarantined_rows) == (2, 0)
+    features = load_table(s, s.features_table).scan().to_pandas()
+    assert set(features["event_date"]) == {datetime.fromtimestamp(aged, UTC).date()}
+    [processed] = (s.resolved_landing_dir / "_processed" / "it-aged").rglob("aged.csv")
+    shutil.copy2(processed, s.resolved_landing_dir / "aged.csv")  # as `cp -p` lands it again
+    narrow = s.model_copy(update={"replay_window_days": 30})
+    replay = preprocess(narrow, run_id="it-aged-replay")
+    assert (replay.features_rows, replay.already_ingested) == (0, 0)
+    assert replay.quarantined_by_reason == {"outside_replay_window": 2}
+    assert len(load_table(s, s.features_table).scan().to_pandas()) == 2
+    quarantined = load_table(s, s.quarantine_table).scan().to_pandas()
+    assert sorted(quarantined["reason"]) == ["outside_replay_window"] * 2
 
 
 def test_the_flow_publishes_a_report_artifact(

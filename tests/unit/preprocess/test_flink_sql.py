@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from datetime import date
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from mlplatform.preprocess.batch import job_config
+from mlplatform.preprocess.batch import job_config, replay_window_start
 from mlplatform.preprocess.flink_job import (
     _options,
     _quote,
@@ -226,10 +228,16 @@ def test_checks_are_ordered_and_complete(cfg: dict) -> None:
 
 def test_classification_skips_known_keys_and_quarantines_duplicates(cfg: dict) -> None:
     sql = classification_sql(cfg)
-    # The features table, read in the same job: a key already there is not written again.
+    # The features table's replay window, read in the same job: a key already there is not
+    # written again; a row dated before the window is quarantined instead of checked.
+    start = cfg["replay_window_start"]
     assert (
-        "LEFT JOIN (SELECT DISTINCT `event_id` AS known FROM `mylake`.`myns`.`feat_t`) AS k "
-        "ON c.`event_id` = k.known"
+        "LEFT JOIN (SELECT DISTINCT `event_id` AS known FROM `mylake`.`myns`.`feat_t` "
+        f"WHERE `event_date` >= DATE '{start}') AS k ON c.`event_id` = k.known"
+    ) in sql
+    assert (
+        f"CASE WHEN CAST(CAST(event_time AS TIMESTAMP(3)) AS DATE) < DATE '{start}' "
+        "THEN 'outside_replay_window' END) AS reason FROM checked"
     ) in sql
     # One row per key is kept: valid rows first, then by file and line, deterministically.
     assert (
@@ -242,6 +250,13 @@ def test_classification_skips_known_keys_and_quarantines_duplicates(cfg: dict) -
         "WHEN rn > 1 THEN 'duplicate_key' END) AS reason"
     ) in sql
     assert sql.endswith("ON c.`event_id` = k.known)")
+
+
+def test_the_replay_window_ends_today_and_spans_the_setting(settings: Settings) -> None:
+    s = settings.model_copy(update={"replay_window_days": 7})
+    assert replay_window_start(s, date(2026, 3, 2)) == date(2026, 2, 23)
+    with pytest.raises(ValidationError, match="replay_window_days"):
+        Settings(_env_file=None, replay_window_days=0)
 
 
 def test_rejected_rows_leave_already_ingested_out_and_cut_oversized(cfg: dict) -> None:
