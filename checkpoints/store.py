@@ -144,6 +144,23 @@ class CheckpointStore:
         with self._session() as session:
             return session.scalars(query.order_by(Run.started_at.desc())).first()
 
+    def runs_holding(self, dataset: str, since: datetime) -> tuple[list[Run], list[Run]]:
+        """The runs over `dataset` whose snapshots table maintenance keeps: (every unfinished
+        run, the newest run of each lineage that started since `since`)."""
+        with self._session() as session:
+            unfinished = session.scalars(
+                select(Run).where(Run.dataset == dataset, Run.status.in_(("running", "failed")))
+            ).all()
+            recent = session.scalars(
+                select(Run)
+                .where(Run.dataset == dataset, Run.lineage.is_not(None), Run.started_at >= since)
+                .order_by(Run.started_at.desc())
+            ).all()
+        heads: dict[str | None, Run] = {}
+        for run in recent:
+            heads.setdefault(run.lineage, run)
+        return list(unfinished), list(heads.values())
+
     def get_run(self, run_id: str) -> Run:
         with self._session() as session:
             run = session.get(Run, run_id)

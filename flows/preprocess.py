@@ -8,7 +8,8 @@ from prefect import flow
 
 from mlplatform.logs import configure_logging
 from mlplatform.settings import get_settings
-from tasks.preprocess import announce, one_run_per_namespace, run_preprocess
+from tasks.namespace_slot import one_run_per_namespace
+from tasks.preprocess import announce, run_preprocess
 
 
 @flow(name="preprocess", log_prints=True)

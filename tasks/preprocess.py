@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-from prefect import Task, get_client, task
+from prefect import Task, task
 from prefect.client.schemas.objects import TaskRun
-from prefect.concurrency.sync import concurrency
 from prefect.events import emit_event
-from prefect.exceptions import ObjectAlreadyExists
 from prefect.runtime import flow_run
 from prefect.states import State
 
@@ -24,19 +18,6 @@ from tasks.artifacts import publish_preprocess_report
 
 RETRAIN_DUE_EVENT = "mlplatform.features.retrain-due"
 APPENDED_EVENT = "mlplatform.features.appended"
-
-
-@contextmanager
-def one_run_per_namespace(settings: Settings) -> Iterator[None]:
-    """Hold the namespace's preprocess slot (a Prefect global concurrency limit of one, made on
-    first use): runs on one namespace wait for each other, since a run skips only the event ids
-    committed before it started (flink_job.py); runs on other datasets go side by side."""
-    name = f"preprocess-{settings.namespace}"
-    # ObjectAlreadyExists: another run made it first.
-    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
-        client.upsert_global_concurrency_limit_by_name(name, 1)
-    with concurrency(name, occupy=1, strict=True):
-        yield
 
 
 def _retry_unless_incompatible(task: Task, task_run: TaskRun, state: State) -> bool:

@@ -11,6 +11,7 @@ from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.types import (
     DateType,
     DoubleType,
@@ -252,3 +253,20 @@ def count_rows(table: Table, snapshot_id: int | None = None) -> int:
     if snapshot is None:
         return 0
     return int(snapshot.summary.get("total-records", 0)) if snapshot.summary else 0
+
+
+# A compaction's snapshot (mlplatform/maintenance/tables.py) says what it is and the highest data
+# sequence number it merged, so that readers that follow appended files know its rows are old.
+COMPACTION_KEY, MERGED_SEQUENCE_KEY = "mlp.maintenance", "mlp.compaction.max-sequence"
+
+
+def compaction_summary(merged_sequence: int) -> dict[str, str]:
+    return {COMPACTION_KEY: "compaction", MERGED_SEQUENCE_KEY: str(merged_sequence)}
+
+
+def merged_sequence(snapshot: Snapshot) -> int | None:
+    """A compaction's highest merged data sequence number (None: the snapshot is none)."""
+    summary = snapshot.summary
+    if summary is None or summary.get(COMPACTION_KEY) != "compaction":
+        return None
+    return int(summary[MERGED_SEQUENCE_KEY])

@@ -18,6 +18,7 @@ from mlplatform.dataset.spec import load_spec
 from mlplatform.settings.batch import BatchSettings
 from mlplatform.settings.flink import FlinkSettings
 from mlplatform.settings.lake import DEFAULT_DATASET, LakeSettings
+from mlplatform.settings.maintenance import MaintenanceSettings
 from mlplatform.settings.predictor import PredictorSettings
 from mlplatform.settings.secrets import (
     URL_FIELDS,
@@ -51,6 +52,7 @@ class Settings(
     ServeSettings,
     PredictorSettings,
     FlinkSettings,
+    MaintenanceSettings,
     BaseSettings,
 ):
     """Every section's fields on one object, read from MLP_* env vars and PROJECT_DIR/.env."""

@@ -27,6 +27,7 @@ from mlplatform.inference.batch.job import job_key
 from mlplatform.inference.batch.request import BatchRequest
 from mlplatform.inference.batch.results import BatchInferenceFailed
 from mlplatform.inference.batch.runner import run_batch_inference
+from mlplatform.maintenance.tables import maintain
 from mlplatform.sample_data.synthetic_features import append_features, feature_rows
 from mlplatform.settings import PROJECT_DIR, Settings
 from mlplatform.training.retrain import retrain
@@ -85,8 +86,9 @@ def _current_run_id(s: Settings) -> str | None:
 def test_kill_minus_nine_of_the_flow_process_at_random_points_then_resume(batch: Settings) -> None:
     """An incremental run (the first of its lineage: every row) killed twice at random points;
     the next incremental run continues it rather than opening a second range. Two more appends
-    with an incremental run after each: across the runs each row has exactly one prediction,
-    and a run with nothing new has no units."""
+    with an incremental run after each, and table maintenance between them (compacting the
+    files already predicted): across the runs each row has exactly one prediction, and a run
+    with nothing new has no units."""
     s = batch
     store = CheckpointStore(s.resolved_database_url)
     rng = random.Random(20261122)
@@ -129,10 +131,14 @@ def test_kill_minus_nine_of_the_flow_process_at_random_points_then_resume(batch:
 
     runs = [result]
     for rows, seed in ((600, 7), (300, 8)):
+        if len(runs) == 2:  # table maintenance: the two files, both predicted, become one
+            features, _ = maintain(s, [s.features_table, s.predictions_table])
+            assert (features.files_before, features.files_after) == (2, 1), features
         appended = append_features(s, rows, seed=seed, row_group_rows=ROW_GROUP)
         runs.append(run_batch_inference(s, incremental))
         covered = (runs[-1].since_snapshot_id, runs[-1].snapshot_id, runs[-1].predicted_rows)
         assert covered == (runs[-2].snapshot_id, appended, rows), runs[-1].basis
+    assert "1 compaction(s) since" in runs[-1].basis, runs[-1].basis
     idle = run_batch_inference(s, incremental)
     assert (idle.since_snapshot_id, idle.units_total, idle.predicted_rows) == (appended, 0, 0)
     keys = [k for run in runs for k in predictions_of(s, run.run_id)[s.key_column]]

@@ -14,7 +14,7 @@ from prefect.deployments import run_deployment
 from mlplatform.connectors.iceberg_tables import count_rows, load_table
 from mlplatform.sample_data.demo_rows import write_demo_raw
 from mlplatform.settings import Settings
-from tasks.preprocess import one_run_per_namespace
+from tasks.namespace_slot import one_run_per_namespace
 from tests.helpers import cancel_triggered_runs, module_settings, settings_env, wait_until
 
 pytestmark = pytest.mark.integration

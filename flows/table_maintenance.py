@@ -1,0 +1,31 @@
+"""Flow: compact the lake's small data files, expire old snapshots, remove orphan files."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from mlplatform.logs import configure_logging
+from mlplatform.settings import get_settings
+from tasks.maintenance import maintain_tables
+from tasks.namespace_slot import one_run_per_namespace
+
+
+@flow(name="table-maintenance", log_prints=True)
+def table_maintenance(tables: list[str] | None = None) -> list[dict]:
+    """Maintain the namespace's tables, one run per namespace at a time.
+
+    Args:
+        tables: table names in the namespace; default: features, predictions, stream
+            predictions and feature windows.
+    """
+    settings = get_settings()
+    configure_logging(settings)
+    with one_run_per_namespace(settings, "maintenance"):
+        reports = maintain_tables(settings, tables)
+    for report in reports:
+        print(
+            f"table-maintenance: {report.table}: {report.files_before} -> {report.files_after} "
+            f"files, {report.snapshots_expired} snapshots expired, "
+            f"{report.orphans_removed} orphan files removed"
+        )
+    return [report.as_row() for report in reports]

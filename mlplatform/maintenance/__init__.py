@@ -1,0 +1,1 @@
+"""Table maintenance: compaction, snapshot expiry and orphan-file removal (tables.py)."""

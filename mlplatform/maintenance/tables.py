@@ -1,0 +1,297 @@
+"""Table maintenance for the lake: compaction of small data files, expiry of old snapshots and
+removal of orphan files, for the features, predictions, stream-predictions and windows tables.
+
+Every reader sees the same rows before and after: a compaction is one Iceberg snapshot that
+replaces a partition's small files by one file with the same rows (read through the table's
+current schema, so files from before a schema change are carried over with nulls). The rules that
+keep the platform's exactly-once marks and resumes intact:
+
+- compaction commits carry no marks and no batch-run keys, so they never count as a writer's
+  commit. The stream committer's high-water marks live in its own snapshots (each one carries
+  them all), and the newest snapshot that carries marks is never expired;
+- a batch run's units name the data files of its snapshot; the snapshot of every unfinished run
+  is kept, so are its files;
+- incremental batch inference predicts the files a lineage has not seen. A compaction of the
+  features table merges only files that every lineage active within `maintenance_lineage_days`
+  has predicted already (data sequence number at most that of the lineage's newest run's
+  snapshot), and records the highest sequence number it merged, so the next incremental run
+  knows the new file holds only rows it has (increments.py); the snapshots those runs name, and
+  all newer ones, are kept;
+- expiry takes only snapshots older than `snapshot_retention_hours` and older than every kept
+  one (never the current one); orphan removal only files that no retained snapshot references
+  and that are older than `orphan_min_age_hours` (a younger one may be an uncommitted write).
+A compaction that loses the commit race to another writer (the stream committer, a batch commit,
+Flink) is planned again on the new state. Maintenance runs of one namespace must not overlap
+(the flow holds a concurrency slot).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+
+import pyarrow.fs as pafs
+from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.expressions import AlwaysTrue
+from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
+from pyiceberg.manifest import ManifestContent, ManifestEntry
+from pyiceberg.table import FileScanTask, Table
+from pyiceberg.table.snapshots import Snapshot
+
+from checkpoints.store import CheckpointStore
+from mlplatform.connectors.iceberg_tables import compaction_summary, ensure_tables
+from mlplatform.inference.batch.commit import RUN_KEY
+from mlplatform.inference.stream.committer import snapshot_marks
+from mlplatform.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+COMMIT_TRIES = 10
+
+
+@dataclass(frozen=True)
+class TableReport:
+    """What maintenance did to one table."""
+
+    table: str
+    files_before: int
+    files_after: int
+    bytes_before: int
+    bytes_after: int
+    files_compacted: int
+    snapshots_expired: int
+    orphans_removed: int
+    seconds: float
+
+    def as_row(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Holds:
+    """What a table's readers still need: snapshots to keep (with every newer one), and the
+    highest data sequence number a compaction may merge (None: any)."""
+
+    keep_from: list[int]
+    max_sequence: int | None = None
+
+
+def live_entries(table: Table, snapshot: Snapshot | None = None) -> list[ManifestEntry]:
+    """The live data-file entries of `snapshot` (default: the current one)."""
+    snapshot = snapshot or table.current_snapshot()
+    if snapshot is None:
+        return []
+    return [
+        entry
+        for manifest in snapshot.manifests(table.io)
+        for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True)
+    ]
+
+
+def _has_delete_files(table: Table) -> bool:
+    snapshot = table.current_snapshot()
+    manifests = snapshot.manifests(table.io) if snapshot else []
+    return any(m.content == ManifestContent.DELETES for m in manifests)
+
+
+def compaction_groups(
+    entries: list[ManifestEntry], small_bytes: int, max_sequence: int | None
+) -> list[list[ManifestEntry]]:
+    """Per partition (and spec), its small files when there are two or more, oldest first;
+    only files at or below `max_sequence` (None: any)."""
+    groups: dict[tuple[int, str], list[ManifestEntry]] = defaultdict(list)
+    for entry in entries:
+        file = entry.data_file
+        sequence = entry.sequence_number or 0
+        if file.file_size_in_bytes < small_bytes and (
+            max_sequence is None or sequence <= max_sequence
+        ):
+            groups[(file.spec_id, repr(file.partition))].append(entry)
+    return [
+        sorted(group, key=lambda e: e.sequence_number or 0)
+        for group in groups.values()
+        if len(group) > 1
+    ]
+
+
+def _compact_once(table: Table, groups: list[list[ManifestEntry]]) -> int:
+    """One snapshot that replaces each group by its rows in new files; the files replaced."""
+    merged = max(entry.sequence_number or 0 for group in groups for entry in group)
+    summary = compaction_summary(merged)
+    with table.transaction() as transaction:
+        schema = transaction.table_metadata.schema()
+        with transaction.update_snapshot(snapshot_properties=summary).overwrite() as rewrite:
+            for group in groups:
+                tasks = [FileScanTask(entry.data_file) for entry in group]
+                rows = ArrowScan(transaction.table_metadata, table.io, schema, AlwaysTrue())
+                data = rows.to_table(tasks)
+                for entry in group:
+                    rewrite.delete_data_file(entry.data_file)
+                for file in _dataframe_to_data_files(
+                    transaction.table_metadata, data, table.io, rewrite.commit_uuid
+                ):
+                    rewrite.append_data_file(file)
+    return sum(len(group) for group in groups)
+
+
+def compact(table: Table, small_bytes: int, max_sequence: int | None) -> tuple[Table, int]:
+    """Compact the table's small files (see the module's rules); (the table, files replaced).
+    Lost commit races are planned again on the new state."""
+    if _has_delete_files(table):
+        return table, 0  # row-level deletes: left to an engine that applies them
+    for attempt in range(COMMIT_TRIES):
+        groups = compaction_groups(live_entries(table), small_bytes, max_sequence)
+        if not groups:
+            return table, 0
+        try:
+            replaced = _compact_once(table, groups)
+            return table.refresh(), replaced
+        except CommitFailedException:
+            time.sleep(min(0.05 * 2**attempt, 2.0))
+            table = table.refresh()
+    raise CommitFailedException(f"compaction lost {COMMIT_TRIES} commit races in a row")
+
+
+def expire(table: Table, older_than: datetime, keep_from: list[int]) -> tuple[Table, int]:
+    """Expire snapshots older than `older_than` and older than every snapshot in `keep_from`
+    (ids the table no longer has are ignored), never the current one nor the newest that
+    carries stream marks; (the table, snapshots expired)."""
+    cutoff_ms = older_than.timestamp() * 1000
+    kept = [table.snapshot_by_id(i) for i in keep_from]
+    with_marks = [s for s in table.snapshots() if snapshot_marks(s)]
+    if with_marks:
+        kept.append(max(with_marks, key=lambda s: s.timestamp_ms))
+    for snapshot in kept:
+        if snapshot is not None:
+            cutoff_ms = min(cutoff_ms, snapshot.timestamp_ms)
+    current = table.metadata.current_snapshot_id
+    old = [
+        s.snapshot_id
+        for s in table.snapshots()
+        if s.timestamp_ms < cutoff_ms and s.snapshot_id != current
+    ]
+    if not old:
+        return table, 0
+    table.maintenance.expire_snapshots().by_ids(old).commit()
+    return table.refresh(), len(old)
+
+
+def referenced_files(table: Table) -> set[str]:
+    """Every file a retained snapshot needs: manifest lists, manifests and live data files."""
+    paths: set[str] = set()
+    seen_manifests: set[str] = set()
+    for snapshot in table.snapshots():
+        paths.add(snapshot.manifest_list)
+        for manifest in snapshot.manifests(table.io):
+            paths.add(manifest.manifest_path)
+            if manifest.manifest_path in seen_manifests:
+                continue
+            seen_manifests.add(manifest.manifest_path)
+            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
+                paths.add(entry.data_file.file_path)
+    return paths
+
+
+def _normalised(path: str) -> str:
+    return path.removeprefix("file://").removeprefix("file:")
+
+
+def remove_orphans(table: Table, older_than: datetime) -> int:
+    """Delete the data files and manifests under the table's location that no retained snapshot
+    references and that were last modified before `older_than`; the number deleted."""
+    referenced = {_normalised(p) for p in referenced_files(table)}
+    filesystem, root = pafs.FileSystem.from_uri(table.location())
+    removed = 0
+    for folder in ("data", "metadata"):
+        selector = pafs.FileSelector(f"{root}/{folder}", recursive=True, allow_not_found=True)
+        for info in filesystem.get_file_info(selector):
+            if info.type != pafs.FileType.File or not info.path.endswith((".parquet", ".avro")):
+                continue
+            if _normalised(info.path) in referenced or info.mtime is None:
+                continue
+            if info.mtime.replace(tzinfo=info.mtime.tzinfo or UTC) >= older_than:
+                continue
+            filesystem.delete_file(info.path)
+            removed += 1
+    return removed
+
+
+def holds(s: Settings, name: str, table: Table, store: CheckpointStore) -> Holds:
+    """What the checkpointed batch runs still need of table `name` (module's rules): of the
+    features table, the snapshots of unfinished runs and of each recent lineage's newest run,
+    whose lowest sequence number bounds compaction; of the predictions table, the snapshots
+    that unfinished runs committed."""
+    since = datetime.now(UTC) - timedelta(days=s.maintenance_lineage_days)
+    unfinished, heads = store.runs_holding(s.table_id(s.features_table), since)
+    if name == s.features_table:
+        sequences = [
+            snapshot.sequence_number or 0
+            for run in heads
+            if (snapshot := table.snapshot_by_id(run.snapshot_id)) is not None
+        ]
+        keep = [run.snapshot_id for run in [*unfinished, *heads]]
+        return Holds(keep, min(sequences, default=None))
+    if name == s.predictions_table:
+        runs = {run.run_id for run in unfinished}
+        return Holds(
+            [
+                snapshot.snapshot_id
+                for snapshot in table.snapshots()
+                if (summary := snapshot.summary) is not None and summary.get(RUN_KEY) in runs
+            ]
+        )
+    return Holds([])
+
+
+def _files(table: Table) -> tuple[int, int]:
+    entries = live_entries(table)
+    return len(entries), sum(e.data_file.file_size_in_bytes for e in entries)
+
+
+def maintain_table(s: Settings, name: str, store: CheckpointStore) -> TableReport:
+    """Compact, expire and clean one table (module's rules)."""
+    started = time.monotonic()
+    table = ensure_tables(s).load_table(s.table_id(name))
+    files_before, bytes_before = _files(table)
+    table_holds = holds(s, name, table, store)
+    table, compacted = compact(table, s.compaction_small_file_bytes, table_holds.max_sequence)
+    now = datetime.now(UTC)
+    retention = timedelta(hours=s.snapshot_retention_hours)
+    table, expired = expire(table, now - retention, table_holds.keep_from)
+    orphans = remove_orphans(table, now - timedelta(hours=s.orphan_min_age_hours))
+    files_after, bytes_after = _files(table)
+    return TableReport(
+        s.table_id(name),
+        files_before,
+        files_after,
+        bytes_before,
+        bytes_after,
+        compacted,
+        expired,
+        orphans,
+        round(time.monotonic() - started, 3),
+    )
+
+
+def maintained_tables(s: Settings) -> list[str]:
+    return [
+        s.features_table,
+        s.predictions_table,
+        s.stream_predictions_table,
+        s.feature_windows_table,
+    ]
+
+
+def maintain(s: Settings, tables: list[str] | None = None) -> list[TableReport]:
+    """Maintain the lake's tables (default: features, predictions, stream predictions,
+    windows), one after another."""
+    store = CheckpointStore(s.resolved_database_url)
+    reports = []
+    for name in tables or maintained_tables(s):
+        report = maintain_table(s, name, store)
+        logger.info("maintained %s: %s", report.table, report)
+        reports.append(report)
+    return reports

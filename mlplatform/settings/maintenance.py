@@ -1,0 +1,22 @@
+"""Settings of table maintenance: which data files are small, how long snapshots and unreferenced
+files are kept (mlplatform/maintenance/tables.py)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class MaintenanceSettings(BaseModel):
+    """What the table-maintenance flow compacts, expires and removes."""
+
+    # Data files smaller than this are compacted: a partition's small files become one file.
+    compaction_small_file_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    # Snapshots older than this are expired (never the current one, nor one a run still needs).
+    snapshot_retention_hours: float = Field(default=168.0, ge=0)
+    # A file no retained snapshot references is removed once older than this: a younger one
+    # may be a writer's output that is not committed yet.
+    orphan_min_age_hours: float = Field(default=24.0, ge=0)
+    # Incremental batch-inference lineages with a run in this many days hold back compaction of
+    # the features rows they have not predicted yet; an older lineage's next run predicts
+    # every row again (mlplatform/inference/batch/increments.py).
+    maintenance_lineage_days: float = Field(default=30.0, gt=0)

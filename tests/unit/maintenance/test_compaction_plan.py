@@ -1,0 +1,44 @@
+"""Which data files a compaction merges (mlplatform.maintenance.tables.compaction_groups)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from mlplatform.maintenance.tables import compaction_groups
+
+pytestmark = pytest.mark.unit
+
+
+def _entry(path: str, size: int, sequence: int, partition: str = "2026-12-01", spec: int = 0):
+    file = SimpleNamespace(
+        file_path=path, file_size_in_bytes=size, partition=partition, spec_id=spec
+    )
+    return SimpleNamespace(data_file=file, sequence_number=sequence)
+
+
+def _paths(groups) -> list[list[str]]:
+    return sorted(sorted(e.data_file.file_path for e in group) for group in groups)
+
+
+def test_small_files_of_one_partition_are_merged_oldest_first() -> None:
+    entries = [_entry("b", 10, 2), _entry("a", 10, 1), _entry("big", 1000, 3)]
+    [group] = compaction_groups(entries, small_bytes=100, max_sequence=None)
+    assert [e.data_file.file_path for e in group] == ["a", "b"]
+
+
+def test_partitions_and_specs_are_merged_apart_and_a_lone_file_is_left() -> None:
+    entries = [
+        _entry("d1a", 10, 1, "2026-12-01"),
+        _entry("d1b", 10, 2, "2026-12-01"),
+        _entry("d2", 10, 3, "2026-12-02"),
+        _entry("old-spec", 10, 4, "2026-12-01", spec=1),
+    ]
+    assert _paths(compaction_groups(entries, 100, None)) == [["d1a", "d1b"]]
+
+
+def test_files_newer_than_the_bound_wait_for_the_lineages() -> None:
+    entries = [_entry("a", 10, 1), _entry("b", 10, 2), _entry("c", 10, 3)]
+    assert _paths(compaction_groups(entries, 100, max_sequence=2)) == [["a", "b"]]
+    assert compaction_groups(entries, 100, max_sequence=1) == []
