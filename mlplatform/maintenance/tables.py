@@ -155,10 +155,8 @@ def compact(table: Table, small_bytes: int, max_sequence: int | None) -> tuple[T
     raise CommitFailedException(f"compaction lost {COMMIT_TRIES} commit races in a row")
 
 
-def expire(table: Table, older_than: datetime, keep_from: list[int]) -> tuple[Table, int]:
-    """Expire snapshots older than `older_than` and older than every snapshot in `keep_from`
-    (ids the table no longer has are ignored), never the current one nor the newest that
-    carries stream marks; (the table, snapshots expired)."""
+def _expired(table: Table, older_than: datetime, keep_from: list[int]) -> list[int]:
+    """The snapshots `expire` takes on the table as it is now."""
     cutoff_ms = older_than.timestamp() * 1000
     kept = [table.snapshot_by_id(i) for i in keep_from]
     with_marks = [s for s in table.snapshots() if snapshot_marks(s)]
@@ -168,15 +166,28 @@ def expire(table: Table, older_than: datetime, keep_from: list[int]) -> tuple[Ta
         if snapshot is not None:
             cutoff_ms = min(cutoff_ms, snapshot.timestamp_ms)
     current = table.metadata.current_snapshot_id
-    old = [
+    return [
         s.snapshot_id
         for s in table.snapshots()
         if s.timestamp_ms < cutoff_ms and s.snapshot_id != current
     ]
-    if not old:
-        return table, 0
-    table.maintenance.expire_snapshots().by_ids(old).commit()
-    return table.refresh(), len(old)
+
+
+def expire(table: Table, older_than: datetime, keep_from: list[int]) -> tuple[Table, int]:
+    """Expire snapshots older than `older_than` and older than every snapshot in `keep_from`
+    (ids the table no longer has are ignored), never the current one nor the newest that
+    carries stream marks; (the table, snapshots expired). A lost commit race is tried again."""
+    for attempt in range(COMMIT_TRIES):
+        old = _expired(table, older_than, keep_from)
+        if not old:
+            return table, 0
+        try:
+            table.maintenance.expire_snapshots().by_ids(old).commit()
+            return table.refresh(), len(old)
+        except CommitFailedException:
+            time.sleep(min(0.05 * 2**attempt, 2.0))
+            table = table.refresh()
+    raise CommitFailedException(f"snapshot expiry lost {COMMIT_TRIES} commit races in a row")
 
 
 def referenced_files(table: Table) -> set[str]:
