@@ -98,23 +98,30 @@ def _has_delete_files(table: Table) -> bool:
 
 
 def compaction_groups(
-    entries: list[ManifestEntry], small_bytes: int, max_sequence: int | None
+    entries: list[ManifestEntry], small_bytes: int, max_sequence: int | None, group_bytes: int
 ) -> list[list[ManifestEntry]]:
-    """Per partition (and spec), its small files when there are two or more, oldest first;
-    only files at or below `max_sequence` (None: any)."""
-    groups: dict[tuple[int, str], list[ManifestEntry]] = defaultdict(list)
+    """Per partition (and spec), its small files, oldest first, in groups of at most
+    `group_bytes` (each group becomes one new file, so this also bounds the memory a rewrite
+    takes) and of two or more files; only files at or below `max_sequence` (None: any)."""
+    partitions: dict[tuple[int, str], list[ManifestEntry]] = defaultdict(list)
     for entry in entries:
         file = entry.data_file
         sequence = entry.sequence_number or 0
         if file.file_size_in_bytes < small_bytes and (
             max_sequence is None or sequence <= max_sequence
         ):
-            groups[(file.spec_id, repr(file.partition))].append(entry)
-    return [
-        sorted(group, key=lambda e: e.sequence_number or 0)
-        for group in groups.values()
-        if len(group) > 1
-    ]
+            partitions[(file.spec_id, repr(file.partition))].append(entry)
+    groups: list[list[ManifestEntry]] = []
+    for files in partitions.values():
+        group: list[ManifestEntry] = []
+        for entry in sorted(files, key=lambda e: e.sequence_number or 0):
+            size = sum(e.data_file.file_size_in_bytes for e in group)
+            if group and size + entry.data_file.file_size_in_bytes > group_bytes:
+                groups.append(group)
+                group = []
+            group.append(entry)
+        groups.append(group)
+    return [group for group in groups if len(group) > 1]
 
 
 def _compact_once(table: Table, groups: list[list[ManifestEntry]]) -> int:
@@ -137,13 +144,15 @@ def _compact_once(table: Table, groups: list[list[ManifestEntry]]) -> int:
     return sum(len(group) for group in groups)
 
 
-def compact(table: Table, small_bytes: int, max_sequence: int | None) -> tuple[Table, int]:
+def compact(
+    table: Table, small_bytes: int, max_sequence: int | None, group_bytes: int
+) -> tuple[Table, int]:
     """Compact the table's small files (see the module's rules); (the table, files replaced).
     Lost commit races are planned again on the new state."""
     if _has_delete_files(table):
         return table, 0  # row-level deletes: left to an engine that applies them
     for attempt in range(COMMIT_TRIES):
-        groups = compaction_groups(live_entries(table), small_bytes, max_sequence)
+        groups = compaction_groups(live_entries(table), small_bytes, max_sequence, group_bytes)
         if not groups:
             return table, 0
         try:
@@ -268,7 +277,12 @@ def maintain_table(s: Settings, name: str, store: CheckpointStore) -> TableRepor
     table = ensure_tables(s).load_table(s.table_id(name))
     files_before, bytes_before = _files(table)
     table_holds = holds(s, name, table, store)
-    table, compacted = compact(table, s.compaction_small_file_bytes, table_holds.max_sequence)
+    table, compacted = compact(
+        table,
+        s.compaction_small_file_bytes,
+        table_holds.max_sequence,
+        s.compaction_group_bytes,
+    )
     now = datetime.now(UTC)
     retention = timedelta(hours=s.snapshot_retention_hours)
     table, expired = expire(table, now - retention, table_holds.keep_from)

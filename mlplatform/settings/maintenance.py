@@ -11,6 +11,9 @@ class MaintenanceSettings(BaseModel):
 
     # Data files smaller than this are compacted: a partition's small files become one file.
     compaction_small_file_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    # Small files are merged in groups of at most this many bytes: each group becomes one file,
+    # read whole into memory first (a few times its size on disk).
+    compaction_group_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     # Snapshots older than this are expired (never the current one, nor one a run still needs).
     snapshot_retention_hours: float = Field(default=168.0, ge=0)
     # A file no retained snapshot references is removed once older than this: a younger one

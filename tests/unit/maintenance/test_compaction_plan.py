@@ -24,7 +24,7 @@ def _paths(groups) -> list[list[str]]:
 
 def test_small_files_of_one_partition_are_merged_oldest_first() -> None:
     entries = [_entry("b", 10, 2), _entry("a", 10, 1), _entry("big", 1000, 3)]
-    [group] = compaction_groups(entries, small_bytes=100, max_sequence=None)
+    [group] = compaction_groups(entries, small_bytes=100, max_sequence=None, group_bytes=10**6)
     assert [e.data_file.file_path for e in group] == ["a", "b"]
 
 
@@ -35,10 +35,15 @@ def test_partitions_and_specs_are_merged_apart_and_a_lone_file_is_left() -> None
         _entry("d2", 10, 3, "2026-12-02"),
         _entry("old-spec", 10, 4, "2026-12-01", spec=1),
     ]
-    assert _paths(compaction_groups(entries, 100, None)) == [["d1a", "d1b"]]
+    assert _paths(compaction_groups(entries, 100, None, 10**6)) == [["d1a", "d1b"]]
 
 
 def test_files_newer_than_the_bound_wait_for_the_lineages() -> None:
     entries = [_entry("a", 10, 1), _entry("b", 10, 2), _entry("c", 10, 3)]
-    assert _paths(compaction_groups(entries, 100, max_sequence=2)) == [["a", "b"]]
-    assert compaction_groups(entries, 100, max_sequence=1) == []
+    assert _paths(compaction_groups(entries, 100, 2, 10**6)) == [["a", "b"]]
+    assert compaction_groups(entries, 100, 1, 10**6) == []
+
+
+def test_groups_stop_at_the_byte_bound_and_a_lone_remainder_is_left() -> None:
+    entries = [_entry(name, 40, seq) for seq, name in enumerate("abcde")]
+    assert _paths(compaction_groups(entries, 100, None, group_bytes=80)) == [["a", "b"], ["c", "d"]]
