@@ -46,9 +46,11 @@ emit_event(
 )
 EventsWorker.drain_all()
 """
-# At most this many rounds of probes (one message per partition, so per consumer) find the
-# moment every consumer follows a rollback.
-PROBE_ROUNDS = 20
+# Rounds of probes (one message per partition, so per consumer) find the moment every consumer
+# follows a rollback: a round takes a few tens of milliseconds, and the consumers check the
+# registry every model_refresh_s, so at most this many rounds, for at most PROBE_S seconds.
+PROBE_ROUNDS = 1000
+PROBE_S = 60.0
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 2
@@ -182,19 +184,26 @@ def test_rollback_switches_running_consumers(lake: Settings, champion) -> None:
     try:
         assert set(predicted(_publish_features(lake, 40, seed=1))) == {other}
         assert model_registry.rollback(lake) == previous
-        while len(rounds) < PROBE_ROUNDS and rounds[-1:] != [{previous}]:
+        deadline = time.monotonic() + PROBE_S
+        while (
+            len(rounds) < PROBE_ROUNDS
+            and time.monotonic() < deadline
+            and rounds[-1:] != [{previous}]
+        ):
             keys = [
                 key
                 for p, topic in enumerate(partitions)
                 for key in _publish_features(lake, 1, len(rounds), f"probe-p{p}", topic)
             ]
             rounds.append(set(predicted(keys)))
-        assert rounds[-1] == {previous}, f"consumers still answer v{other}: {rounds}"
+        assert rounds[-1] == {previous}, (
+            f"consumers still answer v{other} after {len(rounds)} rounds: {rounds[-5:]}"
+        )
         assert set(predicted(_publish_features(lake, 40, seed=2))) == {previous}
         left = probes_total - len(rounds) * PARTITIONS
         assert set(predicted(_publish_features(lake, left, 0, "filler"))) <= {previous}
-    finally:
-        consumer.join(timeout=200)
+    finally:  # the run ends by its own timeout at the latest: never left running
+        consumer.join(timeout=300)
         client.close()
     assert all(answers <= {other, previous} for answers in rounds), rounds
     assert outcome["result"].published == total
