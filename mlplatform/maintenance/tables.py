@@ -50,6 +50,11 @@ from mlplatform.settings import Settings
 logger = logging.getLogger(__name__)
 
 COMMIT_TRIES = 10
+# PyIceberg checks a rewrite (an overwrite of listed files) under its delete isolation level.
+REWRITE_ISOLATION = {
+    "write.delete.isolation-level": "snapshot",
+    "write.update.isolation-level": "snapshot",
+}
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,18 @@ def _compact_once(table: Table, groups: list[list[ManifestEntry]]) -> int:
     return sum(len(group) for group in groups)
 
 
+def rewrites_beside_appends(table: Table) -> Table:
+    """Let a rewrite commit beside appends made since it started (snapshot isolation for
+    overwrites and deletes, which only compaction makes on these tables): serializable would
+    refuse it whenever the stream committer, a batch commit or Flink appended meanwhile. A
+    rewrite whose input files are gone still fails."""
+    if any(table.properties.get(k) != v for k, v in REWRITE_ISOLATION.items()):
+        with table.transaction() as transaction:
+            transaction.set_properties(REWRITE_ISOLATION)
+        table = table.refresh()
+    return table
+
+
 def compact(
     table: Table, small_bytes: int, max_sequence: int | None, group_bytes: int
 ) -> tuple[Table, int]:
@@ -151,6 +168,7 @@ def compact(
     Lost commit races are planned again on the new state."""
     if _has_delete_files(table):
         return table, 0  # row-level deletes: left to an engine that applies them
+    table = rewrites_beside_appends(table)
     for attempt in range(COMMIT_TRIES):
         groups = compaction_groups(live_entries(table), small_bytes, max_sequence, group_bytes)
         if not groups:
