@@ -1,7 +1,8 @@
 """Helpers that tests share (plain functions; fixtures stay in conftest.py): settings with
 resources of a test module's own, a second instance of an infra service, the environment that
-hands settings to another process, waiting on observable state, threads started together, the
-Ray actors of this test process, and the flow runs a deployment's trigger started."""
+hands settings to another process (or to a flow run in this one), waiting on observable state,
+threads started together, the Ray actors of this test process, and the flow runs a deployment's
+trigger started."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 from sklearn.dummy import DummyClassifier
 
 from mlplatform.registry import model_registry
-from mlplatform.settings import Settings
+from mlplatform.settings import Settings, get_settings
 
 T = TypeVar("T")
 
@@ -79,6 +80,19 @@ def settings_env(s: Settings) -> dict[str, str]:
         "raw_events_topic",
     )
     return {f"MLP_{name.upper()}": str(getattr(s, name)) for name in fields}
+
+
+@contextmanager
+def settings_in_process(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Iterator[None]:
+    """`env` (MLP_ variables, e.g. settings_env's) in this process's environment, read by
+    get_settings(): a flow or the CLI run here inside the block uses those settings."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        get_settings.cache_clear()
 
 
 def register_constant_model(s: Settings, constant: int = 0) -> model_registry.ModelVersion:

@@ -25,8 +25,8 @@ from mlplatform.inference.batch.commit import commit_units, committed_units, dis
 from mlplatform.inference.stream.committer import Result, StreamCommitter, high_water_marks
 from mlplatform.maintenance.tables import live_entries, maintain, referenced_files
 from mlplatform.sample_data.synthetic_features import append_features
-from mlplatform.settings import Settings, get_settings
-from tests.helpers import module_settings, settings_env
+from mlplatform.settings import Settings
+from tests.helpers import module_settings, settings_env, settings_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -182,13 +182,8 @@ def test_the_flow_publishes_its_summary(lake: Settings, monkeypatch: pytest.Monk
     s = lake
     append_features(s, 10, seed=1)
     append_features(s, 10, seed=2)
-    for name, value in settings_env(s).items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    try:
+    with settings_in_process(monkeypatch, settings_env(s)):
         state = table_maintenance(return_state=True)
-    finally:
-        get_settings.cache_clear()
     assert state.is_completed(), state
     rows = {row["table"]: row for row in state.result()}
     assert rows[s.table_id(s.features_table)]["files_compacted"] == 2

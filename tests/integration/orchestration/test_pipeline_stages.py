@@ -20,9 +20,9 @@ from mlplatform.inference.stream.runner import run_stream_inference
 from mlplatform.ops.cli import app
 from mlplatform.preprocess.batch import preprocess
 from mlplatform.sample_data.demo_rows import MALFORMED_KINDS, write_demo_raw
-from mlplatform.settings import Settings, get_settings
+from mlplatform.settings import Settings
 from mlplatform.training.retrain import retrain
-from tests.helpers import module_settings, settings_env
+from tests.helpers import module_settings, settings_env, settings_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -135,10 +135,7 @@ def test_stream_actors_predict_every_message_once(isolated: Settings, trained) -
 def test_operator_cli_on_the_real_services(
     isolated: Settings, resumed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name, value in settings_env(isolated).items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    try:
+    with settings_in_process(monkeypatch, settings_env(isolated)):
         runner = CliRunner()
         status = runner.invoke(app, ["status", "--json"])
         assert status.exit_code == 0, status.output
@@ -155,5 +152,3 @@ def test_operator_cli_on_the_real_services(
         expected = Counter(MALFORMED_KINDS[i % len(MALFORMED_KINDS)][0] for i in range(MALFORMED))
         assert quarantined["by_reason"] == dict(expected)
         assert runner.invoke(app, ["runs", "resume", "no-such-run"]).exit_code == 1
-    finally:
-        get_settings.cache_clear()

@@ -47,9 +47,9 @@ from mlplatform.preprocess.stream import (
     stop_stream,
 )
 from mlplatform.sample_data.demo_rows import demo_events, write_demo_raw
-from mlplatform.settings import Settings, get_settings
+from mlplatform.settings import Settings
 from tasks.artifacts import preprocess_markdown
-from tests.helpers import module_settings, settings_env
+from tests.helpers import module_settings, settings_env, settings_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -338,16 +338,13 @@ def test_the_stream_flow_runs_the_job_for_a_while_and_reports_the_run(
     publish(other, other.raw_events_topic, [_json(e) for e in demo_events(other, 9, "w")])
     beside = start_stream(other, "flowers-beside")  # runs while the flow's job starts and stops
     env = {**settings_env(s), "MLP_FLINK_MODE": "session", "MLP_FLINK_REST_URL": s.flink_rest_url}
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
     try:
-        state = preprocess_stream(action="run", run_for_s=20.0, return_state=True)
+        with settings_in_process(monkeypatch, env):
+            state = preprocess_stream(action="run", run_for_s=20.0, return_state=True)
         other_rows = lambda: _table(other, other.features_table).num_rows  # noqa: E731
         _wait_for("the other dataset's events in its own table", lambda: other_rows() == 9)
         stop_stream(other)
     finally:
-        get_settings.cache_clear()
         _cancel(s)
         _cancel(other)
     assert state.is_completed(), state

@@ -30,8 +30,8 @@ from mlplatform.connectors.iceberg_tables import load_table
 from mlplatform.connectors.pulsar_io import make_client, receive_batch
 from mlplatform.preprocess.batch import PreprocessResult, preprocess
 from mlplatform.sample_data.demo_rows import header
-from mlplatform.settings import Settings, get_settings
-from tests.helpers import module_settings, settings_env
+from mlplatform.settings import Settings
+from tests.helpers import module_settings, settings_env, settings_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -292,13 +292,8 @@ def test_the_flow_publishes_a_report_artifact(
     """The preprocess flow, run here against the Prefect server, on a partial replay: one row
     already ingested, one new, one bad."""
     _write(lake, "partial.csv", [GOOD[1], b"g4,5.5,2.5,4.0,1.3,1", b"b1,5.1,3.5,1.4,0.2,9"])
-    for name, value in settings_env(lake).items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    try:
+    with settings_in_process(monkeypatch, settings_env(lake)):
         state = preprocess_flow(return_state=True)
-    finally:
-        get_settings.cache_clear()
     assert state.is_completed(), state
     result = state.result()
     assert (result["rows_read"], result["features_rows"], result["already_ingested"]) == (3, 1, 1)

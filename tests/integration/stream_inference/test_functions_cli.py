@@ -20,8 +20,8 @@ from mlplatform.connectors.pulsar_io import ensure_partitioned_topic, publish, r
 from mlplatform.inference.stream import functions_admin
 from mlplatform.inference.stream.function_spec import FunctionSpec
 from mlplatform.ops.cli import app
-from mlplatform.settings import PROJECT_DIR, Settings, get_settings
-from tests.helpers import settings_env, wait_until
+from mlplatform.settings import PROJECT_DIR, Settings
+from tests.helpers import settings_env, settings_in_process, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -39,11 +39,8 @@ def s(isolated: Settings) -> Iterator[Settings]:
 @pytest.fixture
 def cli(s: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
     """The `mlp` app in this process, on this module's settings."""
-    for key, value in settings_env(s).items():
-        monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
-    yield CliRunner()
-    get_settings.cache_clear()
+    with settings_in_process(monkeypatch, settings_env(s)):
+        yield CliRunner()
 
 
 def _topic(kind: str) -> str:

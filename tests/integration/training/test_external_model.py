@@ -28,9 +28,9 @@ from mlplatform.inference.batch.runner import run_batch_inference
 from mlplatform.registry import model_registry
 from mlplatform.registry.model_registry import ModelIntegrityError
 from mlplatform.sample_data.synthetic_features import append_features
-from mlplatform.settings import Settings, get_settings
+from mlplatform.settings import Settings
 from mlplatform.training.external_model import ModelMismatch, import_model
-from tests.helpers import module_settings, settings_env
+from tests.helpers import module_settings, settings_env, settings_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -133,13 +133,9 @@ def test_the_register_model_flow_imports_and_reports_the_decision(
     tree = DecisionTreeClassifier(max_depth=3, random_state=0).fit(
         features[lake.feature_columns].to_numpy(), features[lake.label_column]
     )
-    for name, value in {**settings_env(lake), "MLP_MODEL_NAME": "iris-external"}.items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    try:
+    env = {**settings_env(lake), "MLP_MODEL_NAME": "iris-external"}
+    with settings_in_process(monkeypatch, env):
         state = register_model(path=str(_saved(tree, tmp_path, "tree.skops")), return_state=True)
-    finally:
-        get_settings.cache_clear()
     assert state.is_completed(), state
     result = state.result()
     assert (result["decision"], result["reason"]) == ("promote", "no champion yet")
