@@ -1,6 +1,6 @@
 """What an incremental batch run covers, on a real (local) Iceberg table: the data files appended
 after the last run's snapshot, or every row with the reason when there is no last run, when
-its snapshot expired, or when its files were rewritten."""
+its snapshot expired, or when its files were rewritten; across table maintenance's compactions."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from checkpoints.store import Run
 from mlplatform.connectors.iceberg_tables import load_table
 from mlplatform.inference.batch.increments import data_files, increment
 from mlplatform.inference.batch.units import plan_units
+from mlplatform.maintenance.tables import compact
 from mlplatform.sample_data.synthetic_features import append_features
 from mlplatform.settings import Settings
 
@@ -53,3 +54,28 @@ def test_every_row_without_a_last_run_or_after_a_rewrite_or_an_expiry(table: tup
     rewritten = increment(features, _run(first), features.current_snapshot().snapshot_id)
     assert rewritten.since_snapshot_id is None and rewritten.skip_files == frozenset()
     assert "1 data file(s) of snapshot" in rewritten.basis and "rewritten" in rewritten.basis
+
+
+def test_a_compaction_of_predicted_files_leaves_only_the_new_rows(table: tuple) -> None:
+    """Both appends predicted (the last run's snapshot is the second): maintenance merges
+    their files; a third append's rows are all the next run covers."""
+    s, features, first, second = table
+    base = features.snapshot_by_id(second).sequence_number
+    features, merged = compact(features, 1 << 30, max_sequence=base, group_bytes=1 << 30)
+    assert merged == 2
+    third = append_features(s, 100, seed=3)
+    features = features.refresh()
+    part = increment(features, _run(second), third)
+    assert part.since_snapshot_id == second and "1 compaction(s) since" in part.basis
+    units = plan_units(features, third, AlwaysTrue(), 10_000, part.skip_files)
+    assert [u.rows for u in units] == [100]
+
+
+def test_a_compaction_of_unpredicted_rows_means_every_row(table: tuple) -> None:
+    """The last run saw only the first append; a compaction merged it with the second."""
+    s, features, first, second = table
+    features, merged = compact(features, 1 << 30, max_sequence=None, group_bytes=1 << 30)
+    assert merged == 2
+    part = increment(features, _run(first), features.current_snapshot().snapshot_id)
+    assert (part.since_snapshot_id, part.skip_files) == (None, frozenset())
+    assert "merged files appended after snapshot" in part.basis
