@@ -2,9 +2,9 @@
 removal of orphan files, for the features, predictions, stream-predictions and windows tables.
 
 Every reader sees the same rows before and after: a compaction is one Iceberg snapshot that
-replaces a partition's small files by one file with the same rows (read through the table's
-current schema, so files from before a schema change are carried over with nulls). The rules that
-keep the platform's exactly-once marks and resumes intact:
+replaces a partition's small files (size-tiered: `compaction_groups`) by files with the same
+rows (read through the table's current schema, so files from before a schema change are carried
+over with nulls). The rules that keep the platform's exactly-once marks and resumes intact:
 
 - compaction commits carry no marks and no batch-run keys, so they never count as a writer's
   commit. The stream committer's high-water marks live in its own snapshots (each one carries
@@ -50,6 +50,8 @@ from mlplatform.settings import Settings
 logger = logging.getLogger(__name__)
 
 COMMIT_TRIES = 10
+# Size tiers of compaction: files up to 1 MiB, then each factor of 4.
+TIER_BASE_BYTES, TIER_FACTOR = 1 << 20, 4
 # PyIceberg checks a rewrite (an overwrite of listed files) under its delete isolation level.
 REWRITE_ISOLATION = {
     "write.delete.isolation-level": "snapshot",
@@ -102,22 +104,41 @@ def _has_delete_files(table: Table) -> bool:
     return any(m.content == ManifestContent.DELETES for m in manifests)
 
 
+def size_tier(size: int) -> int:
+    """0 for files up to TIER_BASE_BYTES, then one more per factor of TIER_FACTOR: tier n
+    holds sizes in (base * factor**(n-1), base * factor**n]."""
+    tier, bound = 0, TIER_BASE_BYTES
+    while size > bound:
+        tier, bound = tier + 1, bound * TIER_FACTOR
+    return tier
+
+
 def compaction_groups(
-    entries: list[ManifestEntry], small_bytes: int, max_sequence: int | None, group_bytes: int
+    entries: list[ManifestEntry],
+    small_bytes: int,
+    max_sequence: int | None,
+    group_bytes: int,
+    min_files: int = 2,
 ) -> list[list[ManifestEntry]]:
-    """Per partition (and spec), its small files, oldest first, in groups of at most
-    `group_bytes` (each group becomes one new file, so this also bounds the memory a rewrite
-    takes) and of two or more files; only files at or below `max_sequence` (None: any)."""
-    partitions: dict[tuple[int, str], list[ManifestEntry]] = defaultdict(list)
+    """The small files to merge, size-tiered: per partition (and spec) and size tier, when the
+    tier holds at least `min_files` files, in groups of at most `group_bytes` (each group
+    becomes one new file: this also bounds the memory a rewrite takes), oldest first. Only files
+    at or below `max_sequence` (None: any). A merged file joins a higher tier, so a run merges
+    what is new rather than rewriting its merged files again, and each row is rewritten at most
+    once per tier."""
+    tiers: dict[tuple[int, str, int], list[ManifestEntry]] = defaultdict(list)
     for entry in entries:
         file = entry.data_file
         sequence = entry.sequence_number or 0
         if file.file_size_in_bytes < small_bytes and (
             max_sequence is None or sequence <= max_sequence
         ):
-            partitions[(file.spec_id, repr(file.partition))].append(entry)
+            key = (file.spec_id, repr(file.partition), size_tier(file.file_size_in_bytes))
+            tiers[key].append(entry)
     groups: list[list[ManifestEntry]] = []
-    for files in partitions.values():
+    for files in tiers.values():
+        if len(files) < min_files:
+            continue
         group: list[ManifestEntry] = []
         for entry in sorted(files, key=lambda e: e.sequence_number or 0):
             size = sum(e.data_file.file_size_in_bytes for e in group)
@@ -162,7 +183,7 @@ def rewrites_beside_appends(table: Table) -> Table:
 
 
 def compact(
-    table: Table, small_bytes: int, max_sequence: int | None, group_bytes: int
+    table: Table, small_bytes: int, max_sequence: int | None, group_bytes: int, min_files: int = 2
 ) -> tuple[Table, int]:
     """Compact the table's small files (see the module's rules); (the table, files replaced).
     Lost commit races are planned again on the new state."""
@@ -170,7 +191,8 @@ def compact(
         return table, 0  # row-level deletes: left to an engine that applies them
     table = rewrites_beside_appends(table)
     for attempt in range(COMMIT_TRIES):
-        groups = compaction_groups(live_entries(table), small_bytes, max_sequence, group_bytes)
+        entries = live_entries(table)
+        groups = compaction_groups(entries, small_bytes, max_sequence, group_bytes, min_files)
         if not groups:
             return table, 0
         try:
@@ -300,6 +322,7 @@ def maintain_table(s: Settings, name: str, store: CheckpointStore) -> TableRepor
         s.compaction_small_file_bytes,
         table_holds.max_sequence,
         s.compaction_group_bytes,
+        s.compaction_min_files,
     )
     now = datetime.now(UTC)
     retention = timedelta(hours=s.snapshot_retention_hours)

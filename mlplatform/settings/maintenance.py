@@ -14,6 +14,9 @@ class MaintenanceSettings(BaseModel):
     # Small files are merged in groups of at most this many bytes: each group becomes one file,
     # read whole into memory first (a few times its size on disk).
     compaction_group_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    # A size tier of a partition (files up to 1 MiB, then each factor of 4) is merged once it
+    # holds this many small files: a run rewrites what is new, not its earlier merges.
+    compaction_min_files: int = Field(default=4, ge=2)
     # Snapshots older than this are expired (never the current one, nor one a run still needs).
     snapshot_retention_hours: float = Field(default=168.0, ge=0)
     # A file no retained snapshot references is removed once older than this: a younger one

@@ -132,7 +132,8 @@ def test_kill_minus_nine_of_the_flow_process_at_random_points_then_resume(batch:
     runs = [result]
     for rows, seed in ((600, 7), (300, 8)):
         if len(runs) == 2:  # table maintenance: the two files, both predicted, become one
-            features, _ = maintain(s, [s.features_table, s.predictions_table])
+            two_files = s.model_copy(update={"compaction_min_files": 2})
+            features, _ = maintain(two_files, [s.features_table, s.predictions_table])
             assert (features.files_before, features.files_after) == (2, 1), features
         appended = append_features(s, rows, seed=seed, row_group_rows=ROW_GROUP)
         runs.append(run_batch_inference(s, incremental))

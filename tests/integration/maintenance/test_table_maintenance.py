@@ -180,13 +180,13 @@ def _prediction(s: Settings, key: str, run_id: str) -> dict:
 
 def test_the_flow_publishes_its_summary(lake: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     s = lake
-    append_features(s, 10, seed=1)
-    append_features(s, 10, seed=2)
+    for seed in range(4):  # four small files: one size tier's worth
+        append_features(s, 10, seed=seed)
     with settings_in_process(monkeypatch, settings_env(s)):
         state = table_maintenance(return_state=True)
     assert state.is_completed(), state
     rows = {row["table"]: row for row in state.result()}
-    assert rows[s.table_id(s.features_table)]["files_compacted"] == 2
+    assert rows[s.table_id(s.features_table)]["files_compacted"] == 4
     assert set(rows) == {
         s.table_id(name)
         for name in (

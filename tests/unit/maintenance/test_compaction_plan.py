@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mlplatform.maintenance.tables import compaction_groups
+from mlplatform.maintenance.tables import compaction_groups, size_tier
 
 pytestmark = pytest.mark.unit
 
@@ -47,3 +47,22 @@ def test_files_newer_than_the_bound_wait_for_the_lineages() -> None:
 def test_groups_stop_at_the_byte_bound_and_a_lone_remainder_is_left() -> None:
     entries = [_entry(name, 40, seq) for seq, name in enumerate("abcde")]
     assert _paths(compaction_groups(entries, 100, None, group_bytes=80)) == [["a", "b"], ["c", "d"]]
+
+
+def test_size_tiers_merge_files_of_similar_size_once_there_are_enough() -> None:
+    mib = 1 << 20
+    assert [size_tier(s) for s in (1, mib, mib + 1, 4 * mib, 4 * mib + 1, 16 * mib + 1)] == [
+        0,
+        0,
+        1,
+        1,
+        2,
+        3,
+    ]
+    merged = _entry("merged", 3 * mib, 1)  # an earlier run's output: tier 1, alone there
+    new = [_entry(f"n{i}", 1000, i + 2) for i in range(3)]
+    small = 32 * mib
+    assert compaction_groups([merged, *new], small, None, 1 << 30, min_files=4) == []
+    fourth = _entry("n3", 1000, 9)
+    groups = compaction_groups([merged, *new, fourth], small, None, 1 << 30, min_files=4)
+    assert _paths(groups) == [["n0", "n1", "n2", "n3"]]  # the merged file is not rewritten
