@@ -50,6 +50,7 @@ from mlplatform.settings import Settings
 logger = logging.getLogger(__name__)
 
 COMMIT_TRIES = 10
+TARGET_FILE_SIZE = "write.target-file-size-bytes"
 # Size tiers of compaction: files up to 1 MiB, then each factor of 4.
 TIER_BASE_BYTES, TIER_FACTOR = 1 << 20, 4
 # PyIceberg checks a rewrite (an overwrite of listed files) under its delete isolation level.
@@ -155,17 +156,19 @@ def _compact_once(table: Table, groups: list[list[ManifestEntry]]) -> int:
     merged = max(entry.sequence_number or 0 for group in groups for entry in group)
     summary = compaction_summary(merged)
     with table.transaction() as transaction:
-        schema = transaction.table_metadata.schema()
+        metadata = transaction.table_metadata
+        schema = metadata.schema()
+        # One file per group and partition: PyIceberg's writer would split a group by its
+        # in-memory size (write.target-file-size-bytes), into files that are small again on disk.
+        whole = {**metadata.properties, TARGET_FILE_SIZE: str(1 << 62)}
+        one_file = metadata.model_copy(update={"properties": whole})
         with transaction.update_snapshot(snapshot_properties=summary).overwrite() as rewrite:
             for group in groups:
                 tasks = [FileScanTask(entry.data_file) for entry in group]
-                rows = ArrowScan(transaction.table_metadata, table.io, schema, AlwaysTrue())
-                data = rows.to_table(tasks)
+                data = ArrowScan(metadata, table.io, schema, AlwaysTrue()).to_table(tasks)
                 for entry in group:
                     rewrite.delete_data_file(entry.data_file)
-                for file in _dataframe_to_data_files(
-                    transaction.table_metadata, data, table.io, rewrite.commit_uuid
-                ):
+                for file in _dataframe_to_data_files(one_file, data, table.io, rewrite.commit_uuid):
                     rewrite.append_data_file(file)
     return sum(len(group) for group in groups)
 
