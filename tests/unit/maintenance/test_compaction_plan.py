@@ -1,12 +1,17 @@
-"""Which data files a compaction merges (mlplatform.maintenance.tables.compaction_groups)."""
+"""Which data files a compaction merges (mlplatform.maintenance.tables.compaction_groups), and
+what it writes."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from mlplatform.maintenance.tables import compaction_groups, size_tier
+from mlplatform.connectors.iceberg_tables import load_table
+from mlplatform.maintenance.tables import compact, compaction_groups, live_entries, size_tier
+from mlplatform.sample_data.synthetic_features import append_features
+from mlplatform.settings import Settings
 
 pytestmark = pytest.mark.unit
 
@@ -66,3 +71,17 @@ def test_size_tiers_merge_files_of_similar_size_once_there_are_enough() -> None:
     fourth = _entry("n3", 1000, 9)
     groups = compaction_groups([merged, *new, fourth], small, None, 1 << 30, min_files=4)
     assert _paths(groups) == [["n0", "n1", "n2", "n3"]]  # the merged file is not rewritten
+
+
+def test_a_group_becomes_one_file_whatever_the_tables_target_size(tmp_path: Path) -> None:
+    """PyIceberg's writer splits by in-memory size (write.target-file-size-bytes): a merged file
+    must not come out as several small ones, to be merged again by the next run."""
+    s = Settings(_env_file=None, local_dir=tmp_path)
+    for seed in range(4):
+        append_features(s, 5_000, seed=seed)
+    table = load_table(s, s.features_table)
+    with table.transaction() as transaction:
+        transaction.set_properties({"write.target-file-size-bytes": "50000"})
+    table, merged = compact(table.refresh(), 1 << 30, None, 1 << 30, min_files=4)
+    assert merged == 4 and len(live_entries(table)) == 1
+    assert table.scan().to_arrow().num_rows == 20_000
