@@ -30,14 +30,16 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pyarrow.fs as pafs
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
-from pyiceberg.manifest import ManifestContent, ManifestEntry
+from pyiceberg.manifest import ManifestContent, ManifestEntry, ManifestFile
 from pyiceberg.table import FileScanTask, Table
 from pyiceberg.table.snapshots import Snapshot
 
@@ -51,6 +53,10 @@ logger = logging.getLogger(__name__)
 
 COMMIT_TRIES = 10
 TARGET_FILE_SIZE = "write.target-file-size-bytes"
+# Manifest lists and manifests read and kept per process, at most (then forgotten at once).
+CACHED_FILES = 4096
+_MANIFESTS: dict[str, list[ManifestFile]] = {}
+_ENTRIES: dict[str, list[ManifestEntry]] = {}
 # Size tiers of compaction: files up to 1 MiB, then each factor of 4.
 TIER_BASE_BYTES, TIER_FACTOR = 1 << 20, 4
 # PyIceberg checks a rewrite (an overwrite of listed files) under its delete isolation level.
@@ -87,6 +93,35 @@ class Holds:
     max_sequence: int | None = None
 
 
+def _remembered(cache: dict[str, Any], key: str, read: Callable[[], Any]) -> Any:
+    if key not in cache:
+        if len(cache) >= CACHED_FILES:
+            cache.clear()
+        cache[key] = read()
+    return cache[key]
+
+
+def forget_metadata() -> None:
+    """Drop the manifests this process has read (as a fresh process starts)."""
+    _MANIFESTS.clear()
+    _ENTRIES.clear()
+
+
+def manifests_of(table: Table, snapshot: Snapshot) -> list[ManifestFile]:
+    """The snapshot's manifests. Manifest lists and manifests are immutable files, so each is
+    read once per process: a run's passes (plan, orphans, counts) cost one read of the
+    metadata, not one per pass."""
+    return _remembered(_MANIFESTS, snapshot.manifest_list, lambda: snapshot.manifests(table.io))
+
+
+def _live_entries_of(table: Table, manifest: ManifestFile) -> list[ManifestEntry]:
+    return _remembered(
+        _ENTRIES,
+        manifest.manifest_path,
+        lambda: manifest.fetch_manifest_entry(table.io, discard_deleted=True),
+    )
+
+
 def live_entries(table: Table, snapshot: Snapshot | None = None) -> list[ManifestEntry]:
     """The live data-file entries of `snapshot` (default: the current one)."""
     snapshot = snapshot or table.current_snapshot()
@@ -94,14 +129,14 @@ def live_entries(table: Table, snapshot: Snapshot | None = None) -> list[Manifes
         return []
     return [
         entry
-        for manifest in snapshot.manifests(table.io)
-        for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True)
+        for manifest in manifests_of(table, snapshot)
+        for entry in _live_entries_of(table, manifest)
     ]
 
 
 def _has_delete_files(table: Table) -> bool:
     snapshot = table.current_snapshot()
-    manifests = snapshot.manifests(table.io) if snapshot else []
+    manifests = manifests_of(table, snapshot) if snapshot else []
     return any(m.content == ManifestContent.DELETES for m in manifests)
 
 
@@ -248,12 +283,12 @@ def referenced_files(table: Table) -> set[str]:
     seen_manifests: set[str] = set()
     for snapshot in table.snapshots():
         paths.add(snapshot.manifest_list)
-        for manifest in snapshot.manifests(table.io):
+        for manifest in manifests_of(table, snapshot):
             paths.add(manifest.manifest_path)
             if manifest.manifest_path in seen_manifests:
                 continue
             seen_manifests.add(manifest.manifest_path)
-            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
+            for entry in _live_entries_of(table, manifest):
                 paths.add(entry.data_file.file_path)
     return paths
 
