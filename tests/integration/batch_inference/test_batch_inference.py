@@ -154,10 +154,14 @@ def test_a_killed_ray_worker_loses_and_doubles_nothing(batch: Settings) -> None:
     runner.start()
     store = CheckpointStore(s.resolved_database_url)
     killed = None
+    pids: list[int] = []
     deadline = time.monotonic() + 180
     while killed is None and time.monotonic() < deadline and runner.is_alive():
+        # The actor is looked up as soon as it exists (Ray's state API takes a while), and
+        # killed once three units are done: never after the run's last unit.
+        pids = pids or own_actor_pids(s, "Predictor")
         run_id = _current_run_id(s)
-        if run_id and store.progress(run_id)[0] >= 3 and (pids := own_actor_pids(s, "Predictor")):
+        if pids and run_id and store.progress(run_id)[0] >= 3:
             os.kill(pids[0], signal.SIGKILL)
             killed = pids[0]
         time.sleep(0.05)
