@@ -220,6 +220,20 @@ def rewrites_beside_appends(table: Table) -> Table:
     return table
 
 
+def _until_committed(
+    what: str, table: Table, step: Callable[[Table], tuple[Table, int]]
+) -> tuple[Table, int]:
+    """`step` (plan on the table as it is, then commit), planned again on the new state after
+    a commit race lost to another writer."""
+    for attempt in range(COMMIT_TRIES):
+        try:
+            return step(table)
+        except CommitFailedException:
+            time.sleep(min(0.05 * 2**attempt, 2.0))
+            table = table.refresh()
+    raise CommitFailedException(f"{what} lost {COMMIT_TRIES} commit races in a row")
+
+
 def compact(
     table: Table, small_bytes: int, max_sequence: int | None, group_bytes: int, min_files: int = 2
 ) -> tuple[Table, int]:
@@ -228,18 +242,16 @@ def compact(
     if _has_delete_files(table):
         return table, 0  # row-level deletes: left to an engine that applies them
     table = rewrites_beside_appends(table)
-    for attempt in range(COMMIT_TRIES):
+
+    def step(table: Table) -> tuple[Table, int]:
         entries = live_entries(table)
         groups = compaction_groups(entries, small_bytes, max_sequence, group_bytes, min_files)
         if not groups:
             return table, 0
-        try:
-            replaced = _compact_once(table, groups)
-            return table.refresh(), replaced
-        except CommitFailedException:
-            time.sleep(min(0.05 * 2**attempt, 2.0))
-            table = table.refresh()
-    raise CommitFailedException(f"compaction lost {COMMIT_TRIES} commit races in a row")
+        replaced = _compact_once(table, groups)
+        return table.refresh(), replaced
+
+    return _until_committed("compaction", table, step)
 
 
 def _expired(table: Table, older_than: datetime, keep_from: list[int]) -> list[int]:
@@ -264,30 +276,26 @@ def expire(table: Table, older_than: datetime, keep_from: list[int]) -> tuple[Ta
     """Expire snapshots older than `older_than` and older than every snapshot in `keep_from`
     (ids the table no longer has are ignored), never the current one nor the newest that
     carries stream marks; (the table, snapshots expired). A lost commit race is tried again."""
-    for attempt in range(COMMIT_TRIES):
+
+    def step(table: Table) -> tuple[Table, int]:
         old = _expired(table, older_than, keep_from)
         if not old:
             return table, 0
-        try:
-            table.maintenance.expire_snapshots().by_ids(old).commit()
-            return table.refresh(), len(old)
-        except CommitFailedException:
-            time.sleep(min(0.05 * 2**attempt, 2.0))
-            table = table.refresh()
-    raise CommitFailedException(f"snapshot expiry lost {COMMIT_TRIES} commit races in a row")
+        table.maintenance.expire_snapshots().by_ids(old).commit()
+        return table.refresh(), len(old)
+
+    return _until_committed("snapshot expiry", table, step)
 
 
 def referenced_files(table: Table) -> set[str]:
     """Every file a retained snapshot needs: manifest lists, manifests and live data files."""
     paths: set[str] = set()
-    seen_manifests: set[str] = set()
     for snapshot in table.snapshots():
         paths.add(snapshot.manifest_list)
         for manifest in manifests_of(table, snapshot):
-            paths.add(manifest.manifest_path)
-            if manifest.manifest_path in seen_manifests:
+            if manifest.manifest_path in paths:  # shared with a newer snapshot: done
                 continue
-            seen_manifests.add(manifest.manifest_path)
+            paths.add(manifest.manifest_path)
             for entry in _live_entries_of(table, manifest):
                 paths.add(entry.data_file.file_path)
     return paths

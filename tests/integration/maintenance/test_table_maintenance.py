@@ -205,3 +205,6 @@ def test_the_flow_publishes_its_summary(lake: Settings, monkeypatch: pytest.Monk
     [summary] = [a for a in artifacts if a.key == "table-maintenance"]
     assert summary.type == "table"
     assert "files_before" in str(summary.data) and "seconds" in str(summary.data)
+    shown = json.loads(summary.data) if isinstance(summary.data, str) else summary.data
+    [features] = [row for row in shown if row["table"] == s.table_id(s.features_table)]
+    assert (features["files_before"], features["files_after"]) == (4, 1)
