@@ -15,13 +15,15 @@ def maintenance_rows(reports: list[TableReport]) -> list[dict[str, object]]:
 
 
 @task(name="maintain-tables")
-def maintain_tables(settings: Settings, tables: list[str] | None = None) -> list[TableReport]:
+def maintain_tables(
+    settings: Settings, tables: list[str] | None = None, full: bool = False
+) -> list[TableReport]:
     """Compact, expire and clean the tables; publish the summary artifact."""
-    reports = maintain(settings, tables)
+    reports = maintain(settings, tables, full)
     create_table_artifact(
         key="table-maintenance",
         table=maintenance_rows(reports),
-        description="Table maintenance: data files and bytes before/after, snapshots expired, "
-        "orphan files removed, seconds",
+        description="Table maintenance (scope: the partitions worked on): data files and bytes "
+        "before/after, snapshots expired, orphan files removed, seconds",
     )
     return reports

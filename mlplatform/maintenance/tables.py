@@ -20,6 +20,14 @@ over with nulls). The rules that keep the platform's exactly-once marks and resu
 - expiry takes only snapshots older than `snapshot_retention_hours` and older than every kept
   one (never the current one); orphan removal only files that no retained snapshot references
   and that are older than `orphan_min_age_hours` (a younger one may be an uncommitted write).
+
+A run's cost follows what is new, not the lake: on a table partitioned by a date (the features
+table, by `event_date`), the nightly run works on the partitions of the last
+`maintenance_window_days` only (`Window`). It reads the manifests whose partition ranges reach
+into the window (manifest pruning: Iceberg's partition summaries) and lists the window's
+partition folders and the metadata folder; a whole-table run (`full`, weekly by default) does
+the rest: small files of older partitions (late data) and orphans there. Unpartitioned tables
+are always maintained whole.
 A compaction that loses the commit race to another writer (the stream committer, a batch commit,
 Flink) is planned again on the new state. Maintenance runs of one namespace must not overlap
 (the flow holds a concurrency slot).
@@ -32,16 +40,25 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pyarrow.fs as pafs
+from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException
-from pyiceberg.expressions import AlwaysTrue
+from pyiceberg.expressions import AlwaysTrue, BooleanExpression, GreaterThanOrEqual
+from pyiceberg.expressions.visitors import (
+    expression_evaluator,
+    inclusive_projection,
+    manifest_evaluator,
+)
 from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
 from pyiceberg.manifest import ManifestContent, ManifestEntry, ManifestFile
+from pyiceberg.schema import Schema
 from pyiceberg.table import FileScanTask, Table
 from pyiceberg.table.snapshots import Snapshot
+from pyiceberg.transforms import IdentityTransform
+from pyiceberg.types import DateType
 
 from checkpoints.store import CheckpointStore
 from mlplatform.connectors.iceberg_tables import compaction_summary, ensure_tables
@@ -71,6 +88,7 @@ class TableReport:
     """What maintenance did to one table."""
 
     table: str
+    scope: str
     files_before: int
     files_after: int
     bytes_before: int
@@ -91,6 +109,46 @@ class Holds:
 
     keep_from: list[int]
     max_sequence: int | None = None
+
+
+@dataclass(frozen=True)
+class Window:
+    """The partitions a nightly run works on: those of date column `column` from `start` on
+    (an identity partition, in the Hive-style folders `<column>=<date>` that PyIceberg and
+    Flink write)."""
+
+    column: str
+    start: date
+
+    @property
+    def row_filter(self) -> BooleanExpression:
+        return GreaterThanOrEqual(self.column, self.start.isoformat())
+
+    def holds_folder(self, name: str) -> bool:
+        """Whether data/<name> is one of the window's partition folders."""
+        column, _, value = name.partition("=")
+        try:
+            return column == self.column and date.fromisoformat(value) >= self.start
+        except ValueError:
+            return False
+
+    def describe(self) -> str:
+        return f"{self.column} >= {self.start.isoformat()}"
+
+
+def window_of(table: Table, days: int | None, today: date | None = None) -> Window | None:
+    """The table's window of the last `days` days: its first identity partition on a date
+    column; None (the whole table) when `days` is None or the table has no such partition."""
+    if days is None:
+        return None
+    schema = table.schema()
+    for field in table.spec().fields:
+        source = schema.find_field(field.source_id)
+        if isinstance(field.transform, IdentityTransform) and isinstance(
+            source.field_type, DateType
+        ):
+            return Window(source.name, (today or datetime.now(UTC).date()) - timedelta(days=days))
+    return None
 
 
 def _remembered(cache: dict[str, Any], key: str, read: Callable[[], Any]) -> Any:
@@ -122,15 +180,49 @@ def _live_entries_of(table: Table, manifest: ManifestFile) -> list[ManifestEntry
     )
 
 
-def live_entries(table: Table, snapshot: Snapshot | None = None) -> list[ManifestEntry]:
-    """The live data-file entries of `snapshot` (default: the current one)."""
+class _Pruner:
+    """Which manifests and entries may hold rows of `row_filter`: manifests by their partition
+    summaries, entries by their partition values (per partition spec)."""
+
+    def __init__(self, table: Table, row_filter: BooleanExpression) -> None:
+        self.table, self.row_filter = table, row_filter
+        self._manifests: dict[int, Callable[[ManifestFile], bool]] = {}
+        self._entries: dict[int, Callable[[Any], bool]] = {}
+
+    def _build(self, spec_id: int) -> None:
+        schema, spec = self.table.schema(), self.table.specs()[spec_id]
+        projected = inclusive_projection(schema, spec)(self.row_filter)
+        self._manifests[spec_id] = manifest_evaluator(spec, schema, projected)
+        partition_schema = Schema(*spec.partition_type(schema).fields)
+        self._entries[spec_id] = expression_evaluator(partition_schema, projected, True)
+
+    def manifest(self, manifest: ManifestFile) -> bool:
+        if manifest.partition_spec_id not in self._manifests:
+            self._build(manifest.partition_spec_id)
+        return self._manifests[manifest.partition_spec_id](manifest)
+
+    def entry(self, spec_id: int, entry: ManifestEntry) -> bool:
+        return self._entries[spec_id](entry.data_file.partition)
+
+
+def live_entries(
+    table: Table, snapshot: Snapshot | None = None, window: Window | None = None
+) -> list[ManifestEntry]:
+    """The live data-file entries of `snapshot` (default: the current one); with a window,
+    those of the window's partitions, read from the manifests that reach into it."""
     snapshot = snapshot or table.current_snapshot()
     if snapshot is None:
         return []
+    manifests = manifests_of(table, snapshot)
+    if window is None:
+        return [entry for manifest in manifests for entry in _live_entries_of(table, manifest)]
+    pruner = _Pruner(table, window.row_filter)
     return [
         entry
-        for manifest in manifests_of(table, snapshot)
+        for manifest in manifests
+        if pruner.manifest(manifest)
         for entry in _live_entries_of(table, manifest)
+        if pruner.entry(manifest.partition_spec_id, entry)
     ]
 
 
@@ -235,16 +327,22 @@ def _until_committed(
 
 
 def compact(
-    table: Table, small_bytes: int, max_sequence: int | None, group_bytes: int, min_files: int = 2
+    table: Table,
+    small_bytes: int,
+    max_sequence: int | None,
+    group_bytes: int,
+    min_files: int = 2,
+    window: Window | None = None,
 ) -> tuple[Table, int]:
-    """Compact the table's small files (see the module's rules); (the table, files replaced).
-    Lost commit races are planned again on the new state."""
+    """Compact the table's small files, of the window's partitions only when one is given (see
+    the module's rules); (the table, files replaced). Lost commit races are planned again on
+    the new state."""
     if _has_delete_files(table):
         return table, 0  # row-level deletes: left to an engine that applies them
     table = rewrites_beside_appends(table)
 
     def step(table: Table) -> tuple[Table, int]:
-        entries = live_entries(table)
+        entries = live_entries(table, window=window)
         groups = compaction_groups(entries, small_bytes, max_sequence, group_bytes, min_files)
         if not groups:
             return table, 0
@@ -287,8 +385,10 @@ def expire(table: Table, older_than: datetime, keep_from: list[int]) -> tuple[Ta
     return _until_committed("snapshot expiry", table, step)
 
 
-def referenced_files(table: Table) -> set[str]:
-    """Every file a retained snapshot needs: manifest lists, manifests and live data files."""
+def referenced_files(table: Table, window: Window | None = None) -> set[str]:
+    """Every file a retained snapshot needs: manifest lists, manifests and live data files (with
+    a window: only the data files of the window's partitions)."""
+    pruner = _Pruner(table, window.row_filter) if window else None
     paths: set[str] = set()
     for snapshot in table.snapshots():
         paths.add(snapshot.manifest_list)
@@ -296,8 +396,11 @@ def referenced_files(table: Table) -> set[str]:
             if manifest.manifest_path in paths:  # shared with a newer snapshot: done
                 continue
             paths.add(manifest.manifest_path)
+            if pruner is not None and not pruner.manifest(manifest):
+                continue
             for entry in _live_entries_of(table, manifest):
-                paths.add(entry.data_file.file_path)
+                if pruner is None or pruner.entry(manifest.partition_spec_id, entry):
+                    paths.add(entry.data_file.file_path)
     return paths
 
 
@@ -305,14 +408,29 @@ def _normalised(path: str) -> str:
     return path.removeprefix("file://").removeprefix("file:")
 
 
-def remove_orphans(table: Table, older_than: datetime) -> int:
-    """Delete the data files and manifests under the table's location that no retained snapshot
-    references and that were last modified before `older_than`; the number deleted."""
-    referenced = {_normalised(p) for p in referenced_files(table)}
+def _candidate_folders(filesystem: pafs.FileSystem, root: str, window: Window | None) -> list[str]:
+    """Where orphans are looked for: the metadata folder and the data folder, or with a window
+    the metadata folder and the window's partition folders."""
+    if window is None:
+        return [f"{root}/metadata", f"{root}/data"]
+    selector = pafs.FileSelector(f"{root}/data", allow_not_found=True)
+    partitions = [
+        info.path
+        for info in filesystem.get_file_info(selector)
+        if info.type == pafs.FileType.Directory and window.holds_folder(info.base_name)
+    ]
+    return [f"{root}/metadata", *partitions]
+
+
+def remove_orphans(table: Table, older_than: datetime, window: Window | None = None) -> int:
+    """Delete the data files and manifests under the table's location (with a window: the
+    metadata folder and the window's partition folders) that no retained snapshot references
+    and that were last modified before `older_than`; the number deleted."""
+    referenced = {_normalised(p) for p in referenced_files(table, window)}
     filesystem, root = pafs.FileSystem.from_uri(table.location())
     removed = 0
-    for folder in ("data", "metadata"):
-        selector = pafs.FileSelector(f"{root}/{folder}", recursive=True, allow_not_found=True)
+    for folder in _candidate_folders(filesystem, root, window):
+        selector = pafs.FileSelector(folder, recursive=True, allow_not_found=True)
         for info in filesystem.get_file_info(selector):
             if info.type != pafs.FileType.File or not info.path.endswith((".parquet", ".avro")):
                 continue
@@ -353,14 +471,24 @@ def holds(s: Settings, name: str, table: Table, store: CheckpointStore) -> Holds
 
 
 def _files(table: Table) -> tuple[int, int]:
+    """The table's data files and bytes: from the current snapshot's running totals (every
+    writer here keeps them), else counted."""
+    snapshot = table.current_snapshot()
+    summary = snapshot.summary if snapshot is not None else None
+    if summary is not None and "total-data-files" in summary and "total-files-size" in summary:
+        return int(summary["total-data-files"]), int(summary["total-files-size"])
     entries = live_entries(table)
     return len(entries), sum(e.data_file.file_size_in_bytes for e in entries)
 
 
-def maintain_table(s: Settings, name: str, store: CheckpointStore) -> TableReport:
-    """Compact, expire and clean one table (module's rules)."""
+def maintain_table(
+    s: Settings, name: str, store: CheckpointStore, catalog: Catalog, full: bool = False
+) -> TableReport:
+    """Compact, expire and clean one table (module's rules): the window's partitions of a
+    date-partitioned table, or with `full` the whole table."""
     started = time.monotonic()
-    table = ensure_tables(s).load_table(s.table_id(name))
+    table = catalog.load_table(s.table_id(name))
+    window = None if full else window_of(table, s.maintenance_window_days or None)
     files_before, bytes_before = _files(table)
     table_holds = holds(s, name, table, store)
     table, compacted = compact(
@@ -369,14 +497,16 @@ def maintain_table(s: Settings, name: str, store: CheckpointStore) -> TableRepor
         table_holds.max_sequence,
         s.compaction_group_bytes,
         s.compaction_min_files,
+        window,
     )
     now = datetime.now(UTC)
     retention = timedelta(hours=s.snapshot_retention_hours)
     table, expired = expire(table, now - retention, table_holds.keep_from)
-    orphans = remove_orphans(table, now - timedelta(hours=s.orphan_min_age_hours))
+    orphans = remove_orphans(table, now - timedelta(hours=s.orphan_min_age_hours), window)
     files_after, bytes_after = _files(table)
     return TableReport(
         s.table_id(name),
+        window.describe() if window else "whole table",
         files_before,
         files_after,
         bytes_before,
@@ -397,13 +527,13 @@ def maintained_tables(s: Settings) -> list[str]:
     ]
 
 
-def maintain(s: Settings, tables: list[str] | None = None) -> list[TableReport]:
+def maintain(s: Settings, tables: list[str] | None = None, full: bool = False) -> list[TableReport]:
     """Maintain the lake's tables (default: features, predictions, stream predictions,
-    windows), one after another."""
-    store = CheckpointStore(s.resolved_database_url)
+    windows), one after another; `full`: whole tables, not the window's partitions."""
+    store, catalog = CheckpointStore(s.resolved_database_url), ensure_tables(s)
     reports = []
     for name in tables or maintained_tables(s):
-        report = maintain_table(s, name, store)
+        report = maintain_table(s, name, store, catalog, full)
         logger.info("maintained %s: %s", report.table, report)
         reports.append(report)
     return reports

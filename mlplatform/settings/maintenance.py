@@ -22,6 +22,10 @@ class MaintenanceSettings(BaseModel):
     # A file no retained snapshot references is removed once older than this: a younger one
     # may be a writer's output that is not committed yet.
     orphan_min_age_hours: float = Field(default=24.0, ge=0)
+    # A nightly run maintains the partitions of the last this many days of a date-partitioned
+    # table (the features table): its cost follows the new data, not the lake. A whole-table
+    # run (the flow's `full`, weekly by default) does the older partitions; 0: always whole.
+    maintenance_window_days: int = Field(default=7, ge=0)
     # Incremental batch-inference lineages with a run in this many days hold back compaction of
     # the features rows they have not predicted yet; an older lineage's next run predicts
     # every row again (mlplatform/inference/batch/increments.py).

@@ -6,9 +6,10 @@ deletes only unreferenced files; the flow publishes its summary."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -24,7 +25,11 @@ from mlplatform.connectors.ray_runtime import connect
 from mlplatform.inference.batch.commit import commit_units, committed_units, disable_auto_retry
 from mlplatform.inference.stream.committer import Result, StreamCommitter, high_water_marks
 from mlplatform.maintenance.tables import live_entries, maintain, referenced_files
-from mlplatform.sample_data.synthetic_features import append_features
+from mlplatform.sample_data.synthetic_features import (
+    append_features,
+    feature_rows,
+    features_table_rows,
+)
 from mlplatform.settings import Settings
 from tests.helpers import module_settings, settings_env, settings_in_process
 
@@ -83,6 +88,54 @@ def test_compaction_keeps_every_row_and_marks_its_snapshot(lake: Settings) -> No
     assert current is not None and merged_sequence(current) is not None
     [again] = maintain(s, [s.features_table])  # nothing small left to merge
     assert (again.files_before, again.files_compacted) == (1, 0)
+
+
+def _append_dated(s: Settings, rows: int, seed: int, day: date) -> None:
+    """One commit of `rows` feature rows ingested on `day` (its event-date partition)."""
+    data = feature_rows(s, rows, seed)
+    columns = {c: data[c] for c in [s.key_column, *s.feature_columns, s.label_column]}
+    stamp = datetime.combine(day, datetime.min.time())
+    columns["ingested_at"] = pa.array([stamp] * rows, pa.timestamp("us"))
+    load_table(s, s.features_table).append(features_table_rows(s, columns))
+
+
+def _plant_orphan(s: Settings, day: date) -> Path:
+    """A Parquet file in `day`'s partition folder that no snapshot references, two days old."""
+    location = load_table(s, s.features_table).location().removeprefix("file://")
+    orphan = Path(location) / "data" / f"event_date={day.isoformat()}" / "orphan.parquet"
+    orphan.write_bytes(b"not referenced")
+    two_days_ago = (datetime.now(UTC) - timedelta(days=2)).timestamp()
+    os.utime(orphan, (two_days_ago, two_days_ago))
+    return orphan
+
+
+def test_a_nightly_run_keeps_to_its_window_and_a_full_run_does_the_rest(lake: Settings) -> None:
+    """Small files and an orphan in today's partition and in one older than the window: the
+    nightly run merges and removes today's only; the full run the older partition's too."""
+    s = lake
+    today = datetime.now(UTC).date()
+    old = today - timedelta(days=s.maintenance_window_days + 30)
+    for seed in range(4):
+        _append_dated(s, 20, seed, old)
+        _append_dated(s, 20, 10 + seed, today)
+    recent_orphan, old_orphan = _plant_orphan(s, today), _plant_orphan(s, old)
+    before = _rows(s, s.features_table)
+
+    [nightly] = maintain(s, [s.features_table])
+    assert nightly.scope == f"event_date >= {today - timedelta(days=s.maintenance_window_days)}"
+    assert (nightly.files_before, nightly.files_compacted, nightly.files_after) == (8, 4, 5)
+    assert (nightly.orphans_removed, recent_orphan.exists(), old_orphan.exists()) == (
+        1,
+        False,
+        True,
+    )
+    assert _rows(s, s.features_table) == before
+
+    [full] = maintain(s, [s.features_table], full=True)
+    assert full.scope == "whole table"
+    assert (full.files_compacted, full.files_after, full.orphans_removed) == (4, 2, 1)
+    assert not old_orphan.exists()
+    assert _rows(s, s.features_table) == before
 
 
 def test_compaction_during_stream_commits_loses_and_doubles_nothing(lake: Settings) -> None:

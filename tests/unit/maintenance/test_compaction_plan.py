@@ -3,13 +3,21 @@ what it writes."""
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from mlplatform.connectors.iceberg_tables import load_table
-from mlplatform.maintenance.tables import compact, compaction_groups, live_entries, size_tier
+from mlplatform.maintenance.tables import (
+    Window,
+    compact,
+    compaction_groups,
+    live_entries,
+    size_tier,
+    window_of,
+)
 from mlplatform.sample_data.synthetic_features import append_features
 from mlplatform.settings import Settings
 
@@ -85,3 +93,20 @@ def test_a_group_becomes_one_file_whatever_the_tables_target_size(tmp_path: Path
     table, merged = compact(table.refresh(), 1 << 30, None, 1 << 30, min_files=4)
     assert merged == 4 and len(live_entries(table)) == 1
     assert table.scan().to_arrow().num_rows == 20_000
+
+
+def test_a_date_partitioned_table_has_a_window_and_an_unpartitioned_one_none(
+    tmp_path: Path,
+) -> None:
+    s = Settings(_env_file=None, local_dir=tmp_path)
+    append_features(s, 10)
+    features = load_table(s, s.features_table)
+    window = window_of(features, 7, today=date(2026, 12, 3))
+    assert window == Window("event_date", date(2026, 11, 26))
+    assert window.holds_folder("event_date=2026-11-26") and window.holds_folder(
+        "event_date=2027-01-01"
+    )
+    for outside in ("event_date=2026-11-25", "event_date=null", "other=2026-12-01", "x.parquet"):
+        assert not window.holds_folder(outside)
+    assert window_of(features, None) is None  # a whole-table run
+    assert window_of(load_table(s, s.predictions_table), 7) is None  # not partitioned
