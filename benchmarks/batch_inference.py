@@ -8,12 +8,12 @@ forest), rows/s of:
 - ray_floor: Ray Data alone, the same read stage and actor pool with a model stage that passes
   its batches through, nothing written (the most fused could reach on this machine);
 - separated: run_batch_inference(mode="separated"), the model in a Ray Serve deployment;
-- no_checkpoint: the same streaming pipeline (unit_pipeline, fused), the same rows gathered at
-  the driver and the same Arrow tables, appended to Iceberg at the same cadence
-  (commit_interval_rows or commit_every_s) by plain appends: no checkpoint store, run lease,
-  units in snapshot summaries or compare-and-set (checkpointing off);
+- no_checkpoint: the same streaming pipeline (unit_pipeline, fused: the workers write the data
+  files), the files appended to Iceberg at the same cadence (commit_interval_rows or
+  commit_every_s) by plain appends: no checkpoint store, run lease, units in snapshot summaries
+  or compare-and-set (checkpointing off);
 - bsp: the same stages run one after the other with materialize() between them (read all units,
-  then predict all rows, then write as no_checkpoint does);
+  then predict and write all rows, then commit as no_checkpoint does);
 - spark: PySpark local[2] on the same Parquet files, mapInPandas with the same model (broadcast),
   written as Parquet to a temporary folder. The JVM start and a warm-up job are not counted.
 Then a fused run on the largest size is killed (SIGKILL) once the checkpoint store shows >= 50%
@@ -64,11 +64,8 @@ from mlplatform.inference.batch.pipeline import read_stage, unit_pipeline
 from mlplatform.inference.batch.predictors import Predictor, deploy_batch_model
 from mlplatform.inference.batch.request import BatchRequest
 from mlplatform.inference.batch.results import step_costs
-from mlplatform.inference.batch.runner import (
-    commit_interval_rows,
-    predictions_rows,
-    run_batch_inference,
-)
+from mlplatform.inference.batch.runner import commit_interval_rows, run_batch_inference
+from mlplatform.inference.batch.unit_files import ROWS, WriteTarget, part_files
 from mlplatform.inference.batch.units import plan_units
 from mlplatform.registry import model_registry
 from mlplatform.registry.model_registry import ModelRef
@@ -340,39 +337,53 @@ def raw_limit(model: Any, matrix: np.ndarray) -> dict[str, float]:
     return {"one_thread": rows_per_s(rows, one), "two_threads": rows_per_s(rows, two)}
 
 
-def gather_and_append(data: Dataset, ref: ModelRef, batches, run_id: str) -> tuple[int, int]:
-    """Ray Data output batches -> predictions rows at the driver -> plain Iceberg appends at the
-    cadence of run_batch_inference's commits (commit_interval_rows or commit_every_s), without
-    its units, summaries, compare-and-set or store. (rows, commits)."""
-    s, schema = data.s, data.predictions.schema().as_arrow()
+def append_written(data: Dataset, batches, run_id: str) -> tuple[int, int]:
+    """The model stage's metadata rows (the workers wrote the data files) -> plain Iceberg
+    appends of those files at the cadence of run_batch_inference's commits (commit_interval_rows
+    or commit_every_s), without its units, summaries, compare-and-set or store.
+    (rows, commits)."""
+    s = data.s
     every_rows = commit_interval_rows(s, data.rows)
-    data.predictions.refresh()  # committed to by the runs before: append on its current state
-    parts: list[pa.Table] = []
-    rows = commits = 0
+    table = data.predictions
+    table.refresh()  # committed to by the runs before: append on its current state
+    files: list = []
+    pending = rows = commits = 0
     last = time.monotonic()
 
     def append() -> None:
-        nonlocal rows, commits, last
-        table = pa.concat_tables(parts)
-        data.predictions.append(table, snapshot_properties={"mlp.bench": run_id})
-        rows, commits, last = rows + table.num_rows, commits + 1, time.monotonic()
-        parts.clear()
+        nonlocal pending, rows, commits, last
+        with table.transaction() as transaction:
+            update = transaction.update_snapshot(snapshot_properties={"mlp.bench": run_id})
+            with update.fast_append() as appending:
+                for file in files:
+                    appending.append_data_file(file)
+        rows, commits, last, pending = rows + pending, commits + 1, time.monotonic(), 0
+        files.clear()
 
-    for table in batches:
-        parts.append(predictions_rows(table, s.key_column, schema, run_id, data.snapshot_id))
-        pending = sum(p.num_rows for p in parts)
+    for batch in batches:
+        for row in batch.to_pylist():
+            files.extend(part_files(row))
+            pending += row[ROWS]
         if pending >= every_rows or time.monotonic() - last >= s.commit_every_s:
             append()
-    if parts:
+    if files:
         append()
     return rows, commits
 
 
+def write_target(data: Dataset, run_id: str) -> WriteTarget:
+    return WriteTarget.of(data.predictions, data.s.key_column, run_id, data.snapshot_id)
+
+
 def no_checkpoint(data: Dataset, ref: ModelRef, tag: str) -> tuple[int, int]:
-    """The fused streaming pipeline, gathered and committed at the driver, no checkpoints."""
-    pipeline = unit_pipeline(data.s, ref, "fused", data.unit_specs(), data.read_kwargs(ref))
+    """The fused streaming pipeline (workers write the files), committed at the driver with
+    plain appends, no checkpoints."""
+    run_id = f"bench-off-{tag}"
+    pipeline = unit_pipeline(
+        data.s, ref, "fused", data.unit_specs(), data.read_kwargs(ref), write_target(data, run_id)
+    )
     batches = pipeline.iter_batches(batch_size=None, batch_format="pyarrow")
-    return gather_and_append(data, ref, batches, f"bench-off-{tag}")
+    return append_written(data, batches, run_id)
 
 
 def _pool(s: Settings) -> dict[str, Any]:
@@ -390,17 +401,18 @@ def _pool(s: Settings) -> dict[str, Any]:
 def bsp(data: Dataset, ref: ModelRef, tag: str) -> tuple[int, int]:
     """Stage by stage: every unit read and materialized, then every row predicted and
     materialized, then written. The stages are unit_pipeline's, with the same settings."""
-    s = data.s
+    s, run_id = data.s, f"bench-bsp-{tag}"
     read = read_stage(s, data.unit_specs(), data.read_kwargs(ref)).materialize()
     kwargs = {
         "ref": ref,
         "key": s.key_column,
         "timeout_s": s.batch_timeout_s,
+        "target": write_target(data, run_id),
         "niceness": s.batch_niceness,
     }
     predicted = read.map_batches(Predictor, fn_constructor_kwargs=kwargs, **_pool(s)).materialize()
     batches = predicted.iter_batches(batch_size=None, batch_format="pyarrow")
-    return gather_and_append(data, ref, batches, f"bench-bsp-{tag}")
+    return append_written(data, batches, run_id)
 
 
 class PassThrough:
@@ -495,16 +507,17 @@ def spark_job(spark: Any, data: Dataset, ref: ModelRef, model: Any, out: Path | 
 # The kill at 50%.
 
 
-def _killed_child(overrides: dict, version: int, run_id: str, key: str, arrived: Any) -> None:
-    """A fused run in its own process; counts the rows Ray Data hands its driver."""
+def _killed_child(overrides: dict, version: int, run_id: str, arrived: Any) -> None:
+    """A fused run in its own process; counts the rows whose written files Ray Data reports
+    to its driver."""
     import ray.data
 
     original = ray.data.Dataset.iter_batches
 
     def counted(self, *args, **kwargs):
-        for batch in original(self, *args, **kwargs):
+        for batch in original(self, *args, **kwargs):  # metadata rows: one per unit part
             with arrived.get_lock():
-                arrived.value += batch.num_rows - batch[key].null_count
+                arrived.value += pc.sum(batch[ROWS]).as_py() or 0
             yield batch
 
     ray.data.Dataset.iter_batches = counted
@@ -517,9 +530,7 @@ def kill_and_resume(bench: Bench, data: Dataset, ref: ModelRef, kill_at: float) 
     overrides = {**bench.overrides, "namespace": s.namespace}
     context = multiprocessing.get_context("spawn")
     arrived = context.Value("q", 0)
-    child = context.Process(
-        target=_killed_child, args=(overrides, ref.version, run_id, s.key_column, arrived)
-    )
+    child = context.Process(target=_killed_child, args=(overrides, ref.version, run_id, arrived))
     store = CheckpointStore(s.resolved_database_url)
     started = time.perf_counter()
     child.start()
@@ -872,7 +883,10 @@ def main(argv: list[str] | None = None) -> None:
             if not runner.results:  # warm-up: Ray's workers started, their imports done
                 ref = bench.refs["tree_d3"]
                 warm = data.unit_specs()[:2]
-                unit_pipeline(data.s, ref, "fused", warm, data.read_kwargs(ref)).materialize()
+                target = write_target(data, "bench-warm-up")  # its files: never committed
+                unit_pipeline(
+                    data.s, ref, "fused", warm, data.read_kwargs(ref), target
+                ).materialize()
             runner.size(data)
             made.append(data)
         fused = runner.rates.get(("forest_100", "fused"))

@@ -13,12 +13,18 @@ is reconciled when the run resumes:
   1. Lease: the process that executes a run holds its lease (owner and heartbeat). A second process
      is refused while the lease is live; a lease whose heartbeat is older than its TTL, or whose
      owner process is gone from this host, is taken over.
-  2. Predict: units are read and predicted by Ray Data; nothing is written yet.
-  3. Commit: the predictions of one or more complete units are appended to the Iceberg
-     predictions table in one commit whose snapshot summary holds the run id and the units with
-     their row counts (mlp.run_id, mlp.units). The commit is a compare-and-set on the table's
-     main branch: the units already in a summary are dropped first, and a concurrent commit makes
-     ours fail and start again from the refreshed table. No unit is ever in two commits.
+  2. Predict and write: units are read and predicted by Ray Data, and the workers that predict
+     write each unit's predictions as Parquet data files in the predictions table's location.
+     Nothing references them yet: no reader sees them. The driver gets only file metadata.
+  3. Commit: the data files of one or more complete units are added to the Iceberg predictions
+     table in one commit whose snapshot summary holds the run id and the units with their row
+     counts (mlp.run_id, mlp.units). The commit is a compare-and-set on the table's main
+     branch: the units already in a summary are dropped first (their new files deleted), and a
+     concurrent commit makes ours fail and start again from the refreshed table. No unit is ever
+     in two commits. Files of an attempt that is never committed are deleted by the driver when
+     it knows (a failed or incomplete unit, a unit committed by another run), else (a crash) by
+     table maintenance's orphan removal once older than MLP_ORPHAN_MIN_AGE_HOURS; either way no
+     snapshot ever references them.
   4. Mark: the units are marked done here, with the Iceberg snapshot id.
 
   Resume: the Iceberg summaries are trusted over these rows. Units found in a summary but not

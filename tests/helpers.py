@@ -212,3 +212,25 @@ def cancel_triggered_runs(deployment: str, since: datetime, timeout_s: float = 1
     states = {str(run.id): run.state.name for run in done}
     assert set(states.values()) == {"Cancelled"}, f"a triggered run was not cancelled: {states}"
     return done
+
+
+def predictions_target(local_dir: Any, run_id: str = "run-1", snapshot_id: int = 99) -> Any:
+    """A WriteTarget on the predictions table of a local catalog under `local_dir`."""
+    from mlplatform.connectors.iceberg_tables import ensure_tables, load_table
+    from mlplatform.inference.batch.unit_files import WriteTarget
+
+    s = Settings(_env_file=None, local_dir=str(local_dir))
+    ensure_tables(s)
+    return WriteTarget.of(load_table(s, s.predictions_table), s.key_column, run_id, snapshot_id)
+
+
+def written_rows(parts: Any) -> Any:
+    """Every row of the data files that the model stage's metadata rows name, in part order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mlplatform.inference.batch.unit_files import part_files
+
+    files = [f for row in parts.to_pylist() for f in part_files(row)]
+    tables = [pq.read_table(f.file_path.removeprefix("file://")) for f in files]
+    return pa.concat_tables(tables) if tables else None

@@ -1,14 +1,16 @@
-"""Step 3 of the checkpoint protocol (see checkpoints): commit units of predictions to Iceberg at
-most once, with the run and its units in the snapshot summary."""
+"""Step 3 of the checkpoint protocol (see checkpoints): commit units of predictions (data files the
+workers wrote: inference.batch.unit_files) to Iceberg at most once, with the run and its units in
+the snapshot summary."""
 
 from __future__ import annotations
 
 import json
 import time
 
-import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
+
+from mlplatform.inference.batch.unit_files import UnitFiles
 
 RUN_KEY, UNITS_KEY = "mlp.run_id", "mlp.units"
 # PyIceberg retries a failed commit by re-applying the append on the new table state, which would
@@ -34,23 +36,30 @@ def committed_units(table: Table, run_id: str) -> dict[int, int]:
 
 
 def commit_units(
-    table: Table, run_id: str, parts: dict[int, pa.Table], tries: int = 20
+    table: Table, run_id: str, parts: dict[int, UnitFiles], tries: int = 20
 ) -> tuple[int | None, dict[int, int]]:
-    """Append the units not yet committed for the run, in one commit; (snapshot id, {unit: rows}).
+    """Commit the data files of the units not yet committed for the run, in one snapshot;
+    (snapshot id, {unit: rows}). The files were written by the workers (unit_files).
 
-    Returns (None, {}) when every unit was already committed (by an earlier or a concurrent run).
+    Returns (None, {}) when every unit was already committed (by an earlier or a concurrent run):
+    the caller deletes the files of units it does not find in the result.
     """
     for attempt in range(tries):
         if attempt:  # the first try is on the table as this writer last saw it: if another
             table.refresh()  # commit came since, the catalog's compare-and-set refuses ours
         done = committed_units(table, run_id)
-        todo = {unit: data for unit, data in parts.items() if unit not in done}
+        todo = {unit: part for unit, part in parts.items() if unit not in done}
         if not todo:
             return None, {}
-        rows = {unit: data.num_rows for unit, data in todo.items()}
+        rows = {unit: part.rows for unit, part in todo.items()}
         summary = {RUN_KEY: run_id, UNITS_KEY: json.dumps(rows, separators=(",", ":"))}
         try:
-            table.append(pa.concat_tables(todo.values()), snapshot_properties=summary)
+            with table.transaction() as transaction:
+                update = transaction.update_snapshot(snapshot_properties=summary)
+                with update.fast_append() as append:
+                    for part in todo.values():
+                        for file in part.files:
+                            append.append_data_file(file)
         except CommitFailedException:
             time.sleep(min(0.05 * 2**attempt, 2.0))  # a concurrent commit won; check again
             continue

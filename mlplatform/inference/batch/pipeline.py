@@ -3,7 +3,8 @@
 Units -> read stage (CPU tasks, inference.batch.units) -> [the user's preprocessing stage (CPU
 actors, inference.user_predictor)] -> model stage (fused: an actor pool with the model, on GPUs
 when actor_num_gpus asks; separated: actors that call a Ray Serve deployment,
-inference.batch.predictors).
+inference.batch.predictors), which writes the predictions as data files
+(inference.batch.unit_files) and hands the driver their metadata.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mlplatform.inference.batch.predictors import (
     deploy_batch_model,
 )
 from mlplatform.inference.batch.request import Mode
+from mlplatform.inference.batch.unit_files import WriteTarget
 from mlplatform.inference.batch.units import read_units
 from mlplatform.inference.user_predictor import model_loader
 from mlplatform.registry import model_registry
@@ -57,9 +59,12 @@ def unit_pipeline(
     mode: Mode,
     units: list[dict],
     read_kwargs: dict,
+    target: WriteTarget,
     app_name: str | None = None,
 ) -> ray.data.Dataset:
-    """Units -> read stage (tasks) -> model stage (actor pool), streamed by Ray Data.
+    """Units -> read stage (tasks) -> model stage (actor pool, which writes the predictions as
+    data files of `target`: its output is one metadata row per unit part, unit_files), streamed
+    by Ray Data.
 
     read_kwargs: columns (the key column first), row_filter, schema_json (see read_units).
     In separated mode the model is the Serve application app_name (default: deployed now).
@@ -68,6 +73,7 @@ def unit_pipeline(
     kwargs: dict[str, Any] = {
         "ref": ref,
         "key": s.key_column,
+        "target": target,
         "timeout_s": s.batch_timeout_s,
         "niceness": s.batch_niceness,
         "ranges": s.dataset_spec.ranges,
@@ -100,8 +106,8 @@ def unit_pipeline(
 
 
 def watch_output(pipeline: ray.data.Dataset, stall_timeout_s: float) -> Iterator[pa.Table]:
-    """The pipeline's output blocks; BatchInferenceStalled when none comes for stall_timeout_s
-    (Ray Data waits for resources forever, and a run should fail with a reason instead)."""
+    """The pipeline's output blocks (metadata rows); BatchInferenceStalled when none comes for
+    stall_timeout_s (Ray Data waits for resources forever: a run should fail with a reason)."""
     frames: queue.Queue = queue.Queue(maxsize=8)
     end = object()
 

@@ -22,6 +22,7 @@ from ray import serve
 
 from mlplatform.connectors.niceness import set_niceness
 from mlplatform.dataset.prediction_record import CLASS_INDEX, LABEL, PROBABILITIES, REASON
+from mlplatform.inference.batch.unit_files import WriteTarget, write_parts
 from mlplatform.inference.batch.units import ERROR, UNIT, UNIT_ROWS
 from mlplatform.inference.features import Ranges, within_float32
 from mlplatform.inference.predictions import label_order, prediction_columns
@@ -128,13 +129,15 @@ def predict_table(
 
 
 class Predictor:
-    """fused mode: the model in the Ray Data actor, loaded and verified once per actor."""
+    """fused mode: the model in the Ray Data actor, loaded and verified once per actor; each
+    batch's predictions are written as data files here (unit_files.write_parts)."""
 
     def __init__(
         self,
         ref: ModelRef,
         key: str,
         timeout_s: float,
+        target: WriteTarget,
         loader: Callable[[ModelRef], Any] | None = None,
         niceness: int | None = None,
         ranges: Ranges | None = None,
@@ -142,6 +145,7 @@ class Predictor:
         if niceness is not None:  # this actor's process is the model's alone
             set_niceness(niceness)
         self.ref, self.key, self.timeout_s, self.ranges = ref, key, timeout_s, ranges
+        self.target = target
         self.model = (loader or model_registry.load_model)(ref)
         self._pool = concurrent.futures.ThreadPoolExecutor(1)
 
@@ -157,7 +161,8 @@ class Predictor:
         return label_order(probabilities, self.model.classes_, len(self.ref.label_names))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return predict_table(batch, self.ref, self.key, self._predict, self.ranges)
+        predicted = predict_table(batch, self.ref, self.key, self._predict, self.ranges)
+        return write_parts(predicted, self.target)
 
 
 class PreprocessStage:
@@ -249,13 +254,15 @@ def serving_batch_model(
 
 
 class ServePredictor:
-    """separated mode: a light Ray Data actor that sends each batch to the Serve deployment."""
+    """separated mode: a light Ray Data actor that sends each batch's features to the Serve
+    deployment and writes the predictions as data files (unit_files.write_parts)."""
 
     def __init__(
         self,
         ref: ModelRef,
         key: str,
         timeout_s: float,
+        target: WriteTarget,
         app_name: str,
         niceness: int | None = None,
         ranges: Ranges | None = None,
@@ -263,10 +270,12 @@ class ServePredictor:
         if niceness is not None:
             set_niceness(niceness)
         self.ref, self.key, self.timeout_s, self.ranges = ref, key, timeout_s, ranges
+        self.target = target
         self.handle = serve.get_deployment_handle("BatchModel", app_name)
 
     def _predict(self, features: np.ndarray) -> np.ndarray:
         return self.handle.predict_proba.remote(features).result(timeout_s=self.timeout_s)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return predict_table(batch, self.ref, self.key, self._predict, self.ranges)
+        predicted = predict_table(batch, self.ref, self.key, self._predict, self.ranges)
+        return write_parts(predicted, self.target)

@@ -1,8 +1,10 @@
 """Batch inference: Ray Data over a pinned Iceberg snapshot, one prediction per input row.
 
 Units (inference.batch.units) -> read stage (CPU tasks) -> model stage (fused: actor pool with
-the model; separated: Ray Serve deployment) -> the driver gathers each unit's rows and commits
-complete units to the Iceberg predictions table, then marks them done in the checkpoint store.
+the model; separated: Ray Serve deployment), which writes each unit's predictions as data files
+(inference.batch.unit_files) -> the driver gathers each unit's files and commits complete units
+to the Iceberg predictions table, then marks them done in the checkpoint store. No prediction
+row passes through the driver.
 The protocol that makes crashes, restarts and concurrent runs lose and double nothing is in the
 checkpoints package's docstring. A unit whose attempt fails is tried again in a later pass, up to
 unit_max_attempts; then it is failed, and the run fails when failed units hold more than
@@ -15,24 +17,14 @@ inference.batch.pipeline; the request and the result in inference.batch.request 
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
-
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from checkpoints.store import FAILED, PENDING, RunInProgress
 from mlplatform.connectors.ray_runtime import connect
-from mlplatform.dataset.prediction_record import (
-    CLASS_INDEX,
-    LABEL,
-    MODEL_VERSION,
-    PROBABILITIES,
-    REASON,
-)
 from mlplatform.inference.batch.commit import commit_units
 from mlplatform.inference.batch.job import Job, hold_lease, open_job, reconcile
 from mlplatform.inference.batch.pipeline import batch_model_loader, unit_pipeline, watch_output
@@ -43,6 +35,15 @@ from mlplatform.inference.batch.results import (
     BatchResult,
     FailedUnit,
     failure_report,
+)
+from mlplatform.inference.batch.unit_files import (
+    ARRIVED,
+    REASONS,
+    ROWS,
+    UnitFiles,
+    WriteTarget,
+    delete_files,
+    part_files,
 )
 from mlplatform.inference.batch.units import ERROR, UNIT, UNIT_ROWS
 from mlplatform.settings import Settings
@@ -55,40 +56,16 @@ def commit_interval_rows(s: Settings, rows_total: int) -> int:
     return max(1, min(s.commit_every_rows, math.ceil(s.commit_every_fraction * rows_total)))
 
 
-def predictions_rows(
-    table: pa.Table, key: str, schema: pa.Schema, run_id: str, snapshot_id: int
-) -> pa.Table:
-    """The predictions table's rows of model-stage output (placeholder rows dropped), in the
-    table's Arrow schema."""
-    if table[key].null_count:
-        table = table.filter(pc.is_valid(table[key]))
-    n = table.num_rows
-    out = table.select([key, CLASS_INDEX, LABEL, PROBABILITIES, MODEL_VERSION, REASON])
-    out = out.append_column("run_id", pa.repeat(pa.scalar(run_id, pa.string()), n))
-    out = out.append_column("input_snapshot_id", pa.repeat(pa.scalar(snapshot_id, pa.int64()), n))
-    return out.cast(schema)
-
-
-def unit_parts(table: pa.Table) -> Iterator[tuple[int, pa.Table]]:
-    """(unit, its rows) of model-stage output; zero-copy slices when a unit's rows are adjacent."""
-    units = table[UNIT].to_numpy()
-    if len(units) == 0:
-        return
-    if (np.diff(units) != 0).sum() + 1 != len(np.unique(units)):  # not grouped: group them
-        order = np.argsort(units, kind="stable")
-        table, units = table.take(order), units[order]
-    starts = [0, *(np.flatnonzero(np.diff(units)) + 1).tolist(), len(units)]
-    for first, end in zip(starts, starts[1:], strict=False):
-        yield int(units[first]), table.slice(first, end - first)
-
-
-def _commit(job: Job, ready: dict[int, pa.Table]) -> None:
+def _commit(job: Job, ready: dict[int, UnitFiles]) -> None:
     """Steps 3 and 4 of the protocol for the complete units in `ready`, which it empties."""
     if not ready:
         return
     if job.lease_lost.is_set():
         raise RunInProgress(f"run {job.run.run_id}: lease lost to another process; stopping")
     snapshot_id, rows = commit_units(job.predictions, job.run.run_id, ready)
+    for unit, part in ready.items():
+        if unit not in rows:  # committed by another run: these files will never be
+            delete_files(job.predictions.io, part.files)
     if rows:
         job.store.mark_done(job.run.run_id, rows, snapshot_id)
         job.committed_rows += sum(rows.values())
@@ -96,59 +73,50 @@ def _commit(job: Job, ready: dict[int, pa.Table]) -> None:
         job.step("first_commit")
         job.step("last_commit", again=True)
         for unit in rows:
-            for count in pc.value_counts(ready[unit][REASON].drop_null()).to_pylist():
-                job.refused[count["values"]] = job.refused.get(count["values"], 0) + count["counts"]
+            for reason, count in ready[unit].refused.items():
+                job.refused[reason] = job.refused.get(reason, 0) + count
     ready.clear()
     if job.on_progress:
         job.on_progress(job.store.progress(job.run.run_id)[0], job.run.units_total)
 
 
-def _first_error(part: pa.Table) -> str | None:
-    errors = part[ERROR]
-    failed = pc.not_equal(errors, "")
-    if not pc.any(failed).as_py():
-        return None
-    return errors.filter(failed)[0].as_py()
-
-
 def _run_pass(job: Job, units: list[dict]) -> dict[int, str]:
-    """Predict and commit the units; {unit: error} of those whose attempt failed."""
-    buffers: dict[int, list[pa.Table]] = {}
+    """Predict and commit the units; {unit: error} of those whose attempt failed. The driver
+    sees one metadata row per unit part (unit_files): the workers wrote the predictions."""
+    written: dict[int, UnitFiles] = {}
     arrived: dict[int, int] = {}
     errors: dict[int, str] = {}
     finished: set[int] = set()
-    ready: dict[int, pa.Table] = {}
+    ready: dict[int, UnitFiles] = {}
     last_commit = time.monotonic()
-    schema = job.predictions.schema().as_arrow()
     every_rows = commit_interval_rows(job.s, job.run.rows_total)
-    pipeline = unit_pipeline(job.s, job.ref, job.mode, units, job.read_kwargs, job.app_name)
+    target = WriteTarget.of(job.predictions, job.s.key_column, job.run.run_id, job.run.snapshot_id)
+    pipeline = unit_pipeline(job.s, job.ref, job.mode, units, job.read_kwargs, target, job.app_name)
+    io = job.predictions.io
     for table in watch_output(pipeline, job.s.stall_timeout_s):
         job.step("first_prediction")
-        for unit, part in unit_parts(table):
+        for row in table.to_pylist():
+            unit, files = row[UNIT], part_files(row)
             if unit in errors:
+                delete_files(io, files)
                 continue
-            error = _first_error(part)
-            if error is not None:
-                errors[unit] = error
-                buffers.pop(unit, None)
+            if row[ERROR]:
+                errors[unit] = row[ERROR]
+                delete_files(io, files + written.pop(unit, UnitFiles()).files)
                 continue
-            buffers.setdefault(unit, []).append(part)
-            arrived[unit] = arrived.get(unit, 0) + part.num_rows
-            if arrived[unit] >= max(part[UNIT_ROWS][0].as_py(), 1):
-                ready[unit] = predictions_rows(
-                    pa.concat_tables(buffers.pop(unit)),
-                    job.s.key_column,
-                    schema,
-                    job.run.run_id,
-                    job.run.snapshot_id,
-                )
+            written.setdefault(unit, UnitFiles()).add(row[ROWS], files, json.loads(row[REASONS]))
+            arrived[unit] = arrived.get(unit, 0) + row[ARRIVED]
+            if arrived[unit] >= max(row[UNIT_ROWS], 1):
+                ready[unit] = written.pop(unit)
                 finished.add(unit)
-        pending_rows = sum(t.num_rows for t in ready.values())
+        pending_rows = sum(part.rows for part in ready.values())
         due = time.monotonic() - last_commit >= job.s.commit_every_s
         if pending_rows >= every_rows or (ready and due):
             _commit(job, ready)
             last_commit = time.monotonic()
     _commit(job, ready)
+    for part in written.values():  # incomplete: never committed
+        delete_files(io, part.files)
     for spec in units:
         if spec["unit"] not in finished and spec["unit"] not in errors:
             errors[spec["unit"]] = (

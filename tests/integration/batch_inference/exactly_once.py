@@ -14,6 +14,7 @@ from pyiceberg.expressions import EqualTo
 from checkpoints.store import CheckpointStore, UnitPlan
 from mlplatform.connectors.iceberg_tables import ensure_tables, load_table
 from mlplatform.inference.batch.commit import commit_units, committed_units, disable_auto_retry
+from mlplatform.inference.batch.unit_files import UnitFiles, write_data_files
 from mlplatform.settings import Settings
 from tests.helpers import run_together
 
@@ -57,8 +58,9 @@ def race_commits(s: Settings) -> None:
     data = pa.Table.from_pandas(rows, schema=table.schema().as_arrow(), preserve_index=False)
 
     def commit(unit: int) -> int | None:
-        own = load_table(s, s.predictions_table)  # each writer its own table object
-        return commit_units(own, run_id, {unit: data, 99: data})[0]
+        own = load_table(s, s.predictions_table)  # each writer its own table object and files
+        parts = {u: UnitFiles(10, write_data_files(own.metadata, own.io, data)) for u in (unit, 99)}
+        return commit_units(own, run_id, parts)[0]
 
     # A committer that raises or hangs fails the test (run_together).
     snapshots = run_together(commit, [(1,), (1,), (2,), (2,)], timeout_s=120)

@@ -23,6 +23,7 @@ from flows.table_maintenance import table_maintenance
 from mlplatform.connectors.iceberg_tables import ensure_tables, load_table, merged_sequence
 from mlplatform.connectors.ray_runtime import connect
 from mlplatform.inference.batch.commit import commit_units, committed_units, disable_auto_retry
+from mlplatform.inference.batch.unit_files import UnitFiles, write_data_files
 from mlplatform.inference.stream.committer import Result, StreamCommitter, high_water_marks
 from mlplatform.maintenance.tables import live_entries, maintain, referenced_files
 from mlplatform.sample_data.synthetic_features import (
@@ -203,7 +204,8 @@ def test_expiry_keeps_the_snapshots_of_unfinished_runs(lake: Settings) -> None:
     for run, unit in ((done, 0), (unfinished, 0), (unfinished, 1), (done, 1)):
         row = _prediction(s, f"{run.run_id}-{unit}", run.run_id)
         rows = pa.Table.from_pylist([row], schema=schema)
-        commit_units(table, run.run_id, {unit: rows})
+        files = write_data_files(table.metadata, table.io, rows)
+        commit_units(table, run.run_id, {unit: UnitFiles(1, files)})
     before = _rows(s, s.predictions_table)
     aggressive = s.model_copy(update={"snapshot_retention_hours": 0, "orphan_min_age_hours": 0})
     [report] = maintain(aggressive, [s.predictions_table])

@@ -4,6 +4,7 @@ isolation and timeout, the driver's stall watchdog, and the request the flow bui
 from __future__ import annotations
 
 import inspect
+import json
 import subprocess
 import sys
 import threading
@@ -23,9 +24,19 @@ from mlplatform.inference.batch.pipeline import BatchInferenceStalled, watch_out
 from mlplatform.inference.batch.predictors import Predictor, predict_table
 from mlplatform.inference.batch.request import BatchRequest
 from mlplatform.inference.batch.results import FailedUnit, failure_report, step_costs
-from mlplatform.inference.batch.runner import commit_interval_rows, predictions_rows, unit_parts
+from mlplatform.inference.batch.runner import commit_interval_rows
+from mlplatform.inference.batch.unit_files import (
+    ARRIVED,
+    REASONS,
+    ROWS,
+    part_files,
+    predictions_rows,
+    unit_parts,
+    write_parts,
+)
 from mlplatform.inference.batch.units import ERROR, UNIT, UNIT_ROWS, read_unit, read_units
 from mlplatform.registry.model_registry import ModelRef
+from tests.helpers import predictions_target, written_rows
 
 pytestmark = pytest.mark.unit
 
@@ -102,7 +113,11 @@ class _FailsOnNegative:
         return np.hstack([1.0 - p, p])
 
 
-def _batch(rows: list[tuple[int, str | None, float]], unit_rows: list[int] | None = None):
+def _batch(
+    rows: list[tuple[int, str | None, float]],
+    unit_rows: list[int] | None = None,
+    errors: list[str] | None = None,
+):
     units = [u for u, _, _ in rows]
     return pa.table(
         {
@@ -111,7 +126,7 @@ def _batch(rows: list[tuple[int, str | None, float]], unit_rows: list[int] | Non
             "f2": [0.0] * len(rows),
             UNIT: units,
             UNIT_ROWS: unit_rows or [units.count(u) for u in units],
-            ERROR: [""] * len(rows),
+            ERROR: errors or [""] * len(rows),
         }
     )
 
@@ -143,7 +158,7 @@ def test_predict_table_passes_placeholders_and_read_errors_through() -> None:
     assert out[ERROR].to_pylist() == ["", "", "read failed: x"]
 
 
-def test_predictor_times_out_a_stuck_batch() -> None:
+def test_predictor_times_out_a_stuck_batch(tmp_path: Path) -> None:
     release = threading.Event()
 
     class Stuck:
@@ -151,12 +166,45 @@ def test_predictor_times_out_a_stuck_batch() -> None:
             release.wait(10)
             return np.zeros((len(x), 2))
 
-    predictor = Predictor(REF, "event_id", timeout_s=0.2, loader=lambda ref: Stuck())
+    target = predictions_target(tmp_path)
+    predictor = Predictor(REF, "event_id", 0.2, target, loader=lambda ref: Stuck())
     started = time.monotonic()
     out = predictor(_batch([(0, "a", 1.0), (0, "b", 2.0)]))
     release.set()
     assert time.monotonic() - started < 5
-    assert all("took over 0.2 s" in e for e in out[ERROR].to_pylist())
+    [part] = out.to_pylist()
+    assert "took over 0.2 s" in part[ERROR]
+    assert (part[ROWS], part_files(part)) == (0, [])  # a failed part writes nothing
+
+
+def test_the_write_stage_writes_each_unit_part_and_reports_only_metadata(tmp_path: Path) -> None:
+    """Unit 0 predicted (one row refused), unit 1 a placeholder (no matching rows), unit 2 a
+    failed read: one metadata row each; only unit 0 has a data file, with its rows."""
+    target = predictions_target(tmp_path, run_id="run-7", snapshot_id=5)
+    batch = _batch([(0, "a", 1.0), (0, "b", 2.0), (1, None, 0.0)], unit_rows=[2, 2, 0])
+    batch = pa.concat_tables(
+        [batch, _batch([(2, None, 0.0)], unit_rows=[0], errors=["read failed: x"])]
+    )
+    predicted = predict_table(batch, REF, "event_id", _FailsOnNegative().predict_proba)
+    predicted = predicted.set_column(
+        predicted.schema.get_field_index("reason"),
+        "reason",
+        pa.array([None, "out_of_range:f1", None, None], pa.string()),
+    )
+    parts = write_parts(predicted, target).to_pylist()
+    assert [(p[UNIT], p[UNIT_ROWS], p[ARRIVED], p[ROWS]) for p in parts] == [
+        (0, 2, 2, 2),
+        (1, 0, 1, 0),
+        (2, 0, 1, 0),
+    ]
+    assert [p[ERROR] for p in parts] == ["", "", "read failed: x"]
+    assert [json.loads(p[REASONS]) for p in parts] == [{"out_of_range:f1": 1}, {}, {}]
+    assert [len(part_files(p)) for p in parts] == [1, 0, 0]
+    rows = written_rows(write_parts(predicted, target).slice(0, 1))
+    assert rows["event_id"].to_pylist() == ["a", "b"]
+    assert rows["reason"].to_pylist() == [None, "out_of_range:f1"]
+    assert set(rows["run_id"].to_pylist()) == {"run-7"}
+    assert [f.record_count for f in part_files(parts[0])] == [2]
 
 
 class _Pipeline:

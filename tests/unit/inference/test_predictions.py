@@ -3,6 +3,8 @@ the batch predictors' use of the model's classes."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -18,6 +20,7 @@ from mlplatform.inference.predictions import (
     predictions,
 )
 from mlplatform.registry.model_registry import ModelRef
+from tests.helpers import predictions_target, written_rows
 
 pytestmark = pytest.mark.unit
 
@@ -72,12 +75,12 @@ def test_arrow_columns() -> None:
     assert pa.table(prediction_columns(np.zeros((0, 3)), LABELS, 3)).num_rows == 0
 
 
-def test_the_batch_predictor_maps_the_models_classes() -> None:
+def test_the_batch_predictor_maps_the_models_classes(tmp_path: Path) -> None:
     """A model trained on classes 0 and 2 of three: its rows are labelled 'c', not 'b'."""
     x = np.array([[0.0], [1.0], [9.0], [10.0]])
     model = LogisticRegression().fit(x, [0, 0, 2, 2])
     ref = ModelRef(3, "/nonexistent", "0" * 64, ("f1",), LABELS)
-    predictor = Predictor(ref, "event_id", timeout_s=30, loader=lambda ref: model)
+    predictor = Predictor(ref, "event_id", 30, predictions_target(tmp_path), lambda ref: model)
     batch = pa.table(
         {
             "event_id": ["low", "high"],
@@ -87,6 +90,6 @@ def test_the_batch_predictor_maps_the_models_classes() -> None:
             ERROR: ["", ""],
         }
     )
-    out = predictor(batch).to_pydict()
+    out = written_rows(predictor(batch)).to_pydict()
     assert out[CLASS_INDEX] == [0, 2] and out[LABEL] == ["a", "c"]
     assert all(len(p) == 3 and p[1] == 0.0 for p in out[PROBABILITIES])
