@@ -60,8 +60,10 @@ from checkpoints.store import CheckpointStore
 from mlplatform.connectors.iceberg_tables import ensure_tables
 from mlplatform.connectors.ray_runtime import connect
 from mlplatform.inference.batch.commit import committed_units
-from mlplatform.inference.batch.pipeline import read_stage, unit_pipeline
-from mlplatform.inference.batch.predictors import Predictor, deploy_batch_model
+from mlplatform.inference.batch.model_pool import PoolClient
+from mlplatform.inference.batch.model_stage import ModelStage
+from mlplatform.inference.batch.pipeline import batch_model_loader, read_stage, unit_pipeline
+from mlplatform.inference.batch.predictors import deploy_batch_model
 from mlplatform.inference.batch.request import BatchRequest
 from mlplatform.inference.batch.results import step_costs
 from mlplatform.inference.batch.runner import commit_interval_rows, run_batch_inference
@@ -406,11 +408,12 @@ def bsp(data: Dataset, ref: ModelRef, tag: str) -> tuple[int, int]:
     kwargs = {
         "ref": ref,
         "key": s.key_column,
-        "timeout_s": s.batch_timeout_s,
         "target": write_target(data, run_id),
+        "client": PoolClient(s, ref, batch_model_loader(s), s.batch_timeout_s),
         "niceness": s.batch_niceness,
     }
-    predicted = read.map_batches(Predictor, fn_constructor_kwargs=kwargs, **_pool(s)).materialize()
+    stage = read.map_batches(ModelStage, fn_constructor_kwargs=kwargs, **_pool(s))
+    predicted = stage.materialize()
     batches = predicted.iter_batches(batch_size=None, batch_format="pyarrow")
     return append_written(data, batches, run_id)
 

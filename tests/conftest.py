@@ -46,11 +46,14 @@ def services() -> Iterator[Settings]:
 
 
 @pytest.fixture(scope="session")
-def isolated(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """Settings whose tables, topics, landing folder and database belong to this session only."""
+def isolated(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Settings whose tables, topics, landing folder and database belong to this session only.
+    Warm model pools go idle after 20 s (a test's pool must not outlive its test for long on a
+    shared two-CPU cluster); the session's pools and batch Serve applications are removed at
+    its end."""
     tag = uuid.uuid4().hex[:8]
     root: Path = tmp_path_factory.mktemp("platform")
-    return Settings(
+    yield Settings(
         namespace=f"it_{tag}",
         features_topic=f"persistent://public/default/features-it-{tag}",
         predictions_topic=f"persistent://public/default/predictions-it-{tag}",
@@ -60,7 +63,30 @@ def isolated(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Se
         landing_dir=root / "landing",
         database_url=f"sqlite:///{root / 'platform.db'}",
         commit_every_rows=100,
+        pool_idle_s=20,
     )
+    _remove_warm_pools(f"it_{tag}")
+
+
+def _remove_warm_pools(namespace: str) -> None:
+    """The session's pool actors and batch Serve applications (their apps are named after the
+    test modules' serve_app_name, 'model-it-...')."""
+    import ray
+
+    from mlplatform.inference.batch.model_pool import release_pools
+
+    if not ray.is_initialized():
+        return
+    release_pools(f"mlp-pool/{namespace}")
+    from ray import serve
+
+    try:
+        applications = serve.status().applications
+    except Exception:  # Serve never started in this session
+        return
+    for name in applications:
+        if name.startswith("model-it-") and "-batch-" in name:
+            serve.delete(name, _blocking=False)
 
 
 @pytest.fixture(scope="session")

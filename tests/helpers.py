@@ -234,3 +234,16 @@ def written_rows(parts: Any) -> Any:
     files = [f for row in parts.to_pylist() for f in part_files(row)]
     tables = [pq.read_table(f.file_path.removeprefix("file://")) for f in files]
     return pa.concat_tables(tables) if tables else None
+
+
+def pool_pids(s: Settings) -> dict[str, int]:
+    """{name: process id} of the namespace's live warm-pool actors (inference.batch.model_pool)."""
+    from ray.util.state import list_actors
+
+    from mlplatform.inference.batch.model_pool import pool_actor_names, pool_prefix
+
+    names = set(pool_actor_names(pool_prefix(s)))
+    if not names:
+        return {}
+    actors = list_actors(address=s.ray_address, filters=[("state", "=", "ALIVE")], limit=10_000)
+    return {a.name: a.pid for a in actors if a.name in names and a.pid}

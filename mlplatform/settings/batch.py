@@ -10,15 +10,21 @@ from pydantic import BaseModel, Field
 class BatchSettings(BaseModel):
     """How batch inference splits a run into units, scores them on Ray and commits them."""
 
-    # Protocol: checkpoints. fused: the model in a Ray Data actor pool; separated: the model in a
-    # Ray Serve deployment called through a handle.
+    # Protocol: checkpoints. fused: the model in a warm pool of Ray actors; separated: the model in
+    # a Ray Serve deployment called through a handle.
     batch_mode: Literal["fused", "separated"] = "fused"
     # Rows per model call: large enough that a forest's per-call cost is small (a unit's rows).
     batch_size: int = 20_000
+    # The model stage: Ray Data actors (actor_pool_min..max, each holding actor_num_cpus while
+    # a run lasts) that build and write the prediction rows; the model itself is in a warm pool
+    # (inference/batch/model_pool.py): pool_size actors per model that outlive runs (fused; the
+    # Serve application in separated mode), gone after pool_idle_s without a call.
     actor_pool_min: int = 1
     actor_pool_max: int = 2
     actor_num_cpus: float = 0.5
     actor_num_gpus: float = 0.0
+    pool_size: int = Field(default=2, ge=1)
+    pool_idle_s: float = Field(default=600.0, gt=0)
     reader_num_cpus: float = 0.25
     # Niceness of batch inference's Ray Data workers. None: Ray's (15, below every other process
     # on the node, which suits a shared node); 0: level with them (needs root or CAP_SYS_NICE).

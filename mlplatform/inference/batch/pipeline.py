@@ -1,10 +1,10 @@
 """The Ray Data pipeline of batch inference, and the driver's watch over its output.
 
 Units -> read stage (CPU tasks, inference.batch.units) -> [the user's preprocessing stage (CPU
-actors, inference.user_predictor)] -> model stage (fused: an actor pool with the model, on GPUs
-when actor_num_gpus asks; separated: actors that call a Ray Serve deployment,
-inference.batch.predictors), which writes the predictions as data files
-(inference.batch.unit_files) and hands the driver their metadata.
+actors, inference.user_predictor)] -> model stage (light actors, inference.batch.model_stage, that
+call the model's warm pool: fused, Ray actors that outlive the run, on GPUs when actor_num_gpus
+asks, inference.batch.model_pool; separated, a Ray Serve deployment), which writes the
+predictions as data files (inference.batch.unit_files) and hands the driver their metadata.
 """
 
 from __future__ import annotations
@@ -17,12 +17,9 @@ from typing import Any
 import pyarrow as pa
 import ray
 
-from mlplatform.inference.batch.predictors import (
-    Predictor,
-    PreprocessStage,
-    ServePredictor,
-    deploy_batch_model,
-)
+from mlplatform.inference.batch.model_pool import PoolClient
+from mlplatform.inference.batch.model_stage import ModelStage, PredictProba, ServeClient
+from mlplatform.inference.batch.predictors import PreprocessStage, deploy_batch_model
 from mlplatform.inference.batch.request import Mode
 from mlplatform.inference.batch.unit_files import WriteTarget
 from mlplatform.inference.batch.units import read_units
@@ -62,28 +59,27 @@ def unit_pipeline(
     target: WriteTarget,
     app_name: str | None = None,
 ) -> ray.data.Dataset:
-    """Units -> read stage (tasks) -> model stage (actor pool, which writes the predictions as
-    data files of `target`: its output is one metadata row per unit part, unit_files), streamed
-    by Ray Data.
+    """Units -> read stage (tasks) -> model stage (actor pool that calls the model's warm pool and
+    writes the predictions as data files of `target`: its output is one metadata row per unit
+    part, unit_files), streamed by Ray Data.
 
     read_kwargs: columns (the key column first), row_filter, schema_json (see read_units).
     In separated mode the model is the Serve application app_name (default: deployed now).
     """
-    predictor: type = Predictor
+    client: PredictProba
+    if mode == "separated":
+        app_name = app_name or deploy_batch_model(s, ref, batch_model_loader(s))
+        client = ServeClient(app_name, s.batch_timeout_s)
+    else:
+        client = PoolClient(s, ref, batch_model_loader(s), s.batch_timeout_s)
     kwargs: dict[str, Any] = {
         "ref": ref,
         "key": s.key_column,
         "target": target,
-        "timeout_s": s.batch_timeout_s,
+        "client": client,
         "niceness": s.batch_niceness,
         "ranges": s.dataset_spec.ranges,
     }
-    if mode == "separated":
-        app_name = app_name or deploy_batch_model(s, ref, batch_model_loader(s))
-        predictor, kwargs = ServePredictor, {**kwargs, "app_name": app_name}
-    else:
-        kwargs["loader"] = batch_model_loader(s)
-    fused = mode == "fused"
     rows = read_stage(s, units, read_kwargs)
     if s.preprocessor_class:
         rows = rows.map_batches(
@@ -94,14 +90,15 @@ def unit_pipeline(
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=s.actor_pool_max),
             num_cpus=s.preprocessor_num_cpus,
         )
+    # Fused: the stage's actors hold the run's CPUs for the pool's work (pool actors hold none);
+    # separated: the Serve replicas hold their own.
     return rows.map_batches(
-        predictor,
+        ModelStage,
         fn_constructor_kwargs=kwargs,
         batch_size=s.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=s.actor_pool_min, max_size=s.actor_pool_max),
-        num_cpus=s.actor_num_cpus if fused else 0.1,
-        num_gpus=s.actor_num_gpus if fused else 0,
+        num_cpus=s.actor_num_cpus if mode == "fused" else 0.1,
     )
 
 

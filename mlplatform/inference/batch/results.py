@@ -22,7 +22,9 @@ class FailedUnit:
 # marks; the time a step takes is the difference to the one before it.
 STEPS = {
     "planned": "the job opened: its run found, or its units planned from the snapshot's files",
-    "ray_connected": "connected to Ray (and the Serve application deployed, separated mode)",
+    "ray_connected": "connected to Ray",
+    "pool_ready": "the model's warm pool ready: found, or started, with the version loaded "
+    "(fused: pool actors; separated: the Serve application)",
     "first_prediction": "the first predictions came back: the model stage's actors are ready",
     "first_commit": "the first units committed to Iceberg and marked done",
     "last_commit": "the last units committed",

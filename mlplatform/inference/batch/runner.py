@@ -21,14 +21,14 @@ import json
 import math
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
 
 from checkpoints.store import FAILED, PENDING, RunInProgress
 from mlplatform.connectors.ray_runtime import connect
 from mlplatform.inference.batch.commit import commit_units
 from mlplatform.inference.batch.job import Job, hold_lease, open_job, reconcile
+from mlplatform.inference.batch.model_pool import warm_up
 from mlplatform.inference.batch.pipeline import batch_model_loader, unit_pipeline, watch_output
-from mlplatform.inference.batch.predictors import serving_batch_model
+from mlplatform.inference.batch.predictors import deploy_batch_model
 from mlplatform.inference.batch.request import BatchRequest
 from mlplatform.inference.batch.results import (
     BatchInferenceFailed,
@@ -172,13 +172,14 @@ def run_batch_inference(
         reconcile(job)
         skipped_units, skipped_rows = store.progress(run.run_id)
         connect(s)
+        job.step("ray_connected")
         try:
-            with ExitStack() as stack:
-                if job.mode == "separated":
-                    serving = serving_batch_model(s, job.ref, batch_model_loader(s))
-                    job.app_name = stack.enter_context(serving)
-                job.step("ray_connected")
-                failed = _execute(job)
+            if job.mode == "separated":
+                job.app_name = deploy_batch_model(s, job.ref, batch_model_loader(s))
+            else:
+                warm_up(s, job.ref, batch_model_loader(s))
+            job.step("pool_ready")
+            failed = _execute(job)
         except BaseException as error:
             store.finish(run.run_id, job.owner, "failed", repr(error)[:2000])
             raise

@@ -31,7 +31,7 @@ from mlplatform.maintenance.tables import maintain
 from mlplatform.sample_data.synthetic_features import append_features, feature_rows
 from mlplatform.settings import PROJECT_DIR, Settings
 from mlplatform.training.retrain import retrain
-from tests.helpers import module_settings, own_actor_pids, settings_env
+from tests.helpers import module_settings, own_actor_pids, pool_pids, settings_env
 from tests.integration.batch_inference.exactly_once import (
     assert_exactly_once,
     predictions_of,
@@ -153,20 +153,24 @@ def test_a_killed_ray_worker_loses_and_doubles_nothing(batch: Settings) -> None:
     runner = threading.Thread(target=lambda: outcome.update(result=_run(s)))
     runner.start()
     store = CheckpointStore(s.resolved_database_url)
-    killed = None
-    pids: list[int] = []
+    killed: list[int] = []
+    stage: list[int] = []
+    pool: list[int] = []
     deadline = time.monotonic() + 180
-    while killed is None and time.monotonic() < deadline and runner.is_alive():
-        # The actor is looked up as soon as it exists (Ray's state API takes a while), and
-        # killed once three units are done: never after the run's last unit.
-        pids = pids or own_actor_pids(s, "Predictor")
+    while not killed and time.monotonic() < deadline and runner.is_alive():
+        # The actors are looked up as soon as they exist (Ray's state API takes a while), and
+        # killed once three units are done: never after the run's last unit. One model-stage
+        # actor (Ray Data's) and one actor of the model's warm pool.
+        stage = stage or own_actor_pids(s, "ModelStage")
+        pool = pool or sorted(pool_pids(s).values())
         run_id = _current_run_id(s)
-        if pids and run_id and store.progress(run_id)[0] >= 3:
-            os.kill(pids[0], signal.SIGKILL)
-            killed = pids[0]
+        if stage and pool and run_id and store.progress(run_id)[0] >= 3:
+            killed = [stage[0], pool[0]]
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
         time.sleep(0.05)
     runner.join(300)
-    assert killed, "no Predictor actor was found mid-run"
+    assert killed, f"no model-stage or pool actor was found mid-run: {stage}, {pool}"
     result = outcome["result"]
     assert not isinstance(result, BaseException), result
     assert_exactly_once(s, result.run_id)

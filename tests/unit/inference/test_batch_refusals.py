@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from mlplatform.inference.batch.predictors import predict_table
+from mlplatform.inference.batch.model_stage import predict_table
 from mlplatform.inference.batch.units import ERROR, UNIT, UNIT_ROWS
 from mlplatform.registry.model_registry import ModelRef
 

@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import FrozenInstanceError, fields
 from pathlib import Path
 
@@ -20,8 +19,8 @@ import pytest
 from pyiceberg.schema import Schema
 from pyiceberg.types import DoubleType, NestedField, StringType
 
+from mlplatform.inference.batch.model_stage import ModelStage, predict_table
 from mlplatform.inference.batch.pipeline import BatchInferenceStalled, watch_output
-from mlplatform.inference.batch.predictors import Predictor, predict_table
 from mlplatform.inference.batch.request import BatchRequest
 from mlplatform.inference.batch.results import FailedUnit, failure_report, step_costs
 from mlplatform.inference.batch.runner import commit_interval_rows
@@ -158,21 +157,12 @@ def test_predict_table_passes_placeholders_and_read_errors_through() -> None:
     assert out[ERROR].to_pylist() == ["", "", "read failed: x"]
 
 
-def test_predictor_times_out_a_stuck_batch(tmp_path: Path) -> None:
-    release = threading.Event()
+def test_a_pool_call_that_times_out_fails_its_unit_and_writes_nothing(tmp_path: Path) -> None:
+    def timed_out(features: np.ndarray) -> np.ndarray:
+        raise TimeoutError(f"batch of {len(features)} rows took over 0.2 s")
 
-    class Stuck:
-        def predict_proba(self, x: np.ndarray) -> np.ndarray:
-            release.wait(10)
-            return np.zeros((len(x), 2))
-
-    target = predictions_target(tmp_path)
-    predictor = Predictor(REF, "event_id", 0.2, target, loader=lambda ref: Stuck())
-    started = time.monotonic()
-    out = predictor(_batch([(0, "a", 1.0), (0, "b", 2.0)]))
-    release.set()
-    assert time.monotonic() - started < 5
-    [part] = out.to_pylist()
+    stage = ModelStage(REF, "event_id", predictions_target(tmp_path), timed_out)
+    [part] = stage(_batch([(0, "a", 1.0), (0, "b", 2.0)])).to_pylist()
     assert "took over 0.2 s" in part[ERROR]
     assert (part[ROWS], part_files(part)) == (0, [])  # a failed part writes nothing
 

@@ -11,7 +11,8 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from mlplatform.dataset.prediction_record import CLASS_INDEX, LABEL, MODEL_VERSION, PROBABILITIES
-from mlplatform.inference.batch.predictors import Predictor
+from mlplatform.inference.batch.model_pool import in_label_order
+from mlplatform.inference.batch.model_stage import ModelStage
 from mlplatform.inference.batch.units import ERROR, UNIT, UNIT_ROWS
 from mlplatform.inference.predictions import (
     Prediction,
@@ -80,7 +81,9 @@ def test_the_batch_predictor_maps_the_models_classes(tmp_path: Path) -> None:
     x = np.array([[0.0], [1.0], [9.0], [10.0]])
     model = LogisticRegression().fit(x, [0, 0, 2, 2])
     ref = ModelRef(3, "/nonexistent", "0" * 64, ("f1",), LABELS)
-    predictor = Predictor(ref, "event_id", 30, predictions_target(tmp_path), lambda ref: model)
+    stage = ModelStage(
+        ref, "event_id", predictions_target(tmp_path), lambda x: in_label_order(model, ref, x)
+    )
     batch = pa.table(
         {
             "event_id": ["low", "high"],
@@ -90,6 +93,6 @@ def test_the_batch_predictor_maps_the_models_classes(tmp_path: Path) -> None:
             ERROR: ["", ""],
         }
     )
-    out = written_rows(predictor(batch)).to_pydict()
+    out = written_rows(stage(batch)).to_pydict()
     assert out[CLASS_INDEX] == [0, 2] and out[LABEL] == ["a", "c"]
     assert all(len(p) == 3 and p[1] == 0.0 for p in out[PROBABILITIES])

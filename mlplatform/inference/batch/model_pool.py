@@ -1,0 +1,196 @@
+"""Warm model pools: the actors that hold a model outlive the batch run that started them.
+
+Batch inference's model stage (predictors.ModelStage, light Ray Data actors that build the
+prediction rows and write them) sends each batch's features to a pool and gets the class
+probabilities back. A pool is one idea in two forms:
+
+- fused mode: `PoolModel`, `pool_size` named, detached Ray actors per namespace and model name
+  (and user predictor classes).
+  Each keeps the verified models it was asked for (the two most recent versions, by digest), so
+  a run of a version already loaded predicts at once, and a promoted version is loaded in the
+  same warm process, without a new one;
+- separated mode: the version's Ray Serve application (predictors.deploy_batch_model), whose
+  replicas Serve keeps and scales.
+
+Both outlive the run and shrink to zero when idle: a pool actor with no call for `pool_idle_s`
+exits; the Serve application scales to zero replicas after the same time. A pool actor that dies
+(a crash, a kill, its node lost) is created again on the next call that finds it gone.
+
+Pool actors hold no logical CPU (an idle pool must not starve the cluster): the model stage's
+actors that call them hold the run's CPUs (actor_num_cpus each) while the run lasts. GPUs are
+held (actor_num_gpus): a GPU model needs its device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import ray
+
+from mlplatform.connectors.niceness import set_niceness
+from mlplatform.inference.predictions import label_order
+from mlplatform.registry.model_registry import ModelRef
+from mlplatform.settings import Settings
+
+RAY_NAMESPACE = "mlplatform"  # detached named actors are looked up in one Ray namespace
+MODELS_KEPT = 2
+
+
+def in_label_order(model: Any, ref: ModelRef, features: np.ndarray) -> np.ndarray:
+    """The model's class probabilities of the rows, one column per label of ref.label_names
+    (a model trained on some of the classes gets zeros for the others)."""
+    return label_order(model.predict_proba(features), model.classes_, len(ref.label_names))
+
+
+def pool_prefix(s: Settings) -> str:
+    return f"mlp-pool/{s.namespace}/"
+
+
+def pool_name(s: Settings, index: int) -> str:
+    """The pool of the namespace's model, and of the user predictor classes that load it and
+    the GPUs they get (a pool's actors keep what they were made with)."""
+    made_with = [s.predictor_class, s.predictor_options, s.actor_num_gpus]
+    predictor = json.dumps(made_with, sort_keys=True, default=str)
+    digest = hashlib.sha256(predictor.encode()).hexdigest()[:8]
+    return f"{pool_prefix(s)}{s.resolved_model_name}/{digest}/{index}"
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class PoolModel:
+    """One warm model actor: the verified models it was asked for, by digest (the most recent
+    MODELS_KEPT); exits after `idle_s` without a call."""
+
+    def __init__(
+        self, idle_s: float, loader: Callable[[ModelRef], Any], niceness: int | None = None
+    ) -> None:
+        if niceness is not None:
+            set_niceness(niceness)
+        self.loader, self.idle_s = loader, idle_s
+        self.models: OrderedDict[str, Any] = OrderedDict()
+        self.last_call = time.monotonic()
+        threading.Thread(target=self._exit_when_idle, name="pool-idle", daemon=True).start()
+
+    def _exit_when_idle(self) -> None:
+        while True:
+            idle = time.monotonic() - self.last_call
+            if idle >= self.idle_s:
+                ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+                return
+            time.sleep(min(self.idle_s - idle, 5.0) + 0.01)
+
+    def _model(self, ref: ModelRef) -> Any:
+        if ref.sha256 not in self.models:
+            self.models[ref.sha256] = self.loader(ref)  # verified against its digest
+            while len(self.models) > MODELS_KEPT:
+                self.models.popitem(last=False)
+        self.models.move_to_end(ref.sha256)
+        return self.models[ref.sha256]
+
+    def ready(self, ref: ModelRef) -> int:
+        """Load the version (if it is not loaded yet); this actor's process id."""
+        self.last_call = time.monotonic()
+        self._model(ref)
+        return os.getpid()
+
+    def predict_proba(self, ref: ModelRef, features: np.ndarray) -> np.ndarray:
+        """Class probabilities of the rows, in ref.label_names order."""
+        self.last_call = time.monotonic()
+        probabilities = in_label_order(self._model(ref), ref, features)
+        self.last_call = time.monotonic()
+        return probabilities
+
+
+def pool_actor(s: Settings, index: int, loader: Callable) -> Any:
+    """The pool's actor `index`, created if it does not exist (or no longer does)."""
+    return PoolModel.options(
+        name=pool_name(s, index),
+        namespace=RAY_NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        num_gpus=s.actor_num_gpus,
+    ).remote(s.pool_idle_s, loader, s.batch_niceness)
+
+
+class PoolClient:
+    """The model stage's side of a fused pool: batches go to the pool's actors in turn; a call
+    that finds its actor gone creates it again and is sent once more."""
+
+    def __init__(self, s: Settings, ref: ModelRef, loader: Callable, timeout_s: float) -> None:
+        self.s, self.ref, self.loader, self.timeout_s = s, ref, loader, timeout_s
+        self.actors: dict[int, Any] = {}
+        self.turn = random.randrange(s.pool_size)  # the model stage's actors start apart
+
+    def _actor(self, index: int) -> Any:
+        if index not in self.actors:
+            self.actors[index] = pool_actor(self.s, index, self.loader)
+        return self.actors[index]
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        index = self.turn % self.s.pool_size
+        self.turn += 1
+
+        def call() -> np.ndarray:
+            try:
+                result = self._actor(index).predict_proba.remote(self.ref, features)
+                return ray.get(result, timeout=self.timeout_s)
+            except ray.exceptions.RayActorError:
+                self.actors.pop(index, None)
+                raise
+            except ray.exceptions.GetTimeoutError as error:
+                message = f"batch of {len(features)} rows took over {self.timeout_s} s"
+                raise TimeoutError(message) from error
+
+        return _again_if_gone(call)
+
+
+def _again_if_gone(call: Callable[[], Any], tries: int = 6) -> Any:
+    """`call`, made again while it finds a pool actor gone (killed, crashed, or exiting idle:
+    its name is free once Ray has it dead, and the next call creates the actor anew)."""
+    for attempt in range(tries):
+        try:
+            return call()
+        except ray.exceptions.RayActorError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.1 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def warm_up(s: Settings, ref: ModelRef, loader: Callable) -> list[int]:
+    """Every actor of the pool created (if needed) with the version loaded; their process ids."""
+
+    def ready() -> list[int]:
+        calls = [pool_actor(s, i, loader).ready.remote(ref) for i in range(s.pool_size)]
+        return ray.get(calls, timeout=s.stall_timeout_s)
+
+    return _again_if_gone(ready)
+
+
+def pool_actor_names(prefix: str) -> list[str]:
+    """The names of the live pool actors whose names start with `prefix`."""
+    return [
+        actor["name"]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["namespace"] == RAY_NAMESPACE and actor["name"].startswith(prefix)
+    ]
+
+
+def release_pools(prefix: str) -> list[str]:
+    """Kill the pool actors whose names start with `prefix` (pool_prefix(s): a namespace's);
+    their names. Idle pools go by themselves; `make down` stops them all."""
+    names = pool_actor_names(prefix)
+    for name in names:
+        try:
+            ray.kill(ray.get_actor(name, namespace=RAY_NAMESPACE), no_restart=True)
+        except ValueError:  # gone meanwhile
+            continue
+    return names
