@@ -4,7 +4,9 @@ For each size (default 1M and 10M rows) and model (a depth-3 decision tree and a
 forest), rows/s of:
 - raw: model.predict_proba on the rows as one in-memory float64 array, in the benchmark process,
   one thread and two threads over chunks; the better of the two is the raw limit;
-- fused: run_batch_inference(mode="fused"), checkpoints on (units, compare-and-set commits);
+- fused: run_batch_inference(mode="fused"), checkpoints on (units, compare-and-set commits), in a
+  process of its own as a flow run is (a new Ray driver; its start and imports not counted), its
+  peak RSS recorded (the driver's memory as the input grows);
 - ray_floor: Ray Data alone, the same read stage and actor pool with a model stage that passes
   its batches through, nothing written (the most fused could reach on this machine);
 - separated: run_batch_inference(mode="separated"), the model in a Ray Serve deployment;
@@ -16,6 +18,9 @@ forest), rows/s of:
   then predict and write all rows, then commit as no_checkpoint does);
 - spark: PySpark local[2] on the same Parquet files, mapInPandas with the same model (broadcast),
   written as Parquet to a temporary folder. The JVM start and a warm-up job are not counted.
+Before the first size's variants: the forest's fused run on a cold warm pool (its actors
+released first) and then on the warm one, each a job of its own over a tenth of the rows: the
+fixed steps to the first commit of each.
 Then a fused run on the largest size is killed (SIGKILL) once the checkpoint store shows >= 50%
 of the rows committed, and resumed in this process; the rows recomputed are the rows that had
 come back to the killed driver from Ray Data but were not committed (counted in the child by
@@ -35,6 +40,7 @@ import math
 import multiprocessing
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -60,7 +66,7 @@ from checkpoints.store import CheckpointStore
 from mlplatform.connectors.iceberg_tables import ensure_tables
 from mlplatform.connectors.ray_runtime import connect
 from mlplatform.inference.batch.commit import committed_units
-from mlplatform.inference.batch.model_pool import PoolClient
+from mlplatform.inference.batch.model_pool import PoolClient, pool_prefix, release_pools
 from mlplatform.inference.batch.model_stage import ModelStage
 from mlplatform.inference.batch.pipeline import batch_model_loader, read_stage, unit_pipeline
 from mlplatform.inference.batch.predictors import deploy_batch_model
@@ -87,6 +93,9 @@ TARGETS = {
     "fused_over_spark": 3.0,
     "checkpoint_overhead": 0.05,
     "recomputed_fraction": 0.02,
+    "first_commit_warm_s": 5.0,
+    "first_commit_cold_s": 15.0,
+    "driver_rss_ratio": 1.2,
 }
 
 
@@ -134,6 +143,15 @@ def targets_met(ratios: dict[str, float | None]) -> dict[str, bool | None]:
         ),
         "recomputed after a kill <= 2% of rows": at_most(
             ratios.get("recomputed_fraction"), TARGETS["recomputed_fraction"]
+        ),
+        "first commit <= 5 s on a warm pool": at_most(
+            ratios.get("first_commit_warm_s"), TARGETS["first_commit_warm_s"]
+        ),
+        "first commit <= 15 s on a cold pool": at_most(
+            ratios.get("first_commit_cold_s"), TARGETS["first_commit_cold_s"]
+        ),
+        "driver peak RSS, largest size / smallest <= 1.2": at_most(
+            ratios.get("driver_rss_ratio"), TARGETS["driver_rss_ratio"]
         ),
     }
 
@@ -510,6 +528,38 @@ def spark_job(spark: Any, data: Dataset, ref: ModelRef, model: Any, out: Path | 
 # The kill at 50%.
 
 
+def _measured_child(overrides: dict, request: dict, out: Any) -> None:
+    """A batch run in a process of its own (a new Ray driver, as a flow run is): its result and
+    the process's peak RSS."""
+    result = run_batch_inference(Settings(**overrides), BatchRequest(**request))
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out.put(
+        {
+            "predicted_rows": result.predicted_rows,
+            "commits": result.commits,
+            "units_total": result.units_total,
+            "seconds": result.seconds,
+            "steps": result.steps,
+            "driver_peak_rss_mb": round(peak_kib / 1024, 1),
+        }
+    )
+
+
+def run_in_child(bench: Bench, data: Dataset, **request: Any) -> dict:
+    """_measured_child's result (its start and imports not counted)."""
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    overrides = {**bench.overrides, "namespace": data.s.namespace}
+    child = context.Process(target=_measured_child, args=(overrides, request, out))
+    child.start()
+    try:
+        return out.get(timeout=3600)
+    finally:
+        child.join(60)
+        if child.exitcode not in (0, None):
+            raise RuntimeError(f"the measured run's process exited {child.exitcode}")
+
+
 def _killed_child(overrides: dict, version: int, run_id: str, arrived: Any) -> None:
     """A fused run in its own process; counts the rows whose written files Ray Data reports
     to its driver."""
@@ -607,6 +657,7 @@ class Runner:
         self.failed: list[dict] = []
         self.rates: dict[tuple[str, str], float] = {}  # (model, variant) -> rows/s, last size
         self.spark = None
+        self.pool_starts: dict[str, dict] = {}
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -663,8 +714,24 @@ class Runner:
             times.append(seconds)
         return times, result
 
+    def measure_pool_starts(self, data: Dataset) -> None:
+        """Fused runs of the forest in a new process (as a flow run is), on a cold pool (its
+        actors released first) and then on the warm one: each a job of its own (a row filter
+        that keeps a tenth of the rows), its fixed steps recorded."""
+        ref, column = self.bench.refs["forest_100"], data.s.feature_columns[0]
+        release_pools(pool_prefix(data.s))
+        for start, bound in (("cold", 0.1), ("warm", 0.2)):
+            cut = float(np.quantile(data.matrix[:, 0], bound))
+            result = run_in_child(
+                self.bench, data, model_version=ref.version, row_filter=f"{column} < {cut}"
+            )
+            self.pool_starts[start] = result
+            print(f"  pool {start}: fixed steps (s) {step_costs(result['steps'])}", flush=True)
+
     def size(self, data: Dataset) -> None:
         """Every variant on one size, for both models, in the order of VARIANTS."""
+        if not self.pool_starts and "fused" not in self.args.skip:
+            self.measure_pool_starts(data)
         for model_name, ref in self.bench.refs.items():
             model = model_registry.load_model(ref)
             for variant in VARIANTS:
@@ -687,27 +754,31 @@ class Runner:
         elif variant in ("fused", "separated"):
             if variant == "separated":  # deployed before, as it stays up between runs
                 self.bench.serve_apps.add(deploy_batch_model(data.s, ref))
-            times, result = self.repeat(
-                lambda: run_batch_inference(
-                    data.s, BatchRequest(model_version=ref.version, mode=variant)
-                )
-            )
+            runs = [
+                run_in_child(self.bench, data, model_version=ref.version, mode=variant)
+                for _ in range(self.args.repeats)
+            ]
             if variant == "separated":  # its replicas would take CPU from the other variants
                 self.bench.delete_serve_apps()
-            assert result.predicted_rows == data.rows, result
+            result = runs[-1]
+            assert result["predicted_rows"] == data.rows, result
             self.record(
                 data,
                 model_name,
                 variant,
-                times,
-                commits=result.commits,
-                units=result.units_total,
-                seconds_inside=round(result.seconds, 3),
-                steps=result.steps,
-                step_costs=step_costs(result.steps),
+                [r["seconds"] for r in runs],
+                commits=result["commits"],
+                units=result["units_total"],
+                steps=result["steps"],
+                step_costs=step_costs(result["steps"]),
+                driver_peak_rss_mb=max(r["driver_peak_rss_mb"] for r in runs),
             )
-            costs = step_costs(result.steps)  # of the last repeat
-            print(f"  {'':<26}fixed steps (s): {costs}", flush=True)
+            costs = step_costs(result["steps"])  # of the last repeat
+            print(
+                f"  {'':<26}fixed steps (s): {costs}; driver peak RSS "
+                f"{result['driver_peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
         elif variant in ("no_checkpoint", "bsp", "ray_floor"):
             fn = {"no_checkpoint": no_checkpoint, "bsp": bsp, "ray_floor": ray_floor}[variant]
             tag = uuid.uuid4().hex[:6]
@@ -746,7 +817,19 @@ def rate_of(results: list[dict], rows: int, model: str, variant: str) -> float |
     return None
 
 
-def derived(results: list[dict], kill: dict | None) -> dict[str, float | None]:
+def driver_rss_ratio(results: list[dict]) -> float | None:
+    """The fused forest runs' driver peak RSS at the largest size over the smallest."""
+    rss = {
+        r["rows"]: r["driver_peak_rss_mb"]
+        for r in results
+        if (r["model"], r["variant"]) == ("forest_100", "fused") and "driver_peak_rss_mb" in r
+    }
+    return ratio(rss[max(rss)], rss[min(rss)]) if len(rss) > 1 else None
+
+
+def derived(
+    results: list[dict], kill: dict | None, pool: dict | None = None
+) -> dict[str, float | None]:
     sizes = sorted({r["rows"] for r in results})
     ratios: dict[str, float | None] = {}
     for rows in sizes:
@@ -779,6 +862,10 @@ def derived(results: list[dict], kill: dict | None) -> dict[str, float | None]:
         ratios["checkpoint_overhead"] = None
     valid = kill is not None and kill.get("valid")
     ratios["recomputed_fraction"] = kill.get("recomputed_fraction") if valid else None
+    for start in ("cold", "warm"):
+        steps = (pool or {}).get(start, {}).get("steps", {})
+        ratios[f"first_commit_{start}_s"] = steps.get("first_commit")
+    ratios["driver_rss_ratio"] = driver_rss_ratio(results)
     return ratios
 
 
@@ -974,7 +1061,7 @@ def main(argv: list[str] | None = None) -> None:
         "kill": kill,
         "cleanup_problems": problems,
     }
-    summary["ratios"] = derived(runner.results, kill)
+    summary["ratios"] = derived(runner.results, kill, runner.pool_starts)
     summary["targets"] = targets_met(summary["ratios"])
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "batch_inference.json").write_text(json.dumps(summary, indent=2, default=str))

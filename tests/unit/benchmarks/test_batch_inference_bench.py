@@ -61,5 +61,19 @@ def test_derived_figures_come_from_the_largest_size_measured() -> None:
     assert ratios["fused_over_spark_forest"] == 2.0  # only measured at 10 rows
     assert ratios["checkpoint_overhead"] == pytest.approx(0.02, abs=1e-3)
     met = targets_met(ratios)
-    assert list(met.values()) == [True, False, True, True]
+    assert list(met.values()) == [True, False, True, True, None, None, None]
     assert set(targets_met({}).values()) == {None}
+
+
+def test_pool_starts_and_the_drivers_memory_are_judged() -> None:
+    results = [
+        {**_result(10, "forest_100", "fused", 100.0), "driver_peak_rss_mb": 400.0},
+        {**_result(100, "forest_100", "fused", 300.0), "driver_peak_rss_mb": 440.0},
+        {**_result(100, "tree_d3", "fused", 300.0), "driver_peak_rss_mb": 900.0},
+    ]
+    pool = {"cold": {"steps": {"first_commit": 9.0}}, "warm": {"steps": {"first_commit": 6.0}}}
+    ratios = derived(results, None, pool)
+    assert (ratios["first_commit_cold_s"], ratios["first_commit_warm_s"]) == (9.0, 6.0)
+    assert ratios["driver_rss_ratio"] == 1.1  # the forest's, largest over smallest size
+    met = targets_met(ratios)
+    assert list(met.values())[-3:] == [False, True, True]
