@@ -159,6 +159,10 @@ def _active_runs(client: SyncPrefectClient, deployment_id: UUID) -> list[FlowRun
     )
 
 
+# The message of a deployment run that Prefect cancels for its deployment's concurrency limit.
+CONCURRENCY_LIMIT = "Deployment concurrency limit reached."
+
+
 def run_retrain_and_wait(
     name: str,
     parameters: dict | None = None,
@@ -166,9 +170,10 @@ def run_retrain_and_wait(
     env: dict[str, str] | None = None,
 ):
     """The retrain deployment's run. One retrain at a time: when another run holds the
-    deployment's slot (the retrain-due trigger fires as the preprocess run ends), ours is
-    cancelled; then the demo waits for that run, and joins it when it trained the same data
-    (the same placement env), else runs its own again."""
+    deployment's slot (the retrain-due trigger fires as the preprocess run ends, or the other
+    dataset's demo retrains), ours is cancelled; then the demo waits for that run, and joins it
+    when it trained the same data (the same placement env), else runs its own again (also when
+    the run that held the slot has ended by the time it looks)."""
     from prefect.client.orchestration import get_client
 
     deadline = time.monotonic() + timeout_s
@@ -178,7 +183,10 @@ def run_retrain_and_wait(
             break
         with get_client(sync_client=True) as client:
             others = _active_runs(client, flow_run.deployment_id)
-            if not others:  # cancelled by the flow's own lease: a retrain outside Prefect
+            if not others:
+                if flow_run.state.message == CONCURRENCY_LIMIT:
+                    continue  # the run that held the slot ended meanwhile: ours again
+                # cancelled by the flow's own lease: a retrain outside Prefect
                 raise RuntimeError(f"{name}: {flow_run.state.message}")
             for other in others:
                 print(f"demo: retrain {flow_run.name} cancelled; waiting for {other.name}")
