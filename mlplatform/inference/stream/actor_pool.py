@@ -9,9 +9,10 @@ asked first, since they may hold prefetched messages.
 After an actor was lost, the counts are no longer exact: a poll lost with it may have
 published before it died, which no one counts. A bounded run then goes on until the stream runs
 dry and the lost polls make up the difference, rather than stop at N counted. Dry means every
-actor found nothing for `dry_grace_s`: the broker redelivers what the dead incarnation had not
-acknowledged only once its consumer is gone, and a restarted actor's first polls may come
-before that.
+actor found nothing for `dry_grace_s` and, where the driver can ask, the subscription has no
+backlog: the broker redelivers what the dead incarnation had not acknowledged only once it has
+dropped that consumer, and a restarted actor's polls may come long before that (seconds under
+load: a run that ended dry then left those inputs for the next run).
 
 Crash-only recovery: a poll that raises gets its actor killed and restarted by Ray (the actors
 are created with `max_restarts`), and an actor that was killed is polled again once Ray has
@@ -25,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -53,10 +54,14 @@ def drive(
     timeout_s: float | None,
     max_failures: int = 3,
     dry_grace_s: float = 5.0,
+    backlog: Callable[[], int] | None = None,
 ) -> Totals:
     """Poll the actors until `max_messages` are done or `timeout_s` passes (None: forever).
 
     The clock starts once every actor is constructed (a constructor's error is raised here).
+    `backlog`: the subscription's unacknowledged messages, asked of the broker before a run with
+    lost polls ends dry: a restarted actor's consumer gets nothing while the broker still holds
+    its dead predecessor as the partition's active consumer, so dry is not drained until then.
     """
     ray.get([actor.__ray_ready__.remote() for actor in actors])
     started = time.monotonic()
@@ -136,6 +141,8 @@ def drive(
             if max_messages is not None and dry_since is not None:
                 waited = uncertain == 0 or time.monotonic() - dry_since >= dry_grace_s
                 drained = waited and totals.done + uncertain >= max_messages
+                if drained and uncertain and backlog is not None and backlog() > 0:
+                    drained, dry_since = False, None  # redeliveries still to come
         idle.append(actor)
         submit_idle()
     return totals

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import ray
 
 from mlplatform.connectors.iceberg_tables import ensure_tables
-from mlplatform.connectors.pulsar_io import topic_partitions
+from mlplatform.connectors.pulsar_io import topic_partitions, topic_stats
 from mlplatform.connectors.ray_runtime import connect
 from mlplatform.inference.stream.actor_pool import closing, drive
 from mlplatform.inference.stream.committer import StreamCommitter
@@ -64,8 +64,13 @@ def run_stream_inference(
             )
             for i, mine in enumerate(owned)
         ]
+
+        def backlog() -> int:
+            return topic_stats(s, s.features_topic)["backlog"].get(s.stream_subscription, 0)
+
         with closing(actors) as pool:
-            totals = drive(pool, s.stream_batch_max * BATCHES_PER_POLL, max_messages, timeout_s)
+            batch = s.stream_batch_max * BATCHES_PER_POLL
+            totals = drive(pool, batch, max_messages, timeout_s, backlog=backlog)
     finally:
         ray.kill(committer)
     return StreamResult(
