@@ -1,6 +1,6 @@
 """Warm model pools: the actors that hold a model outlive the batch run that started them.
 
-Batch inference's model stage (predictors.ModelStage, light Ray Data actors that build the
+Batch inference's model stage (model_stage.ModelStage, light Ray Data actors that build the
 prediction rows and write them) sends each batch's features to a pool and gets the class
 probabilities back. A pool is one idea in two forms:
 
@@ -122,7 +122,7 @@ def pool_actor(s: Settings, index: int, loader: Callable) -> Any:
 
 class PoolClient:
     """The model stage's side of a fused pool: batches go to the pool's actors in turn; a call
-    that finds its actor gone creates it again and is sent once more."""
+    that finds its actor gone creates it again and is sent again (_again_if_gone)."""
 
     def __init__(self, s: Settings, ref: ModelRef, loader: Callable, timeout_s: float) -> None:
         self.s, self.ref, self.loader, self.timeout_s = s, ref, loader, timeout_s
