@@ -32,7 +32,7 @@ from infra.flink_cluster import (
     start_cluster,
     stop_cluster,
 )
-from infra.processes import running
+from infra.processes import alive, running
 from mlplatform.connectors.iceberg_tables import count_rows, ensure_tables, load_table
 from mlplatform.connectors.pulsar_io import publish, read_all, topic_stats
 from mlplatform.dataset.spec import SPEC_DIR
@@ -307,6 +307,8 @@ def test_a_killed_task_manager_loses_and_doubles_nothing(
         )
         [taskmanager] = daemon_pids(dirs, "taskexecutor")
         os.kill(taskmanager, signal.SIGKILL)
+        # SIGKILL is delivered at once, but a large JVM takes a moment to exit.
+        _wait_for("the TaskManager gone", lambda: not alive(taskmanager))
         assert completed() == done, "a checkpoint came before the kill: the test proves nothing"
         assert features() == 60 and len(_keys(s)) == 60  # sent, not committed
         assert "a new TaskManager" in start_cluster(s, dirs)
