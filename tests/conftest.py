@@ -7,14 +7,25 @@ fails the tests that need it: nothing is skipped.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from infra.flink_cluster import (
+    ClusterDirs,
+    FlinkClusterError,
+    cluster_pids,
+    start_cluster,
+    stop_cluster,
+)
+from infra.processes import running
 from mlplatform.settings import PROJECT_DIR, Settings, get_settings
+from tests.helpers import module_settings
 
 os.environ.setdefault("PREFECT_API_URL", get_settings().prefect_api_url)
 # The tests' Flink jobs are small: without the optimizing JIT a local job's JVM spends about 7 s
@@ -101,3 +112,46 @@ def deployments(services: Settings) -> None:
         env={**os.environ, "PREFECT_API_URL": services.prefect_api_url},
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _jvms_with(marker: str) -> list[int]:
+    """Live JVMs whose command line mentions `marker` (the cluster's own log folder)."""
+    return [p.pid for p in running() if marker in p.command_line and "java" in p.command_line]
+
+
+@pytest.fixture(scope="module")
+def flink_session(
+    isolated: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Settings, ClusterDirs]]:
+    """A Flink session cluster of the module's own (free ports, its own folders), stopped after
+    it: settings that point at it, and its folders."""
+    root = tmp_path_factory.mktemp("flink-cluster")
+    dirs = ClusterDirs(root / "conf", root / "logs", root / "pids")
+    s = module_settings(
+        isolated,
+        "flinksession",
+        flink_mode="session",
+        flink_rest_url=f"http://127.0.0.1:{_free_port()}",
+    )
+    try:
+        started = time.monotonic()
+        try:
+            start_cluster(s, dirs, rpc_port=_free_port())
+        except FlinkClusterError as error:
+            pytest.fail(f"the Flink session cluster did not start: {error}")
+        print(f"session cluster up in {time.monotonic() - started:.1f}s")
+        yield s, dirs
+    finally:
+        for pid in cluster_pids(dirs):
+            status = (Path("/proc") / str(pid) / "status").read_text()
+            rss = status.split("VmRSS:")[1].split()[0] if "VmRSS:" in status else "?"
+            print(f"flink JVM {pid}: RSS {rss} KiB")
+        stop_cluster(s, dirs)
+        assert cluster_pids(dirs) == []
+        assert _jvms_with(str(dirs.logs)) == [], "a Flink JVM of the test cluster survived"

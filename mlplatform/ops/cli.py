@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -354,6 +355,8 @@ def _print_status(report: dict) -> None:
     for engine in ("ray", "flink"):
         if engine in report:
             typer.echo(f"{engine}: {report[engine]}")
+    if "realtime" in report:
+        typer.echo(_live_line(report["realtime"]))
     for r in report.get("runs", []):
         done = f"rows {r['rows_done']}/{r['rows_total']}"
         typer.echo(f"run {r['run_id']} {r['kind']} {r['status']} {done} started {r['started_at']}")
@@ -367,8 +370,14 @@ def _print_status(report: dict) -> None:
 
 
 @app.command("status")
-def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Services, topics (rates, backlogs), Ray resources, the newest runs, and links.
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    watch: float = typer.Option(
+        0.0, "--watch", help="Then show the real-time path's live view every this many seconds."
+    ),
+) -> None:
+    """Services, topics (rates, backlogs), Ray resources, the real-time path (rates, lag, raw
+    event -> prediction latency), the newest runs, and links.
 
     Exit code 1 when a service is down.
     """
@@ -376,6 +385,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     from infra.services import status as service_status
     from mlplatform.connectors.pulsar_io import topic_stats
     from mlplatform.inference.stream import functions_admin
+    from mlplatform.ops.live_view import live_view
     from mlplatform.ops.status import flink_jobs, links, list_runs, ray_resources
 
     s = get_settings()
@@ -387,6 +397,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         report["topics"] = [topic_stats(s, t) for t in topics]
         report["ray"] = ray_resources(s)
         report["flink"] = flink_jobs(s)
+        report["realtime"] = live_view(s).as_dict()
         report["runs"] = [asdict(r) for r in list_runs(s, 5)]
         report["functions"] = functions_admin.summary(s)
     report["links"] = links(s)
@@ -394,7 +405,21 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         typer.echo(json.dumps(report, indent=2, default=str))
     else:
         _print_status(report)
+    while healthy and watch > 0:  # until interrupted
+        time.sleep(watch)
+        view = live_view(s, window_s=watch).as_dict()
+        typer.echo(json.dumps(view) if as_json else _live_line(view))
     raise typer.Exit(0 if healthy else 1)
+
+
+def _live_line(view: dict) -> str:
+    latency = view["latency_ms"]
+    return (
+        f"realtime: raw in {view['raw_events_per_s']}/s, predictions {view['predictions_per_s']}/s,"
+        f" lag flink {view['flink_lag']} consumers {view['consumer_lag']}, raw event -> "
+        f"prediction p50 {latency.get('p50', '-')} p99 {latency.get('p99', '-')} "
+        f"max {latency.get('max', '-')} ms (last {view['window_s']:g} s)"
+    )
 
 
 @app.command("demo")

@@ -118,8 +118,10 @@ def is_stream(cfg: dict[str, Any]) -> bool:
 def _carried(cfg: dict[str, Any]) -> str:
     """The columns every stage passes on: the raw bytes, the decoded line, where the row came
     from, when (`modified`: a file's modification time; `event_time`: the row's event time)
-    and, in stream mode, the processing time that orders rows per event id."""
-    return "payload, line, source, modified, event_time" + (", proc" if is_stream(cfg) else "")
+    and, in stream mode, the processing time that orders rows per event id and the raw message's
+    id (base64), which the features message carries on (SOURCE_ID_PROPERTY)."""
+    stream = ", proc, raw_id" if is_stream(cfg) else ""
+    return "payload, line, source, modified, event_time" + stream
 
 
 def _csv_source_sql(
@@ -333,7 +335,7 @@ def stream_classification_sql(cfg: dict[str, Any]) -> str:
         "ORDER BY proc ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
     )
     return (
-        f"SELECT payload, line, source, event_time, proc, {names}, "
+        f"SELECT payload, line, source, event_time, proc, raw_id, {names}, "
         f"COALESCE(reason, CASE WHEN valid_so_far > 1 THEN '{DUPLICATE_KEY}' END) AS reason "
         f"FROM (SELECT *, {seen} AS valid_so_far FROM checked)"
     )
@@ -353,6 +355,11 @@ def rejected_sql(cfg: dict[str, Any]) -> str:
 
 
 MESSAGE_KEY = "_message_key"
+# Stream mode: each features message's properties name the raw event it came from (its raw-events
+# partition and message id), so that stream consumers can tell the at-least-once delivery's
+# repeats (inference/stream/partitions.py reads them).
+SOURCE_TOPIC_PROPERTY = "mlp.source.topic"
+SOURCE_ID_PROPERTY = "mlp.source.id"
 TOKEN_AUTH_PLUGIN = "org.apache.pulsar.client.impl.auth.AuthenticationToken"
 
 
@@ -416,11 +423,12 @@ def _raw_tables(cfg: dict[str, Any]) -> list[str]:
         return [
             "CREATE TEMPORARY TABLE raw_pulsar (payload BYTES, "
             "topic STRING METADATA VIRTUAL, publish_time TIMESTAMP_LTZ(3) METADATA VIRTUAL, "
+            "message_id BYTES METADATA VIRTUAL, "
             f"proc AS PROCTIME(), WATERMARK FOR publish_time AS publish_time - "
             f"INTERVAL '{delay}' SECOND) WITH ({_options(options)})",
             "CREATE TEMPORARY VIEW raw_0 AS SELECT payload, CONCAT('pulsar:', topic) AS source, "
-            "CAST(NULL AS TIMESTAMP_LTZ(3)) AS modified, publish_time AS event_time, proc "
-            "FROM raw_pulsar",
+            "CAST(NULL AS TIMESTAMP_LTZ(3)) AS modified, publish_time AS event_time, proc, "
+            "TO_BASE64(message_id) AS raw_id FROM raw_pulsar",
         ]
     statements = []
     for i, source in enumerate(cfg["sources"]):
@@ -478,6 +486,17 @@ def added_columns(cfg: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
+def _source_properties(cfg: dict[str, Any]) -> str:
+    """Stream mode: the features message's properties, the raw event it came from, and its
+    event time, the raw event's publish time (the consumers measure latency from it)."""
+    if not is_stream(cfg):
+        return ""
+    return (
+        f", MAP[{_quote(SOURCE_TOPIC_PROPERTY)}, source, {_quote(SOURCE_ID_PROPERTY)}, raw_id]"
+        ", event_time"
+    )
+
+
 def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
     """DDL to run first, then the INSERTs that make up the job."""
     key, columns = cfg["key_column"], row_columns(cfg)
@@ -494,7 +513,13 @@ def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
             cfg,
             "features_topic",
             f"`{MESSAGE_KEY}` STRING, {typed}, "
-            + ", ".join(f"`{name}` {kind}" for name, kind, _ in added_columns(cfg)),
+            + ", ".join(f"`{name}` {kind}" for name, kind, _ in added_columns(cfg))
+            + (
+                ", `properties` MAP<STRING, STRING> METADATA, "
+                "`raw_time` TIMESTAMP_LTZ(3) METADATA FROM 'event_time'"
+                if is_stream(cfg)
+                else ""
+            ),
             cfg["features_topic"],
             **{
                 "key.format": "raw",
@@ -538,7 +563,7 @@ def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
         f"INSERT INTO `{catalog}`.`{ns}`.`{cfg['features_table']}` "
         f"({', '.join(f'`{n}`' for n in names)}) "
         f"SELECT {row}, {now}, {extra} FROM classified WHERE reason IS NULL",
-        f"INSERT INTO features_topic SELECT `{key}`, {row}, {extra} "
+        f"INSERT INTO features_topic SELECT `{key}`, {row}, {extra}{_source_properties(cfg)} "
         "FROM classified WHERE reason IS NULL",
         f"INSERT INTO `{catalog}`.`{ns}`.`{cfg['quarantine_table']}` "
         f"SELECT COALESCE(`raw`, ''), reason, source, {now} FROM rejected",

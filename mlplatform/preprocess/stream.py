@@ -18,17 +18,21 @@ entry) was partly read at that moment, the rest of it is skipped (measured: 27 m
 40-message batch lost). Unbatched, each message is an entry of its own and nothing is skipped.
 
 A failed task (a TaskManager killed, say; `infra.flink_cluster up` starts a new one) restarts
-the job from its last checkpoint. The Iceberg tables stay exact, and so do the Pulsar topics:
-their sinks publish each checkpoint's rows in a Pulsar transaction (MLP_FLINK_STREAM_DELIVERY,
-default exactly-once), so what the failed task published after that checkpoint is never
-visible; the broker aborts its transaction after MLP_FLINK_TRANSACTION_TIMEOUT_S, holding the
-topic's later messages back from consumers until then. The price is latency: rows reach the
-topics' consumers when the checkpoint that covers them completes. With at-least-once they are
-visible at once and a failed task's rows since its last checkpoint are published again (the
-features topic's message key is the event id, so consumers can tell). Checkpoints are
-retained when the job is cancelled or the cluster goes down: a start after a job that ended
-without a savepoint resumes from its latest completed checkpoint instead of reading the topic
-from the start again.
+the job from its last checkpoint. The Iceberg tables stay exact (their sinks commit on
+checkpoints). The Pulsar topics follow MLP_FLINK_STREAM_DELIVERY:
+- at-least-once (default): rows are visible at once, and what the failed task published since
+  its last checkpoint is published again. Each features message carries the raw event's
+  partition and message id in its properties, so the stream consumers drop the repeats and
+  predictions stay exactly once (inference/stream/consumer.py). That needs each features
+  partition to get a raw partition's events in order: parallelism 1 (checked at start).
+- exactly-once: each checkpoint's rows are published in a Pulsar transaction, so what the failed
+  task published after that checkpoint is never visible; the broker aborts its transaction after
+  MLP_FLINK_TRANSACTION_TIMEOUT_S, holding the topic's later messages back from consumers until
+  then. The price is latency: rows reach the topics' consumers when the checkpoint that covers
+  them completes.
+Checkpoints are retained when the job is cancelled or the cluster goes down: a start after a job
+that ended without a savepoint resumes from its latest completed checkpoint instead of reading
+the topic from the start again.
 """
 
 from __future__ import annotations
@@ -126,6 +130,13 @@ def start_stream(s: Settings, run_id: str) -> dict[str, Any]:
     """Submit the stream job (resuming from the last savepoint) unless it already runs; the
     record of this start."""
     s = stream_settings(s)
+    if s.flink_stream_delivery == "at-least-once" and s.flink_parallelism != 1:
+        raise FlinkJobError(
+            f"MLP_FLINK_PARALLELISM={s.flink_parallelism} with MLP_FLINK_STREAM_DELIVERY="
+            "at-least-once: the stream consumers tell the job's repeats by the raw events' order "
+            "on each features partition, which only one sink keeps; use parallelism 1 or "
+            "MLP_FLINK_STREAM_DELIVERY=exactly-once"
+        )
     running = active_job(s)
     if running:
         return {**read_record(s), "job_id": running, "already_running": True}

@@ -36,12 +36,14 @@ class FlinkSettings(BaseModel):
     flink_checkpoint_interval_s: float = 10.0
     # The longest a stream-mode row waits in a source fetch or a network buffer (latency vs CPU).
     flink_stream_flush_ms: int = 10
-    # Stream mode's Pulsar sinks. "exactly-once": each checkpoint's rows are published in a
+    # Stream mode's Pulsar sinks. "at-least-once" (the real-time default): rows are visible on
+    # the topics as soon as sent; after a failure the job publishes again what it had sent since
+    # its last checkpoint, each features message naming the raw event it came from, and the
+    # stream consumers drop those repeats, so predictions stay exactly once (docs/streaming.md;
+    # needs flink_parallelism 1). "exactly-once": each checkpoint's rows are published in a
     # Pulsar transaction, committed when the checkpoint completes; consumers see them then (up
-    # to one checkpoint interval later), and what a failed task published after its last
-    # checkpoint never becomes visible. "at-least-once": rows are visible as soon as sent, and
-    # a failed task's rows since its last checkpoint are published again.
-    flink_stream_delivery: Literal["exactly-once", "at-least-once"] = "exactly-once"
+    # to one checkpoint interval later), and no repeat ever reaches the topics.
+    flink_stream_delivery: Literal["exactly-once", "at-least-once"] = "at-least-once"
     # A transaction a failed task left open is aborted by the broker after this long; until
     # then it holds back the topic's later messages from consumers. Longer than a checkpoint.
     flink_transaction_timeout_s: float = 60.0

@@ -13,6 +13,12 @@ its predecessor had handed in or committed, and its `add` returns once those are
 its inputs are acknowledged only then. Every snapshot's summary records every producer's mark
 (`mlp.hwm.<producer>`), not only those of its own rows, so that expiring snapshots loses none.
 
+Source marks: each result may also carry the raw event's position that the Flink job read it
+from (`Result.source`, `Result.source_seq`). Every snapshot records each producer's highest one
+per raw-events partition (`mlp.src.<producer>.<source>`), so a restarted actor knows which raw
+events its partition's committed results came from and can drop the Flink job's at-least-once
+replays of them (`consumer`'s step 2).
+
 Crash-only: a commit that fails ends this process. Ray restarts it from the table's state, and
 every actor waiting on it fails its poll and is restarted in turn: the broker redelivers what no
 one acknowledged, and the marks drop what is already in the table.
@@ -39,11 +45,13 @@ from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 
 from mlplatform.connectors.iceberg_tables import load_table
+from mlplatform.inference.stream.partitions import source_mark_name
 from mlplatform.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 HWM_PREFIX = "mlp.hwm."
+SOURCE_PREFIX = "mlp.src."
 MERGE_MANIFESTS = {"commit.manifest-merge.enabled": "true"}
 EXPIRE_EVERY_S = 60.0
 
@@ -54,27 +62,32 @@ def merge_marks(into: dict[str, int], marks: dict[str, int]) -> dict[str, int]:
     return into
 
 
-def snapshot_marks(snapshot: Snapshot | None) -> dict[str, int]:
-    """The high-water marks one snapshot's summary records."""
+def snapshot_marks(snapshot: Snapshot | None, prefix: str = HWM_PREFIX) -> dict[str, int]:
+    """The marks (high-water marks, or source marks with SOURCE_PREFIX) one snapshot's summary
+    records."""
     props = snapshot.summary.additional_properties if snapshot and snapshot.summary else {}
-    return {k[len(HWM_PREFIX) :]: int(v) for k, v in props.items() if k.startswith(HWM_PREFIX)}
+    return {k[len(prefix) :]: int(v) for k, v in props.items() if k.startswith(prefix)}
 
 
-def high_water_marks(table: Table) -> dict[str, int]:
-    """Each producer's highest sequence id recorded in the table's snapshot summaries."""
+def high_water_marks(table: Table, prefix: str = HWM_PREFIX) -> dict[str, int]:
+    """Each producer's highest sequence id (or source position) in the table's summaries."""
     marks: dict[str, int] = {}
     for snapshot in table.snapshots():
-        merge_marks(marks, snapshot_marks(snapshot))
+        merge_marks(marks, snapshot_marks(snapshot, prefix))
     return marks
 
 
 class Result(NamedTuple):
     """One prediction to append, as published: a JSON object with the table's columns
-    (`predicted_at` in ISO format). `producer` None: not de-duplicated (shared subscriptions)."""
+    (`predicted_at` in ISO format). `producer` None: not de-duplicated (shared subscriptions).
+    `source`: the raw-events partition the input came from through Flink, `source_seq` its
+    position there (None: the input carried none)."""
 
     producer: str | None
     sequence_id: int
     payload: bytes
+    source: str | None = None
+    source_seq: int = -1
 
 
 def _json_type(kind: pa.DataType) -> pa.DataType:
@@ -100,6 +113,7 @@ class _Batch:
     def __init__(self) -> None:
         self.rows: list[bytes] = []
         self.marks: dict[str, int] = {}
+        self.sources: dict[str, int] = {}
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
@@ -114,6 +128,7 @@ class StreamCommitter:
             with self.table.transaction() as tx:
                 tx.set_properties(MERGE_MANIFESTS)
         self.committed = high_water_marks(self.table)
+        self.committed_sources = high_water_marks(self.table, SOURCE_PREFIX)
         self.committing: dict[str, int] = {}
         self.expired_at = time.monotonic()
         self.batch: _Batch | None = None
@@ -129,6 +144,10 @@ class StreamCommitter:
             pending.get(producer, -1),
         )
 
+    def source_marks(self) -> dict[str, int]:
+        """The committed source marks, by `source_mark_name(producer, source)`."""
+        return dict(self.committed_sources)
+
     async def add(self, results: list[Result], now: bool) -> int:
         """Returns once the new ones among `results` (possibly none) and everything handed in
         before are committed: how many were new. `now`: commit without waiting for the interval
@@ -139,12 +158,16 @@ class StreamCommitter:
         if self.batch is None:
             self.batch = _Batch()
         batch, new = self.batch, 0
-        for producer, seq, payload in results:
+        for result in results:
+            producer = result.producer
             if producer is not None:
-                if seq <= self._mark(producer):
+                if result.sequence_id <= self._mark(producer):
                     continue
-                batch.marks[producer] = seq
-            batch.rows.append(payload)
+                batch.marks[producer] = result.sequence_id
+                if result.source is not None:
+                    name = source_mark_name(producer, result.source)
+                    batch.sources[name] = max(batch.sources.get(name, -1), result.source_seq)
+            batch.rows.append(result.payload)
             new += 1
         if now:
             self.wake.set()  # type: ignore[union-attr]
@@ -162,7 +185,7 @@ class StreamCommitter:
                 continue
             self.committing = batch.marks
             try:
-                await asyncio.to_thread(self._commit, batch.rows, batch.marks)
+                await asyncio.to_thread(self._commit, batch.rows, batch.marks, batch.sources)
             except BaseException:
                 logger.exception("committing %d stream results failed; restarting", len(batch.rows))
                 logging.shutdown()
@@ -170,14 +193,20 @@ class StreamCommitter:
             self.committing = {}
             batch.done.set_result(None)
 
-    def _commit(self, rows: list[bytes], marks: dict[str, int], attempts: int = 10) -> None:
+    def _commit(
+        self, rows: list[bytes], marks: dict[str, int], sources: dict[str, int], attempts: int = 10
+    ) -> None:
         summary_marks = merge_marks(dict(self.committed), marks)
+        summary_sources = merge_marks(dict(self.committed_sources), sources)
         if rows:
             data = to_arrow(rows, self.table.schema().as_arrow())
             for attempt in range(attempts):
                 # Another writer's snapshot may be the current one: its marks are kept too.
-                merge_marks(summary_marks, snapshot_marks(self.table.current_snapshot()))
+                current = self.table.current_snapshot()
+                merge_marks(summary_marks, snapshot_marks(current))
+                merge_marks(summary_sources, snapshot_marks(current, SOURCE_PREFIX))
                 summary = {f"{HWM_PREFIX}{name}": str(seq) for name, seq in summary_marks.items()}
+                summary |= {f"{SOURCE_PREFIX}{n}": str(seq) for n, seq in summary_sources.items()}
                 try:
                     self.table.append(data, snapshot_properties=summary)
                     break
@@ -187,6 +216,7 @@ class StreamCommitter:
                     time.sleep(0.05 * (attempt + 1))
                     self.table = self.table.refresh()
         self.committed = summary_marks
+        self.committed_sources = summary_sources
         if time.monotonic() - self.expired_at >= min(
             EXPIRE_EVERY_S, self.s.stream_snapshot_retention_s
         ):

@@ -12,9 +12,18 @@ Delivery protocol (effectively once, the default `stream_subscription_type=failo
    is not a valid feature row (`inference.features.parse_message`) is negatively acknowledged;
    on its `stream_max_redeliveries`-th delivery it goes to the dead-letter topic with its reason
    in the `reason` property, and is acknowledged (`dead_letters`).
+   A valid message that the Flink job published again (its at-least-once delivery repeats, after
+   a failure, what it had published since its last checkpoint) is acknowledged without a
+   result: it carries the raw event's partition and position (`partitions.source_position`),
+   and a partition's messages come in the raw events' order, so a message whose raw position is
+   at or below the highest this partition has had is a repeat. That highest position starts
+   from the committed results' (the committer's source marks) and follows each message.
 3. Results go to the predictions topic through one producer per input partition, named after
    it, in batches of at most `stream_results_batch_bytes` (one per micro-batch at the defaults;
    one broker entry each) whose sequence id is the highest input position in the batch. A
+   result's event time is its input's (the raw event's publish time, from the Flink job), so
+   its publish time minus its event time is the raw event -> prediction latency
+   (`ops.live_view`). A
    result at or below the producer's last persisted sequence id is not sent again, and the
    broker's de-duplication drops a batch that raced a crash.
 4. At the end of each poll (at most `stream_poll_s`), once its results are on the topic, the
@@ -64,9 +73,11 @@ from mlplatform.inference.predictions import predictions
 from mlplatform.inference.stream.committer import Result
 from mlplatform.inference.stream.dead_letters import DeadLetters
 from mlplatform.inference.stream.partitions import (
+    SourceMarks,
     batch_bounds,
     partition_of,
     sequence_id,
+    source_position,
     subscribe,
 )
 from mlplatform.inference.user_predictor import model_loader
@@ -92,13 +103,15 @@ def predict_rows(
 
 
 class _Parsed(NamedTuple):
-    """A valid features message: its partition, position, key and features in model order."""
+    """A valid features message: its partition, position, key and features in model order, and
+    the raw event's partition and position it came from (None: it carries none)."""
 
     topic: str
     seq: int
     message: pulsar.Message
     key: str
     features: list[float]
+    source: tuple[str, int] | None
 
 
 @dataclass
@@ -142,19 +155,26 @@ class StreamConsumer:
         # Hand-offs to the committer, oldest first: (its call, the inputs to acknowledge after).
         self.handed: deque[tuple[ray.ObjectRef, _Pending]] = deque()
         self.committed = 0
+        self.replays = 0  # the Flink job's repeats, acknowledged without a result
+        self.source_marks = SourceMarks(ray.get(committer.source_marks.remote()))
         # A full collection walks every object of Ray, pyarrow, pyiceberg and scikit-learn:
         # 300-400 ms stalls of the loop here. What exists now lives as long as the actor.
         gc.collect()
         gc.freeze()
 
-    def _producer(self, topic: str) -> str:
-        """The name of the results' producer for an input partition (`topic`), created once."""
+    def _producer_name(self, topic: str) -> str:
+        """The name of the results' producer for an input partition (`topic`)."""
         name = self.producer_names.get(topic)
         if name is None:
             name = f"{self.s.stream_subscription}-p{partition_of(topic)}"
             if not self.dedup:
                 name = f"{name}-{self.index}"
             self.producer_names[topic] = name
+        return name
+
+    def _producer(self, topic: str) -> str:
+        """The name of the results' producer for an input partition (`topic`), created once."""
+        name = self._producer_name(topic)
         if name not in self.producers:
             # A batch is exactly what `_send_batches` sends before its flush: its size limits
             # are never reached first, and its timer never fires.
@@ -215,14 +235,26 @@ class StreamConsumer:
         )
         good: list[_Parsed] = []
         order, ranges = self.loaded.ref.feature_order, self.s.dataset_spec.ranges
+        replays = 0
         for topic, seq, message in entries:
             try:
                 key, features = parse_message(message.data(), self.s.key_column, order, ranges)
-                good.append(_Parsed(topic, seq, message, key, features))
             except InvalidFeatures as error:
                 self.dead_letters.reject(message, error.reason)
+                continue
+            source = source_position(message) if self.dedup else None
+            if source is not None and self.source_marks.repeated(
+                self._producer_name(topic), source
+            ):
+                replays += 1
+            else:
+                good.append(_Parsed(topic, seq, message, key, features, source))
+            # Acknowledged with the results handed off after it (entries are in position order).
+            self.pending.messages.append(message)
+            self.pending.last[topic] = message
+        self.replays += replays
         published = self._publish(good) if good else 0
-        return len(messages), published, len(messages) - len(good)
+        return len(messages), published, len(messages) - len(good) - replays
 
     def _flush(self) -> None:
         """Wait until every result sent is on the topic; raise if any send failed."""
@@ -242,24 +274,26 @@ class StreamConsumer:
             [p.features for p in good],
         )
         predicted_at = datetime.now(UTC).replace(tzinfo=None).isoformat()
-        to_send: dict[str, list[tuple[bytes, str, int]]] = {}  # producer -> (payload, key, seq)
+        # producer -> (payload, key, seq, event time)
+        to_send: dict[str, list[tuple[bytes, str, int, int]]] = {}
         for parsed, row in zip(good, results, strict=True):
             name = self._producer(parsed.topic)
             row[MESSAGE_ID] = str(parsed.message.message_id())
             row[PREDICTED_AT] = predicted_at
             payload = json.dumps(row).encode()
             if not self.dedup or parsed.seq > self.sent[name]:
-                to_send.setdefault(name, []).append((payload, parsed.key, parsed.seq))
-            self.pending.rows.append(Result(name if self.dedup else None, parsed.seq, payload))
-            self.pending.messages.append(parsed.message)
-            self.pending.last[parsed.topic] = parsed.message
+                event_ms = parsed.message.event_timestamp()
+                to_send.setdefault(name, []).append((payload, parsed.key, parsed.seq, event_ms))
+            producer = name if self.dedup else None
+            source, source_seq = parsed.source or (None, -1)
+            self.pending.rows.append(Result(producer, parsed.seq, payload, source, source_seq))
         for name, results_of in to_send.items():
             self._send_batches(name, results_of)
         # The next micro-batch starts while these are on their way; the hand-off at the poll's
         # end waits for them (inputs are acknowledged only after a commit).
         return sum(len(r) for r in to_send.values())
 
-    def _send_batches(self, name: str, results: list[tuple[bytes, str, int]]) -> None:
+    def _send_batches(self, name: str, results: list[tuple[bytes, str, int, int]]) -> None:
         """Publish one input partition's results, in position order, in batches of at most
         `stream_results_batch_bytes`, each sent as soon as it is complete.
 
@@ -268,13 +302,15 @@ class StreamConsumer:
         first message carries the batch's highest position: a batch is on the topic exactly when
         the producer's last sequence id reaches it, wherever a crash cut the stream."""
         producer = self.producers[name]
-        sizes = [len(payload) for payload, _, _ in results]
+        sizes = [len(payload) for payload, _, _, _ in results]
         for start, end in batch_bounds(sizes, self.s.stream_results_batch_bytes):
             top = results[end - 1][2]
             for i in range(start, end):
-                payload, key, seq = results[i]
-                ids = {"sequence_id": top if i == start else seq} if self.dedup else {}
-                producer.send_async(payload, self._sent, partition_key=key, **ids)
+                payload, key, seq, event_ms = results[i]
+                extra = {"sequence_id": top if i == start else seq} if self.dedup else {}
+                if event_ms > 0:
+                    extra["event_timestamp"] = event_ms
+                producer.send_async(payload, self._sent, partition_key=key, **extra)
             producer._producer.flush_async(self._flushed)  # the wrapper has no flush_async
             self.sent[name] = max(self.sent[name], top)
 

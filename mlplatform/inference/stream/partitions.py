@@ -5,6 +5,8 @@ position as a sequence id, a partition's index, and the byte-bounded batches res
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 
 import pulsar
@@ -24,6 +26,51 @@ def sequence_id(message_id: pulsar.MessageId) -> int:
     if not (0 <= ledger < 1 << 29 and 0 <= entry < 1 << 24 and index < 1 << 10):
         raise ValueError(f"message id {message_id} is outside the sequence-id encoding")
     return (ledger << 34) | (entry << 10) | max(index, 0)
+
+
+# The message properties the Flink job gives each features message (preprocess/flink_job.py):
+# the raw-events partition it read the event from, and the event's message id there (base64).
+SOURCE_TOPIC_PROPERTY = "mlp.source.topic"
+SOURCE_ID_PROPERTY = "mlp.source.id"
+
+
+def source_position(message: pulsar.Message) -> tuple[str, int] | None:
+    """The raw event a features message came from: (its raw-events partition, as `r<index>`,
+    its position there as a sequence id); None when the message carries none."""
+    props = message.properties()
+    topic, encoded = props.get(SOURCE_TOPIC_PROPERTY), props.get(SOURCE_ID_PROPERTY)
+    if not topic or not encoded:
+        return None
+    try:
+        raw_id = pulsar.MessageId.deserialize(base64.b64decode(encoded, validate=True))
+    except (ValueError, binascii.Error, pulsar.PulsarException):
+        return None
+    return f"r{partition_of(topic)}", sequence_id(raw_id)
+
+
+def source_mark_name(producer: str, source: str) -> str:
+    """A source mark's name: a results producer (one per features partition) and a raw-events
+    partition (`r<index>`)."""
+    return f"{producer}.{source}"
+
+
+class SourceMarks:
+    """Per features partition and raw-events partition, the highest raw position that had its
+    result. A features partition gets the raw events of each raw partition in their order (the
+    Flink job reads a raw partition in order, and routes by key through one sink, so parallelism
+    1), except the at-least-once delivery's repeats after a Flink failure, which go back."""
+
+    def __init__(self, committed: dict[str, int]) -> None:
+        self.marks = dict(committed)
+
+    def repeated(self, producer: str, source: tuple[str, int]) -> bool:
+        """Whether the raw event at `source` had its result from this producer already; if not,
+        it is the newest from now on."""
+        name = source_mark_name(producer, source[0])
+        if source[1] <= self.marks.get(name, -1):
+            return True
+        self.marks[name] = source[1]
+        return False
 
 
 def batch_bounds(sizes: list[int], limit: int) -> list[tuple[int, int]]:

@@ -12,9 +12,8 @@ import base64
 import json
 import os
 import signal
-import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -26,13 +25,10 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from flows.preprocess_stream import preprocess_stream
 from infra.flink_cluster import (
     ClusterDirs,
-    FlinkClusterError,
-    cluster_pids,
     daemon_pids,
     start_cluster,
-    stop_cluster,
 )
-from infra.processes import alive, running
+from infra.processes import alive
 from mlplatform.connectors.iceberg_tables import count_rows, ensure_tables, load_table
 from mlplatform.connectors.pulsar_io import publish, read_all, topic_stats
 from mlplatform.dataset.spec import SPEC_DIR
@@ -56,55 +52,16 @@ pytestmark = pytest.mark.integration
 VALID, MALFORMED = 100, 7
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _jvms_with(marker: str) -> list[int]:
-    """Live JVMs whose command line mentions `marker` (the cluster's own log folder)."""
-    return [p.pid for p in running() if marker in p.command_line and "java" in p.command_line]
-
-
 def _jobs(s: Settings) -> dict[str, str]:
     response = httpx.get(f"{s.flink_rest_url}/jobs/overview", timeout=10)
     response.raise_for_status()
     return {job["jid"]: job["state"] for job in response.json()["jobs"]}
 
 
-@pytest.fixture(scope="module")
-def session(
-    isolated: Settings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Settings, ClusterDirs]]:
-    root = tmp_path_factory.mktemp("flink-cluster")
-    dirs = ClusterDirs(root / "conf", root / "logs", root / "pids")
-    s = module_settings(
-        isolated,
-        "flinksession",
-        flink_mode="session",
-        flink_rest_url=f"http://127.0.0.1:{_free_port()}",
-    )
-    try:
-        started = time.monotonic()
-        try:
-            start_cluster(s, dirs, rpc_port=_free_port())
-        except FlinkClusterError as error:
-            pytest.fail(f"the Flink session cluster did not start: {error}")
-        print(f"session cluster up in {time.monotonic() - started:.1f}s")
-        yield s, dirs
-    finally:
-        for pid in cluster_pids(dirs):
-            status = (Path("/proc") / str(pid) / "status").read_text()
-            rss = status.split("VmRSS:")[1].split()[0] if "VmRSS:" in status else "?"
-            print(f"flink JVM {pid}: RSS {rss} KiB")
-        stop_cluster(s, dirs)
-        assert cluster_pids(dirs) == []
-        assert _jvms_with(str(dirs.logs)) == [], "a Flink JVM of the test cluster survived"
-
-
-def test_preprocess_runs_on_the_session_cluster(session: tuple[Settings, ClusterDirs]) -> None:
-    s, _ = session
+def test_preprocess_runs_on_the_session_cluster(
+    flink_session: tuple[Settings, ClusterDirs],
+) -> None:
+    s, _ = flink_session
     write_demo_raw(s, VALID, MALFORMED, seed=17)
     result = preprocess(s, run_id="flink-session-it")
     assert (result.files, result.features_rows, result.quarantined_rows) == (1, VALID, MALFORMED)
@@ -124,11 +81,11 @@ def test_preprocess_runs_on_the_session_cluster(session: tuple[Settings, Cluster
 
 
 def test_a_failing_job_fails_preprocess_with_flinks_error(
-    session: tuple[Settings, ClusterDirs], monkeypatch: pytest.MonkeyPatch
+    flink_session: tuple[Settings, ClusterDirs], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A job that fails in the cluster (its source folder is gone) fails preprocess, and the
     error carries Flink's root cause from the cluster's REST API."""
-    s, _ = session
+    s, _ = flink_session
     missing = s.resolved_landing_dir / "gone"
     monkeypatch.setattr(preprocess_module, "claim_landing_files", lambda s, run_id: missing)
     source = {"format": "csv", "path": f"file://{missing}", "columns": s.dataset_spec.columns}
@@ -169,7 +126,7 @@ def _cancel(s: Settings) -> None:
 
 
 def test_stream_mode_stops_with_a_savepoint_and_resumes_losing_and_doubling_nothing(
-    session: tuple[Settings, ClusterDirs],
+    flink_session: tuple[Settings, ClusterDirs],
 ) -> None:
     """Raw events on the raw-events topic in four batches: before the start, just before a
     stop with savepoint, while the job is stopped, and after the job was cancelled (as by a
@@ -177,10 +134,10 @@ def test_stream_mode_stops_with_a_savepoint_and_resumes_losing_and_doubling_noth
     retained checkpoint. Every valid event lands once in both feature sinks, every bad one once
     in the quarantine, and duplicates are caught across savepoints and checkpoints."""
     s = module_settings(
-        session[0],
+        flink_session[0],
         "flinkstream",
         flink_mode="session",
-        flink_rest_url=session[0].flink_rest_url,
+        flink_rest_url=flink_session[0].flink_rest_url,
         flink_checkpoint_interval_s=1.0,
         feature_window_s=2,
         watermark_delay_s=1,
@@ -272,7 +229,7 @@ def _keys(s: Settings) -> list[str]:
 
 
 def test_a_killed_task_manager_loses_and_doubles_nothing(
-    session: tuple[Settings, ClusterDirs],
+    flink_session: tuple[Settings, ClusterDirs],
 ) -> None:
     """kill -9 of the TaskManager just after the job published a batch to the features topic in
     a transaction no checkpoint has committed yet. `start_cluster` starts a new TaskManager, the
@@ -280,14 +237,15 @@ def test_a_killed_task_manager_loses_and_doubles_nothing(
     becomes visible (the broker aborts its transaction). Every valid event is once in Iceberg
     and once on the topic, although the broker took the batch twice."""
     s = module_settings(
-        session[0],
+        flink_session[0],
         "flinkkill",
         flink_mode="session",
-        flink_rest_url=session[0].flink_rest_url,
+        flink_rest_url=flink_session[0].flink_rest_url,
         flink_checkpoint_interval_s=5.0,
         flink_transaction_timeout_s=15.0,
+        flink_stream_delivery="exactly-once",
     )
-    dirs = session[1]
+    dirs = flink_session[1]
     a, b = demo_events(s, 60, "ka", seed=3), demo_events(s, 40, "kb", seed=4)
     features = lambda: _table(s, s.features_table).num_rows  # noqa: E731
     publish(s, s.raw_events_topic, [_json(e) for e in a])
@@ -325,13 +283,13 @@ def test_a_killed_task_manager_loses_and_doubles_nothing(
 
 
 def test_the_stream_flow_runs_the_job_for_a_while_and_reports_the_run(
-    session: tuple[Settings, ClusterDirs], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    flink_session: tuple[Settings, ClusterDirs], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The preprocess-stream flow, run against the Prefect server: start, run, stop with a
     savepoint, and the run's report as an artifact. Meanwhile the stream job of a second
     dataset (a spec file of the user's own, Settings.for_dataset) runs beside it on the same
     cluster and broker, each job on its own topics and tables."""
-    s = module_settings(session[0], "flinkstreamflow")
+    s = module_settings(flink_session[0], "flinkstreamflow")
     spec = json.loads((SPEC_DIR / "iris.json").read_text())
     path = tmp_path / "flowers.json"
     path.write_text(json.dumps({**spec, "name": "flowers", "key_column": "flower_id"}))

@@ -3,9 +3,11 @@ ranges, high-water marks."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import numpy as np
+import pulsar
 import pytest
 from sklearn.linear_model import LogisticRegression
 
@@ -13,11 +15,16 @@ from mlplatform.inference.features import InvalidFeatures, parse_message
 from mlplatform.inference.stream.committer import high_water_marks, merge_marks
 from mlplatform.inference.stream.consumer import predict_rows
 from mlplatform.inference.stream.partitions import (
+    SOURCE_ID_PROPERTY,
+    SOURCE_TOPIC_PROPERTY,
+    SourceMarks,
     batch_bounds,
     owned_partitions,
     partition_of,
     sequence_id,
+    source_position,
 )
+from mlplatform.preprocess import flink_job
 from mlplatform.registry.model_registry import ModelRef
 
 pytestmark = pytest.mark.unit
@@ -199,3 +206,38 @@ def test_merged_marks_keep_each_producers_maximum() -> None:
     into = {"a": 5, "b": 9}
     assert merge_marks(into, {"a": 7, "b": 2, "c": 0}) is into
     assert into == {"a": 7, "b": 9, "c": 0}
+
+
+class _Message:
+    def __init__(self, properties: dict[str, str]) -> None:
+        self._properties = properties
+
+    def properties(self) -> dict[str, str]:
+        return self._properties
+
+
+def test_a_features_message_names_its_raw_event() -> None:
+    """The Flink job sets the properties the consumers read (two modules, one contract)."""
+    assert (flink_job.SOURCE_TOPIC_PROPERTY, flink_job.SOURCE_ID_PROPERTY) == (
+        SOURCE_TOPIC_PROPERTY,
+        SOURCE_ID_PROPERTY,
+    )
+    raw_id = pulsar.MessageId(0, 7, 3, -1)  # partition, ledger, entry, batch index
+    topic = "pulsar:persistent://public/default/raw-events-partition-2"
+    encoded = base64.b64encode(raw_id.serialize()).decode()
+    message = _Message({SOURCE_TOPIC_PROPERTY: topic, SOURCE_ID_PROPERTY: encoded})
+    assert source_position(message) == ("r2", sequence_id(raw_id))  # type: ignore[arg-type]
+    assert source_position(_Message({})) is None  # type: ignore[arg-type]
+    for bad in ("not base64!", base64.b64encode(b"garbage").decode()):
+        bad_message = _Message({SOURCE_TOPIC_PROPERTY: topic, SOURCE_ID_PROPERTY: bad})
+        assert source_position(bad_message) is None  # type: ignore[arg-type]
+
+
+def test_source_marks_drop_repeats_of_raw_events_already_answered() -> None:
+    marks = SourceMarks({"sub-p0.r0": 10})  # committed: raw position 10 had its result
+    assert marks.repeated("sub-p0", ("r0", 10)) and marks.repeated("sub-p0", ("r0", 4))
+    assert not marks.repeated("sub-p0", ("r0", 11))  # new, and the newest from now on
+    assert marks.repeated("sub-p0", ("r0", 11))  # its repeat
+    # Each features partition (producer) and raw partition has a mark of its own.
+    assert not marks.repeated("sub-p1", ("r0", 3))
+    assert not marks.repeated("sub-p0", ("r1", 3))

@@ -389,14 +389,22 @@ def test_stream_mode_reads_the_raw_events_topic_and_keeps_the_checks(cfg: dict) 
     classified = classification_sql(stream)
     assert "ORDER BY proc ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW" in classified
     assert "already_ingested" not in classified  # no lookup of batch-ingested ids
-    # Both topic sinks publish in transactions by default, with the configured timeout.
+    # At least once by default: each features message names the raw event it came from.
+    topic = _one(ddl, "CREATE TEMPORARY TABLE features_topic")
+    assert "'connector' = 'pulsar'" in topic and "transaction" not in topic
+    assert "`properties` MAP<STRING, STRING> METADATA" in topic
+    assert "message_id BYTES METADATA VIRTUAL" in raw
+    assert "TO_BASE64(message_id) AS raw_id" in _one(ddl, "CREATE TEMPORARY VIEW raw_0")
+    published = _one(inserts, "INSERT INTO features_topic")
+    assert "MAP['mlp.source.topic', source, 'mlp.source.id', raw_id], event_time FROM" in published
+    assert "`raw_time` TIMESTAMP_LTZ(3) METADATA FROM 'event_time'" in topic
+    assert "raw_id" in classified
+    # Exactly once: both topic sinks publish in transactions, with the configured timeout.
+    exactly_once = build_statements({**stream, "delivery": "exactly-once"})[0]
     for sink in ("features_topic", "quarantine_topic"):
-        table = _one(ddl, f"CREATE TEMPORARY TABLE {sink}")
+        table = _one(exactly_once, f"CREATE TEMPORARY TABLE {sink}")
         assert "'connector' = 'pulsar-exactly-once'" in table
         assert "'pulsar.sink.transactionTimeoutMillis' = '60000'" in table
-    at_least_once = build_statements({**stream, "delivery": "at-least-once"})[0]
-    topic = _one(at_least_once, "CREATE TEMPORARY TABLE features_topic")
-    assert "'connector' = 'pulsar'" in topic and "transaction" not in topic
     stream = {**stream, "run_id": "r-1"}
     counts = _one(build_statements(stream)[1], "INSERT INTO `mylake`.`myns`.`preprocess_counts`")
     assert "SELECT 'r-1', outcome" in counts

@@ -1,0 +1,123 @@
+"""The real-time path end to end, raw event to prediction: the Flink stream job on a session
+cluster of this module's own, with its default at-least-once delivery, and the stream actors on
+Ray. A killed TaskManager makes the job publish again what it had sent since its last
+checkpoint; the consumers drop those repeats, whether their originals were answered before the
+crash (the committed source marks) or after it (the marks in memory), so the predictions topic
+and the Iceberg table hold exactly one result per event."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from infra.flink_cluster import ClusterDirs, daemon_pids, start_cluster
+from infra.processes import alive
+from mlplatform.connectors.iceberg_tables import ensure_tables, load_table
+from mlplatform.connectors.pulsar_io import publish, read_all, topic_stats
+from mlplatform.inference.stream.runner import run_stream_inference
+from mlplatform.preprocess.stream import active_job, start_stream, stop_stream
+from mlplatform.sample_data.demo_rows import demo_events
+from mlplatform.sample_data.synthetic_features import feature_rows
+from mlplatform.settings import Settings
+from mlplatform.training.retrain import retrain
+from tests.helpers import module_settings
+
+pytestmark = pytest.mark.e2e
+
+
+def _wait_for(what: str, check: Callable[[], bool], timeout_s: float = 150) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(0.5)
+
+
+def _completed_checkpoints(s: Settings, job_id: str) -> int:
+    response = httpx.get(f"{s.flink_rest_url}/jobs/{job_id}/checkpoints", timeout=10)
+    response.raise_for_status()
+    return response.json()["counts"]["completed"]
+
+
+def _published(s: Settings, topic: str) -> int:
+    return topic_stats(s, topic)["messages_in"]
+
+
+def _answered(s: Settings) -> tuple[list[str], list[str]]:
+    """The event ids on the predictions topic and in the stream predictions table."""
+    on_topic = [json.loads(m.data())[s.key_column] for m in read_all(s, s.predictions_topic)]
+    table = load_table(s, s.stream_predictions_table).scan().to_arrow()
+    return on_topic, table[s.key_column].to_pylist()
+
+
+def test_a_killed_task_manager_repeats_rows_and_predictions_stay_exactly_once(
+    flink_session: tuple[Settings, ClusterDirs],
+) -> None:
+    s = module_settings(
+        flink_session[0],
+        "realtime",
+        flink_mode="session",
+        flink_rest_url=flink_session[0].flink_rest_url,
+        # Long enough for a run of the consumers between a checkpoint and the kill.
+        flink_checkpoint_interval_s=40.0,
+        flink_transaction_timeout_s=120.0,
+        stream_commit_interval_s=0.5,
+    )
+    assert s.flink_stream_delivery == "at-least-once"  # the default under test
+    # A champion trained on a table of its own: the features table is the job's.
+    training = s.model_copy(update={"features_table": "training_rows"})
+    ensure_tables(training)
+    load_table(training, "training_rows").append(feature_rows(training, 600, seed=8))
+    assert retrain(training).decision == "promote"
+
+    first, answered, unanswered = (
+        demo_events(s, 60, "ra", seed=5),
+        demo_events(s, 20, "rb", seed=6),
+        demo_events(s, 20, "rc", seed=7),
+    )
+    publish(s, s.raw_events_topic, [json.dumps(e).encode() for e in first])
+    job_id = start_stream(s, run_id="realtime-kill")["job_id"]
+    try:
+        features = lambda: load_table(s, s.features_table).scan().to_arrow().num_rows  # noqa: E731
+        # In Iceberg: a checkpoint covers the first batch, so it is never published again.
+        _wait_for("the first batch in Iceberg", lambda: features() == 60)
+        done = _completed_checkpoints(s, job_id)
+        assert run_stream_inference(s, max_messages=60, timeout_s=120).published == 60
+        # Answered, committed and acknowledged before the crash; then published, not answered.
+        publish(s, s.raw_events_topic, [json.dumps(e).encode() for e in answered])
+        _wait_for("the answered batch sent", lambda: _published(s, s.features_topic) == 80)
+        assert run_stream_inference(s, max_messages=20, timeout_s=120).published == 20
+        publish(s, s.raw_events_topic, [json.dumps(e).encode() for e in unanswered])
+        _wait_for("the unanswered batch sent", lambda: _published(s, s.features_topic) == 100)
+        [taskmanager] = daemon_pids(flink_session[1], "taskexecutor")
+        os.kill(taskmanager, signal.SIGKILL)
+        _wait_for("the TaskManager gone", lambda: not alive(taskmanager))
+        assert _completed_checkpoints(s, job_id) == done, (
+            "a checkpoint came before the kill: nothing is published again, the test proves nothing"
+        )
+        assert "a new TaskManager" in start_cluster(s, flink_session[1])
+        _wait_for("the rows since the checkpoint in Iceberg", lambda: features() == 100)
+        # The 40 rows since the checkpoint, published again: the topic holds them twice.
+        _wait_for("the repeats sent", lambda: _published(s, s.features_topic) == 140)
+        keys = Counter(m.partition_key() for m in read_all(s, s.features_topic))
+        assert len(keys) == 100 and sorted(Counter(keys.values()).items()) == [(1, 60), (2, 40)]
+        stop_stream(s)
+    finally:
+        job = active_job(s)
+        if job:
+            httpx.patch(f"{s.flink_rest_url}/jobs/{job}", params={"mode": "cancel"}, timeout=10)
+    # The unanswered batch's originals and every repeat come to new actors.
+    last = run_stream_inference(s, max_messages=None, timeout_s=30)
+    assert last.published == 20
+    assert topic_stats(s, s.features_topic)["backlog"].get(s.stream_subscription, 0) == 0
+    ids = sorted(e["event_id"] for e in first + answered + unanswered)
+    on_topic, in_table = _answered(s)
+    assert sorted(on_topic) == ids
+    assert sorted(in_table) == ids
