@@ -528,7 +528,22 @@ def main(argv: list[str] | None = None) -> None:
             result["consumer"] = variant.stop()
             if name != "plain":
                 result["exactness"] = exactness(variant)
-            result["cleanup_problems"] = clean_up(variant.s)
+            if result.get("exactness", {}).get("exactly_once", True):
+                result["cleanup_problems"] = clean_up(variant.s)
+            else:  # kept for a look
+                result["kept"] = {
+                    "namespace": variant.s.namespace,
+                    "settings": variant.s.model_dump(
+                        mode="json",
+                        include={
+                            "features_topic",
+                            "predictions_topic",
+                            "stream_subscription",
+                            "raw_events_topic",
+                            "namespace",
+                        },
+                    ),
+                }
         summary["variants"][name] = result
     if cluster_started:
         stop_cluster(base)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -28,7 +30,7 @@ from mlplatform.sample_data.demo_rows import demo_events
 from mlplatform.sample_data.synthetic_features import feature_rows
 from mlplatform.settings import Settings
 from mlplatform.training.retrain import retrain
-from tests.helpers import module_settings
+from tests.helpers import module_settings, own_actor_pids
 
 pytestmark = pytest.mark.e2e
 
@@ -71,12 +73,20 @@ def _answered(s: Settings) -> tuple[list[str], list[str]]:
     return on_topic, table[s.key_column].to_pylist()
 
 
+def _train_a_champion(s: Settings) -> None:
+    """On a table of its own: the features table is the job's."""
+    training = s.model_copy(update={"features_table": "training_rows"})
+    ensure_tables(training)
+    load_table(training, "training_rows").append(feature_rows(training, 600, seed=8))
+    assert retrain(training).decision == "promote"
+
+
 def test_a_killed_task_manager_repeats_rows_and_predictions_stay_exactly_once(
     flink_session: tuple[Settings, ClusterDirs],
 ) -> None:
     s = module_settings(
         flink_session[0],
-        "realtime",
+        "realtimetm",
         flink_mode="session",
         flink_rest_url=flink_session[0].flink_rest_url,
         # Checkpoints when the test asks for them only (a periodic one comes after a day).
@@ -85,11 +95,7 @@ def test_a_killed_task_manager_repeats_rows_and_predictions_stay_exactly_once(
         stream_commit_interval_s=0.5,
     )
     assert s.flink_stream_delivery == "at-least-once"  # the default under test
-    # A champion trained on a table of its own: the features table is the job's.
-    training = s.model_copy(update={"features_table": "training_rows"})
-    ensure_tables(training)
-    load_table(training, "training_rows").append(feature_rows(training, 600, seed=8))
-    assert retrain(training).decision == "promote"
+    _train_a_champion(s)
 
     first, answered, unanswered = (
         demo_events(s, 60, "ra", seed=5),
@@ -139,3 +145,93 @@ def test_a_killed_task_manager_repeats_rows_and_predictions_stay_exactly_once(
     # Each prediction carries its raw event's time: the live view measures the whole path.
     view = live_view(s, window_s=900)
     assert view.predictions == len(ids) and 0 < view.latency_ms["p50"] <= view.latency_ms["max"]
+
+
+def _bad_events(s: Settings, n: int) -> list[bytes]:
+    """Raw events the job quarantines: out of range, a feature missing, not JSON, in turn."""
+    bad = []
+    for i, event in enumerate(demo_events(s, n, "bad", seed=9)):
+        feature = s.feature_columns[0]
+        if i % 3 == 0:
+            bad.append(json.dumps({**event, feature: -1000.0}).encode())
+        elif i % 3 == 1:
+            bad.append(json.dumps({k: v for k, v in event.items() if k != feature}).encode())
+        else:
+            bad.append(b'{"broken": ')
+    return bad
+
+
+def test_kills_at_seeded_random_moments_lose_and_double_nothing(
+    flink_session: tuple[Settings, ClusterDirs],
+) -> None:
+    """Events stream in while the TaskManager and the consumer actor are each killed with
+    SIGKILL at a seeded random moment: every valid event's prediction once on the topic and
+    once in Iceberg, and the quarantine holds every bad event once."""
+    seed = int(os.environ.get("MLP_TEST_SEED", "2026"))
+    rng = random.Random(seed)
+    print(f"seed {seed} (MLP_TEST_SEED repeats it)")
+    s = module_settings(
+        flink_session[0],
+        "realtimekills",
+        flink_mode="session",
+        flink_rest_url=flink_session[0].flink_rest_url,
+        flink_checkpoint_interval_s=3.0,
+        flink_transaction_timeout_s=9.0,
+        stream_commit_interval_s=0.5,
+    )
+    _train_a_champion(s)
+    good = [json.dumps(e).encode() for e in demo_events(s, 1500, "live", seed=10)]
+    bad = _bad_events(s, 30)
+    stream = good[:]
+    for payload in bad:  # spread among the valid ones
+        stream.insert(rng.randrange(len(stream) + 1), payload)
+    job_id = start_stream(s, run_id="realtime-kills")["job_id"]
+    outcome: dict[str, object] = {}
+
+    def consume() -> None:
+        try:
+            outcome["result"] = run_stream_inference(s, max_messages=len(good), timeout_s=300)
+        except BaseException as error:  # reported by the assertion below
+            outcome["result"] = error
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    try:
+        _wait_for("the consumer actor", lambda: len(own_actor_pids(s, "StreamConsumer")) == 1)
+        kills = sorted([(rng.uniform(2, 8), "taskmanager"), (rng.uniform(2, 8), "consumer")])
+        # About 150 events/s, in slices (publish() sends as fast as it can).
+        began = time.monotonic()
+        for i in range(0, len(stream), 15):
+            publish(s, s.raw_events_topic, stream[i : i + 15])
+            while kills and time.monotonic() - began >= kills[0][0]:
+                _, what = kills.pop(0)
+                print(f"kill -9 of the {what} at {time.monotonic() - began:.1f} s")
+                if what == "consumer":
+                    [pid] = own_actor_pids(s, "StreamConsumer")
+                    os.kill(pid, signal.SIGKILL)
+                else:
+                    [pid] = daemon_pids(flink_session[1], "taskexecutor")
+                    os.kill(pid, signal.SIGKILL)
+                    _wait_for("the TaskManager gone", lambda pid=pid: not alive(pid))
+                    start_cluster(s, flink_session[1])
+            time.sleep(max(0.0, began + (i + 15) / 150 - time.monotonic()))
+        consumer.join(timeout=330)
+        assert not isinstance(outcome.get("result"), BaseException), outcome
+        assert outcome["result"].actor_restarts >= 1  # type: ignore[union-attr]
+        _checkpoint_now(s, job_id)
+        features = lambda: load_table(s, s.features_table).scan().to_arrow().num_rows  # noqa: E731
+        _wait_for("every valid event in Iceberg", lambda: features() == len(good))
+        stop_stream(s)
+    finally:
+        job = active_job(s)
+        if job:
+            httpx.patch(f"{s.flink_rest_url}/jobs/{job}", params={"mode": "cancel"}, timeout=10)
+    ids = sorted(json.loads(p)["event_id"] for p in good)
+    on_topic, in_table = _answered(s)
+    assert sorted(on_topic) == ids
+    assert sorted(in_table) == ids
+    quarantined = load_table(s, s.quarantine_table).scan().to_arrow()
+    assert quarantined.num_rows == len(bad)
+    reasons = Counter(quarantined["reason"].to_pylist())
+    feature = s.feature_columns[0]
+    assert reasons == {f"out_of_range:{feature}": 10, "missing_fields": 10, "not_json": 10}

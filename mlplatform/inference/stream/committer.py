@@ -19,6 +19,12 @@ per raw-events partition (`mlp.src.<producer>.<source>`), so a restarted actor k
 events its partition's committed results came from and can drop the Flink job's at-least-once
 replays of them (`consumer`'s step 2).
 
+Order: the marks assume that an actor's results come in the order it sent them, but Ray runs an
+async actor's calls in the order their arguments are ready (a large hand-off waits for the
+object store, a small one behind it does not), so a later hand-off could set the mark above an
+earlier one's results and have them dropped unwritten. Each hand-off therefore carries its
+sender (one per actor incarnation) and its number, and waits for its predecessor's turn.
+
 Crash-only: a commit that fails ends this process. Ray restarts it from the table's state, and
 every actor waiting on it fails its poll and is restarted in turn: the broker redelivers what no
 one acknowledged, and the marks drop what is already in the table.
@@ -54,6 +60,8 @@ HWM_PREFIX = "mlp.hwm."
 SOURCE_PREFIX = "mlp.src."
 MERGE_MANIFESTS = {"commit.manifest-merge.enabled": "true"}
 EXPIRE_EVERY_S = 60.0
+# A hand-off whose predecessor has not come in by then fails (its sender is restarted).
+TURN_TIMEOUT_S = 120.0
 
 
 def merge_marks(into: dict[str, int], marks: dict[str, int]) -> dict[str, int]:
@@ -132,6 +140,8 @@ class StreamCommitter:
         self.committing: dict[str, int] = {}
         self.expired_at = time.monotonic()
         self.batch: _Batch | None = None
+        self.turns: dict[str, int] = {}  # sender -> the number of its next hand-off
+        self.turn: asyncio.Condition | None = None
         self.wake: asyncio.Event | None = None
         self.loop: asyncio.Task[None] | None = None
 
@@ -148,13 +158,31 @@ class StreamCommitter:
         """The committed source marks, by `source_mark_name(producer, source)`."""
         return dict(self.committed_sources)
 
-    async def add(self, results: list[Result], now: bool) -> int:
+    async def add(
+        self, results: list[Result], now: bool, sender: str | None = None, number: int = 0
+    ) -> int:
         """Returns once the new ones among `results` (possibly none) and everything handed in
         before are committed: how many were new. `now`: commit without waiting for the interval
-        (an actor closing)."""
+        (an actor closing). `sender` and `number` (0, 1, ... per sender): taken in that order."""
         if self.loop is None:
             self.wake = asyncio.Event()
+            self.turn = asyncio.Condition()
             self.loop = asyncio.get_running_loop().create_task(self._commit_loop())
+        if sender is None:
+            batch, new = self._take(results, now)
+        else:
+            assert self.turn is not None
+            async with self.turn:
+                mine = lambda: self.turns.get(sender, 0) == number  # noqa: E731
+                await asyncio.wait_for(self.turn.wait_for(mine), TURN_TIMEOUT_S)
+                batch, new = self._take(results, now)
+                self.turns[sender] = number + 1
+                self.turn.notify_all()
+        await asyncio.shield(batch.done)
+        return new
+
+    def _take(self, results: list[Result], now: bool) -> tuple[_Batch, int]:
+        """Into the next commit: the results above their producers' marks; (the batch, how many)."""
         if self.batch is None:
             self.batch = _Batch()
         batch, new = self.batch, 0
@@ -171,8 +199,7 @@ class StreamCommitter:
             new += 1
         if now:
             self.wake.set()  # type: ignore[union-attr]
-        await asyncio.shield(batch.done)
-        return new
+        return batch, new
 
     async def _commit_loop(self) -> None:
         assert self.wake is not None

@@ -28,10 +28,11 @@ Delivery protocol (effectively once, the default `stream_subscription_type=failo
    broker's de-duplication drops a batch that raced a crash.
 4. At the end of each poll (at most `stream_poll_s`), once its results are on the topic, the
    actor hands them, each with its producer and sequence id, to the pool's one
-   `StreamCommitter`, which appends everything handed in to Iceberg every
-   `stream_commit_interval_s` in one snapshot. It keeps every producer's highest sequence id
-   (`mlp.hwm.<producer>` in each snapshot) and drops a result at or below it: one already in
-   Iceberg, or already handed in by an earlier incarnation of the actor.
+   `StreamCommitter`, numbered (the committer takes an actor's hand-offs in their order), which
+   appends everything handed in to Iceberg every `stream_commit_interval_s` in one snapshot. It
+   keeps every producer's highest sequence id (`mlp.hwm.<producer>` in each snapshot) and
+   drops a result at or below it: one already in Iceberg, or already handed in by an earlier
+   incarnation of the actor.
 5. Inputs are acknowledged only once their results are in Iceberg, hence already on the topic;
    the actor goes on predicting meanwhile. That is one cumulative acknowledgement per partition,
    unless an input waits for redelivery (a cumulative one would acknowledge it too).
@@ -54,6 +55,7 @@ import gc
 import json
 import logging
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -151,6 +153,7 @@ class StreamConsumer:
         self.send_errors: list[str] = []  # filled by the client's callback threads
         self.dead_letters = DeadLetters(self.s, self.client, self.consumer)
         self.committer = committer
+        self.sender, self.hand_offs = uuid.uuid4().hex, 0  # the committer takes them in order
         self.pending = _Pending()
         # Hand-offs to the committer, oldest first: (its call, the inputs to acknowledge after).
         self.handed: deque[tuple[ray.ObjectRef, _Pending]] = deque()
@@ -328,7 +331,8 @@ class StreamConsumer:
         self._flush()
         pending, self.pending = self.pending, _Pending()
         if pending.messages or now:
-            call = self.committer.add.remote(pending.rows, now)
+            call = self.committer.add.remote(pending.rows, now, self.sender, self.hand_offs)
+            self.hand_offs += 1
             self.handed.append((call, pending))
         self._acknowledge_committed(wait_for=len(self.handed) - MAX_HAND_OFFS)
 

@@ -103,6 +103,32 @@ def test_results_at_or_below_a_producers_mark_are_dropped_also_after_a_restart(
     assert _keys(s) == sorted(expected)
 
 
+def test_an_actors_hand_offs_are_taken_in_their_order_whichever_comes_first(
+    table_settings: Settings,
+) -> None:
+    """Ray runs an async actor's calls as their arguments become ready: the second hand-off
+    arriving first must not raise the mark over the first one's results. Source marks go into
+    the summary with them."""
+    s = table_settings
+    committer = _committer(s)
+    first = [
+        r._replace(source="r0", source_seq=r.sequence_id * 10)
+        for r in _results(s, "p0", range(1, 6))
+    ]
+    second = _results(s, "p0", range(6, 9))
+    try:
+        later = committer.add.remote(second, False, "actor-a", 1)
+        assert ray.wait([later], timeout=1.0)[0] == []  # waits for its predecessor
+        assert ray.get(committer.add.remote(first, True, "actor-a", 0), timeout=60) == 5
+        assert ray.get(later, timeout=60) == 3
+        assert ray.get(committer.source_marks.remote()) == {"p0.r0": 50}
+    finally:
+        ray.kill(committer)
+    assert _keys(s) == sorted(f"p0-{i}" for i in range(1, 9))
+    summary = load_table(s, s.stream_predictions_table).current_snapshot().summary
+    assert summary.additional_properties["mlp.src.p0.r0"] == "50"
+
+
 def test_a_failed_commit_restarts_the_committer_and_fails_its_callers(
     table_settings: Settings,
 ) -> None:
