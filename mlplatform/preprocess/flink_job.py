@@ -153,31 +153,25 @@ def _json_source_sql(table: str, columns: list[dict[str, Any]], carried: str) ->
     wrong_type reason per column (JSON's own types: a string, boolean, object or array where a
     number belongs), and a shape reason: not a JSON object, a required key absent, a key that
     is no column."""
-    # The object's keys as text (',"a","b",'), and per column: p<j> whether its key is there,
-    # k<j> the first character of its value inside a JSON array, which tells its JSON type.
-    keys = "CONCAT(',', SUBSTRING(ks FROM 2 FOR CHAR_LENGTH(ks) - 2), ',')"
+    # The line parsed once (MLP_JSON_FIELDS, infra/flink/java), and per column: p<j> whether its
+    # key is there, k<j> the first character of its JSON value, which tells its JSON type.
     probes = []
     for j, c in enumerate(columns):
-        path = _quote(f"$.{c['name']}")
-        key_text = _quote(',"' + c["name"] + '",')
-        probes.append(f"POSITION({key_text} IN {keys}) > 0 AS p{j}")
-        probes.append(f"SUBSTRING(JSON_QUERY(line, {path} WITH WRAPPER) FROM 2 FOR 1) AS k{j}")
+        probes.append(f"jf[{_quote('k:' + c['name'])}] IS NOT NULL AS p{j}")
+        probes.append(f"jf[{_quote('k:' + c['name'])}] AS k{j}")
     n_present = " + ".join(f"CASE WHEN p{j} THEN 1 ELSE 0 END" for j in range(len(columns)))
     absent = " OR ".join(f"NOT p{j}" for j, c in enumerate(columns) if c["required"])
     shape = (
-        "CASE WHEN NOT (line IS JSON OBJECT) THEN 'not_json' "
+        "CASE WHEN jf IS NULL THEN 'not_json' "
         f"WHEN {absent} THEN 'missing_fields' "
-        f"WHEN JSON_VALUE(line, '$.length()' RETURNING INT) > {n_present} THEN 'extra_fields' "
+        f"WHEN CAST(jf['#'] AS INT) > {n_present} THEN 'extra_fields' "
         "ELSE CAST(NULL AS STRING) END"
     )
     values, wrong = [], []
     not_finite = ", ".join(_quote(t) for t in NOT_FINITE_TEXT)
     for j, c in enumerate(columns):
-        path, kind = _quote(f"$.{c['name']}"), f"k{j}"
-        values.append(
-            f"CASE WHEN {kind} IN ('{{', '[') THEN JSON_QUERY(line, {path}) "
-            f"ELSE JSON_VALUE(line, {path}) END"
-        )
+        value, kind = f"jf[{_quote('v:' + c['name'])}]", f"k{j}"
+        values.append(value)
         if c["type"] == "string":
             bad = f"{kind} IN ('{{', '[')"
         elif c["type"] == "boolean":
@@ -185,15 +179,18 @@ def _json_source_sql(table: str, columns: list[dict[str, Any]], carried: str) ->
         else:  # a number; a string only for the non-finite values JSON cannot spell
             bad = (
                 f"{kind} IN ('t', 'f', '{{', '[') OR ({kind} = '\"' AND "
-                f"JSON_VALUE(line, {path}) NOT IN ({not_finite}))"
+                f"{value} NOT IN ({not_finite}))"
             )
         wrong.append(
             f"CASE WHEN p{j} AND ({bad}) THEN 'wrong_type:{c['name']}' "
             "ELSE CAST(NULL AS STRING) END"
         )
-    inner = f"SELECT *, JSON_QUERY(line, '$.keys()') AS ks FROM ({_decoded(table)})"
+    inner = f"SELECT *, {JSON_FIELDS}(line) AS jf FROM ({_decoded(table)})"
     probed = f"(SELECT *, {', '.join(probes)} FROM ({inner}))"
     return _source_select(probed, carried, shape, values, wrong, "")
+
+
+JSON_FIELDS = "MLP_JSON_FIELDS"  # infra/flink/java/io/mlplatform/flink/JsonFields.java
 
 
 def _decoded(table: str) -> str:
@@ -542,6 +539,8 @@ def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
                 f"WITH ({_options(counts)})"
             ]
         ),
+        f"CREATE TEMPORARY SYSTEM FUNCTION {JSON_FIELDS} AS "
+        "'io.mlplatform.flink.JsonFields' LANGUAGE JAVA",
         f"CREATE TEMPORARY VIEW checked AS {validation_sql(cfg)}",
         f"CREATE TEMPORARY VIEW classified AS {classification_sql(cfg)}",
         f"CREATE TEMPORARY VIEW rejected AS {rejected_sql(cfg)}",
