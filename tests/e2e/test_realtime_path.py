@@ -73,6 +73,20 @@ def _answered(s: Settings) -> tuple[list[str], list[str]]:
     return on_topic, table[s.key_column].to_pylist()
 
 
+def _settings(
+    flink_session: tuple[Settings, ClusterDirs], name: str, **overrides: object
+) -> Settings:
+    """A test's own topics, tables and registry, on the module's cluster; frequent commits."""
+    return module_settings(
+        flink_session[0],
+        name,
+        flink_mode="session",
+        flink_rest_url=flink_session[0].flink_rest_url,
+        stream_commit_interval_s=0.5,
+        **overrides,
+    )
+
+
 def _train_a_champion(s: Settings) -> None:
     """On a table of its own: the features table is the job's."""
     training = s.model_copy(update={"features_table": "training_rows"})
@@ -84,15 +98,12 @@ def _train_a_champion(s: Settings) -> None:
 def test_a_killed_task_manager_repeats_rows_and_predictions_stay_exactly_once(
     flink_session: tuple[Settings, ClusterDirs],
 ) -> None:
-    s = module_settings(
-        flink_session[0],
+    s = _settings(
+        flink_session,
         "realtimetm",
-        flink_mode="session",
-        flink_rest_url=flink_session[0].flink_rest_url,
         # Checkpoints when the test asks for them only (a periodic one comes after a day).
         flink_checkpoint_interval_s=86_400.0,
         flink_transaction_timeout_s=3 * 86_400.0,
-        stream_commit_interval_s=0.5,
     )
     assert s.flink_stream_delivery == "at-least-once"  # the default under test
     _train_a_champion(s)
@@ -170,14 +181,11 @@ def test_kills_at_seeded_random_moments_lose_and_double_nothing(
     seed = int(os.environ.get("MLP_TEST_SEED", "2026"))
     rng = random.Random(seed)
     print(f"seed {seed} (MLP_TEST_SEED repeats it)")
-    s = module_settings(
-        flink_session[0],
+    s = _settings(
+        flink_session,
         "realtimekills",
-        flink_mode="session",
-        flink_rest_url=flink_session[0].flink_rest_url,
         flink_checkpoint_interval_s=3.0,
         flink_transaction_timeout_s=9.0,
-        stream_commit_interval_s=0.5,
     )
     _train_a_champion(s)
     good = [json.dumps(e).encode() for e in demo_events(s, 1500, "live", seed=10)]
