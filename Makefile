@@ -41,6 +41,7 @@ bench: up  ## the benchmarks under benchmarks/, JSON results in benchmarks/resul
 	$(PY) -m benchmarks.preprocess
 	$(PY) -m benchmarks.functions
 	$(PY) -m benchmarks.growth
+	$(PY) -m benchmarks.end_to_end
 
 gpu-check: setup  ## on a GPU machine: batch inference with a CPU preprocessing stage and a GPU model stage
 	$(PY) -m benchmarks.gpu_stages
