@@ -18,7 +18,10 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
+from flows.realtime import realtime
 from infra.flink_cluster import ClusterDirs, daemon_pids, start_cluster
 from infra.processes import alive
 from mlplatform.connectors.iceberg_tables import ensure_tables, load_table
@@ -30,7 +33,8 @@ from mlplatform.sample_data.demo_rows import demo_events
 from mlplatform.sample_data.synthetic_features import feature_rows
 from mlplatform.settings import Settings
 from mlplatform.training.retrain import retrain
-from tests.helpers import module_settings, own_actor_pids
+from tasks.realtime import artifact_key
+from tests.helpers import module_settings, own_actor_pids, settings_env, settings_in_process
 
 pytestmark = pytest.mark.e2e
 
@@ -73,40 +77,45 @@ def _answered(s: Settings) -> tuple[list[str], list[str]]:
     return on_topic, table[s.key_column].to_pylist()
 
 
+@pytest.fixture(scope="module")
+def registry(flink_session: tuple[Settings, ClusterDirs]) -> str:
+    """The module's model registry (a database of its own) with a champion, trained once on a
+    table of its own: each test's features table is its stream job's."""
+    s = module_settings(flink_session[0], "realtimemodel")
+    training = s.model_copy(update={"features_table": "training_rows"})
+    ensure_tables(training)
+    load_table(training, "training_rows").append(feature_rows(training, 600, seed=8))
+    assert retrain(training).decision == "promote"
+    return s.database_url
+
+
 def _settings(
-    flink_session: tuple[Settings, ClusterDirs], name: str, **overrides: object
+    flink_session: tuple[Settings, ClusterDirs], registry: str, name: str, **overrides: object
 ) -> Settings:
-    """A test's own topics, tables and registry, on the module's cluster; frequent commits."""
+    """A test's own topics and tables, on the module's cluster and registry; frequent commits."""
     return module_settings(
         flink_session[0],
         name,
         flink_mode="session",
         flink_rest_url=flink_session[0].flink_rest_url,
         stream_commit_interval_s=0.5,
+        database_url=registry,
         **overrides,
     )
 
 
-def _train_a_champion(s: Settings) -> None:
-    """On a table of its own: the features table is the job's."""
-    training = s.model_copy(update={"features_table": "training_rows"})
-    ensure_tables(training)
-    load_table(training, "training_rows").append(feature_rows(training, 600, seed=8))
-    assert retrain(training).decision == "promote"
-
-
 def test_a_killed_task_manager_repeats_rows_and_predictions_stay_exactly_once(
-    flink_session: tuple[Settings, ClusterDirs],
+    flink_session: tuple[Settings, ClusterDirs], registry: str
 ) -> None:
     s = _settings(
         flink_session,
+        registry,
         "realtimetm",
         # Checkpoints when the test asks for them only (a periodic one comes after a day).
         flink_checkpoint_interval_s=86_400.0,
         flink_transaction_timeout_s=3 * 86_400.0,
     )
     assert s.flink_stream_delivery == "at-least-once"  # the default under test
-    _train_a_champion(s)
 
     first, answered, unanswered = (
         demo_events(s, 60, "ra", seed=5),
@@ -173,7 +182,7 @@ def _bad_events(s: Settings, n: int) -> list[bytes]:
 
 
 def test_kills_at_seeded_random_moments_lose_and_double_nothing(
-    flink_session: tuple[Settings, ClusterDirs],
+    flink_session: tuple[Settings, ClusterDirs], registry: str
 ) -> None:
     """Events stream in while the TaskManager and the consumer actor are each killed with
     SIGKILL at a seeded random moment: every valid event's prediction once on the topic and
@@ -183,11 +192,11 @@ def test_kills_at_seeded_random_moments_lose_and_double_nothing(
     print(f"seed {seed} (MLP_TEST_SEED repeats it)")
     s = _settings(
         flink_session,
+        registry,
         "realtimekills",
         flink_checkpoint_interval_s=3.0,
         flink_transaction_timeout_s=9.0,
     )
-    _train_a_champion(s)
     good = [json.dumps(e).encode() for e in demo_events(s, 1500, "live", seed=10)]
     bad = _bad_events(s, 30)
     stream = good[:]
@@ -243,3 +252,46 @@ def test_kills_at_seeded_random_moments_lose_and_double_nothing(
     reasons = Counter(quarantined["reason"].to_pylist())
     feature = s.feature_columns[0]
     assert reasons == {f"out_of_range:{feature}": 10, "missing_fields": 10, "not_json": 10}
+
+
+def test_the_realtime_flow_runs_the_path_and_updates_its_live_view(
+    flink_session: tuple[Settings, ClusterDirs], registry: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The realtime flow against the Prefect server: the stream job and the actors in one run,
+    the live view artifact published while it runs (with the predictions of the events sent
+    meanwhile), and the job stopped with a savepoint at the end."""
+    s = _settings(flink_session, registry, "realtimeflow")
+    events = [json.dumps(e).encode() for e in demo_events(s, 200, "flow", seed=11)]
+    env = {**settings_env(s), "MLP_FLINK_MODE": "session", "MLP_FLINK_REST_URL": s.flink_rest_url}
+
+    def send_while_it_runs() -> None:
+        _wait_for("the stream job", lambda: active_job(s) is not None)
+        for i in range(0, len(events), 20):
+            publish(s, s.raw_events_topic, events[i : i + 20])
+            time.sleep(0.5)
+
+    sender = threading.Thread(target=send_while_it_runs)
+    sender.start()
+    try:
+        with settings_in_process(monkeypatch, env):
+            state = realtime(timeout_s=20.0, view_every_s=4.0, stop_job=True, return_state=True)
+    finally:
+        sender.join(timeout=120)
+        job = active_job(s)
+        if job:
+            httpx.patch(f"{s.flink_rest_url}/jobs/{job}", params={"mode": "cancel"}, timeout=10)
+    assert state.is_completed(), state
+    report = state.result()
+    assert report["stream"]["published"] == len(events)
+    assert report["stopped"]["features_rows"] == len(events)
+    assert active_job(s) is None
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    views = [a for a in artifacts if a.key == artifact_key(s)]
+    assert views, [a.key for a in artifacts]
+    assert any("| predictions out, per s | 0.0 |" not in a.data for a in views)
+    assert all("raw event -> prediction p50 / p99 / max, ms" in a.data for a in views)

@@ -21,11 +21,10 @@ Delivery protocol (effectively once, the default `stream_subscription_type=failo
 3. Results go to the predictions topic through one producer per input partition, named after
    it, in batches of at most `stream_results_batch_bytes` (one per micro-batch at the defaults;
    one broker entry each) whose sequence id is the highest input position in the batch. A
-   result's event time is its input's (the raw event's publish time, from the Flink job), so
-   its publish time minus its event time is the raw event -> prediction latency
-   (`ops.live_view`). A
    result at or below the producer's last persisted sequence id is not sent again, and the
-   broker's de-duplication drops a batch that raced a crash.
+   broker's de-duplication drops a batch that raced a crash. A result's event time is its
+   input's (the raw event's publish time, set by the Flink job), so its publish time minus its
+   event time is the raw event -> prediction latency (`ops.live_view`).
 4. At the end of each poll (at most `stream_poll_s`), once its results are on the topic, the
    actor hands them, each with its producer and sequence id, to the pool's one
    `StreamCommitter`, numbered (the committer takes an actor's hand-offs in their order), which
@@ -158,7 +157,6 @@ class StreamConsumer:
         # Hand-offs to the committer, oldest first: (its call, the inputs to acknowledge after).
         self.handed: deque[tuple[ray.ObjectRef, _Pending]] = deque()
         self.committed = 0
-        self.replays = 0  # the Flink job's repeats, acknowledged without a result
         self.source_marks = SourceMarks(ray.get(committer.source_marks.remote()))
         # A full collection walks every object of Ray, pyarrow, pyiceberg and scikit-learn:
         # 300-400 ms stalls of the loop here. What exists now lives as long as the actor.
@@ -255,7 +253,6 @@ class StreamConsumer:
             # Acknowledged with the results handed off after it (entries are in position order).
             self.pending.messages.append(message)
             self.pending.last[topic] = message
-        self.replays += replays
         published = self._publish(good) if good else 0
         return len(messages), published, len(messages) - len(good) - replays
 
