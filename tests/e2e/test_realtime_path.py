@@ -155,7 +155,7 @@ def test_a_killed_task_manager_repeats_rows_and_predictions_stay_exactly_once(
         if job:
             httpx.patch(f"{s.flink_rest_url}/jobs/{job}", params={"mode": "cancel"}, timeout=10)
     # The unanswered batch's originals and every repeat come to new actors.
-    last = run_stream_inference(s, max_messages=None, timeout_s=30)
+    last = run_stream_inference(s, max_messages=None, timeout_s=15)
     assert last.published == 20
     assert topic_stats(s, s.features_topic)["backlog"].get(s.stream_subscription, 0) == 0
     ids = sorted(e["event_id"] for e in first + answered + unanswered)
