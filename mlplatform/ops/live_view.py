@@ -1,7 +1,7 @@
 """The real-time path at a glance: rates, lag and the raw event -> prediction latency.
 
 Read from the broker only (topic stats, and the predictions published in the last seconds), never
-from the running processes, so `mlp status --live` and the realtime flow's artifact show the
+from the running processes, so `mlp status` (`--watch`) and the realtime flow's artifact show the
 same figures, and a look costs the pipeline nothing but one reader. A prediction's event time is
 its raw event's publish time (the Flink job and the stream actors carry it on), so its publish
 time minus its event time is the whole path's latency.
