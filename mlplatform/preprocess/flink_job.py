@@ -153,24 +153,25 @@ def _json_source_sql(table: str, columns: list[dict[str, Any]], carried: str) ->
     wrong_type reason per column (JSON's own types: a string, boolean, object or array where a
     number belongs), and a shape reason: not a JSON object, a required key absent, a key that
     is no column."""
-    # The line parsed once (MLP_JSON_FIELDS, infra/flink/java), and per column: p<j> whether its
-    # key is there, k<j> the first character of its JSON value, which tells its JSON type.
+    # The line parsed once (MLP_JSON_FIELDS, infra/flink/java: [number of keys, then per column
+    # the first character of its JSON value, which tells its JSON type, and its value as text]),
+    # and per column: p<j> whether its key is there, k<j> that first character.
     probes = []
-    for j, c in enumerate(columns):
-        probes.append(f"jf[{_quote('k:' + c['name'])}] IS NOT NULL AS p{j}")
-        probes.append(f"jf[{_quote('k:' + c['name'])}] AS k{j}")
+    for j in range(len(columns)):
+        probes.append(f"jf[{2 + 2 * j}] IS NOT NULL AS p{j}")
+        probes.append(f"jf[{2 + 2 * j}] AS k{j}")
     n_present = " + ".join(f"CASE WHEN p{j} THEN 1 ELSE 0 END" for j in range(len(columns)))
     absent = " OR ".join(f"NOT p{j}" for j, c in enumerate(columns) if c["required"])
     shape = (
         "CASE WHEN jf IS NULL THEN 'not_json' "
         f"WHEN {absent} THEN 'missing_fields' "
-        f"WHEN CAST(jf['#'] AS INT) > {n_present} THEN 'extra_fields' "
+        f"WHEN CAST(jf[1] AS INT) > {n_present} THEN 'extra_fields' "
         "ELSE CAST(NULL AS STRING) END"
     )
     values, wrong = [], []
     not_finite = ", ".join(_quote(t) for t in NOT_FINITE_TEXT)
     for j, c in enumerate(columns):
-        value, kind = f"jf[{_quote('v:' + c['name'])}]", f"k{j}"
+        value, kind = f"jf[{3 + 2 * j}]", f"k{j}"
         values.append(value)
         if c["type"] == "string":
             bad = f"{kind} IN ('{{', '[')"
@@ -185,7 +186,8 @@ def _json_source_sql(table: str, columns: list[dict[str, Any]], carried: str) ->
             f"CASE WHEN p{j} AND ({bad}) THEN 'wrong_type:{c['name']}' "
             "ELSE CAST(NULL AS STRING) END"
         )
-    inner = f"SELECT *, {JSON_FIELDS}(line) AS jf FROM ({_decoded(table)})"
+    names = ", ".join(_quote(c["name"]) for c in columns)
+    inner = f"SELECT *, {JSON_FIELDS}(line, {names}) AS jf FROM ({_decoded(table)})"
     probed = f"(SELECT *, {', '.join(probes)} FROM ({inner}))"
     return _source_select(probed, carried, shape, values, wrong, "")
 

@@ -359,14 +359,16 @@ def test_a_run_with_csv_json_and_optional_columns(cfg: dict) -> None:
     assert "CAST(NULL AS STRING) AS v7" in csv
     assert "< 7 THEN 'missing_fields'" in csv
     # Parsed once (a function of ours, infra/flink/java), not once per JSON_VALUE call.
-    assert "MLP_JSON_FIELDS(line) AS jf" in json_lines and "JSON_VALUE" not in json_lines
+    # Its array holds the number of keys, then each column's JSON kind and text, by position.
+    assert "MLP_JSON_FIELDS(line, 'event_id', " in json_lines and "JSON_VALUE" not in json_lines
+    assert "'ph', 'site') AS jf" in json_lines
     assert "WHEN jf IS NULL THEN 'not_json'" in json_lines
-    assert "jf['k:site'] IS NOT NULL AS p7" in json_lines and "jf['v:site']" in json_lines
+    assert "jf[16] IS NOT NULL AS p7" in json_lines and "jf[17] AS v7" in json_lines
     assert (
         "WHEN NOT p0 OR NOT p1 OR NOT p2 OR NOT p3 OR NOT p4 OR NOT p5 THEN 'missing_fields'"
         in (json_lines)
     )
-    assert "WHEN CAST(jf['#'] AS INT) > CASE WHEN p0 THEN 1" in json_lines
+    assert "WHEN CAST(jf[1] AS INT) > CASE WHEN p0 THEN 1" in json_lines
     assert "THEN 'wrong_type:sepal_length'" in json_lines and "THEN 'wrong_type:site'" in json_lines
     checked = validation_sql(cfg)
     assert "WHEN v6 <> '' AND `ph` IS NULL THEN 'not_a_number:ph'" in checked
