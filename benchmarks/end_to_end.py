@@ -57,7 +57,7 @@ from benchmarks.streaming import (
     summarize,
     without_nan,
 )
-from infra.flink_cluster import ClusterDirs, daemon_pids, healthy, start_cluster, stop_cluster
+from infra.flink_cluster import ClusterDirs, healthy, job_taskmanager, start_cluster, stop_cluster
 from infra.processes import alive
 from mlplatform.connectors.iceberg_tables import load_catalog, load_table
 from mlplatform.connectors.pulsar_io import (
@@ -70,6 +70,7 @@ from mlplatform.connectors.pulsar_io import (
 from mlplatform.inference.fast_predict import compile_model
 from mlplatform.inference.features import InvalidFeatures, parse_message
 from mlplatform.inference.stream.consumer import predict_rows
+from mlplatform.inference.stream.partitions import reading_pids
 from mlplatform.inference.stream.runner import run_stream_inference
 from mlplatform.preprocess.stream import active_job, start_stream, stop_stream, stream_settings
 from mlplatform.registry import model_registry
@@ -308,18 +309,6 @@ def sustained_phase(
     }
 
 
-def consumer_actor_pid(s: Settings) -> int:
-    import ray
-    from ray.util.state import list_actors
-
-    job = ray.get_runtime_context().get_job_id()
-    actors = list_actors(
-        address=s.ray_address, filters=[("state", "=", "ALIVE"), ("job_id", "=", job)]
-    )
-    [pid] = [a.pid for a in actors if a.class_name == "StreamConsumer" and a.pid]
-    return pid
-
-
 def recovery_phase(
     v: Variant, client: pulsar.Client, events: list[dict[str, Any]], rate: float, what: str
 ) -> dict[str, Any]:
@@ -331,11 +320,11 @@ def recovery_phase(
     time.sleep(KILL_AFTER_S)
     restart_s = None
     if what == "consumer":
-        pid = consumer_actor_pid(v.s)
+        [pid] = reading_pids(v.s)  # the actor reading (a spare reads nothing)
         killed_at = time.time()
         os.kill(pid, signal.SIGKILL)
     else:
-        [pid] = daemon_pids(ClusterDirs.default(v.s), "taskexecutor")
+        pid = job_taskmanager(v.s, ClusterDirs.default(v.s), active_job(v.s) or "")
         killed_at = time.time()
         os.kill(pid, signal.SIGKILL)
         while alive(pid):

@@ -1,5 +1,5 @@
-"""A Flink session cluster (one JobManager, one TaskManager) from the scripts inside the PyFlink
-distribution, for MLP_FLINK_MODE=session.
+"""A Flink session cluster (one JobManager, MLP_FLINK_TASKMANAGERS TaskManagers) from the scripts
+inside the PyFlink distribution, for MLP_FLINK_MODE=session and the stream job.
 
 Usage: python -m infra.flink_cluster up|down|status
 
@@ -25,11 +25,12 @@ from urllib.parse import urlparse
 
 import httpx
 
-from infra.processes import alive
+from infra.processes import alive, listening_ports
 from mlplatform.settings import Settings, get_settings
 
 DAEMONS = ("standalonesession", "taskexecutor")
 IDENT = "mlp"  # FLINK_IDENT_STRING: names the pid and log files
+TASK_SLOTS = 2  # per TaskManager
 
 
 class FlinkClusterError(RuntimeError):
@@ -72,7 +73,7 @@ def cluster_config(s: Settings, rpc_port: int = 6123) -> dict[str, str]:
         "heartbeat.timeout": "20000",
         "taskmanager.bind-host": "127.0.0.1",
         "taskmanager.host": "127.0.0.1",
-        "taskmanager.numberOfTaskSlots": "2",
+        "taskmanager.numberOfTaskSlots": str(TASK_SLOTS),
         "taskmanager.memory.process.size": "1536m",
         # The default 40% managed memory would leave ~26 MiB of task heap in a 1g process.
         "taskmanager.memory.managed.size": "128m",
@@ -127,6 +128,24 @@ def cluster_pids(dirs: ClusterDirs) -> list[int]:
     return [pid for daemon in DAEMONS for pid in daemon_pids(dirs, daemon)]
 
 
+def job_taskmanager(s: Settings, dirs: ClusterDirs, job_id: str) -> int:
+    """The pid of the TaskManager that runs a job (parallelism 1: one TaskManager), found by its
+    RPC port (the JobManager names TaskManagers `<host>:<rpc port>-<suffix>`)."""
+    job = httpx.get(f"{s.flink_rest_url}/jobs/{job_id}", timeout=10).json()
+    vertex = job["vertices"][0]["id"]
+    where = httpx.get(
+        f"{s.flink_rest_url}/jobs/{job_id}/vertices/{vertex}/taskmanagers", timeout=10
+    )
+    ports = {
+        int(tm["taskmanager-id"].rpartition("-")[0].rpartition(":")[2])
+        for tm in where.json()["taskmanagers"]
+    }
+    found = [pid for pid in daemon_pids(dirs, "taskexecutor") if listening_ports(pid) & ports]
+    if len(found) != 1:
+        raise FlinkClusterError(f"job {job_id}: TaskManager pids {found} for RPC ports {ports}")
+    return found[0]
+
+
 def healthy(s: Settings, slots: int = 1) -> bool:
     """The REST API answers and at least `slots` task slots are registered."""
     try:
@@ -154,14 +173,17 @@ def _start(s: Settings, dirs: ClusterDirs, script: str) -> None:
 def start_cluster(
     s: Settings, dirs: ClusterDirs | None = None, rpc_port: int = 6123, timeout_s: float = 120
 ) -> str:
-    """Start the JobManager and one TaskManager unless the cluster already answers. When only
-    the TaskManager is gone (killed, crashed), start a new one: the JobManager and its jobs stay,
-    and the jobs restart on the new TaskManager from their last checkpoint."""
+    """Start the JobManager and `flink_taskmanagers` TaskManagers unless the cluster already
+    answers. When only TaskManagers are gone (killed, crashed), start new ones: the JobManager
+    and its jobs stay. A job whose TaskManager died restarts from its last checkpoint on one
+    that is up (the second TaskManager stands by for that), else on the new one."""
     dirs = dirs or ClusterDirs.default(s)
     # By the pid files first: the JobManager reports a dead TaskManager's slots for a while.
-    if daemon_pids(dirs, "standalonesession") and not daemon_pids(dirs, "taskexecutor"):
-        _start(s, dirs, "taskmanager.sh")
-        started = "a new TaskManager started"
+    missing = s.flink_taskmanagers - len(daemon_pids(dirs, "taskexecutor"))
+    if daemon_pids(dirs, "standalonesession") and missing > 0:
+        for _ in range(missing):
+            _start(s, dirs, "taskmanager.sh")
+        started = f"{missing} new TaskManager(s) started"
     elif healthy(s):
         return "flink-cluster: already running"
     else:
@@ -169,14 +191,16 @@ def start_cluster(
             stop_cluster(s, dirs)
         write_conf(s, dirs, rpc_port)
         dirs.logs.mkdir(parents=True, exist_ok=True)
-        for script in ("jobmanager.sh", "taskmanager.sh"):
-            _start(s, dirs, script)
+        _start(s, dirs, "jobmanager.sh")
+        for _ in range(s.flink_taskmanagers):
+            _start(s, dirs, "taskmanager.sh")
         started = "started"
     deadline = time.monotonic() + timeout_s
+    slots = s.flink_taskmanagers * TASK_SLOTS
     while time.monotonic() < deadline:
-        if healthy(s):
+        if healthy(s, slots):
             return f"flink-cluster: {started}, web UI {s.flink_rest_url}"
-        if len(cluster_pids(dirs)) < len(DAEMONS):
+        if len(cluster_pids(dirs)) < 1 + s.flink_taskmanagers:
             break
         time.sleep(1.0)
     stop_cluster(s, dirs)

@@ -47,3 +47,24 @@ def running() -> list[Process]:
                 args = tuple(a.decode(errors="replace") for a in argv if a)
                 found.append(Process(int(entry.name), int(stat[1]), args))
     return found
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports (IPv4 and IPv6) a process listens on: its socket inodes (/proc/<pid>/fd)
+    matched against the kernel's socket tables."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in (PROC / str(pid) / "fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = fd.readlink().name  # socket:[12345]
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in (PROC / str(pid) / "net" / table).read_text().splitlines()[1:]:
+                fields = line.split()
+                # local address, remote, state (0A: LISTEN), ..., inode (the tenth field)
+                if fields[3] == "0A" and fields[9] in inodes:
+                    ports.add(int(fields[1].rpartition(":")[2], 16))
+    return ports

@@ -606,7 +606,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     else:
         # A stream job restarts from its last checkpoint as long as it fails now and then.
         conf.set("restart-strategy.type", "exponential-delay")
-        conf.set("restart-strategy.exponential-delay.initial-backoff", "1 s")
+        conf.set("restart-strategy.exponential-delay.initial-backoff", "100 ms")
         conf.set("restart-strategy.exponential-delay.max-backoff", "30 s")
         conf.set("execution.checkpointing.interval", f"{int(cfg['checkpoint_interval_ms'])} ms")
         conf.set("execution.checkpointing.mode", "EXACTLY_ONCE")

@@ -30,6 +30,10 @@ class FlinkSettings(BaseModel):
     flink_parallelism: int = 1
     flink_mode: Literal["local", "session"] = "local"
     flink_rest_url: str = "http://127.0.0.1:8081"
+    # The session cluster's TaskManagers (infra/flink_cluster.py). A job with parallelism 1 runs
+    # on one; the second stands by, so that when the first dies the job restarts at once
+    # rather than after a new TaskManager has started (seconds; docs/streaming.md).
+    flink_taskmanagers: int = Field(default=2, ge=1)
     # Stream mode (always on the session cluster): the Iceberg sinks commit, and the Pulsar
     # source records its position, on each checkpoint; stop takes a savepoint that the next
     # start resumes from.

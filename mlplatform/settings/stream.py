@@ -30,6 +30,10 @@ class StreamSettings(BaseModel):
     # Add actors where there are cores for them: on a small machine a second one competes with
     # the broker and is slower, with a longer tail (figures: docs/benchmarks.md).
     stream_actors: int = 1
+    # Actors that start loaded (model, client, imports) but read nothing: a lost actor's
+    # partitions go to one at once instead of waiting for Ray to restart it (a new process,
+    # imports, the model: seconds). 0: none, a lost actor's partitions wait for its restart.
+    stream_spare_actors: int = Field(default=1, ge=0)
     stream_actor_cpus: float = 0.25
     # Niceness of the stream actors and Serve replicas (Ray starts workers at 15, behind every
     # other process on the node; raising priority needs root or CAP_SYS_NICE).

@@ -22,10 +22,11 @@ from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from flows.realtime import realtime
-from infra.flink_cluster import ClusterDirs, daemon_pids, start_cluster
+from infra.flink_cluster import ClusterDirs, job_taskmanager, start_cluster
 from infra.processes import alive
 from mlplatform.connectors.iceberg_tables import ensure_tables, load_table
 from mlplatform.connectors.pulsar_io import publish, read_all, topic_stats
+from mlplatform.inference.stream.partitions import reading_pids
 from mlplatform.inference.stream.runner import run_stream_inference
 from mlplatform.ops.live_view import live_view
 from mlplatform.preprocess.stream import active_job, start_stream, stop_stream
@@ -34,7 +35,7 @@ from mlplatform.sample_data.synthetic_features import feature_rows
 from mlplatform.settings import Settings
 from mlplatform.training.retrain import retrain
 from tasks.realtime import artifact_key
-from tests.helpers import module_settings, own_actor_pids, settings_env, settings_in_process
+from tests.helpers import module_settings, settings_env, settings_in_process
 
 pytestmark = pytest.mark.e2e
 
@@ -138,11 +139,11 @@ def test_a_killed_task_manager_repeats_rows_and_predictions_stay_exactly_once(
         assert run_stream_inference(s, max_messages=20, timeout_s=120).published == 20
         publish(s, s.raw_events_topic, [json.dumps(e).encode() for e in unanswered])
         _wait_for("the unanswered batch sent", lambda: _published(s, s.features_topic) == 100)
-        [taskmanager] = daemon_pids(flink_session[1], "taskexecutor")
+        taskmanager = job_taskmanager(s, flink_session[1], job_id)
         os.kill(taskmanager, signal.SIGKILL)
         _wait_for("the TaskManager gone", lambda: not alive(taskmanager))
         assert _completed_checkpoints(s, job_id) == done  # else nothing would be repeated
-        assert "a new TaskManager" in start_cluster(s, flink_session[1])
+        assert "new TaskManager" in start_cluster(s, flink_session[1])
         # The 40 rows since the checkpoint, published again: the topic holds them twice.
         _wait_for("the repeats sent", lambda: _published(s, s.features_topic) == 140)
         _checkpoint_now(s, job_id)
@@ -214,7 +215,7 @@ def test_kills_at_seeded_random_moments_lose_and_double_nothing(
     consumer = threading.Thread(target=consume)
     consumer.start()
     try:
-        _wait_for("the consumer actor", lambda: len(own_actor_pids(s, "StreamConsumer")) == 1)
+        _wait_for("the consumer actor", lambda: len(reading_pids(s)) == 1)
         kills = sorted([(rng.uniform(2, 8), "taskmanager"), (rng.uniform(2, 8), "consumer")])
         # About 150 events/s, in slices (publish() sends as fast as it can).
         began = time.monotonic()
@@ -224,10 +225,10 @@ def test_kills_at_seeded_random_moments_lose_and_double_nothing(
                 _, what = kills.pop(0)
                 print(f"kill -9 of the {what} at {time.monotonic() - began:.1f} s")
                 if what == "consumer":
-                    [pid] = own_actor_pids(s, "StreamConsumer")
+                    [pid] = reading_pids(s)
                     os.kill(pid, signal.SIGKILL)
                 else:
-                    [pid] = daemon_pids(flink_session[1], "taskexecutor")
+                    pid = job_taskmanager(s, flink_session[1], job_id)
                     os.kill(pid, signal.SIGKILL)
                     _wait_for("the TaskManager gone", lambda pid=pid: not alive(pid))
                     start_cluster(s, flink_session[1])

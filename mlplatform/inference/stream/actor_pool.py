@@ -55,6 +55,8 @@ def drive(
     max_failures: int = 3,
     dry_grace_s: float = 5.0,
     backlog: Callable[[], int] | None = None,
+    spares: list[ray.actor.ActorHandle] | None = None,
+    assign: Callable[[ray.actor.ActorHandle, int], ray.ObjectRef] | None = None,
 ) -> Totals:
     """Poll the actors until `max_messages` are done or `timeout_s` passes (None: forever).
 
@@ -62,8 +64,15 @@ def drive(
     `backlog`: the subscription's unacknowledged messages, asked of the broker before a run with
     lost polls ends dry: a restarted actor's consumer gets nothing while the broker still holds
     its dead predecessor as the partition's active consumer, so dry is not drained until then.
+
+    `assign(actor, slot)`: have an actor start the work of slot `slot` (the index of its first
+    actor in `actors`), for actors that begin nothing in their constructor. A lost actor's
+    slot then goes at once to one of `spares` (constructed, idle actors), and the lost one,
+    once Ray has restarted it, becomes a spare (or takes its slot back when no spare was left).
+    Without `assign`, an actor that Ray restarted goes on with its own work (its constructor).
     """
-    ray.get([actor.__ray_ready__.remote() for actor in actors])
+    spare_pool = deque(spares or [])
+    ray.get([actor.__ray_ready__.remote() for actor in [*actors, *spare_pool]])
     started = time.monotonic()
     totals = Totals()
     pending: dict[ray.ObjectRef, tuple[ray.actor.ActorHandle, int]] = {}
@@ -98,24 +107,82 @@ def drive(
             actor = idle.popleft()
             pending[actor.poll.remote(left)] = (actor, left)
 
+    # With `assign`: which slot each working actor has, slots waiting for an actor, and lost
+    # actors on their way back (their readiness call answers once Ray has restarted them).
+    slot_of = {actor: i for i, actor in enumerate(actors)}
+    vacant: deque[int] = deque()
+    restarting: dict[ray.ObjectRef, ray.actor.ActorHandle] = {}
+
+    def promote(actor: ray.actor.ActorHandle, slot: int) -> None:
+        assert assign is not None
+        assign(actor, slot)  # queued before its polls; an error of it fails the first poll
+        slot_of[actor] = slot
+        actors_left.add(actor)
+        failures.setdefault(actor, 0)
+        idle.extend([actor] * POLLS_IN_FLIGHT)
+
+    def lose(actor: ray.actor.ActorHandle, restarts: bool) -> None:
+        """The actor's slot to a spare, else it waits; the actor, once back, is a spare."""
+        slot = slot_of.pop(actor)
+        actors_left.discard(actor)
+        empty.discard(actor)
+        for ref in [ref for ref, (a, _) in pending.items() if a == actor]:
+            del pending[ref]  # queued behind the poll it was lost in: they do nothing
+        others = [a for a in idle if a != actor]
+        idle.clear()
+        idle.extend(others)
+        if restarts:
+            restarting[actor.__ray_ready__.remote()] = actor
+        if spare_pool:
+            promote(spare_pool.popleft(), slot)
+            logger.warning("a consumer actor is down; a spare took its partitions")
+        else:
+            vacant.append(slot)
+            logger.warning("a consumer actor is down; its partitions wait for its restart")
+
+    def come_back(ref: ray.ObjectRef) -> None:
+        actor = restarting.pop(ref)
+        try:
+            ray.get(ref)
+        except ActorUnavailableError:  # not up yet
+            restarting[actor.__ray_ready__.remote()] = actor
+            return
+        except ActorDiedError:  # out of restarts
+            return
+        if vacant:
+            promote(actor, vacant.popleft())
+        else:
+            spare_pool.append(actor)
+
     submit_idle()
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
+    while pending or (restarting and vacant and in_time() and not drained):
+        ready, _ = ray.wait([*pending, *restarting], num_returns=1)
+        if ready[0] in restarting:
+            come_back(ready[0])
+            submit_idle()
+            continue
         actor, limit = pending.pop(ready[0])
         try:
             consumed, done, failed = ray.get(ready[0])
         except ActorUnavailableError:  # killed or restarting: Ray brings it back
             if actor not in down:  # only the poll it died in may have done anything
-                down.add(actor)
                 totals.restarts += 1
                 uncertain += limit
+                if assign is not None:
+                    lose(actor, restarts=True)
+                    submit_idle()
+                    continue
+                down.add(actor)
                 logger.warning("a consumer actor is down; polling it again once it restarts")
             time.sleep(0.2)
         except ActorDiedError as error:  # out of restarts: the pool goes on without it
             logger.error("a consumer actor died for good: %s", error)
+            if assign is not None:
+                lose(actor, restarts=False)
             actors_left.discard(actor)
-            if not actors_left:
+            if not actors_left and not spare_pool:
                 raise RuntimeError("every consumer actor died") from error
+            submit_idle()
             continue
         except RayTaskError as error:  # poll raised: its state is unknown, so start it afresh
             failures[actor] += 1
@@ -125,6 +192,10 @@ def drive(
             if failures[actor] >= max_failures:
                 raise RuntimeError(f"a consumer failed {max_failures} polls in a row") from error
             ray.kill(actor, no_restart=False)
+            if assign is not None:
+                lose(actor, restarts=True)
+                submit_idle()
+                continue
             down.add(actor)  # the poll queued behind this one fails too; it did nothing
         else:
             down.discard(actor)
@@ -136,7 +207,7 @@ def drive(
                 empty.add(actor)
             else:
                 empty.discard(actor)
-            dry = empty >= actors_left and not down
+            dry = empty >= actors_left and not down and not vacant
             dry_since = (dry_since or time.monotonic()) if dry else None
             if max_messages is not None and dry_since is not None:
                 waited = uncertain == 0 or time.monotonic() - dry_since >= dry_grace_s

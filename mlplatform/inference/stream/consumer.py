@@ -5,8 +5,11 @@ to the predictions topic and once (through the pool's one StreamCommitter) to an
 Delivery protocol (effectively once, the default `stream_subscription_type=failover`):
 
 1. Actor i owns the features topic's partitions p with p % actors == i and reads them on a
-   Failover subscription, so each partition is read by one consumer, in order. Ray restarts a
-   killed actor with the same index, so the same partitions come back to it.
+   Failover subscription, so each partition is read by one consumer, in order. It starts
+   reading when the pool gives it index i (`take`). When it is lost, a spare actor (loaded,
+   reading nothing) takes index i at once, and Ray's restart of the lost one is the next
+   spare; a partition's results producer (3.) is named after it, and the broker refuses a
+   second producer of that name, so one actor at a time writes a partition's results.
 2. A micro-batch is up to `stream_batch_max` messages or `stream_batch_wait_ms` (at most
    `stream_batch_linger_ms` after its first message: 0 takes what is there). A message that
    is not a valid feature row (`inference.features.parse_message`) is negatively acknowledged;
@@ -35,8 +38,10 @@ Delivery protocol (effectively once, the default `stream_subscription_type=failo
 5. Inputs are acknowledged only once their results are in Iceberg, hence already on the topic;
    the actor goes on predicting meanwhile. That is one cumulative acknowledgement per partition,
    unless an input waits for redelivery (a cumulative one would acknowledge it too).
-6. Any other error fails the poll and the driver restarts the actor (crash-only recovery): the
-   broker redelivers what was not acknowledged, in order, and steps 3 and 4 drop what was written.
+6. Any other error fails the poll and the driver restarts the actor (crash-only recovery): a
+   spare takes its index, the broker redelivers what was not acknowledged, in order, and steps
+   2 to 4 drop what was written (each starts from what the broker and the table hold, never
+   from the lost actor's memory).
    A failed commit restarts the committer and, through their failed hand-offs, the actors.
 
 `key_shared` and `shared` spread one partition over several actors, for more consumers than
@@ -92,6 +97,7 @@ logger = logging.getLogger(__name__)
 MAX_HAND_OFFS = 64
 # The results producers' batching timer, never reached: `_send_batches` flushes each batch.
 BATCH_TIMER_OFF_MS = 24 * 3600 * 1000
+PRODUCER_WAIT_S = 30.0
 
 
 def predict_rows(
@@ -129,39 +135,45 @@ class StreamConsumer:
     """One consumer of the features topic; predicts and writes in micro-batches."""
 
     def __init__(
-        self,
-        s: Settings,
-        model_version: int | None,
-        index: int,
-        partitions: list[int] | None,
-        committer: ray.actor.ActorHandle,
+        self, s: Settings, model_version: int | None, committer: ray.actor.ActorHandle
     ) -> None:
+        """Everything but the subscription: the model, the client, and what they import. A
+        new actor (and one Ray restarted) reads nothing until the pool gives it its partitions
+        (`take`), so one can stand by, ready, to take over a lost actor's partitions at once."""
         self.s = s
         set_niceness(self.s.latency_actor_niceness)
-        self.index = index
         # model_version None: the champion, followed between micro-batches.
         load = model_loader(self.s, load_compiled)
         self.follower = ChampionFollower(self.s, model_version, load=load)
         self.follower.current()  # loaded now: a model that cannot load fails the actor's start
         self.dedup = self.s.stream_subscription_type == "failover"
         self.client = make_client(self.s)
-        self.consumer = subscribe(self.s, self.client, index, partitions)
+        self.index = -1
+        self.consumer: pulsar.Consumer | None = None
         self.producers: dict[str, pulsar.Producer] = {}
         self.producer_names: dict[str, str] = {}  # input partition topic -> producer name
         self.sent: dict[str, int] = {}
         self.send_errors: list[str] = []  # filled by the client's callback threads
-        self.dead_letters = DeadLetters(self.s, self.client, self.consumer)
         self.committer = committer
         self.sender, self.hand_offs = uuid.uuid4().hex, 0  # the committer takes them in order
         self.pending = _Pending()
         # Hand-offs to the committer, oldest first: (its call, the inputs to acknowledge after).
         self.handed: deque[tuple[ray.ObjectRef, _Pending]] = deque()
         self.committed = 0
-        self.source_marks = SourceMarks(ray.get(committer.source_marks.remote()))
         # A full collection walks every object of Ray, pyarrow, pyiceberg and scikit-learn:
         # 300-400 ms stalls of the loop here. What exists now lives as long as the actor.
         gc.collect()
         gc.freeze()
+
+    def take(self, index: int, partitions: list[int] | None) -> None:
+        """Start reading as the pool's actor `index`: its partitions (None: the whole topic),
+        from the first unacknowledged message, with the marks committed so far. Once only."""
+        if self.consumer is not None:
+            raise RuntimeError(f"actor {self.index} already reads; it cannot take {index}")
+        self.index = index
+        self.source_marks = SourceMarks(ray.get(self.committer.source_marks.remote()))
+        self.consumer = subscribe(self.s, self.client, index, partitions)
+        self.dead_letters = DeadLetters(self.s, self.client, self.consumer)
 
     def _producer_name(self, topic: str) -> str:
         """The name of the results' producer for an input partition (`topic`)."""
@@ -179,17 +191,30 @@ class StreamConsumer:
         if name not in self.producers:
             # A batch is exactly what `_send_batches` sends before its flush: its size limits
             # are never reached first, and its timer never fires.
-            self.producers[name] = self.client.create_producer(
-                self.s.predictions_topic,
-                producer_name=name if self.dedup else None,
-                batching_enabled=True,
-                batching_max_messages=self.s.stream_batch_max + 1,
-                batching_max_allowed_size_in_bytes=2 * self.s.stream_results_batch_bytes,
-                batching_max_publish_delay_ms=BATCH_TIMER_OFF_MS,
-                block_if_queue_full=True,
-            )
+            self.producers[name] = self._create_producer(name)
             self.sent[name] = self.producers[name].last_sequence_id() if self.dedup else -1
         return name
+
+    def _create_producer(self, name: str) -> pulsar.Producer:
+        """The results' producer `name`. Its name fences: while another actor's producer of that
+        name is connected (one that lost its partitions, or a dead one the broker has not
+        dropped yet) the broker refuses it, and this actor waits, up to `PRODUCER_WAIT_S`."""
+        deadline = time.monotonic() + PRODUCER_WAIT_S
+        while True:
+            try:
+                return self.client.create_producer(
+                    self.s.predictions_topic,
+                    producer_name=name if self.dedup else None,
+                    batching_enabled=True,
+                    batching_max_messages=self.s.stream_batch_max + 1,
+                    batching_max_allowed_size_in_bytes=2 * self.s.stream_results_batch_bytes,
+                    batching_max_publish_delay_ms=BATCH_TIMER_OFF_MS,
+                    block_if_queue_full=True,
+                )
+            except pulsar.ProducerBusy:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     @property
     def loaded(self) -> LoadedModel:
@@ -210,6 +235,8 @@ class StreamConsumer:
         where it is missing but not counted again. A crash before the poll returns loses the
         count (never the results), and a bounded run then ends once the stream runs dry.
         """
+        if self.consumer is None:
+            raise RuntimeError("poll before take: this actor was given no partitions")
         started = time.monotonic()
         consumed = published = rejected = 0
         while consumed < limit:
@@ -362,10 +389,12 @@ class StreamConsumer:
 
     def close(self) -> int:
         """Commit what is buffered, close the clients; the rows this actor wrote to Iceberg."""
-        self._hand_off(now=True)
+        if self.consumer is not None:
+            self._hand_off(now=True)
         self._acknowledge_committed(wait_for=len(self.handed))
         for producer in self.producers.values():
             producer.close()
-        self.consumer.close()
+        if self.consumer is not None:
+            self.consumer.close()
         self.client.close()
         return self.committed

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
+import re
 import time
 
+import httpx
 import pulsar
 
+from mlplatform.connectors.pulsar_io import admin_headers, topic_path
 from mlplatform.settings import Settings
 
 CONSUMER_TYPES = {
@@ -121,7 +125,7 @@ def subscribe(
                 s.stream_subscription,
                 consumer_type=CONSUMER_TYPES[s.stream_subscription_type],
                 initial_position=pulsar.InitialPosition.Earliest,
-                consumer_name=f"stream-inference-{index}",
+                consumer_name=f"stream-inference-{index}-pid{os.getpid()}",
                 receiver_queue_size=s.stream_receiver_queue,
                 negative_ack_redelivery_delay_ms=s.stream_nack_delay_ms,
             )
@@ -129,3 +133,27 @@ def subscribe(
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def reading_pids(s: Settings) -> set[int]:
+    """The processes of the stream actors that read the features topic now (a spare reads
+    nothing), by the consumer names `subscribe` gives them."""
+    base = f"{s.pulsar_admin_url}/admin/v2/{topic_path(s.features_topic)}"
+    headers = admin_headers(s)
+    # Per partition: the aggregated stats merge the consumers of partitions position by position.
+    response = httpx.get(
+        f"{base}/partitioned-stats", params={"perPartition": "true"}, headers=headers, timeout=10
+    )
+    if response.status_code in (404, 409):  # not partitioned
+        response = httpx.get(f"{base}/stats", headers=headers, timeout=10)
+    response.raise_for_status()
+    stats = response.json()
+    names = [
+        consumer.get("consumerName", "")
+        for partition in stats.get("partitions", {"": stats}).values()
+        for consumer in partition["subscriptions"]
+        .get(s.stream_subscription, {})
+        .get("consumers", [])
+    ]
+    pattern = re.compile(r"stream-inference-\d+-pid(\d+)")
+    return {int(m.group(1)) for name in names if (m := pattern.fullmatch(name))}

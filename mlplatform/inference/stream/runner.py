@@ -4,6 +4,10 @@ table through one `committer.StreamCommitter`; the delivery protocol is in `cons
 
 This is the driver's side: it resolves the model version, makes the tables, gives each actor
 its partitions (failover) and polls the pool through `actor_pool.drive` until the run ends.
+`stream_spare_actors` more actors start beside them, loaded (model, client, imports) but
+reading nothing: a lost actor's partitions go to a spare at once, rather than wait for Ray to
+restart the actor (seconds: a new worker process, imports, the model); the restarted actor is
+then the spare.
 """
 
 from __future__ import annotations
@@ -59,18 +63,29 @@ def run_stream_inference(
     committer = StreamCommitter.options(num_cpus=0).remote(s, s.stream_predictions_table)
     try:
         actors = [
-            StreamConsumer.options(num_cpus=s.stream_actor_cpus).remote(
-                s, model_version, i, mine, committer
-            )
-            for i, mine in enumerate(owned)
+            StreamConsumer.options(num_cpus=s.stream_actor_cpus).remote(s, model_version, committer)
+            for _ in range(len(owned) + s.stream_spare_actors)
         ]
+
+        def assign(actor: ray.actor.ActorHandle, index: int) -> ray.ObjectRef:
+            return actor.take.remote(index, owned[index])
 
         def backlog() -> int:
             return topic_stats(s, s.features_topic)["backlog"].get(s.stream_subscription, 0)
 
-        with closing(actors) as pool:
+        with closing(actors):
+            ray.get([assign(actor, i) for i, actor in enumerate(actors[: len(owned)])])
             batch = s.stream_batch_max * BATCHES_PER_POLL
-            totals = drive(pool, batch, max_messages, timeout_s, backlog=backlog)
+            workers, spares = actors[: len(owned)], actors[len(owned) :]
+            totals = drive(
+                workers,
+                batch,
+                max_messages,
+                timeout_s,
+                backlog=backlog,
+                spares=spares,
+                assign=assign,
+            )
     finally:
         ray.kill(committer)
     return StreamResult(

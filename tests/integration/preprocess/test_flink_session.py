@@ -25,7 +25,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from flows.preprocess_stream import preprocess_stream
 from infra.flink_cluster import (
     ClusterDirs,
-    daemon_pids,
+    job_taskmanager,
     start_cluster,
 )
 from infra.processes import alive
@@ -263,13 +263,13 @@ def test_a_killed_task_manager_loses_and_doubles_nothing(
         _wait_for(
             "the second batch sent", lambda: topic_stats(s, s.features_topic)["messages_in"] == 100
         )
-        [taskmanager] = daemon_pids(dirs, "taskexecutor")
+        taskmanager = job_taskmanager(s, dirs, job_id)
         os.kill(taskmanager, signal.SIGKILL)
         # SIGKILL is delivered at once, but a large JVM takes a moment to exit.
         _wait_for("the TaskManager gone", lambda: not alive(taskmanager))
         assert completed() == done, "a checkpoint came before the kill: the test proves nothing"
         assert features() == 60 and len(_keys(s)) == 60  # sent, not committed
-        assert "a new TaskManager" in start_cluster(s, dirs)
+        assert "new TaskManager" in start_cluster(s, dirs)
         _wait_for("the second batch in Iceberg", lambda: features() == 100)
         _wait_for("the second batch on the topic", lambda: len(_keys(s)) == 100)
         stop_stream(s)

@@ -20,11 +20,12 @@ from mlplatform.connectors.pulsar_io import (
     read_all,
     topic_stats,
 )
+from mlplatform.inference.stream.partitions import reading_pids
 from mlplatform.inference.stream.runner import StreamResult, run_stream_inference
 from mlplatform.sample_data.synthetic_features import feature_rows, publish_features
 from mlplatform.settings import Settings
 from mlplatform.training.retrain import retrain
-from tests.helpers import module_settings, own_actor_pids
+from tests.helpers import module_settings, own_actor_pids, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -37,8 +38,8 @@ def stream(isolated: Settings) -> Settings:
     s = module_settings(
         isolated,
         "stream",
-        # Two actors: one is killed while the other goes on. Small micro-batches and frequent
-        # commits: a kill lands between many of them.
+        # Two actors and a spare: one is killed, the spare takes its partitions, the other goes
+        # on. Small micro-batches and frequent commits: a kill lands between many of them.
         stream_actors=2,
         stream_batch_max=20,
         stream_commit_interval_s=0.5,
@@ -86,9 +87,13 @@ def test_a_killed_consumer_loses_and_doubles_nothing(stream: Settings) -> None:
     while seen < ROWS // 5:  # a fifth of the stream is out: kill a consumer mid-stream
         watch.acknowledge(watch.receive(timeout_millis=120_000))
         seen += 1
-    pids = own_actor_pids(stream, "StreamConsumer")  # this run's, not the cluster's
-    assert pids, "no StreamConsumer actor is alive"
-    os.kill(pids[0], signal.SIGKILL)
+    reading = reading_pids(stream)  # this run's actors that read (the spare does not)
+    spares = set(own_actor_pids(stream, "StreamConsumer")) - reading
+    assert len(reading) == 2 and len(spares) == 1, (reading, spares)
+    killed = reading.pop()
+    os.kill(killed, signal.SIGKILL)
+    # The spare reads the killed actor's partitions, before Ray has restarted it.
+    wait_until("the spare reading", lambda: spares <= reading_pids(stream), 60, 0.1)
     runner.join(timeout=300)
     client.close()
     result = outcome["result"]
