@@ -443,7 +443,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 def print_table(summary: dict[str, Any]) -> None:
     """Per variant: the sustained rate, then p50 / p99 / max ms at each measured rate."""
     latency_phases = ["at_rate"] + [f"at_{round(share * 100)}pct" for share in SHARES]
-    print(f"\n{'variant':<22}{'ev/s':>9}" + "".join(f"{p:>22}" for p in latency_phases))
+    print(f"\n{'variant':<22}{'ev/s':>9}" + "".join(f"{p:>26}" for p in latency_phases))
     for name, result in summary["variants"].items():
         phases = result.get("phases", {})
         sustained = phases.get("sustained", {}).get("events_per_s", "-")
@@ -451,7 +451,7 @@ def print_table(summary: dict[str, Any]) -> None:
         for p in latency_phases:
             x = phases.get(p, {})
             cells.append(f"{x.get('p50_ms', '-')}/{x.get('p99_ms', '-')}/{x.get('max_ms', '-')}")
-        print(f"{name:<22}{sustained:>9}" + "".join(f"{c:>22}" for c in cells))
+        print(f"{name:<22}{sustained:>9}" + "".join(f"{c:>26}" for c in cells))
         for what in ("consumer", "taskmanager"):
             kill = phases.get(f"kill_{what}")
             if kill:

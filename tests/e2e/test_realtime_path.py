@@ -24,6 +24,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from flows.realtime import realtime
 from infra.flink_cluster import ClusterDirs, job_taskmanager, start_cluster
 from infra.processes import alive
+from infra.services import SERVICES, start, stop
 from mlplatform.connectors.iceberg_tables import ensure_tables, load_table
 from mlplatform.connectors.pulsar_io import publish, read_all, topic_stats
 from mlplatform.inference.stream.partitions import reading_pids
@@ -253,6 +254,77 @@ def test_kills_at_seeded_random_moments_lose_and_double_nothing(
     reasons = Counter(quarantined["reason"].to_pylist())
     feature = s.feature_columns[0]
     assert reasons == {f"out_of_range:{feature}": 10, "missing_fields": 10, "not_json": 10}
+
+
+def _flink_restarts(s: Settings, job_id: str) -> int:
+    response = httpx.get(
+        f"{s.flink_rest_url}/jobs/{job_id}/metrics", params={"get": "numRestarts"}, timeout=10
+    )
+    return int(response.json()[0]["value"])
+
+
+def test_a_slow_consumer_and_a_restarted_broker_lose_and_double_nothing(
+    flink_session: tuple[Settings, ClusterDirs], registry: str
+) -> None:
+    """The consumer lags (a predictor of the test's own sleeps per micro-batch): the Flink job
+    runs ahead of it, publishing every valid event once, none dropped or doubled, without a
+    restart. Then the broker is stopped and started again while events stream in: every valid
+    event's prediction once on the topic and once in Iceberg."""
+    s = _settings(
+        flink_session,
+        registry,
+        "realtimebroker",
+        flink_checkpoint_interval_s=3.0,
+        flink_transaction_timeout_s=9.0,
+        predictor_class="tests/e2e/slow_predictor.py:Slow",
+        predictor_options={"sleep_s": 0.1},
+        stream_batch_max=10,
+    )
+    first = [json.dumps(e).encode() for e in demo_events(s, 600, "slow", seed=12)]
+    second = [json.dumps(e).encode() for e in demo_events(s, 400, "broker", seed=13)]
+    job_id = start_stream(s, run_id="realtime-broker")["job_id"]
+    outcome: dict[str, object] = {}
+
+    def consume() -> None:
+        try:
+            total = len(first) + len(second)
+            outcome["result"] = run_stream_inference(s, max_messages=total, timeout_s=400)
+        except BaseException as error:  # reported by the assertion below
+            outcome["result"] = error
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    try:
+        _wait_for("the consumer actor", lambda: len(reading_pids(s)) == 1)
+        publish(s, s.raw_events_topic, first)
+        _wait_for("the first events published", lambda: _published(s, s.features_topic) == 600)
+        backlog = topic_stats(s, s.features_topic)["backlog"][s.stream_subscription]
+        assert backlog > 0, "the consumer kept up: nothing here tests a slow one"
+        keys = Counter(m.partition_key() for m in read_all(s, s.features_topic))
+        assert sorted(keys) == sorted(json.loads(e)["event_id"] for e in first)
+        assert set(keys.values()) == {1}, "the Flink job doubled rows"
+        assert _flink_restarts(s, job_id) == 0
+        # The broker restarted while events and their predictions are on their way.
+        publish(s, s.raw_events_topic, second[:200])
+        pulsar = SERVICES["pulsar"]
+        stop(pulsar, s)
+        assert "started" in start(pulsar, s)
+        publish(s, s.raw_events_topic, second[200:])
+        consumer.join(timeout=430)
+        assert not isinstance(outcome.get("result"), BaseException), outcome
+        _checkpoint_now(s, job_id)
+        features = lambda: load_table(s, s.features_table).scan().to_arrow().num_rows  # noqa: E731
+        _wait_for("every valid event in Iceberg", lambda: features() == 1000)
+        stop_stream(s)
+    finally:
+        start(SERVICES["pulsar"], s)  # up again whatever happened above
+        job = active_job(s)
+        if job:
+            httpx.patch(f"{s.flink_rest_url}/jobs/{job}", params={"mode": "cancel"}, timeout=10)
+    ids = sorted(json.loads(p)["event_id"] for p in first + second)
+    on_topic, in_table = _answered(s)
+    assert sorted(on_topic) == ids
+    assert sorted(in_table) == ids
 
 
 def test_the_realtime_flow_runs_the_path_and_updates_its_live_view(

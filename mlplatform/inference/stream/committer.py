@@ -138,6 +138,7 @@ class StreamCommitter:
         self.committed = high_water_marks(self.table)
         self.committed_sources = high_water_marks(self.table, SOURCE_PREFIX)
         self.committing: dict[str, int] = {}
+        self.committing_sources: dict[str, int] = {}
         self.expired_at = time.monotonic()
         self.batch: _Batch | None = None
         self.turns: dict[str, int] = {}  # sender -> the number of its next hand-off
@@ -154,9 +155,16 @@ class StreamCommitter:
             pending.get(producer, -1),
         )
 
-    def source_marks(self) -> dict[str, int]:
-        """The committed source marks, by `source_mark_name(producer, source)`."""
-        return dict(self.committed_sources)
+    def positions(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Every producer's highest sequence id, and the source marks, committed, being
+        committed or handed in: what an actor that takes over a partition need not answer
+        again. Handed in is enough: if this process dies before committing it, the actors'
+        hand-offs fail with it, nothing after is acknowledged, and the restarted actors start
+        over from the table's marks."""
+        handed = (self.batch.marks, self.batch.sources) if self.batch else ({}, {})
+        marks = merge_marks(merge_marks(dict(self.committed), self.committing), handed[0])
+        sources = merge_marks(dict(self.committed_sources), self.committing_sources)
+        return marks, merge_marks(sources, handed[1])
 
     async def add(
         self, results: list[Result], now: bool, sender: str | None = None, number: int = 0
@@ -210,14 +218,14 @@ class StreamCommitter:
             batch, self.batch = self.batch, None
             if batch is None:
                 continue
-            self.committing = batch.marks
+            self.committing, self.committing_sources = batch.marks, batch.sources
             try:
                 await asyncio.to_thread(self._commit, batch.rows, batch.marks, batch.sources)
             except BaseException:
                 logger.exception("committing %d stream results failed; restarting", len(batch.rows))
                 logging.shutdown()
                 os._exit(1)  # crash-only: see the module's text
-            self.committing = {}
+            self.committing, self.committing_sources = {}, {}
             batch.done.set_result(None)
 
     def _commit(

@@ -160,6 +160,7 @@ class StreamConsumer:
         # Hand-offs to the committer, oldest first: (its call, the inputs to acknowledge after).
         self.handed: deque[tuple[ray.ObjectRef, _Pending]] = deque()
         self.committed = 0
+        self.answered_upto: dict[str, int] = {}
         # A full collection walks every object of Ray, pyarrow, pyiceberg and scikit-learn:
         # 300-400 ms stalls of the loop here. What exists now lives as long as the actor.
         gc.collect()
@@ -170,10 +171,16 @@ class StreamConsumer:
         from the first unacknowledged message, with the marks committed so far. Once only."""
         if self.consumer is not None:
             raise RuntimeError(f"actor {self.index} already reads; it cannot take {index}")
+        began = time.monotonic()
         self.index = index
-        self.source_marks = SourceMarks(ray.get(self.committer.source_marks.remote()))
+        done, sources = ray.get(self.committer.positions.remote())
+        # A redelivered message at or below its producer's mark was answered (or was a repeat)
+        # before: acknowledged without a result, as a repeat, and without predicting again.
+        self.answered_upto = done
+        self.source_marks = SourceMarks(sources)
         self.consumer = subscribe(self.s, self.client, index, partitions)
         self.dead_letters = DeadLetters(self.s, self.client, self.consumer)
+        logger.info("actor %d reads %s, in %.3f s", index, partitions, time.monotonic() - began)
 
     def _producer_name(self, topic: str) -> str:
         """The name of the results' producer for an input partition (`topic`)."""
@@ -271,9 +278,9 @@ class StreamConsumer:
                 self.dead_letters.reject(message, error.reason)
                 continue
             source = source_position(message) if self.dedup else None
-            if source is not None and self.source_marks.repeated(
-                self._producer_name(topic), source
-            ):
+            producer = self._producer_name(topic)
+            answered = self.dedup and seq <= self.answered_upto.get(producer, -1)
+            if answered or (source is not None and self.source_marks.repeated(producer, source)):
                 replays += 1
             else:
                 good.append(_Parsed(topic, seq, message, key, features, source))

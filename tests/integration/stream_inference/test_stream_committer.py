@@ -23,7 +23,7 @@ from mlplatform.inference.stream.committer import (
     snapshot_marks,
 )
 from mlplatform.settings import Settings
-from tests.helpers import module_settings
+from tests.helpers import module_settings, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -121,7 +121,7 @@ def test_an_actors_hand_offs_are_taken_in_their_order_whichever_comes_first(
         assert ray.wait([later], timeout=1.0)[0] == []  # waits for its predecessor
         assert ray.get(committer.add.remote(first, True, "actor-a", 0), timeout=60) == 5
         assert ray.get(later, timeout=60) == 3
-        assert ray.get(committer.source_marks.remote()) == {"p0.r0": 50}
+        assert ray.get(committer.positions.remote()) == ({"p0": 8}, {"p0.r0": 50})
     finally:
         ray.kill(committer)
     assert _keys(s) == sorted(f"p0-{i}" for i in range(1, 9))
@@ -170,3 +170,27 @@ def test_old_snapshots_are_expired_and_no_mark_is_lost(table_settings: Settings)
         assert _add(committer, _results(s, "quiet", range(4, 7))) == 1
     finally:
         ray.kill(committer)
+
+
+def test_positions_count_what_is_handed_in_before_it_is_committed(table_settings: Settings) -> None:
+    """What an actor taking over a partition need not answer again: the marks of results handed
+    in, not only of those committed (a lost actor's last hand-off is usually not committed yet)."""
+    s = table_settings.model_copy(update={"stream_commit_interval_s": 120.0})
+    committer = _committer(s)
+    handed = [
+        r._replace(source="r1", source_seq=r.sequence_id * 10)
+        for r in _results(s, "p1", range(1, 4))
+    ]
+    try:
+        waiting = committer.add.remote(handed, False, "actor-b", 0)
+        expected = ({"p1": 3}, {"p1.r1": 30})
+        wait_until(
+            "the hand-off taken", lambda: ray.get(committer.positions.remote()) == expected, 30, 0.1
+        )
+        assert _keys(s) == []  # handed in, not committed
+        assert ray.get(committer.add.remote([], True, "actor-b", 1), timeout=60) == 0
+        assert ray.get(waiting, timeout=60) == 3
+        assert ray.get(committer.positions.remote()) == expected
+    finally:
+        ray.kill(committer)
+    assert _keys(s) == [f"p1-{i}" for i in range(1, 4)]
