@@ -46,6 +46,20 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": round(rank(50), 1), "p99": round(rank(99), 1), "max": round(ordered[-1], 1)}
 
 
+def _available(reader: pulsar.Reader, attempts: int = 50) -> bool:
+    """Whether the reader has a message to read. A seek makes the broker drop the reader's
+    consumer and the client subscribe it again; asked in between, the broker answers "Consumer
+    not found" (BrokerMetadataError): asked again after 0.1 s."""
+    for attempt in range(attempts):
+        try:
+            return reader.has_message_available()
+        except pulsar.BrokerMetadataError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
+    return False
+
+
 def recent_latencies(s: Settings, window_s: float) -> list[float]:
     """Milliseconds from raw event to prediction of each prediction published in the last
     `window_s` seconds (those that carry an event time)."""
@@ -58,7 +72,7 @@ def recent_latencies(s: Settings, window_s: float) -> list[float]:
         for partition in client.get_topic_partitions(s.predictions_topic):
             reader = client.create_reader(partition, pulsar.MessageId.earliest)
             reader.seek(since_ms)  # the first message published at or after it
-            while reader.has_message_available():
+            while _available(reader):
                 message = reader.read_next(2000)
                 event_ms = message.event_timestamp()
                 if event_ms > 0 and message.publish_timestamp() >= since_ms:
