@@ -169,6 +169,25 @@ def test_a_killed_task_manager_repeats_rows_and_predictions_stay_exactly_once(
     assert view.predictions == len(ids) and 0 < view.latency_ms["p50"] <= view.latency_ms["max"]
 
 
+def _consume_in_background(
+    s: Settings, max_messages: int, timeout_s: float
+) -> tuple[threading.Thread, dict[str, object]]:
+    """A stream inference run in a thread, once its actor reads; its result (or error) goes
+    into the dict under "result"."""
+    outcome: dict[str, object] = {}
+
+    def consume() -> None:
+        try:
+            outcome["result"] = run_stream_inference(s, max_messages, timeout_s)
+        except BaseException as error:  # reported by the caller's assertion
+            outcome["result"] = error
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    _wait_for("the consumer actor", lambda: len(reading_pids(s)) == 1)
+    return consumer, outcome
+
+
 def _bad_events(s: Settings, n: int) -> list[bytes]:
     """Raw events the job quarantines: out of range, a feature missing, not JSON, in turn."""
     bad = []
@@ -205,18 +224,8 @@ def test_kills_at_seeded_random_moments_lose_and_double_nothing(
     for payload in bad:  # spread among the valid ones
         stream.insert(rng.randrange(len(stream) + 1), payload)
     job_id = start_stream(s, run_id="realtime-kills")["job_id"]
-    outcome: dict[str, object] = {}
-
-    def consume() -> None:
-        try:
-            outcome["result"] = run_stream_inference(s, max_messages=len(good), timeout_s=300)
-        except BaseException as error:  # reported by the assertion below
-            outcome["result"] = error
-
-    consumer = threading.Thread(target=consume)
-    consumer.start()
+    consumer, outcome = _consume_in_background(s, len(good), timeout_s=300)
     try:
-        _wait_for("the consumer actor", lambda: len(reading_pids(s)) == 1)
         kills = sorted([(rng.uniform(2, 8), "taskmanager"), (rng.uniform(2, 8), "consumer")])
         # About 150 events/s, in slices (publish() sends as fast as it can).
         began = time.monotonic()
@@ -282,19 +291,8 @@ def test_a_slow_consumer_and_a_restarted_broker_lose_and_double_nothing(
     first = [json.dumps(e).encode() for e in demo_events(s, 600, "slow", seed=12)]
     second = [json.dumps(e).encode() for e in demo_events(s, 400, "broker", seed=13)]
     job_id = start_stream(s, run_id="realtime-broker")["job_id"]
-    outcome: dict[str, object] = {}
-
-    def consume() -> None:
-        try:
-            total = len(first) + len(second)
-            outcome["result"] = run_stream_inference(s, max_messages=total, timeout_s=400)
-        except BaseException as error:  # reported by the assertion below
-            outcome["result"] = error
-
-    consumer = threading.Thread(target=consume)
-    consumer.start()
+    consumer, outcome = _consume_in_background(s, len(first) + len(second), timeout_s=400)
     try:
-        _wait_for("the consumer actor", lambda: len(reading_pids(s)) == 1)
         publish(s, s.raw_events_topic, first)
         _wait_for("the first events published", lambda: _published(s, s.features_topic) == 600)
         backlog = topic_stats(s, s.features_topic)["backlog"][s.stream_subscription]

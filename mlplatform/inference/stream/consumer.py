@@ -168,7 +168,8 @@ class StreamConsumer:
 
     def take(self, index: int, partitions: list[int] | None) -> None:
         """Start reading as the pool's actor `index`: its partitions (None: the whole topic),
-        from the first unacknowledged message, with the marks committed so far. Once only."""
+        from the first unacknowledged message, with the marks the committer holds (committed
+        or handed in: a lost actor's last hand-offs count). Once only."""
         if self.consumer is not None:
             raise RuntimeError(f"actor {self.index} already reads; it cannot take {index}")
         began = time.monotonic()
