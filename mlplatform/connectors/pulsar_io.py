@@ -128,17 +128,26 @@ def publish(s: Settings, topic: str, payloads: list[bytes], keys: list[str] | No
         raise RuntimeError(f"{len(failed)} of {len(payloads)} sends to {topic} failed: {failed[0]}")
 
 
-def topic_stats(s: Settings, topic: str) -> dict[str, Any]:
-    """Rates in and out and each subscription's backlog, summed over the topic's partitions."""
+def broker_stats(s: Settings, topic: str, per_partition: bool = False) -> dict[str, Any] | None:
+    """The broker's stats of a topic (of a partitioned one: summed, and with `per_partition`
+    each partition's under "partitions"); None when the topic does not exist."""
     base = f"{s.pulsar_admin_url}/admin/v2/{topic_path(topic)}"
     headers = admin_headers(s)
-    response = httpx.get(f"{base}/partitioned-stats", headers=headers, timeout=10.0)
+    params = {"perPartition": str(per_partition).lower()}
+    response = httpx.get(f"{base}/partitioned-stats", params=params, headers=headers, timeout=10)
     if response.status_code in (404, 409):  # not partitioned, or not there
         response = httpx.get(f"{base}/stats", headers=headers, timeout=10.0)
     if response.status_code == 404:
-        return {"topic": topic, "exists": False}
+        return None
     response.raise_for_status()
-    stats = response.json()
+    return response.json()
+
+
+def topic_stats(s: Settings, topic: str) -> dict[str, Any]:
+    """Rates in and out and each subscription's backlog, summed over the topic's partitions."""
+    stats = broker_stats(s, topic)
+    if stats is None:
+        return {"topic": topic, "exists": False}
     return {
         "topic": topic,
         "exists": True,

@@ -50,14 +50,12 @@ def _available(reader: pulsar.Reader, attempts: int = 50) -> bool:
     """Whether the reader has a message to read. A seek makes the broker drop the reader's
     consumer and the client subscribe it again; asked in between, the broker answers "Consumer
     not found" (BrokerMetadataError): asked again after 0.1 s."""
-    for attempt in range(attempts):
+    for _ in range(attempts - 1):
         try:
             return reader.has_message_available()
         except pulsar.BrokerMetadataError:
-            if attempt == attempts - 1:
-                raise
             time.sleep(0.1)
-    return False
+    return reader.has_message_available()
 
 
 def recent_latencies(s: Settings, window_s: float) -> list[float]:

@@ -161,6 +161,7 @@ class StreamConsumer:
         self.handed: deque[tuple[ray.ObjectRef, _Pending]] = deque()
         self.committed = 0
         self.answered_upto: dict[str, int] = {}
+        self.source_marks = SourceMarks({})
         # A full collection walks every object of Ray, pyarrow, pyiceberg and scikit-learn:
         # 300-400 ms stalls of the loop here. What exists now lives as long as the actor.
         gc.collect()

@@ -11,10 +11,9 @@ import os
 import re
 import time
 
-import httpx
 import pulsar
 
-from mlplatform.connectors.pulsar_io import admin_headers, topic_path
+from mlplatform.connectors.pulsar_io import broker_stats
 from mlplatform.settings import Settings
 
 CONSUMER_TYPES = {
@@ -109,6 +108,14 @@ def owned_partitions(index: int, actors: int, partitions: int) -> list[int]:
     return [p for p in range(max(partitions, 1)) if p % actors == index]
 
 
+# A stream actor's consumer: its index and its process, which `reading_pids` reads back.
+CONSUMER_NAME = re.compile(r"stream-inference-\d+-pid(\d+)")
+
+
+def consumer_name(index: int) -> str:
+    return f"stream-inference-{index}-pid{os.getpid()}"
+
+
 def subscribe(
     s: Settings, client: pulsar.Client, index: int, partitions: list[int] | None
 ) -> pulsar.Consumer:
@@ -125,7 +132,7 @@ def subscribe(
                 s.stream_subscription,
                 consumer_type=CONSUMER_TYPES[s.stream_subscription_type],
                 initial_position=pulsar.InitialPosition.Earliest,
-                consumer_name=f"stream-inference-{index}-pid{os.getpid()}",
+                consumer_name=consumer_name(index),
                 receiver_queue_size=s.stream_receiver_queue,
                 negative_ack_redelivery_delay_ms=s.stream_nack_delay_ms,
             )
@@ -137,23 +144,14 @@ def subscribe(
 
 def reading_pids(s: Settings) -> set[int]:
     """The processes of the stream actors that read the features topic now (a spare reads
-    nothing), by the consumer names `subscribe` gives them."""
-    base = f"{s.pulsar_admin_url}/admin/v2/{topic_path(s.features_topic)}"
-    headers = admin_headers(s)
-    # Per partition: the aggregated stats merge the consumers of partitions position by position.
-    response = httpx.get(
-        f"{base}/partitioned-stats", params={"perPartition": "true"}, headers=headers, timeout=10
-    )
-    if response.status_code in (404, 409):  # not partitioned
-        response = httpx.get(f"{base}/stats", headers=headers, timeout=10)
-    response.raise_for_status()
-    stats = response.json()
+    nothing), by the consumer names `subscribe` gives them (`consumer_name`)."""
+    # Per partition: the summed stats merge the partitions' consumers position by position.
+    stats = broker_stats(s, s.features_topic, per_partition=True) or {}
     names = [
         consumer.get("consumerName", "")
         for partition in stats.get("partitions", {"": stats}).values()
-        for consumer in partition["subscriptions"]
+        for consumer in partition.get("subscriptions", {})
         .get(s.stream_subscription, {})
         .get("consumers", [])
     ]
-    pattern = re.compile(r"stream-inference-\d+-pid(\d+)")
-    return {int(m.group(1)) for name in names if (m := pattern.fullmatch(name))}
+    return {int(m.group(1)) for name in names if (m := CONSUMER_NAME.fullmatch(name))}
