@@ -31,6 +31,7 @@ from mlplatform.settings import Settings, get_settings
 DAEMONS = ("standalonesession", "taskexecutor")
 IDENT = "mlp"  # FLINK_IDENT_STRING: names the pid and log files
 TASK_SLOTS = 2  # per TaskManager
+TERMINAL = {"FINISHED", "CANCELED", "FAILED"}  # job states
 
 
 class FlinkClusterError(RuntimeError):
@@ -170,17 +171,52 @@ def _start(s: Settings, dirs: ClusterDirs, script: str) -> None:
         raise FlinkClusterError(f"{script} start failed: {completed.stdout}{completed.stderr}")
 
 
+def await_jobs_recovered(s: Settings, taskmanagers: int, timeout_s: float) -> bool:
+    """Wait until the JobManager has dropped the TaskManagers that died (it lists no more than
+    `taskmanagers`) and every job that is not finished runs all its tasks; False after
+    `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            listed = httpx.get(f"{s.flink_rest_url}/taskmanagers", timeout=3).json()
+            jobs = httpx.get(f"{s.flink_rest_url}/jobs/overview", timeout=3).json()["jobs"]
+        except httpx.HTTPError:
+            jobs = None
+        if (
+            jobs is not None
+            and len(listed["taskmanagers"]) <= taskmanagers
+            and all(
+                job["state"] in TERMINAL
+                or job["tasks"]["running"] + job["tasks"]["finished"] == job["tasks"]["total"]
+                for job in jobs
+            )
+        ):
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def start_cluster(
-    s: Settings, dirs: ClusterDirs | None = None, rpc_port: int = 6123, timeout_s: float = 120
+    s: Settings,
+    dirs: ClusterDirs | None = None,
+    rpc_port: int = 6123,
+    timeout_s: float = 120,
+    recovery_wait_s: float = 60,
 ) -> str:
     """Start the JobManager and `flink_taskmanagers` TaskManagers unless the cluster already
     answers. When only TaskManagers are gone (killed, crashed), start new ones: the JobManager
     and its jobs stay. A job whose TaskManager died restarts from its last checkpoint on one
-    that is up (the second TaskManager stands by for that), else on the new one."""
+    that is up (the second TaskManager stands by for that), else on the new one. With a
+    standby up, the new JVMs start once its jobs run again (at most `recovery_wait_s` later):
+    on shared cores a starting JVM slows the takeover (task initialization, replay) that
+    brings predictions back, while the spare it restores is needed only at the next failure."""
     dirs = dirs or ClusterDirs.default(s)
     # By the pid files first: the JobManager reports a dead TaskManager's slots for a while.
-    missing = s.flink_taskmanagers - len(daemon_pids(dirs, "taskexecutor"))
+    alive_tms = len(daemon_pids(dirs, "taskexecutor"))
+    missing = s.flink_taskmanagers - alive_tms
     if daemon_pids(dirs, "standalonesession") and missing > 0:
+        if alive_tms:  # a standby took the jobs over: they recover before a new JVM competes
+            await_jobs_recovered(s, alive_tms, recovery_wait_s)
         for _ in range(missing):
             _start(s, dirs, "taskmanager.sh")
         started = f"{missing} new TaskManager(s) started"
