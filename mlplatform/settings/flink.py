@@ -40,6 +40,11 @@ class FlinkSettings(BaseModel):
     # Shorter: a lost TaskManager's job replays less (at-least-once) and an exactly-once row is
     # visible sooner; longer: fewer Iceberg commits and a higher sustained rate (docs/streaming.md).
     flink_checkpoint_interval_s: float = 5.0
+    # Stream mode remembers each event id this long (processing time) to quarantine a repeat as
+    # duplicate_key; an id seen again later is written again. The ids live in RocksDB on the
+    # TaskManager's disk (incremental checkpoints), about 100 bytes each: 1,000 events/s for
+    # an hour is ~360 MB of disk, not heap.
+    flink_dedup_horizon_s: float = Field(default=3600.0, gt=0)
     # The longest a stream-mode row waits in a source fetch or a network buffer (latency vs CPU).
     flink_stream_flush_ms: int = 10
     # Stream mode's Pulsar sinks. "at-least-once" (the real-time default): rows are visible on

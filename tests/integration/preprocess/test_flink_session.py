@@ -217,6 +217,41 @@ def test_stream_mode_stops_with_a_savepoint_and_resumes_losing_and_doubling_noth
         assert mean == pytest.approx(rows["sepal_length"].mean())
 
 
+def test_stream_mode_forgets_event_ids_after_the_dedup_horizon(
+    flink_session: tuple[Settings, ClusterDirs],
+) -> None:
+    """An event id is remembered for MLP_FLINK_DEDUP_HORIZON_S: a repeat within it is
+    quarantined as duplicate_key, a repeat after it is written again (the state is bounded)."""
+    s = module_settings(
+        flink_session[0],
+        "flinkhorizon",
+        flink_mode="session",
+        flink_rest_url=flink_session[0].flink_rest_url,
+        flink_checkpoint_interval_s=1.0,
+        flink_dedup_horizon_s=4.0,
+    )
+    events = demo_events(s, 5, "h", seed=5)
+    features = lambda: _table(s, s.features_table).num_rows  # noqa: E731
+    quarantined = lambda: _table(s, s.quarantine_table).num_rows  # noqa: E731
+    publish(s, s.raw_events_topic, [_json(e) for e in events])
+    start_stream(s, run_id="stream-horizon")
+    try:
+        _wait_for("the events in Iceberg", lambda: features() == 5)
+        published = time.monotonic()
+        publish(s, s.raw_events_topic, [_json(events[0])])  # within the horizon
+        _wait_for("the repeat quarantined", lambda: quarantined() == 1)
+        assert time.monotonic() - published < 4.0, "the repeat came late: the test proves nothing"
+        time.sleep(max(0.0, published + 6.0 - time.monotonic()))  # past the horizon
+        publish(s, s.raw_events_topic, [_json(events[1])])
+        _wait_for("the forgotten id written again", lambda: features() == 6)
+        stop_stream(s)
+    finally:
+        _cancel(s)
+    ids = _table(s, s.features_table)["event_id"].to_pylist()
+    assert sorted(ids) == sorted([e["event_id"] for e in events] + [events[1]["event_id"]])
+    assert _table(s, s.quarantine_table)["reason"].to_pylist() == ["duplicate_key"]
+
+
 def _checkpoints(s: Settings, job_id: str) -> dict:
     response = httpx.get(f"{s.flink_rest_url}/jobs/{job_id}/checkpoints", timeout=10)
     response.raise_for_status()
