@@ -121,6 +121,7 @@ def job_config(
         "checkpoint_interval_ms": int(s.flink_checkpoint_interval_s * 1000),
         "flush_ms": s.flink_stream_flush_ms,
         "dedup_horizon_ms": int(s.flink_dedup_horizon_s * 1000),
+        "state_backend": s.flink_state_backend,
         "delivery": s.flink_stream_delivery,
         "transaction_timeout_ms": int(s.flink_transaction_timeout_s * 1000),
         "quarantine_topic": s.quarantine_topic,

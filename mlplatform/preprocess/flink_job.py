@@ -612,12 +612,13 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         conf.set("execution.checkpointing.mode", "EXACTLY_ONCE")
         conf.set("execution.buffer-timeout", f"{int(cfg['flush_ms'])} ms")  # network buffers
         conf.set("execution.checkpointing.dir", cfg["checkpoint_dir"])
-        # The event ids seen (stream_classification_sql) forgotten after the dedup horizon, and
-        # kept on disk: on the heap they grew without bound until the TaskManager ran out of
-        # memory, and every checkpoint copied them all (a restore read them all back).
+        # The event ids seen (stream_classification_sql) are forgotten after the dedup horizon:
+        # kept for good, they grew until the TaskManager ran out of memory, and every checkpoint
+        # copied them all (and a restore read them all back).
         conf.set("table.exec.state.ttl", f"{int(cfg['dedup_horizon_ms'])} ms")
-        conf.set("state.backend.type", "rocksdb")
-        conf.set("execution.checkpointing.incremental", "true")
+        conf.set("state.backend.type", cfg["state_backend"])
+        incremental = "true" if cfg["state_backend"] == "rocksdb" else "false"
+        conf.set("execution.checkpointing.incremental", incremental)
         # Kept when the job is cancelled or fails for good: the next start resumes from it.
         conf.set(
             "execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION"

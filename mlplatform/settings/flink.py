@@ -41,10 +41,12 @@ class FlinkSettings(BaseModel):
     # visible sooner; longer: fewer Iceberg commits and a higher sustained rate (docs/streaming.md).
     flink_checkpoint_interval_s: float = 5.0
     # Stream mode remembers each event id this long (processing time) to quarantine a repeat as
-    # duplicate_key; an id seen again later is written again. The ids live in RocksDB on the
-    # TaskManager's disk (incremental checkpoints), about 100 bytes each: 1,000 events/s for
-    # an hour is ~360 MB of disk, not heap.
-    flink_dedup_horizon_s: float = Field(default=3600.0, gt=0)
+    # duplicate_key; an id seen again later is written again. Its keyed state: "hashmap" keeps
+    # the ids on the TaskManager's heap (a few hundred bytes each; every checkpoint copies
+    # them all), "rocksdb" on its disk with incremental checkpoints (for horizons of hours, at
+    # a lower sustained rate; docs/preprocessing.md).
+    flink_dedup_horizon_s: float = Field(default=600.0, gt=0)
+    flink_state_backend: Literal["hashmap", "rocksdb"] = "hashmap"
     # The longest a stream-mode row waits in a source fetch or a network buffer (latency vs CPU).
     flink_stream_flush_ms: int = 10
     # Stream mode's Pulsar sinks. "at-least-once" (the real-time default): rows are visible on
