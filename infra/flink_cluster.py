@@ -171,27 +171,38 @@ def _start(s: Settings, dirs: ClusterDirs, script: str) -> None:
         raise FlinkClusterError(f"{script} start failed: {completed.stdout}{completed.stderr}")
 
 
+def _get(s: Settings, path: str) -> httpx.Response:
+    return httpx.get(f"{s.flink_rest_url}{path}", timeout=3)
+
+
+def job_recovered(s: Settings, job: dict) -> bool:
+    """Whether a job (an entry of /jobs/overview) has ended, or runs all its tasks and, when it
+    checkpoints, has completed a checkpoint since it last started running (a restarted job has
+    then replayed up to that checkpoint's barrier: it is caught up, not just deployed)."""
+    if job["state"] in TERMINAL:
+        return True
+    tasks = job["tasks"]
+    if tasks["running"] + tasks["finished"] != tasks["total"]:
+        return False
+    if _get(s, f"/jobs/{job['jid']}/checkpoints/config").status_code != 200:
+        return True  # no checkpoints (a batch job)
+    started = _get(s, f"/jobs/{job['jid']}").json()["timestamps"]["RUNNING"]
+    completed = _get(s, f"/jobs/{job['jid']}/checkpoints").json()["latest"]["completed"]
+    return completed is not None and completed["trigger_timestamp"] > started
+
+
 def await_jobs_recovered(s: Settings, taskmanagers: int, timeout_s: float) -> bool:
     """Wait until the JobManager has dropped the TaskManagers that died (it lists no more than
-    `taskmanagers`) and every job that is not finished runs all its tasks; False after
-    `timeout_s`."""
+    `taskmanagers`) and every job has recovered (job_recovered); False after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            listed = httpx.get(f"{s.flink_rest_url}/taskmanagers", timeout=3).json()
-            jobs = httpx.get(f"{s.flink_rest_url}/jobs/overview", timeout=3).json()["jobs"]
+            listed = _get(s, "/taskmanagers").json()["taskmanagers"]
+            jobs = _get(s, "/jobs/overview").json()["jobs"]
+            if len(listed) <= taskmanagers and all(job_recovered(s, job) for job in jobs):
+                return True
         except httpx.HTTPError:
-            jobs = None
-        if (
-            jobs is not None
-            and len(listed["taskmanagers"]) <= taskmanagers
-            and all(
-                job["state"] in TERMINAL
-                or job["tasks"]["running"] + job["tasks"]["finished"] == job["tasks"]["total"]
-                for job in jobs
-            )
-        ):
-            return True
+            pass
         time.sleep(0.2)
     return False
 
@@ -207,9 +218,10 @@ def start_cluster(
     answers. When only TaskManagers are gone (killed, crashed), start new ones: the JobManager
     and its jobs stay. A job whose TaskManager died restarts from its last checkpoint on one
     that is up (the second TaskManager stands by for that), else on the new one. With a
-    standby up, the new JVMs start once its jobs run again (at most `recovery_wait_s` later):
-    on shared cores a starting JVM slows the takeover (task initialization, replay) that
-    brings predictions back, while the spare it restores is needed only at the next failure."""
+    standby up, the new JVMs start once its jobs have recovered (at most `recovery_wait_s`
+    later): on shared cores a starting JVM slows the takeover (task initialization, replay)
+    that brings predictions back, while the spare it restores is needed only at the next
+    failure."""
     dirs = dirs or ClusterDirs.default(s)
     # By the pid files first: the JobManager reports a dead TaskManager's slots for a while.
     alive_tms = len(daemon_pids(dirs, "taskexecutor"))
