@@ -175,17 +175,19 @@ def _get(s: Settings, path: str) -> httpx.Response:
     return httpx.get(f"{s.flink_rest_url}{path}", timeout=3)
 
 
-def job_recovered(s: Settings, job: dict) -> bool:
+def job_recovered(s: Settings, job: dict, within_s: float) -> bool:
     """Whether a job (an entry of /jobs/overview) has ended, or runs all its tasks and, when it
-    checkpoints, has completed a checkpoint since it last started running (a restarted job has
-    then replayed up to that checkpoint's barrier: it is caught up, not just deployed)."""
+    checkpoints within `within_s`, has completed a checkpoint since it last started running (a
+    restarted job has then replayed up to that checkpoint's barrier: caught up, not just
+    deployed)."""
     if job["state"] in TERMINAL:
         return True
     tasks = job["tasks"]
     if tasks["running"] + tasks["finished"] != tasks["total"]:
         return False
-    if _get(s, f"/jobs/{job['jid']}/checkpoints/config").status_code != 200:
-        return True  # no checkpoints (a batch job)
+    config = _get(s, f"/jobs/{job['jid']}/checkpoints/config")
+    if config.status_code != 200 or config.json()["interval"] > within_s * 1000:
+        return True  # no checkpoints (a batch job), or none due in time
     started = _get(s, f"/jobs/{job['jid']}").json()["timestamps"]["RUNNING"]
     completed = _get(s, f"/jobs/{job['jid']}/checkpoints").json()["latest"]["completed"]
     return completed is not None and completed["trigger_timestamp"] > started
@@ -199,7 +201,8 @@ def await_jobs_recovered(s: Settings, taskmanagers: int, timeout_s: float) -> bo
         try:
             listed = _get(s, "/taskmanagers").json()["taskmanagers"]
             jobs = _get(s, "/jobs/overview").json()["jobs"]
-            if len(listed) <= taskmanagers and all(job_recovered(s, job) for job in jobs):
+            recovered = all(job_recovered(s, job, timeout_s) for job in jobs)
+            if len(listed) <= taskmanagers and recovered:
                 return True
         except httpx.HTTPError:
             pass

@@ -353,6 +353,15 @@ def rejected_sql(cfg: dict[str, Any]) -> str:
     )
 
 
+# Stream mode runs the same checks as two jobs on the same raw events, each with its own
+# subscription, checkpoints and state: "topics", the real-time one (short checkpoints: little
+# to replay after a failure, little state), and "lake", the Iceberg tables (a commit per
+# checkpoint: long ones keep the tables' snapshots and files few). Batch mode: "all".
+PARTS: dict[str, frozenset[str] | None] = {
+    "all": None,
+    "topics": frozenset({"features_topic", "quarantine_topic"}),
+    "lake": frozenset({"features_table", "quarantine_table", "windows_table", "counts"}),
+}
 MESSAGE_KEY = "_message_key"
 # Stream mode: each features message's properties name the raw event it came from (its raw-events
 # partition and message id), so that stream consumers can tell the at-least-once delivery's
@@ -560,20 +569,23 @@ def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
     extra = ", ".join(value for _, _, value in added)
     # By name: columns added to an older table (event time, derived) come after the others.
     names = [c["name"] for c in columns] + ["ingested_at"] + [name for name, _, _ in added]
-    inserts = [
-        f"INSERT INTO `{catalog}`.`{ns}`.`{cfg['features_table']}` "
+    inserts = {
+        "features_table": f"INSERT INTO `{catalog}`.`{ns}`.`{cfg['features_table']}` "
         f"({', '.join(f'`{n}`' for n in names)}) "
         f"SELECT {row}, {now}, {extra} FROM classified WHERE reason IS NULL",
-        f"INSERT INTO features_topic SELECT `{key}`, {row}, {extra}{_source_properties(cfg)} "
+        "features_topic": "INSERT INTO features_topic "
+        f"SELECT `{key}`, {row}, {extra}{_source_properties(cfg)} "
         "FROM classified WHERE reason IS NULL",
-        f"INSERT INTO `{catalog}`.`{ns}`.`{cfg['quarantine_table']}` "
+        "quarantine_table": f"INSERT INTO `{catalog}`.`{ns}`.`{cfg['quarantine_table']}` "
         f"SELECT COALESCE(`raw`, ''), reason, source, {now} FROM rejected",
-        "INSERT INTO quarantine_topic SELECT `raw`, raw_base64, reason, source, "
-        "CAST(LOCALTIMESTAMP AS TIMESTAMP(3)) FROM rejected",
-        f"INSERT INTO `{catalog}`.`{ns}`.`{cfg['windows_table']}` {windows_sql(cfg)}",
-        counts_insert(cfg),
-    ]
-    return ddl, inserts
+        "quarantine_topic": "INSERT INTO quarantine_topic SELECT `raw`, raw_base64, reason, "
+        "source, CAST(LOCALTIMESTAMP AS TIMESTAMP(3)) FROM rejected",
+        "windows_table": f"INSERT INTO `{catalog}`.`{ns}`.`{cfg['windows_table']}` "
+        f"{windows_sql(cfg)}",
+        "counts": counts_insert(cfg),
+    }
+    part = PARTS[cfg.get("part", "all")]
+    return ddl, [statement for sink, statement in inserts.items() if part is None or sink in part]
 
 
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -606,7 +618,8 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     else:
         # A stream job restarts from its last checkpoint as long as it fails now and then.
         conf.set("restart-strategy.type", "exponential-delay")
-        conf.set("restart-strategy.exponential-delay.initial-backoff", "100 ms")
+        backoff = int(cfg.get("restart_backoff_ms", 100))
+        conf.set("restart-strategy.exponential-delay.initial-backoff", f"{backoff} ms")
         conf.set("restart-strategy.exponential-delay.max-backoff", "30 s")
         conf.set("execution.checkpointing.interval", f"{int(cfg['checkpoint_interval_ms'])} ms")
         conf.set("execution.checkpointing.mode", "EXACTLY_ONCE")

@@ -1,16 +1,28 @@
 """The preprocessing job in stream mode: raw events from the Pulsar raw-events topic through the
 same checks as the batch job, into the same sinks, on the Flink session cluster, until stopped.
 
-Lifecycle, one job per namespace (`preprocess-stream-<namespace>`, also its subscription):
-- start: submits the job, resuming from the savepoint the last stop recorded (none on the
-  first start: the topic is read from its earliest message). A start while the job runs
-  returns the running job instead of starting a second one.
+Two jobs per namespace read the raw events, each with its own subscription, checkpoints and
+state (flink_job.PARTS):
+- the real-time job, `preprocess-stream-<namespace>`: the features and quarantine topics,
+  checkpoints every MLP_FLINK_CHECKPOINT_INTERVAL_S (2 s), so that a failure replays little
+  and its tasks start fast (no Iceberg catalog or tables to open);
+- the lake job, `preprocess-lake-<namespace>`: the Iceberg tables (features, quarantine,
+  windows, counts), committed on its checkpoints every MLP_FLINK_LAKE_COMMIT_INTERVAL_S
+  (60 s): a commit a minute, not one per real-time checkpoint. After a failure it restarts
+  LAKE_RESTART_BACKOFF_MS later than the real-time job, which takes the cores first.
+Both run the same deterministic checks on the same events in the same order, so the topics
+and the tables hold the same rows (an event id repeated right at the dedup horizon's edge
+can be judged differently by the two: the horizon is processing time).
+
+Lifecycle, for both jobs:
+- start: submits each job that does not run, resuming from the savepoint the last stop
+  recorded (none on the first start: the topic is read from its earliest message).
 - stop: stop-with-savepoint through the cluster's REST API (no drain: open windows stay open
-  in the savepoint and close after the resume). The savepoint holds the source's position, the
-  per-event-id state and the window state; the Iceberg and Pulsar sinks commit with it.
-  Stopping and starting again therefore loses and doubles nothing.
-- The record of the last start and stop (job id, run id, savepoint) is a small JSON file in
-  the state folder.
+  in the savepoint and close after the resume). A savepoint holds the source's position, the
+  per-event-id state and the window state; the job's sinks commit with it. Stopping and
+  starting again therefore loses and doubles nothing.
+- The record of each job's last start and stop (job id, run id, savepoint) is a small JSON
+  file in the state folder.
 
 Producers of the raw-events topic must send unbatched messages. The Flink Pulsar connector
 (4.1.0) resumes a savepoint or checkpoint after the last consumed *entry*: when a batch (one
@@ -69,21 +81,25 @@ def stream_settings(s: Settings) -> Settings:
     return s if s.flink_mode == "session" else s.model_copy(update={"flink_mode": "session"})
 
 
-def job_name(s: Settings) -> str:
-    return f"preprocess-stream-{s.namespace}"
+TOPICS, LAKE = "topics", "lake"  # the two jobs (flink_job.PARTS)
+LAKE_RESTART_BACKOFF_MS = 15_000
 
 
-def record_path(s: Settings) -> Path:
-    return s.state_dir / "flink" / f"{job_name(s)}.json"
+def job_name(s: Settings, part: str = TOPICS) -> str:
+    return f"preprocess-{'stream' if part == TOPICS else 'lake'}-{s.namespace}"
 
 
-def read_record(s: Settings) -> dict[str, Any]:
-    path = record_path(s)
+def record_path(s: Settings, part: str = TOPICS) -> Path:
+    return s.state_dir / "flink" / f"{job_name(s, part)}.json"
+
+
+def read_record(s: Settings, part: str = TOPICS) -> dict[str, Any]:
+    path = record_path(s, part)
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _write_record(s: Settings, record: dict[str, Any]) -> None:
-    path = record_path(s)
+def _write_record(s: Settings, record: dict[str, Any], part: str = TOPICS) -> None:
+    path = record_path(s, part)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".tmp").write_text(json.dumps(record, indent=1))
     path.with_suffix(".tmp").replace(path)  # a crash leaves the old record or the new one
@@ -96,10 +112,11 @@ def _rest(s: Settings, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
     return response.json()
 
 
-def active_job(s: Settings) -> str | None:
-    """The id of the stream job while it runs on the cluster, else None."""
+def active_job(s: Settings, part: str = TOPICS) -> str | None:
+    """The id of the stream job (the real-time one, or the lake's) while it runs on the
+    cluster, else None."""
     for job in _rest(s, "GET", "/jobs/overview")["jobs"]:
-        if job["name"] == job_name(s) and job["state"] in ACTIVE_STATES:
+        if job["name"] == job_name(s, part) and job["state"] in ACTIVE_STATES:
             return job["jid"]
     return None
 
@@ -127,8 +144,8 @@ def resume_point(s: Settings, record: dict[str, Any]) -> str | None:
 
 
 def start_stream(s: Settings, run_id: str) -> dict[str, Any]:
-    """Submit the stream job (resuming from the last savepoint) unless it already runs; the
-    record of this start."""
+    """Submit the two stream jobs (each resuming from its last savepoint) unless they run; the
+    record of the real-time job's start, with the lake job's id (lake_job_id)."""
     s = stream_settings(s)
     if s.flink_stream_delivery == "at-least-once" and s.flink_parallelism != 1:
         raise FlinkJobError(
@@ -138,21 +155,37 @@ def start_stream(s: Settings, run_id: str) -> dict[str, Any]:
             "MLP_FLINK_STREAM_DELIVERY=exactly-once"
         )
     running = active_job(s)
+    records = {part: _start_job(s, run_id, part) for part in (TOPICS, LAKE)}
+    return {
+        **records[TOPICS],
+        "lake_job_id": records[LAKE]["job_id"],
+        "already_running": bool(running),
+    }
+
+
+def _start_job(s: Settings, run_id: str, part: str) -> dict[str, Any]:
+    """One of the two jobs submitted, unless it runs; its record."""
+    running = active_job(s, part)
     if running:
-        return {**read_record(s), "job_id": running, "already_running": True}
+        return {**read_record(s, part), "job_id": running}
     # Optional columns schema evolution added are read from the events as in batch mode.
     _, optional = table_columns(prepare_sinks(s), s.dataset_spec)
     ensure_partitioned_topic(s, s.raw_events_topic, 1)
-    savepoint = resume_point(s, read_record(s))
+    savepoint = resume_point(s, read_record(s, part))
+    interval_s = s.flink_checkpoint_interval_s if part == TOPICS else s.flink_lake_commit_interval_s
     extra = {
         "mode": "stream",
+        "part": part,
         "run_id": run_id,
         "savepoint_path": savepoint,
         "sources": [{"format": "json"}],
         "checkpoint_dir": checkpoint_dir(s).as_uri(),
+        "checkpoint_interval_ms": int(interval_s * 1000),
+        "restart_backoff_ms": 100 if part == TOPICS else LAKE_RESTART_BACKOFF_MS,
     }
+    name = job_name(s, part)
     job_id = run_flink_job(
-        s, s.state_dir, job_name(s), timeout_s=300, optional_columns=optional, extra=extra
+        s, s.state_dir, name, timeout_s=300, optional_columns=optional, extra=extra
     )
     record = {
         "job_id": job_id,
@@ -160,17 +193,26 @@ def start_stream(s: Settings, run_id: str) -> dict[str, Any]:
         "started_at": datetime.now(UTC).isoformat(),
         "resumed_from": savepoint,
     }
-    _write_record(s, record)
-    return {**record, "already_running": False}
+    _write_record(s, record, part)
+    return record
 
 
 def stop_stream(s: Settings, timeout_s: float = 180) -> str:
-    """Stop the running stream job with a savepoint; the savepoint's location (recorded for
-    the next start). Raises FlinkJobError when the job is not running or the savepoint fails."""
+    """Stop the two stream jobs with savepoints; the real-time job's savepoint (each job's is
+    recorded for its next start). Raises FlinkJobError when the real-time job is not running
+    or a savepoint fails."""
     s = stream_settings(s)
-    job_id = active_job(s)
-    if job_id is None:
+    if active_job(s) is None:
         raise FlinkJobError(f"stream job {job_name(s)} is not running on {s.flink_rest_url}")
+    savepoints = {part: _stop_job(s, part, timeout_s) for part in (TOPICS, LAKE)}
+    return savepoints[TOPICS] or ""
+
+
+def _stop_job(s: Settings, part: str, timeout_s: float) -> str | None:
+    """One job stopped with a savepoint, recorded; its location (None: it was not running)."""
+    job_id = active_job(s, part)
+    if job_id is None:
+        return None
     target = (s.state_dir / "flink" / "savepoints").as_uri()
     trigger = _rest(
         s, "POST", f"/jobs/{job_id}/stop", json={"targetDirectory": target, "drain": False}
@@ -189,8 +231,19 @@ def stop_stream(s: Settings, timeout_s: float = 180) -> str:
         raise FlinkJobError(f"stop-with-savepoint of {job_id} failed:\n{cause}")
     savepoint = operation["location"]
     stopped = {"savepoint": savepoint, "stopped_job_id": job_id}
-    _write_record(s, {**read_record(s), **stopped, "stopped_at": datetime.now(UTC).isoformat()})
+    record = {**read_record(s, part), **stopped, "stopped_at": datetime.now(UTC).isoformat()}
+    _write_record(s, record, part)
     return savepoint
+
+
+def cancel_stream(s: Settings) -> list[str]:
+    """Cancel the running stream jobs without a savepoint (their checkpoints stay: the next
+    start resumes from the newest); their ids."""
+    s = stream_settings(s)
+    jobs = [job for job in (active_job(s, part) for part in (TOPICS, LAKE)) if job]
+    for job in jobs:
+        _rest(s, "PATCH", f"/jobs/{job}", params={"mode": "cancel"})
+    return jobs
 
 
 def run_counts(s: Settings, run_id: str) -> dict[str, int]:

@@ -34,12 +34,15 @@ class FlinkSettings(BaseModel):
     # on one; the second stands by, so that when the first dies the job restarts at once
     # rather than after a new TaskManager has started (seconds; docs/streaming.md).
     flink_taskmanagers: int = Field(default=2, ge=1)
-    # Stream mode (always on the session cluster): the Iceberg sinks commit, and the Pulsar
-    # source records its position, on each checkpoint; stop takes a savepoint that the next
-    # start resumes from.
-    # Shorter: a lost TaskManager's job replays less (at-least-once) and an exactly-once row is
-    # visible sooner; longer: fewer Iceberg commits and a higher sustained rate (docs/streaming.md).
-    flink_checkpoint_interval_s: float = 5.0
+    # Stream mode (always on the session cluster) runs two jobs on the raw events, each
+    # resuming from its own checkpoints, and from a savepoint after a stop
+    # (mlplatform/preprocess/stream.py). The real-time job (the topics) checkpoints its source
+    # position and event ids every flink_checkpoint_interval_s: shorter, a lost TaskManager's
+    # job replays less and an exactly-once row is visible sooner. The lake job (the Iceberg
+    # tables) commits on its checkpoints, every flink_lake_commit_interval_s: longer, fewer
+    # snapshots and files; shorter, the tables are fresher.
+    flink_checkpoint_interval_s: float = 2.0
+    flink_lake_commit_interval_s: float = 60.0
     # Stream mode remembers each event id this long (processing time) to quarantine a repeat as
     # duplicate_key; an id seen again later is written again. Its keyed state: "hashmap" keeps
     # the ids on the TaskManager's heap (a few hundred bytes each; every checkpoint copies

@@ -30,7 +30,7 @@ from mlplatform.connectors.pulsar_io import publish, read_all, topic_stats
 from mlplatform.inference.stream.partitions import reading_pids
 from mlplatform.inference.stream.runner import run_stream_inference
 from mlplatform.ops.live_view import live_view
-from mlplatform.preprocess.stream import active_job, start_stream, stop_stream
+from mlplatform.preprocess.stream import active_job, cancel_stream, start_stream, stop_stream
 from mlplatform.sample_data.demo_rows import demo_events
 from mlplatform.sample_data.synthetic_features import feature_rows
 from mlplatform.settings import Settings
@@ -101,6 +101,7 @@ def _settings(
         flink_mode="session",
         flink_rest_url=flink_session[0].flink_rest_url,
         stream_commit_interval_s=0.5,
+        flink_lake_commit_interval_s=1.0,
         database_url=registry,
         **overrides,
     )
@@ -153,9 +154,7 @@ def test_a_killed_task_manager_repeats_rows_and_predictions_stay_exactly_once(
         assert len(keys) == 100 and sorted(Counter(keys.values()).items()) == [(1, 60), (2, 40)]
         stop_stream(s)
     finally:
-        job = active_job(s)
-        if job:
-            httpx.patch(f"{s.flink_rest_url}/jobs/{job}", params={"mode": "cancel"}, timeout=10)
+        cancel_stream(s)
     # The unanswered batch's originals and every repeat come to new actors.
     last = run_stream_inference(s, max_messages=None, timeout_s=15)
     assert last.published == 20
@@ -251,9 +250,7 @@ def test_kills_at_seeded_random_moments_lose_and_double_nothing(
         _wait_for("every valid event in Iceberg", lambda: features() == len(good))
         stop_stream(s)
     finally:
-        job = active_job(s)
-        if job:
-            httpx.patch(f"{s.flink_rest_url}/jobs/{job}", params={"mode": "cancel"}, timeout=10)
+        cancel_stream(s)
     ids = sorted(json.loads(p)["event_id"] for p in good)
     on_topic, in_table = _answered(s)
     assert sorted(on_topic) == ids
@@ -317,9 +314,7 @@ def test_a_slow_consumer_and_a_restarted_broker_lose_and_double_nothing(
         stop_stream(s)
     finally:
         start(SERVICES["pulsar"], s)  # up again whatever happened above
-        job = active_job(s)
-        if job:
-            httpx.patch(f"{s.flink_rest_url}/jobs/{job}", params={"mode": "cancel"}, timeout=10)
+        cancel_stream(s)
     ids = sorted(json.loads(p)["event_id"] for p in first + second)
     on_topic, in_table = _answered(s)
     assert sorted(on_topic) == ids
@@ -349,9 +344,7 @@ def test_the_realtime_flow_runs_the_path_and_updates_its_live_view(
             state = realtime(timeout_s=20.0, view_every_s=4.0, stop_job=True, return_state=True)
     finally:
         sender.join(timeout=120)
-        job = active_job(s)
-        if job:
-            httpx.patch(f"{s.flink_rest_url}/jobs/{job}", params={"mode": "cancel"}, timeout=10)
+        cancel_stream(s)
     assert state.is_completed(), state
     report = state.result()
     assert report["stream"]["published"] == len(events)
