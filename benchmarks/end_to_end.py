@@ -62,6 +62,7 @@ from infra.processes import alive
 from mlplatform.connectors.iceberg_tables import load_catalog, load_table
 from mlplatform.connectors.pulsar_io import (
     admin_headers,
+    broker_stats,
     make_client,
     read_all,
     receive_batch,
@@ -72,7 +73,14 @@ from mlplatform.inference.features import InvalidFeatures, parse_message
 from mlplatform.inference.stream.consumer import predict_rows
 from mlplatform.inference.stream.partitions import reading_pids
 from mlplatform.inference.stream.runner import run_stream_inference
-from mlplatform.preprocess.stream import active_job, start_stream, stop_stream, stream_settings
+from mlplatform.preprocess.stream import (
+    LAKE,
+    active_job,
+    job_name,
+    start_stream,
+    stop_stream,
+    stream_settings,
+)
 from mlplatform.registry import model_registry
 from mlplatform.registry.model_registry import ModelRef
 from mlplatform.sample_data.demo_rows import demo_events
@@ -288,24 +296,50 @@ def send(v: Variant, client: pulsar.Client, events: list[dict[str, Any]], rate: 
 def latency_phase(
     v: Variant, client: pulsar.Client, events: list[dict[str, Any]], rate: float, drain_s: float
 ) -> dict[str, Any]:
+    lake_caught_up(v, time.monotonic(), drain_s)
     sent = send(v, client, events, rate)
     v.watch.wait_for(sent, drain_s)
     latencies, missing = match_latencies(sent, v.watch.arrived)
     return {"rate": rate, "missing": missing, **summarize(latencies)}
 
 
+def lake_read(v: Variant) -> int | None:
+    """Raw events the broker has handed the lake job's subscription (its source reads at most
+    a receiver queue, 1,000, ahead of its processing); None: no lake job."""
+    stats = broker_stats(v.s, v.s.raw_events_topic)
+    subscription = (stats or {}).get("subscriptions", {}).get(job_name(v.s, LAKE))
+    return None if subscription is None else subscription.get("msgOutCounter", 0)
+
+
+def lake_caught_up(v: Variant, since: float, timeout_s: float) -> float | None:
+    """Seconds from `since` (time.monotonic) until the lake job has read every event sent
+    (it writes the Iceberg tables beside the real-time path and competes for the same cores:
+    a latency phase starts once it has caught up); None without a lake job or in time."""
+    while time.monotonic() - since < timeout_s:
+        read = lake_read(v)
+        if read is None:
+            return None
+        if read >= v.events:
+            return round(time.monotonic() - since, 2)
+        time.sleep(0.2)
+    return None
+
+
 def sustained_phase(
     v: Variant, client: pulsar.Client, events: list[dict[str, Any]], drain_s: float
 ) -> dict[str, Any]:
+    began = time.monotonic()
     sent = send(v, client, events, None)
     v.watch.wait_for(sent, drain_s)
     arrived = [v.watch.arrived[k] for k in sent if k in v.watch.arrived]
     seconds = max(arrived) - min(sent.values()) if arrived else math.nan
+    lake_s = lake_caught_up(v, began, drain_s)
     return {
         "events": len(sent),
         "arrived": len(arrived),
         "send_rate": round(len(sent) / (max(sent.values()) - min(sent.values())), 1),
         "events_per_s": round(len(arrived) / seconds, 1) if arrived else math.nan,
+        "lake_events_per_s": round(len(sent) / lake_s, 1) if lake_s else None,
     }
 
 

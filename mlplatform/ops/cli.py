@@ -416,7 +416,8 @@ def _live_line(view: dict) -> str:
     latency = view["latency_ms"]
     return (
         f"realtime: raw in {view['raw_events_per_s']}/s, predictions {view['predictions_per_s']}/s,"
-        f" lag flink {view['flink_lag']} consumers {view['consumer_lag']}, raw event -> "
+        f" lag flink {view['flink_lag']} lake {view['lake_lag']} consumers {view['consumer_lag']},"
+        " raw event -> "
         f"prediction p50 {latency.get('p50', '-')} p99 {latency.get('p99', '-')} "
         f"max {latency.get('max', '-')} ms (last {view['window_s']:g} s)"
     )

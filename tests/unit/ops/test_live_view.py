@@ -18,9 +18,10 @@ def test_percentiles_are_nearest_rank() -> None:
 
 
 def test_the_artifact_shows_every_figure() -> None:
-    view = LiveView(5.0, 4000, 800.0, 1000.0, 12, 3, {"p50": 41.5, "p99": 380.2, "max": 612.0})
+    latency = {"p50": 41.5, "p99": 380.2, "max": 612.0}
+    view = LiveView(5.0, 4000, 800.0, 1000.0, 12, 250, 3, latency)
     text = markdown(view, "ml")
-    for shown in ("| 1000.0 |", "| 800.0 |", "| 12 |", "| 3 |", "41.5 / 380.2 / 612.0"):
+    for shown in ("| 1000.0 |", "| 800.0 |", "| 12 |", "| 250 |", "| 3 |", "41.5 / 380.2 / 612.0"):
         assert shown in text
     assert "over the last 5 s" in text
 
