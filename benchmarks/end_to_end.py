@@ -6,9 +6,11 @@ Usage: python -m benchmarks.end_to_end [--rate 1000] [--seconds 20] [--burst 200
 
 Each variant gets a namespace, topics and subscription of its own, the same events and the
 same model (the champion, else a small forest in a private registry, as benchmarks.streaming):
-- `flink-<delivery>`: the Flink stream job (MLP_FLINK_STREAM_DELIVERY=<delivery>) on the session
-  cluster (started when not up) -> features topic -> the stream actors on Ray (one, at the
-  defaults) -> predictions topic and Iceberg;
+- `flink-<delivery>`: the Flink stream jobs (MLP_FLINK_STREAM_DELIVERY=<delivery>) on the session
+  cluster (started when not up): the real-time job -> features topic -> the stream actors on
+  Ray (one, at the defaults) -> predictions topic and Iceberg; the lake job writes the Iceberg
+  feature tables beside it on the same cores (its rate on the burst is reported, and each
+  latency phase starts once it has read every event sent);
 - `plain`: one process that reads the raw-events topic, checks each event with the consumers'
   rules (the dataset spec's columns and ranges), drops an event id it has seen, predicts the
   micro-batch and publishes: the limit without Flink and Ray (no Iceberg, no crash safety).
@@ -17,7 +19,8 @@ Steps per variant: warm up (events until one comes out the other end), the susta
 prediction; this also warms the Flink job's JIT), latency at --rate for --seconds, and at 50%,
 80% and 100% of the sustained rate (for --seconds, at most --burst events). Then, for the first
 Flink variant unless --no-kills, recovery: kill -9 of the consumer actor, then of the
-TaskManager (`start_cluster` starts a new one, as a supervisor would), each mid-stream at --rate
+TaskManager running the real-time job (`start_cluster` starts a new one, as a supervisor
+would, once the jobs have recovered), each mid-stream at --rate
 or 80% of the sustained rate, whichever is lower (a backlog would hide the recovery); the time
 from the kill to the first prediction of an event sent after it. Every Flink variant ends with
 an exactness check from outside: each event's prediction once on the topic and once in Iceberg.
