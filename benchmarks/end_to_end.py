@@ -328,6 +328,22 @@ def lake_caught_up(v: Variant, since: float, timeout_s: float) -> float | None:
     return None
 
 
+def lake_committed(v: Variant, timeout_s: float) -> None:
+    """Wait for the lake job's next completed checkpoint (its Iceberg commit): after a burst
+    it writes and commits a backlog, a CPU burst a latency phase should not measure."""
+    job = active_job(v.s, LAKE) if v.name.startswith("flink") else None
+    if job is None:
+        return
+    url = f"{v.s.flink_rest_url}/jobs/{job}/checkpoints"
+    after = time.time() * 1000
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        completed = httpx.get(url, timeout=10).json()["latest"]["completed"]
+        if completed is not None and completed["trigger_timestamp"] > after:
+            return
+        time.sleep(1.0)
+
+
 def sustained_phase(
     v: Variant, client: pulsar.Client, events: list[dict[str, Any]], drain_s: float
 ) -> dict[str, Any]:
@@ -337,6 +353,7 @@ def sustained_phase(
     arrived = [v.watch.arrived[k] for k in sent if k in v.watch.arrived]
     seconds = max(arrived) - min(sent.values()) if arrived else math.nan
     lake_s = lake_caught_up(v, began, drain_s)
+    lake_committed(v, 2 * drain_s)
     return {
         "events": len(sent),
         "arrived": len(arrived),

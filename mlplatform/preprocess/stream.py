@@ -187,9 +187,8 @@ def _start_job(s: Settings, run_id: str, part: str) -> dict[str, Any]:
         # which the real-time job on the same cores gets instead.
         "flush_ms": s.flink_stream_flush_ms if part == TOPICS else LAKE_FLUSH_MS,
     }
-    name = job_name(s, part)
     job_id = run_flink_job(
-        s, s.state_dir, name, timeout_s=300, optional_columns=optional, extra=extra
+        s, s.state_dir, job_name(s, part), timeout_s=300, optional_columns=optional, extra=extra
     )
     record = {
         "job_id": job_id,

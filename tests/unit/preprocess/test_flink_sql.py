@@ -417,6 +417,16 @@ def test_stream_mode_reads_the_raw_events_topic_and_keeps_the_checks(cfg: dict) 
     assert "TUMBLE(TABLE outcomes, DESCRIPTOR(proc), INTERVAL '1' SECOND)" in counts
 
 
+def test_stream_mode_splits_the_sinks_between_the_real_time_and_the_lake_job(cfg: dict) -> None:
+    stream = {**cfg, "mode": "stream", "sources": [{"format": "json"}]}
+    into = lambda part: {s.split()[2] for s in build_statements({**stream, "part": part})[1]}  # noqa: E731
+    tables = {f"`mylake`.`myns`.`{cfg[name]}`" for name in ("features_table", "quarantine_table")}
+    tables |= {f"`mylake`.`myns`.`{cfg[n]}`" for n in ("windows_table", "counts_table")}
+    assert into("topics") == {"features_topic", "quarantine_topic"}
+    assert into("lake") == tables
+    assert into("all") == into("topics") | into("lake")
+
+
 def test_batch_mode_has_no_stream_only_parts(cfg: dict) -> None:
     ddl, inserts = build_statements(cfg)
     assert not any("raw_pulsar" in d or "pulsar-exactly-once" in d for d in ddl)
