@@ -176,11 +176,12 @@ def _get(s: Settings, path: str) -> httpx.Response:
 
 
 def job_recovered(s: Settings, job: dict, within_s: float) -> bool:
-    """Whether a job (an entry of /jobs/overview) has ended, or runs all its tasks and, when it
+    """Whether a job (an entry of /jobs/overview) has ended, waits out a restart back-off (the
+    stream lake job's, 15 s: it is not waited for), or runs all its tasks and, when it
     checkpoints within `within_s`, has completed a checkpoint since it last started running (a
     restarted job has then replayed up to that checkpoint's barrier: caught up, not just
     deployed)."""
-    if job["state"] in TERMINAL:
+    if job["state"] in TERMINAL or job["state"] == "RESTARTING":
         return True
     tasks = job["tasks"]
     if tasks["running"] + tasks["finished"] != tasks["total"]:

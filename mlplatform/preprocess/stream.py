@@ -52,6 +52,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -155,23 +156,25 @@ def start_stream(s: Settings, run_id: str) -> dict[str, Any]:
             "on each features partition, which only one sink keeps; use parallelism 1 or "
             "MLP_FLINK_STREAM_DELIVERY=exactly-once"
         )
-    running = active_job(s)
-    records = {part: _start_job(s, run_id, part) for part in (TOPICS, LAKE)}
+    running = {part: active_job(s, part) for part in (TOPICS, LAKE)}
+    records = {part: {**read_record(s, part), "job_id": job} for part, job in running.items()}
+    if not all(running.values()):
+        # Optional columns schema evolution added are read from the events as in batch mode.
+        _, optional = table_columns(prepare_sinks(s), s.dataset_spec)
+        ensure_partitioned_topic(s, s.raw_events_topic, 1)
+        todo = [part for part, job in running.items() if job is None]
+        with ThreadPoolExecutor(len(todo)) as pool:  # two client JVMs at once: a start each
+            started = pool.map(lambda part: _start_job(s, run_id, part, optional), todo)
+            records |= dict(zip(todo, started, strict=True))
     return {
         **records[TOPICS],
         "lake_job_id": records[LAKE]["job_id"],
-        "already_running": bool(running),
+        "already_running": running[TOPICS] is not None,
     }
 
 
-def _start_job(s: Settings, run_id: str, part: str) -> dict[str, Any]:
-    """One of the two jobs submitted, unless it runs; its record."""
-    running = active_job(s, part)
-    if running:
-        return {**read_record(s, part), "job_id": running}
-    # Optional columns schema evolution added are read from the events as in batch mode.
-    _, optional = table_columns(prepare_sinks(s), s.dataset_spec)
-    ensure_partitioned_topic(s, s.raw_events_topic, 1)
+def _start_job(s: Settings, run_id: str, part: str, optional: dict[str, str]) -> dict[str, Any]:
+    """One of the two jobs submitted; its record."""
     savepoint = resume_point(s, read_record(s, part))
     interval_s = s.flink_checkpoint_interval_s if part == TOPICS else s.flink_lake_commit_interval_s
     extra = {
@@ -207,8 +210,9 @@ def stop_stream(s: Settings, timeout_s: float = 180) -> str:
     s = stream_settings(s)
     if active_job(s) is None:
         raise FlinkJobError(f"stream job {job_name(s)} is not running on {s.flink_rest_url}")
-    savepoints = {part: _stop_job(s, part, timeout_s) for part in (TOPICS, LAKE)}
-    return savepoints[TOPICS] or ""
+    with ThreadPoolExecutor(2) as pool:
+        topics, _ = pool.map(lambda part: _stop_job(s, part, timeout_s), (TOPICS, LAKE))
+    return topics or ""
 
 
 def _stop_job(s: Settings, part: str, timeout_s: float) -> str | None:

@@ -53,5 +53,6 @@ def test_no_checkpoint_is_awaited_when_none_is_due_in_time_or_none_is_taken(answ
     assert job_recovered(Settings(), _job(running=2), within_s=60)
 
 
-def test_an_ended_job_counts_as_recovered(answers: dict) -> None:
+def test_an_ended_job_or_one_in_its_restart_back_off_is_not_waited_for(answers: dict) -> None:
     assert job_recovered(Settings(), _job(running=0, state="CANCELED"), within_s=60)
+    assert job_recovered(Settings(), _job(running=0, state="RESTARTING"), within_s=60)
