@@ -114,13 +114,20 @@ def _rest(s: Settings, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
     return response.json()
 
 
-def active_job(s: Settings, part: str = TOPICS) -> str | None:
-    """The id of the stream job (the real-time one, or the lake's) while it runs on the
-    cluster, else None."""
+def active_jobs(s: Settings) -> dict[str, str | None]:
+    """The ids of the two stream jobs (TOPICS, LAKE) while they run on the cluster, else None;
+    one call to the cluster's REST API."""
+    names = {job_name(s, part): part for part in (TOPICS, LAKE)}
+    found: dict[str, str | None] = dict.fromkeys((TOPICS, LAKE))
     for job in _rest(s, "GET", "/jobs/overview")["jobs"]:
-        if job["name"] == job_name(s, part) and job["state"] in ACTIVE_STATES:
-            return job["jid"]
-    return None
+        if job["name"] in names and job["state"] in ACTIVE_STATES:
+            found[names[job["name"]]] = job["jid"]
+    return found
+
+
+def active_job(s: Settings, part: str = TOPICS) -> str | None:
+    """The id of the stream job (the real-time one, or the lake's) while it runs, else None."""
+    return active_jobs(s)[part]
 
 
 def checkpoint_dir(s: Settings) -> Path:
@@ -156,7 +163,7 @@ def start_stream(s: Settings, run_id: str) -> dict[str, Any]:
             "on each features partition, which only one sink keeps; use parallelism 1 or "
             "MLP_FLINK_STREAM_DELIVERY=exactly-once"
         )
-    running = {part: active_job(s, part) for part in (TOPICS, LAKE)}
+    running = active_jobs(s)
     records = {part: {**read_record(s, part), "job_id": job} for part, job in running.items()}
     if not all(running.values()):
         # Optional columns schema evolution added are read from the events as in batch mode.
@@ -208,16 +215,16 @@ def stop_stream(s: Settings, timeout_s: float = 180) -> str:
     recorded for its next start). Raises FlinkJobError when the real-time job is not running
     or a savepoint fails."""
     s = stream_settings(s)
-    if active_job(s) is None:
+    running = active_jobs(s)
+    if running[TOPICS] is None:
         raise FlinkJobError(f"stream job {job_name(s)} is not running on {s.flink_rest_url}")
     with ThreadPoolExecutor(2) as pool:
-        topics, _ = pool.map(lambda part: _stop_job(s, part, timeout_s), (TOPICS, LAKE))
+        topics, _ = pool.map(lambda part: _stop_job(s, part, running[part], timeout_s), running)
     return topics or ""
 
 
-def _stop_job(s: Settings, part: str, timeout_s: float) -> str | None:
+def _stop_job(s: Settings, part: str, job_id: str | None, timeout_s: float) -> str | None:
     """One job stopped with a savepoint, recorded; its location (None: it was not running)."""
-    job_id = active_job(s, part)
     if job_id is None:
         return None
     target = (s.state_dir / "flink" / "savepoints").as_uri()
@@ -247,7 +254,7 @@ def cancel_stream(s: Settings) -> list[str]:
     """Cancel the running stream jobs without a savepoint (their checkpoints stay: the next
     start resumes from the newest); their ids."""
     s = stream_settings(s)
-    jobs = [job for job in (active_job(s, part) for part in (TOPICS, LAKE)) if job]
+    jobs = [job for job in active_jobs(s).values() if job]
     for job in jobs:
         _rest(s, "PATCH", f"/jobs/{job}", params={"mode": "cancel"})
     return jobs
