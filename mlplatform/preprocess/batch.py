@@ -170,6 +170,22 @@ def run_flink_job(
 ) -> str:
     """Run the job in the Flink environment; return the Flink job id or raise with its error.
     `extra` overrides keys of the job's config (stream mode: mode, run_id, savepoint_path)."""
+    jobs = [extra or {}]
+    return run_flink_jobs(s, input_dir, job_name, jobs, timeout_s, sources, optional_columns)[0]
+
+
+def run_flink_jobs(
+    s: Settings,
+    input_dir: Path,
+    job_name: str,
+    jobs: list[dict],
+    timeout_s: float = 900,
+    sources: list[dict] | None = None,
+    optional_columns: dict[str, str] | None = None,
+) -> list[str]:
+    """Submit one job per item of `jobs` (each overrides keys of the config, its job_name
+    among them) from one process of the Flink environment, one after the other: one client
+    JVM for them all. Their Flink job ids, in order; raises with Flink's error."""
     if not s.flink_python.exists():
         raise FlinkJobError(f"Flink environment missing at {s.flink_python}: run `make setup`")
     config_path = s.state_dir / "flink" / f"{job_name}.json"
@@ -181,7 +197,7 @@ def run_flink_job(
         token = s.pulsar_auth_token.get_secret_value()
         token_file = owner_only_file(s.state_dir / "secrets", token, ".token")
     config = job_config(s, input_dir, job_name, token_file, sources, optional_columns)
-    config.update(extra or {})
+    config["jobs"] = jobs
     # Owner-only: it may hold the catalog database's password (jdbc.password).
     config_path.unlink(missing_ok=True)
     config_path.touch(mode=0o600)
@@ -211,14 +227,13 @@ def run_flink_job(
             summary += f"\nroot cause in the cluster ({job_web_url(s, job_id)}):\n"
             summary += cluster_root_exception(s, job_id)
         raise FlinkJobError(f"Flink job {job_name} failed (full log: {log}):\n{summary}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])["job_id"]
+    return json.loads(completed.stdout.strip().splitlines()[-1])["job_ids"]
 
 
 def _submitted_job_id(stdout: str) -> str | None:
-    for line in stdout.splitlines():
-        if line.startswith('{"job_id"'):
-            return json.loads(line)["job_id"] or None
-    return None
+    """The last job submitted (the one that failed)."""
+    lines = [ln for ln in stdout.splitlines() if ln.startswith('{"job_id"')]
+    return json.loads(lines[-1])["job_id"] or None if lines else None
 
 
 def job_web_url(s: Settings, job_id: str) -> str:

@@ -50,7 +50,8 @@ Limits:
   modification time more than the window after its first ingestion is new to the check.
 
 Usage: python flink_job.py CONFIG_JSON   (prints a JSON line {"job_id": ..., "status": "SUBMITTED"}
-once submitted, and a last one with "status": "FINISHED"). With "rest_url" in the config the job
+per job once submitted, and a last one with their ids, {"job_ids": [...]}; the config's "jobs"
+lists the jobs, each as overrides of the rest of the config). With "rest_url" in the config the job
 goes to that Flink session cluster; without, it runs on a local mini-cluster in this process.
 """
 
@@ -348,19 +349,19 @@ def rejected_sql(cfg: dict[str, Any]) -> str:
         f"SELECT CASE WHEN reason = '{OVERSIZED}' THEN SUBSTRING(line, 1, {limit}) "
         "ELSE line END AS `raw`, "
         f"CASE WHEN reason = '{OVERSIZED}' THEN CAST(NULL AS STRING) "
-        "ELSE TO_BASE64(payload) END AS raw_base64, reason, source "
+        f"ELSE TO_BASE64(payload) END AS raw_base64, reason, source{', raw_id' * is_stream(cfg)} "
         f"FROM classified WHERE reason IS NOT NULL AND reason <> '{ALREADY_INGESTED}'"
     )
 
 
-# Stream mode runs the same checks as two jobs on the same raw events, each with its own
-# subscription, checkpoints and state: "topics", the real-time one (short checkpoints: little
-# to replay after a failure, little state), and "lake", the Iceberg tables (a commit per
-# checkpoint: long ones keep the tables' snapshots and files few). Batch mode: "all".
+# Stream mode runs as two jobs, each with its own subscription, checkpoints and state:
+# "topics", the real-time one (the checks on the raw events, into the features and quarantine
+# topics; short checkpoints: little to replay after a failure), and "lake", which copies those
+# two topics into the Iceberg tables (lake_statements; a commit per checkpoint: long ones keep
+# the tables' snapshots and files few). Batch mode: "all" (the checks into every sink).
 PARTS: dict[str, frozenset[str] | None] = {
     "all": None,
     "topics": frozenset({"features_topic", "quarantine_topic"}),
-    "lake": frozenset({"features_table", "quarantine_table", "windows_table", "counts"}),
 }
 MESSAGE_KEY = "_message_key"
 # Stream mode: each features message's properties name the raw event it came from (its raw-events
@@ -410,23 +411,29 @@ def _pulsar_table(cfg: dict[str, Any], name: str, columns: str, topic: str, **ex
     return f"CREATE TEMPORARY TABLE {name} ({columns}) WITH ({_options(options)})"
 
 
+def _pulsar_source(cfg: dict[str, Any], topic: str, payload_format: str) -> dict[str, str]:
+    """A stream job's Pulsar source: its own subscription (the job's name), from the topic's
+    earliest message on the first start (a savepoint or checkpoint says where after that)."""
+    return {
+        "connector": "pulsar",
+        "topics": topic,
+        "service-url": cfg["pulsar_service_url"],
+        "format": payload_format,
+        "source.subscription-name": cfg["job_name"],
+        "source.start.message-id": "earliest",
+        # Hand on what a fetch got after at most flush_ms, not after 100 messages or 10 s.
+        "pulsar.source.maxFetchTime": str(int(cfg["flush_ms"])),
+        **pulsar_auth_options(cfg),
+    }
+
+
 def _raw_tables(cfg: dict[str, Any]) -> list[str]:
     """Each source as a view raw_<i> of (payload, source, modified, event_time[, proc]). Bytes,
     not text: the job itself decodes them, so it can tell which are not UTF-8. A file's rows
     take its modification time as event time; a Pulsar message its publish time, with a
     watermark watermark_delay_s behind it."""
     if is_stream(cfg):
-        options = {
-            "connector": "pulsar",
-            "topics": cfg["raw_events_topic"],
-            "service-url": cfg["pulsar_service_url"],
-            "format": "raw",
-            "source.subscription-name": cfg["job_name"],
-            "source.start.message-id": "earliest",
-            # Hand on what a fetch got after at most flush_ms, not after 100 messages or 10 s.
-            "pulsar.source.maxFetchTime": str(int(cfg["flush_ms"])),
-            **pulsar_auth_options(cfg),
-        }
+        options = _pulsar_source(cfg, cfg["raw_events_topic"], "raw")
         delay = int(cfg["watermark_delay_s"])
         return [
             "CREATE TEMPORARY TABLE raw_pulsar (payload BYTES, "
@@ -494,26 +501,94 @@ def added_columns(cfg: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
-def _source_properties(cfg: dict[str, Any]) -> str:
-    """Stream mode: the features message's properties, the raw event it came from, and its
-    event time, the raw event's publish time (the consumers measure latency from it)."""
-    if not is_stream(cfg):
-        return ""
+PROPERTIES = "`properties` MAP<STRING, STRING> METADATA"
+
+
+# A stream message's properties: the raw event it came from.
+SOURCE_MAP = f"MAP[{_quote(SOURCE_TOPIC_PROPERTY)}, source, {_quote(SOURCE_ID_PROPERTY)}, raw_id]"
+
+
+def _catalog_ddl(cfg: dict[str, Any]) -> str:
     return (
-        f", MAP[{_quote(SOURCE_TOPIC_PROPERTY)}, source, {_quote(SOURCE_ID_PROPERTY)}, raw_id]"
-        ", event_time"
+        f"CREATE CATALOG `{cfg['catalog_name']}` WITH ({_options(cfg['iceberg_catalog_options'])})"
     )
+
+
+def _features_table_insert(cfg: dict[str, Any], values: str, rows: str) -> str:
+    """Into the features table, by name: columns added to an older table (event time,
+    derived) come after the others."""
+    names = [c["name"] for c in row_columns(cfg)] + ["ingested_at"]
+    names += [name for name, _, _ in added_columns(cfg)]
+    table = f"`{cfg['catalog_name']}`.`{cfg['namespace']}`.`{cfg['features_table']}`"
+    return f"INSERT INTO {table} ({', '.join(f'`{n}`' for n in names)}) SELECT {values} FROM {rows}"
+
+
+NOW = "CAST(LOCALTIMESTAMP AS TIMESTAMP(6))"
+
+
+def _quarantine_table_insert(cfg: dict[str, Any]) -> str:
+    table = f"`{cfg['catalog_name']}`.`{cfg['namespace']}`.`{cfg['quarantine_table']}`"
+    return f"INSERT INTO {table} SELECT COALESCE(`raw`, ''), reason, source, {NOW} FROM rejected"
+
+
+def lake_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Stream mode's lake job: the features and quarantine topics the real-time job writes,
+    copied into the Iceberg features and quarantine tables, with the windows and the counts
+    per outcome computed from them. The checks are not run again: each raw event's outcome is
+    the real-time job's. Its at-least-once delivery can publish a raw event's row again after
+    a failure (the message's properties name the raw event: SOURCE_ID_PROPERTY); only the first
+    copy of each raw event goes on, by keyed state that lives as long as the dedup horizon."""
+    typed = [f"`{c['name']}` {_sql_type(c)}" for c in row_columns(cfg)]
+    typed += [f"`{name}` {kind}" for name, kind, _ in added_columns(cfg)]
+    per_message = "`properties` MAP<STRING, STRING> METADATA VIRTUAL, proc AS PROCTIME()"
+    delay = int(cfg["watermark_delay_s"])
+    features = _options(_pulsar_source(cfg, cfg["features_topic"], "json"))
+    quarantine = _options(_pulsar_source(cfg, cfg["quarantine_topic"], "json"))
+    raw_event = (
+        f"CONCAT(`properties`[{_quote(SOURCE_TOPIC_PROPERTY)}], ' ', "
+        f"`properties`[{_quote(SOURCE_ID_PROPERTY)}])"
+    )
+    copies = (
+        "COUNT(*) OVER (PARTITION BY raw_event ORDER BY proc "
+        "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
+    )
+    first = f"SELECT * FROM (SELECT *, {copies} AS copies FROM (SELECT *, {raw_event} AS raw_event"
+    ddl = [
+        _catalog_ddl(cfg),
+        f"CREATE TEMPORARY TABLE features_in ({', '.join(typed)}, {per_message}, "
+        f"WATERMARK FOR event_time AS event_time - INTERVAL '{delay}' SECOND) WITH ({features})",
+        "CREATE TEMPORARY TABLE quarantine_in (`raw` STRING, reason STRING, source STRING, "
+        f"{per_message}) WITH ({quarantine})",
+        f"CREATE TEMPORARY VIEW valid_rows AS {first} FROM features_in)) WHERE copies = 1",
+        f"CREATE TEMPORARY VIEW rejected AS {first} FROM quarantine_in)) WHERE copies = 1",
+        f"CREATE TEMPORARY VIEW outcomes AS SELECT {_quote(WRITTEN)} AS outcome, proc "
+        "FROM valid_rows UNION ALL SELECT reason, proc FROM rejected",
+    ]
+    row = [f"`{c['name']}`" for c in row_columns(cfg)]
+    values = ", ".join([*row, NOW, *(f"`{name}`" for name, _, _ in added_columns(cfg))])
+    catalog, ns = cfg["catalog_name"], cfg["namespace"]
+    inserts = [
+        _features_table_insert(cfg, values, "valid_rows"),
+        _quarantine_table_insert(cfg),
+        f"INSERT INTO `{catalog}`.`{ns}`.`{cfg['windows_table']}` {windows_sql(cfg)}",
+        counts_insert(cfg),
+    ]
+    return ddl, inserts
 
 
 def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
     """DDL to run first, then the INSERTs that make up the job."""
+    if is_stream(cfg) and cfg.get("part") == "lake":
+        return lake_statements(cfg)
     key, columns = cfg["key_column"], row_columns(cfg)
     catalog, ns = cfg["catalog_name"], cfg["namespace"]
     typed = ", ".join(f"`{c['name']}` {_sql_type(c)}" for c in columns)
     counts = {"connector": "filesystem", "path": cfg["counts_path"], "format": "json"}
     outcome = f"COALESCE(reason, '{WRITTEN}')"
+    stream = is_stream(cfg)
     ddl = [
-        f"CREATE CATALOG `{catalog}` WITH ({_options(cfg['iceberg_catalog_options'])})",
+        # The real-time job writes no table: it opens no catalog.
+        *([] if cfg.get("part") == "topics" else [_catalog_ddl(cfg)]),
         *_raw_tables(cfg),
         # The message key is a copy of the row key (key fields leave the value): Key_Shared
         # subscribers hash it, and the topic's partitions are chosen by it.
@@ -523,9 +598,8 @@ def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
             f"`{MESSAGE_KEY}` STRING, {typed}, "
             + ", ".join(f"`{name}` {kind}" for name, kind, _ in added_columns(cfg))
             + (
-                ", `properties` MAP<STRING, STRING> METADATA, "
-                "`raw_time` TIMESTAMP_LTZ(3) METADATA FROM 'event_time'"
-                if is_stream(cfg)
+                f", {PROPERTIES}, `raw_time` TIMESTAMP_LTZ(3) METADATA FROM 'event_time'"
+                if stream
                 else ""
             ),
             cfg["features_topic"],
@@ -539,12 +613,12 @@ def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
             cfg,
             "quarantine_topic",
             "`raw` STRING, raw_base64 STRING, reason STRING, source STRING, "
-            "quarantined_at TIMESTAMP(3)",
+            f"quarantined_at TIMESTAMP(3){f', {PROPERTIES}' * stream}",
             cfg["quarantine_topic"],
         ),
         *(
             []
-            if is_stream(cfg)
+            if stream
             else [
                 f"CREATE TEMPORARY TABLE run_counts (outcome STRING, `rows` BIGINT) "
                 f"WITH ({_options(counts)})"
@@ -559,27 +633,23 @@ def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
         # Stream mode's counts are windowed by processing time (counts_insert).
         *(
             [f"CREATE TEMPORARY VIEW outcomes AS SELECT {outcome} AS outcome, proc FROM classified"]
-            if is_stream(cfg)
+            if stream
             else []
         ),
     ]
-    now = "CAST(LOCALTIMESTAMP AS TIMESTAMP(6))"
-    added = added_columns(cfg)
     row = ", ".join(f"`{c['name']}`" for c in columns)
-    extra = ", ".join(value for _, _, value in added)
-    # By name: columns added to an older table (event time, derived) come after the others.
-    names = [c["name"] for c in columns] + ["ingested_at"] + [name for name, _, _ in added]
+    extra = ", ".join(value for _, _, value in added_columns(cfg))
+    # Stream mode: each message names the raw event it came from; a features message also
+    # carries its event time, the raw event's publish time (the consumers measure latency
+    # from it).
+    source = f", {SOURCE_MAP}" if stream else ""
     inserts = {
-        "features_table": f"INSERT INTO `{catalog}`.`{ns}`.`{cfg['features_table']}` "
-        f"({', '.join(f'`{n}`' for n in names)}) "
-        f"SELECT {row}, {now}, {extra} FROM classified WHERE reason IS NULL",
-        "features_topic": "INSERT INTO features_topic "
-        f"SELECT `{key}`, {row}, {extra}{_source_properties(cfg)} "
-        "FROM classified WHERE reason IS NULL",
-        "quarantine_table": f"INSERT INTO `{catalog}`.`{ns}`.`{cfg['quarantine_table']}` "
-        f"SELECT COALESCE(`raw`, ''), reason, source, {now} FROM rejected",
+        "features_table": _features_table_insert(cfg, f"{row}, {NOW}, {extra}", "valid_rows"),
+        "features_topic": f"INSERT INTO features_topic SELECT `{key}`, {row}, {extra}{source}"
+        f"{', event_time' * stream} FROM valid_rows",
+        "quarantine_table": _quarantine_table_insert(cfg),
         "quarantine_topic": "INSERT INTO quarantine_topic SELECT `raw`, raw_base64, reason, "
-        "source, CAST(LOCALTIMESTAMP AS TIMESTAMP(3)) FROM rejected",
+        f"source, CAST(LOCALTIMESTAMP AS TIMESTAMP(3)){source} FROM rejected",
         "windows_table": f"INSERT INTO `{catalog}`.`{ns}`.`{cfg['windows_table']}` "
         f"{windows_sql(cfg)}",
         "counts": counts_insert(cfg),
@@ -655,7 +725,14 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"job_id": job_id, "status": "FINISHED"}
 
 
+def run_all(cfg: dict[str, Any]) -> list[str]:
+    """Each of cfg["jobs"] (overrides of the config) submitted in turn from this process (one
+    JVM for all; a batch job runs to its end before the next); their job ids."""
+    jobs = cfg.pop("jobs", None) or [{}]
+    return [run({**cfg, **job})["job_id"] for job in jobs]
+
+
 if __name__ == "__main__":
     with open(sys.argv[1]) as handle:
         config = json.load(handle)
-    print(json.dumps(run(config)), flush=True)
+    print(json.dumps({"job_ids": run_all(config)}), flush=True)

@@ -1,18 +1,20 @@
 """The preprocessing job in stream mode: raw events from the Pulsar raw-events topic through the
 same checks as the batch job, into the same sinks, on the Flink session cluster, until stopped.
 
-Two jobs per namespace read the raw events, each with its own subscription, checkpoints and
-state (flink_job.PARTS):
-- the real-time job, `preprocess-stream-<namespace>`: the features and quarantine topics,
-  checkpoints every MLP_FLINK_CHECKPOINT_INTERVAL_S (2 s), so that a failure replays little
-  and its tasks start fast (no Iceberg catalog or tables to open);
-- the lake job, `preprocess-lake-<namespace>`: the Iceberg tables (features, quarantine,
-  windows, counts), committed on its checkpoints every MLP_FLINK_LAKE_COMMIT_INTERVAL_S
-  (60 s): a commit a minute, not one per real-time checkpoint. After a failure it restarts
-  LAKE_RESTART_BACKOFF_MS later than the real-time job, which takes the cores first.
-Both run the same deterministic checks on the same events in the same order, so the topics
-and the tables hold the same rows (an event id repeated right at the dedup horizon's edge
-can be judged differently by the two: the horizon is processing time).
+Two jobs per namespace, each with its own subscriptions, checkpoints and state:
+- the real-time job, `preprocess-stream-<namespace>`: the checks on the raw events, into the
+  features and quarantine topics; checkpoints every MLP_FLINK_CHECKPOINT_INTERVAL_S (2 s), so
+  that a failure replays little and its tasks start fast (no Iceberg catalog or tables to open);
+- the lake job, `preprocess-lake-<namespace>`: the features and quarantine topics copied into
+  the Iceberg tables, with the windows and the counts per outcome computed from them
+  (flink_job.lake_statements), committed on its checkpoints every
+  MLP_FLINK_LAKE_COMMIT_INTERVAL_S (60 s): a commit a minute, not one per real-time
+  checkpoint. It does not parse or check an event again (the cores go to the real-time path),
+  so the tables hold exactly the rows the topics hold; it drops the repeats an at-least-once
+  delivery publishes after a failure by the raw event each message names. After a failure it
+  restarts LAKE_RESTART_BACKOFF_MS later than the real-time job, which takes the cores first.
+  Its subscriptions to the two topics are made before either job starts, so the topics keep
+  every row for it.
 
 Lifecycle, for both jobs:
 - start: submits each job that does not run, resuming from the savepoint the last stop
@@ -61,13 +63,13 @@ import httpx
 from pyiceberg.expressions import EqualTo
 
 from mlplatform.connectors.iceberg_tables import load_table
-from mlplatform.connectors.pulsar_io import ensure_partitioned_topic
+from mlplatform.connectors.pulsar_io import ensure_partitioned_topic, ensure_subscription
 from mlplatform.preprocess.batch import (
     FlinkJobError,
     PreprocessResult,
     job_web_url,
     prepare_sinks,
-    run_flink_job,
+    run_flink_jobs,
 )
 from mlplatform.preprocess.flink_job import ALREADY_INGESTED, WRITTEN
 from mlplatform.preprocess.schema_evolution import table_columns
@@ -169,10 +171,21 @@ def start_stream(s: Settings, run_id: str) -> dict[str, Any]:
         # Optional columns schema evolution added are read from the events as in batch mode.
         _, optional = table_columns(prepare_sinks(s), s.dataset_spec)
         ensure_partitioned_topic(s, s.raw_events_topic, 1)
+        for topic in (s.features_topic, s.quarantine_topic):  # kept for the lake job from now
+            ensure_subscription(s, topic, job_name(s, LAKE))
         todo = [part for part, job in running.items() if job is None]
-        with ThreadPoolExecutor(len(todo)) as pool:  # two client JVMs at once: a start each
-            started = pool.map(lambda part: _start_job(s, run_id, part, optional), todo)
-            records |= dict(zip(todo, started, strict=True))
+        savepoints = {part: resume_point(s, read_record(s, part)) for part in todo}
+        jobs = [_job_config(s, run_id, part, savepoints[part]) for part in todo]
+        # One client JVM submits both, one after the other.
+        ids = run_flink_jobs(s, s.state_dir, job_name(s), jobs, 300, None, optional)
+        for part, job_id in zip(todo, ids, strict=True):
+            records[part] = {
+                "job_id": job_id,
+                "run_id": run_id,
+                "started_at": datetime.now(UTC).isoformat(),
+                "resumed_from": savepoints[part],
+            }
+            _write_record(s, records[part], part)
     return {
         **records[TOPICS],
         "lake_job_id": records[LAKE]["job_id"],
@@ -180,11 +193,11 @@ def start_stream(s: Settings, run_id: str) -> dict[str, Any]:
     }
 
 
-def _start_job(s: Settings, run_id: str, part: str, optional: dict[str, str]) -> dict[str, Any]:
-    """One of the two jobs submitted; its record."""
-    savepoint = resume_point(s, read_record(s, part))
+def _job_config(s: Settings, run_id: str, part: str, savepoint: str | None) -> dict[str, Any]:
+    """What one of the two jobs' config sets beyond the common one."""
     interval_s = s.flink_checkpoint_interval_s if part == TOPICS else s.flink_lake_commit_interval_s
-    extra = {
+    return {
+        "job_name": job_name(s, part),
         "mode": "stream",
         "part": part,
         "run_id": run_id,
@@ -197,17 +210,6 @@ def _start_job(s: Settings, run_id: str, part: str, optional: dict[str, str]) ->
         # which the real-time job on the same cores gets instead.
         "flush_ms": s.flink_stream_flush_ms if part == TOPICS else LAKE_FLUSH_MS,
     }
-    job_id = run_flink_job(
-        s, s.state_dir, job_name(s, part), timeout_s=300, optional_columns=optional, extra=extra
-    )
-    record = {
-        "job_id": job_id,
-        "run_id": run_id,
-        "started_at": datetime.now(UTC).isoformat(),
-        "resumed_from": savepoint,
-    }
-    _write_record(s, record, part)
-    return record
 
 
 def stop_stream(s: Settings, timeout_s: float = 180) -> str:

@@ -121,7 +121,7 @@ def test_a_token_by_value_reaches_flink_as_an_owner_only_file(
         seen["token_file"] = token_file
         seen["token"] = token_file.read_text()
         seen["mode"] = token_file.stat().st_mode & 0o777
-        return subprocess.CompletedProcess(command, 0, '{"job_id": "j1"}\n', "")
+        return subprocess.CompletedProcess(command, 0, '{"job_ids": ["j1"]}\n', "")
 
     monkeypatch.setattr(preprocess.subprocess, "run", fake_run)
     assert preprocess.run_flink_job(s, tmp_path / "in", "job-2") == "j1"

@@ -142,12 +142,9 @@ def test_inserts_target_configured_tables(cfg: dict) -> None:
         "DOUBLE), CAST(`sepal_length` / GREATEST ( `sepal_width` , 0.1 ) AS DOUBLE)"
     )
     now = "CAST(LOCALTIMESTAMP AS TIMESTAMP(6))"
-    assert features.endswith(
-        f"SELECT {columns}, {now}, {job_added} FROM classified WHERE reason IS NULL"
-    )
+    assert features.endswith(f"SELECT {columns}, {now}, {job_added} FROM valid_rows")
     assert topic == (
-        f"INSERT INTO features_topic SELECT `event_id`, {columns}, {job_added} "
-        "FROM classified WHERE reason IS NULL"
+        f"INSERT INTO features_topic SELECT `event_id`, {columns}, {job_added} FROM valid_rows"
     )
     assert quarantine.startswith("INSERT INTO `mylake`.`myns`.`quar_t` SELECT ")
     assert quarantine.endswith("FROM rejected")
@@ -425,6 +422,29 @@ def test_stream_mode_splits_the_sinks_between_the_real_time_and_the_lake_job(cfg
     assert into("topics") == {"features_topic", "quarantine_topic"}
     assert into("lake") == tables
     assert into("all") == into("topics") | into("lake")
+    topics_ddl = build_statements({**stream, "part": "topics"})[0]
+    assert not any("CREATE CATALOG" in d for d in topics_ddl)  # no table, no catalog
+    quarantine = _one(topics_ddl, "CREATE TEMPORARY TABLE quarantine_topic")
+    assert "`properties` MAP<STRING, STRING> METADATA" in quarantine
+    # The lake copies the two topics: no raw events, no checks; the first copy of each raw
+    # event (an at-least-once delivery may publish one again after a failure).
+    ddl, inserts = build_statements({**stream, "part": "lake", "job_name": "lake-1"})
+    assert not any("raw_pulsar" in d or "MLP_JSON_FIELDS" in d for d in ddl)
+    for name, topic in (("features_in", "features_topic"), ("quarantine_in", "quarantine_topic")):
+        source = _one(ddl, f"CREATE TEMPORARY TABLE {name}")
+        assert f"'topics' = '{cfg[topic]}'" in source and "'format' = 'json'" in source
+        assert "'source.subscription-name' = 'lake-1'" in source
+        assert "`properties` MAP<STRING, STRING> METADATA VIRTUAL" in source
+    assert "WATERMARK FOR event_time" in _one(ddl, "CREATE TEMPORARY TABLE features_in")
+    for view in ("valid_rows", "rejected"):
+        first = _one(ddl, f"CREATE TEMPORARY VIEW {view}")
+        assert "COUNT(*) OVER (PARTITION BY raw_event ORDER BY proc" in first
+        assert "WHERE copies = 1" in first
+    assert "`properties`['mlp.source.id']" in _one(ddl, "CREATE TEMPORARY VIEW valid_rows")
+    features = _one(inserts, "INSERT INTO `mylake`.`myns`.`feat_t`")
+    assert features.endswith(
+        "`event_time`, `event_date`, `petal_area`, `sepal_ratio` FROM valid_rows"
+    )
 
 
 def test_batch_mode_has_no_stream_only_parts(cfg: dict) -> None:
