@@ -8,9 +8,9 @@ Each variant gets a namespace, topics and subscription of its own, the same even
 same model (the champion, else a small forest in a private registry, as benchmarks.streaming):
 - `flink-<delivery>`: the Flink stream jobs (MLP_FLINK_STREAM_DELIVERY=<delivery>) on the session
   cluster (started when not up): the real-time job -> features topic -> the stream actors on
-  Ray (one, at the defaults) -> predictions topic and Iceberg; the lake job writes the Iceberg
-  feature tables beside it on the same cores (its rate on the burst is reported, and each
-  latency phase starts once it has read every event sent);
+  Ray (one, at the defaults) -> predictions topic and Iceberg; the lake job copies the
+  features topic into the Iceberg tables beside it on the same cores (its rate on the burst is
+  reported, and each latency phase starts once it has read every event sent);
 - `plain`: one process that reads the raw-events topic, checks each event with the consumers'
   rules (the dataset spec's columns and ranges), drops an event id it has seen, predicts the
   micro-batch and publishes: the limit without Flink and Ray (no Iceberg, no crash safety).
@@ -307,9 +307,10 @@ def latency_phase(
 
 
 def lake_read(v: Variant) -> int | None:
-    """Raw events the broker has handed the lake job's subscription (its source reads at most
-    a receiver queue, 1,000, ahead of its processing); None: no lake job."""
-    stats = broker_stats(v.s, v.s.raw_events_topic)
+    """Features messages the broker has handed the lake job's subscription (its source reads
+    at most a receiver queue, 1,000, ahead of its processing; every event sent is valid);
+    None: no lake job."""
+    stats = broker_stats(v.s, v.s.features_topic)
     subscription = (stats or {}).get("subscriptions", {}).get(job_name(v.s, LAKE))
     return None if subscription is None else subscription.get("msgOutCounter", 0)
 
