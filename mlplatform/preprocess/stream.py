@@ -225,31 +225,47 @@ def stop_stream(s: Settings, timeout_s: float = 180) -> str:
     return topics or ""
 
 
+NOT_RUNNING = "Not all required tasks are currently running"  # Flink's refusal, in a restart
+
+
 def _stop_job(s: Settings, part: str, job_id: str | None, timeout_s: float) -> str | None:
-    """One job stopped with a savepoint, recorded; its location (None: it was not running)."""
+    """One job stopped with a savepoint, recorded; its location (None: it was not running).
+    A job in a restart (a TaskManager lost, say) cannot take a savepoint: asked again each
+    second until its tasks run or `timeout_s` has passed."""
     if job_id is None:
         return None
     target = (s.state_dir / "flink" / "savepoints").as_uri()
-    trigger = _rest(
-        s, "POST", f"/jobs/{job_id}/stop", json={"targetDirectory": target, "drain": False}
-    )["request-id"]
     deadline = time.monotonic() + timeout_s
     while True:
-        status = _rest(s, "GET", f"/jobs/{job_id}/savepoints/{trigger}")
-        if status["status"]["id"] == "COMPLETED":
-            break
-        if time.monotonic() > deadline:
-            raise FlinkJobError(f"savepoint of {job_id} not done after {timeout_s:.0f}s")
-        time.sleep(0.5)
-    operation = status.get("operation") or {}
-    if "failure-cause" in operation:
-        cause = operation["failure-cause"].get("stack-trace", "")[:2000]
-        raise FlinkJobError(f"stop-with-savepoint of {job_id} failed:\n{cause}")
+        operation = _savepoint(s, job_id, target, deadline, timeout_s)
+        cause = (operation.get("failure-cause") or {}).get("stack-trace", "")
+        if NOT_RUNNING in cause and time.monotonic() < deadline:
+            time.sleep(1.0)
+            continue
+        if cause:
+            raise FlinkJobError(f"stop-with-savepoint of {job_id} failed:\n{cause[:2000]}")
+        break
     savepoint = operation["location"]
     stopped = {"savepoint": savepoint, "stopped_job_id": job_id}
     record = {**read_record(s, part), **stopped, "stopped_at": datetime.now(UTC).isoformat()}
     _write_record(s, record, part)
     return savepoint
+
+
+def _savepoint(
+    s: Settings, job_id: str, target: str, deadline: float, timeout_s: float
+) -> dict[str, Any]:
+    """One stop-with-savepoint asked for and waited on: its operation (location or failure)."""
+    trigger = _rest(
+        s, "POST", f"/jobs/{job_id}/stop", json={"targetDirectory": target, "drain": False}
+    )["request-id"]
+    while True:
+        status = _rest(s, "GET", f"/jobs/{job_id}/savepoints/{trigger}")
+        if status["status"]["id"] == "COMPLETED":
+            return status.get("operation") or {}
+        if time.monotonic() > deadline:
+            raise FlinkJobError(f"savepoint of {job_id} not done after {timeout_s:.0f}s")
+        time.sleep(0.5)
 
 
 def cancel_stream(s: Settings) -> list[str]:

@@ -237,19 +237,23 @@ def test_stream_mode_forgets_event_ids_after_the_dedup_horizon(
         flink_dedup_horizon_s=4.0,
     )
     events = demo_events(s, 5, "h", seed=5)
-    features = lambda: _table(s, s.features_table).num_rows  # noqa: E731
-    quarantined = lambda: _table(s, s.quarantine_table).num_rows  # noqa: E731
-    publish(s, s.raw_events_topic, [_json(e) for e in events])
+    # The real-time job's decisions, timed on its topics (the lake copies them later).
+    on_topic = lambda topic: topic_stats(s, topic)["messages_in"]  # noqa: E731
     start_stream(s, run_id="stream-horizon")
     try:
-        _wait_for("the events in Iceberg", lambda: features() == 5)
+        # After the start: the real-time job is submitted first and checks what is there at
+        # once, maybe more than the horizon before start_stream returns.
+        publish(s, s.raw_events_topic, [_json(e) for e in events])
+        _wait_for("the events checked", lambda: on_topic(s.features_topic) == 5)
         published = time.monotonic()
         publish(s, s.raw_events_topic, [_json(events[0])])  # within the horizon
-        _wait_for("the repeat quarantined", lambda: quarantined() == 1)
+        _wait_for("the repeat quarantined", lambda: on_topic(s.quarantine_topic) == 1)
         assert time.monotonic() - published < 4.0, "the repeat came late: the test proves nothing"
         time.sleep(max(0.0, published + 6.0 - time.monotonic()))  # past the horizon
         publish(s, s.raw_events_topic, [_json(events[1])])
-        _wait_for("the forgotten id written again", lambda: features() == 6)
+        _wait_for("the forgotten id written again", lambda: on_topic(s.features_topic) == 6)
+        lake = (s.features_table, s.quarantine_table)
+        _wait_for("the lake's copy", lambda: [_table(s, t).num_rows for t in lake] == [6, 1])
         stop_stream(s)
     finally:
         _cancel(s)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from mlplatform.preprocess import stream
+from mlplatform.preprocess.batch import FlinkJobError
 from mlplatform.preprocess.stream import (
     checkpoint_dir,
     job_name,
@@ -69,3 +71,29 @@ def test_stream_mode_runs_on_the_session_cluster_with_a_job_per_namespace(
 ) -> None:
     assert stream_settings(settings).flink_mode == "session"
     assert job_name(settings) == "preprocess-stream-ns1"
+
+
+def test_a_stop_during_a_restart_asks_again_until_the_job_runs(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flink refuses a savepoint while a job restarts (a TaskManager lost): the stop asks
+    again; any other failure is raised at once."""
+    refused = {"failure-cause": {"stack-trace": f"CheckpointException: ... {stream.NOT_RUNNING}"}}
+    answers = [refused, refused, {"location": "file:///sp/1"}]
+    triggers: list[str] = []
+
+    def rest(s: Settings, method: str, path: str, **_: object) -> dict:
+        if method == "POST":
+            triggers.append(path)
+            return {"request-id": f"t{len(triggers)}"}
+        return {"status": {"id": "COMPLETED"}, "operation": answers[len(triggers) - 1]}
+
+    monkeypatch.setattr(stream, "_rest", rest)
+    monkeypatch.setattr(stream.time, "sleep", lambda _: None)
+    assert stream._stop_job(settings, stream.LAKE, "j1", timeout_s=60) == "file:///sp/1"
+    assert triggers == ["/jobs/j1/stop"] * 3
+    assert stream.read_record(settings, stream.LAKE)["savepoint"] == "file:///sp/1"
+    answers[:] = [{"failure-cause": {"stack-trace": "IOException: disk full"}}]
+    triggers.clear()
+    with pytest.raises(FlinkJobError, match="disk full"):
+        stream._stop_job(settings, stream.LAKE, "j1", timeout_s=60)
