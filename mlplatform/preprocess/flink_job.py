@@ -531,6 +531,11 @@ def _quarantine_table_insert(cfg: dict[str, Any]) -> str:
     return f"INSERT INTO {table} SELECT COALESCE(`raw`, ''), reason, source, {NOW} FROM rejected"
 
 
+def _windows_table_insert(cfg: dict[str, Any]) -> str:
+    table = f"`{cfg['catalog_name']}`.`{cfg['namespace']}`.`{cfg['windows_table']}`"
+    return f"INSERT INTO {table} {windows_sql(cfg)}"
+
+
 def lake_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Stream mode's lake job: the features and quarantine topics the real-time job writes,
     copied into the Iceberg features and quarantine tables, with the windows and the counts
@@ -566,11 +571,10 @@ def lake_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
     ]
     row = [f"`{c['name']}`" for c in row_columns(cfg)]
     values = ", ".join([*row, NOW, *(f"`{name}`" for name, _, _ in added_columns(cfg))])
-    catalog, ns = cfg["catalog_name"], cfg["namespace"]
     inserts = [
         _features_table_insert(cfg, values, "valid_rows"),
         _quarantine_table_insert(cfg),
-        f"INSERT INTO `{catalog}`.`{ns}`.`{cfg['windows_table']}` {windows_sql(cfg)}",
+        _windows_table_insert(cfg),
         counts_insert(cfg),
     ]
     return ddl, inserts
@@ -581,7 +585,6 @@ def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
     if is_stream(cfg) and cfg.get("part") == "lake":
         return lake_statements(cfg)
     key, columns = cfg["key_column"], row_columns(cfg)
-    catalog, ns = cfg["catalog_name"], cfg["namespace"]
     typed = ", ".join(f"`{c['name']}` {_sql_type(c)}" for c in columns)
     counts = {"connector": "filesystem", "path": cfg["counts_path"], "format": "json"}
     outcome = f"COALESCE(reason, '{WRITTEN}')"
@@ -650,8 +653,7 @@ def build_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
         "quarantine_table": _quarantine_table_insert(cfg),
         "quarantine_topic": "INSERT INTO quarantine_topic SELECT `raw`, raw_base64, reason, "
         f"source, CAST(LOCALTIMESTAMP AS TIMESTAMP(3)){source} FROM rejected",
-        "windows_table": f"INSERT INTO `{catalog}`.`{ns}`.`{cfg['windows_table']}` "
-        f"{windows_sql(cfg)}",
+        "windows_table": _windows_table_insert(cfg),
         "counts": counts_insert(cfg),
     }
     part = PARTS[cfg.get("part", "all")]

@@ -177,7 +177,9 @@ def start_stream(s: Settings, run_id: str) -> dict[str, Any]:
         savepoints = {part: resume_point(s, read_record(s, part)) for part in todo}
         jobs = [_job_config(s, run_id, part, savepoints[part]) for part in todo]
         # One client JVM submits both, one after the other.
-        ids = run_flink_jobs(s, s.state_dir, job_name(s), jobs, 300, None, optional)
+        ids = run_flink_jobs(
+            s, s.state_dir, job_name(s), jobs, timeout_s=300, optional_columns=optional
+        )
         for part, job_id in zip(todo, ids, strict=True):
             records[part] = {
                 "job_id": job_id,
@@ -239,12 +241,11 @@ def _stop_job(s: Settings, part: str, job_id: str | None, timeout_s: float) -> s
     while True:
         operation = _savepoint(s, job_id, target, deadline, timeout_s)
         cause = (operation.get("failure-cause") or {}).get("stack-trace", "")
-        if NOT_RUNNING in cause and time.monotonic() < deadline:
-            time.sleep(1.0)
-            continue
-        if cause:
-            raise FlinkJobError(f"stop-with-savepoint of {job_id} failed:\n{cause[:2000]}")
-        break
+        if NOT_RUNNING not in cause or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    if cause:
+        raise FlinkJobError(f"stop-with-savepoint of {job_id} failed:\n{cause[:2000]}")
     savepoint = operation["location"]
     stopped = {"savepoint": savepoint, "stopped_job_id": job_id}
     record = {**read_record(s, part), **stopped, "stopped_at": datetime.now(UTC).isoformat()}
