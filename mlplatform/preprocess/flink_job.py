@@ -545,7 +545,7 @@ def lake_statements(cfg: dict[str, Any]) -> tuple[list[str], list[str]]:
     copy of each raw event goes on, by keyed state that lives as long as the dedup horizon."""
     typed = [f"`{c['name']}` {_sql_type(c)}" for c in row_columns(cfg)]
     typed += [f"`{name}` {kind}" for name, kind, _ in added_columns(cfg)]
-    per_message = "`properties` MAP<STRING, STRING> METADATA VIRTUAL, proc AS PROCTIME()"
+    per_message = f"{PROPERTIES} VIRTUAL, proc AS PROCTIME()"
     delay = int(cfg["watermark_delay_s"])
     features = _options(_pulsar_source(cfg, cfg["features_topic"], "json"))
     quarantine = _options(_pulsar_source(cfg, cfg["quarantine_topic"], "json"))
