@@ -27,7 +27,7 @@ class LiveView:
     predictions_per_s: float
     raw_events_per_s: float  # into the raw-events topic (the broker's rate)
     flink_lag: int  # raw events the real-time stream job has not read yet
-    lake_lag: int  # raw events the lake job has not committed to the Iceberg tables yet
+    lake_lag: int  # features rows the lake job has not committed to the Iceberg tables yet
     consumer_lag: int  # features messages the stream actors have not acknowledged
     latency_ms: dict[str, float]  # p50, p99, max of raw event -> prediction, in the window
 
@@ -92,7 +92,7 @@ def live_view(s: Settings, window_s: float = 5.0) -> LiveView:
         predictions_per_s=round(len(latencies) / window_s, 1),
         raw_events_per_s=raw.get("msg_rate_in", 0.0),
         flink_lag=raw.get("backlog", {}).get(job_name(s), 0),
-        lake_lag=raw.get("backlog", {}).get(job_name(s, LAKE), 0),
+        lake_lag=features.get("backlog", {}).get(job_name(s, LAKE), 0),
         consumer_lag=features.get("backlog", {}).get(s.stream_subscription, 0),
         latency_ms=percentiles(latencies),
     )
@@ -113,7 +113,7 @@ def markdown(view: LiveView, namespace: str) -> str:
             f"| raw events in, per s | {view.raw_events_per_s} |",
             f"| predictions out, per s | {view.predictions_per_s} |",
             f"| Flink lag (raw events not read) | {view.flink_lag} |",
-            f"| lake lag (raw events not in the Iceberg tables yet) | {view.lake_lag} |",
+            f"| lake lag (features rows not in the Iceberg tables yet) | {view.lake_lag} |",
             f"| consumer lag (features not acknowledged) | {view.consumer_lag} |",
             f"| raw event -> prediction p50 / p99 / max, ms | {latency.get('p50', '-')} / "
             f"{latency.get('p99', '-')} / {latency.get('max', '-')} |",

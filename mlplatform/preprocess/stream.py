@@ -63,7 +63,11 @@ import httpx
 from pyiceberg.expressions import EqualTo
 
 from mlplatform.connectors.iceberg_tables import load_table
-from mlplatform.connectors.pulsar_io import ensure_partitioned_topic, ensure_subscription
+from mlplatform.connectors.pulsar_io import (
+    ensure_partitioned_topic,
+    ensure_subscription,
+    topic_partitions,
+)
 from mlplatform.preprocess.batch import (
     FlinkJobError,
     PreprocessResult,
@@ -175,7 +179,8 @@ def start_stream(s: Settings, run_id: str) -> dict[str, Any]:
             ensure_subscription(s, topic, job_name(s, LAKE))
         todo = [part for part, job in running.items() if job is None]
         savepoints = {part: resume_point(s, read_record(s, part)) for part in todo}
-        jobs = [_job_config(s, run_id, part, savepoints[part]) for part in todo]
+        partitions = topic_partitions(s, s.features_topic)  # the lake reads each on its own
+        jobs = [_job_config(s, run_id, part, savepoints[part], partitions) for part in todo]
         # One client JVM submits both, one after the other.
         ids = run_flink_jobs(
             s, s.state_dir, job_name(s), jobs, timeout_s=300, optional_columns=optional
@@ -195,7 +200,9 @@ def start_stream(s: Settings, run_id: str) -> dict[str, Any]:
     }
 
 
-def _job_config(s: Settings, run_id: str, part: str, savepoint: str | None) -> dict[str, Any]:
+def _job_config(
+    s: Settings, run_id: str, part: str, savepoint: str | None, features_partitions: int
+) -> dict[str, Any]:
     """What one of the two jobs' config sets beyond the common one."""
     interval_s = s.flink_checkpoint_interval_s if part == TOPICS else s.flink_lake_commit_interval_s
     return {
@@ -205,6 +212,7 @@ def _job_config(s: Settings, run_id: str, part: str, savepoint: str | None) -> d
         "run_id": run_id,
         "savepoint_path": savepoint,
         "sources": [{"format": "json"}],
+        "features_partitions": features_partitions,
         "checkpoint_dir": checkpoint_dir(s).as_uri(),
         "checkpoint_interval_ms": int(interval_s * 1000),
         "restart_backoff_ms": 100 if part == TOPICS else LAKE_RESTART_BACKOFF_MS,

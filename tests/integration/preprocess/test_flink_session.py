@@ -104,11 +104,18 @@ def test_a_failing_job_fails_preprocess_with_flinks_error(
     assert f"/#/job/{next(iter(failed))}" in message
 
 
-def _wait_for(what: str, check: Callable[[], bool], timeout_s: float = 150) -> None:
+def _wait_for(
+    what: str,
+    check: Callable[[], bool],
+    timeout_s: float = 150,
+    seen: Callable[[], object] | None = None,
+) -> None:
+    """Wait until check() holds; `seen` says on a timeout what there was instead."""
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}")
+            found = f" (found {seen()})" if seen else ""
+            pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}{found}")
         time.sleep(1)
 
 
@@ -163,7 +170,7 @@ def test_stream_mode_stops_with_a_savepoint_and_resumes_losing_and_doubling_noth
     try:
         assert first["resumed_from"] is None and not first["already_running"]
         assert start_stream(s, run_id="ignored")["already_running"]  # one job, not two
-        _wait_for("the first batch in Iceberg", lambda: features() == 50)
+        _wait_for("the first batch in Iceberg", lambda: features() == 50, seen=features)
         publish(s, s.raw_events_topic, encode(b))
         savepoint = stop_stream(s)
         assert active_job(s) is None
@@ -171,14 +178,16 @@ def test_stream_mode_stops_with_a_savepoint_and_resumes_losing_and_doubling_noth
         last_published = time.monotonic()
         second = start_stream(s, run_id="stream-2")
         assert second["resumed_from"] == savepoint
-        _wait_for("the second and third batches in Iceberg", lambda: features() == 120)
+        _wait_for(
+            "the second and third batches in Iceberg", lambda: features() == 120, seen=features
+        )
         # A valid event later than the last window's end plus the delay moves the watermark
         # past it: 3 s after the last batch (window 2 s + delay 1 s), which is usually already
         # past. Its own window stays open.
         time.sleep(max(0.0, last_published + 3.0 - time.monotonic()))
         publish(s, s.raw_events_topic, encode(trailer))
         windowed = lambda: sum(_table(s, s.feature_windows_table)["row_count"].to_pylist())  # noqa: E731
-        _wait_for("every valid event's window", lambda: windowed() == 120)
+        _wait_for("every valid event's window", lambda: windowed() == 120, seen=windowed)
         _wait_for("the quarantine", lambda: _table(s, s.quarantine_table).num_rows == 9)
         windows = _table(s, s.feature_windows_table).to_pandas()
         frame = _table(s, s.features_table).to_pandas()
@@ -187,7 +196,7 @@ def test_stream_mode_stops_with_a_savepoint_and_resumes_losing_and_doubling_noth
         publish(s, s.raw_events_topic, encode(d) + encode(c[:1]))
         third = start_stream(s, run_id="stream-3")
         assert "/chk-" in third["resumed_from"], third
-        _wait_for("the fourth batch in Iceberg", lambda: features() == 141)
+        _wait_for("the fourth batch in Iceberg", lambda: features() == 141, seen=features)
         _wait_for("the last duplicate", lambda: _table(s, s.quarantine_table).num_rows == 10)
         stop_stream(s)
     finally:

@@ -404,10 +404,14 @@ def test_stream_mode_reads_the_raw_events_topic_and_keeps_the_checks(cfg: dict) 
     assert "raw_id" in classified
     # Exactly once: both topic sinks publish in transactions, with the configured timeout.
     exactly_once = build_statements({**stream, "delivery": "exactly-once"})[0]
-    for sink in ("features_topic", "quarantine_topic"):
+    sinks = ("features_topic", "quarantine_topic")
+    for sink in sinks:
         table = _one(exactly_once, f"CREATE TEMPORARY TABLE {sink}")
         assert "'connector' = 'pulsar-exactly-once'" in table
         assert "'pulsar.sink.transactionTimeoutMillis' = '60000'" in table
+    # No batches on the topics the lake job reads (a resume mid-batch loses the batch's rest).
+    for table in (topic, *(_one(exactly_once, f"CREATE TEMPORARY TABLE {s}") for s in sinks)):
+        assert "'pulsar.producer.batchingEnabled' = 'false'" in table
     stream = {**stream, "run_id": "r-1"}
     counts = _one(build_statements(stream)[1], "INSERT INTO `mylake`.`myns`.`preprocess_counts`")
     assert "SELECT 'r-1', outcome" in counts
@@ -415,7 +419,7 @@ def test_stream_mode_reads_the_raw_events_topic_and_keeps_the_checks(cfg: dict) 
 
 
 def test_stream_mode_splits_the_sinks_between_the_real_time_and_the_lake_job(cfg: dict) -> None:
-    stream = {**cfg, "mode": "stream", "sources": [{"format": "json"}]}
+    stream = {**cfg, "mode": "stream", "sources": [{"format": "json"}], "features_partitions": 2}
     into = lambda part: {s.split()[2] for s in build_statements({**stream, "part": part})[1]}  # noqa: E731
     tables = {f"`mylake`.`myns`.`{cfg[name]}`" for name in ("features_table", "quarantine_table")}
     tables |= {f"`mylake`.`myns`.`{cfg[n]}`" for n in ("windows_table", "counts_table")}
@@ -428,14 +432,28 @@ def test_stream_mode_splits_the_sinks_between_the_real_time_and_the_lake_job(cfg
     assert "`properties` MAP<STRING, STRING> METADATA" in quarantine
     # The lake copies the two topics: no raw events, no checks; the first copy of each raw
     # event (an at-least-once delivery may publish one again after a failure).
-    ddl, inserts = build_statements({**stream, "part": "lake", "job_name": "lake-1"})
+    lake = {**stream, "part": "lake", "job_name": "lake-1"}
+    ddl, inserts = build_statements(lake)
     assert not any("raw_pulsar" in d or "MLP_JSON_FIELDS" in d for d in ddl)
-    for name, topic in (("features_in", "features_topic"), ("quarantine_in", "quarantine_topic")):
-        source = _one(ddl, f"CREATE TEMPORARY TABLE {name}")
-        assert f"'topics' = '{cfg[topic]}'" in source and "'format' = 'json'" in source
+    # One source per features partition, each with its own watermark (a backlog read from one
+    # partition ahead of the other must not make the other's rows late).
+    sources = {
+        "features_in_0": f"{cfg['features_topic']}-partition-0",
+        "features_in_1": f"{cfg['features_topic']}-partition-1",
+        "quarantine_in": cfg["quarantine_topic"],
+    }
+    for name, topic in sources.items():
+        source = _one(ddl, f"CREATE TEMPORARY TABLE {name} ")
+        assert f"'topics' = '{topic}'" in source and "'format' = 'json'" in source
         assert "'source.subscription-name' = 'lake-1'" in source
         assert "`properties` MAP<STRING, STRING> METADATA VIRTUAL" in source
-    assert "WATERMARK FOR event_time" in _one(ddl, "CREATE TEMPORARY TABLE features_in")
+        assert ("WATERMARK FOR event_time" in source) == name.startswith("features")
+    assert _one(ddl, "CREATE TEMPORARY VIEW features_in ").endswith(
+        "SELECT * FROM features_in_0 UNION ALL SELECT * FROM features_in_1"
+    )
+    unpartitioned = build_statements({**lake, "features_partitions": 0})[0]
+    only = _one(unpartitioned, "CREATE TEMPORARY TABLE features_in_0 ")
+    assert f"'topics' = '{cfg['features_topic']}'" in only
     for view in ("valid_rows", "rejected"):
         first = _one(ddl, f"CREATE TEMPORARY VIEW {view}")
         assert "COUNT(*) OVER (PARTITION BY raw_event ORDER BY proc" in first
