@@ -9,16 +9,16 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from threading import Lock
+from typing import TYPE_CHECKING
 from zlib import crc32
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import NullPool
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Held by the process that upgrades a PostgreSQL database; the others wait, then find it done.
@@ -64,7 +64,12 @@ def get_engine(url: str) -> Engine:
 
 
 def alembic_config(url: str | None = None, connection: Connection | None = None) -> Config:
-    """The Alembic configuration of checkpoints/migrations, on a URL or an open connection."""
+    """The Alembic configuration of checkpoints/migrations, on a URL or an open connection.
+
+    Alembic is imported here, not with the module: Ray workers of batch inference import this
+    module (through the model registry) at every start, and need no migration (0.25 s each)."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes.update(url=url, connection=connection)
@@ -73,6 +78,8 @@ def alembic_config(url: str | None = None, connection: Connection | None = None)
 
 @lru_cache(maxsize=1)
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None, f"no revisions in {MIGRATIONS_DIR}"
     return head
@@ -80,6 +87,8 @@ def head_revision() -> str:
 
 def current_revision(connection: Connection) -> str | None:
     """The database's revision; None when it has no alembic_version table."""
+    from alembic.runtime.migration import MigrationContext
+
     return MigrationContext.configure(connection).get_current_revision()
 
 
@@ -138,6 +147,9 @@ def _migration_transaction(engine: Engine) -> Iterator[Connection]:
 
 
 def _upgrade_locked(connection: Connection) -> None:
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
     current, head = current_revision(connection), head_revision()
     if current == head:  # another process upgraded while this one waited for the lock
         return

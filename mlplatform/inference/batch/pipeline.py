@@ -34,13 +34,21 @@ class BatchInferenceStalled(RuntimeError):
 
 
 def read_stage(s: Settings, units: list[dict], read_kwargs: dict) -> ray.data.Dataset:
-    """The units' rows, a Ray task per unit (read_units); the first stage of unit_pipeline."""
+    """The units' rows, a Ray task per unit (read_units); the first stage of unit_pipeline.
+
+    At most one read task per cluster CPU at a time: a run is a new Ray job, whose tasks each
+    need a worker process started for it, and the raylet starts about one per CPU at a time.
+    Uncapped, a run's first read tasks (reader_num_cpus 0.25: 4 per CPU) started their workers
+    all at once and the first rows came out after all of them (8-12 s against 1.7-2.5 s for a
+    trivial pipeline of 8 tasks on 2 CPUs, benchmarks/batch_inference.py's first commit)."""
+    readers = max(1, int(ray.cluster_resources().get("CPU", 1)))
     return ray.data.from_items(units, override_num_blocks=max(1, len(units))).map_batches(
         read_units,
         fn_kwargs={**read_kwargs, "niceness": s.batch_niceness},
         batch_size=1,
         batch_format="pyarrow",
         num_cpus=s.reader_num_cpus,
+        concurrency=readers,
     )
 
 

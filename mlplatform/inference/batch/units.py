@@ -6,6 +6,8 @@ group larger than that is a unit by itself). Planning reads only the files' foot
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
@@ -16,8 +18,10 @@ from pyiceberg.io.pyarrow import expression_to_pyarrow
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 
-from checkpoints.store import UnitPlan
 from mlplatform.connectors.niceness import at_niceness
+
+if TYPE_CHECKING:
+    from checkpoints.store import UnitPlan
 
 UNIT, UNIT_ROWS, ERROR = "_unit", "_unit_rows", "_error"
 
@@ -43,6 +47,9 @@ def plan_units(
 ) -> list[UnitPlan]:
     """Units of the snapshot's data files that may hold rows matching the filter, in file order,
     but for those in `skip_files` (predicted by an earlier run: inference.batch.increments)."""
+    # Here, not with the module: the read stage's Ray workers import it at every start.
+    from checkpoints.store import UnitPlan
+
     tasks = table.scan(snapshot_id=snapshot_id, row_filter=row_filter).plan_files()
     units: list[UnitPlan] = []
     for task in sorted(tasks, key=lambda t: t.file.file_path):
