@@ -39,8 +39,8 @@ def read_stage(s: Settings, units: list[dict], read_kwargs: dict) -> ray.data.Da
     At most one read task per cluster CPU at a time: a run is a new Ray job, whose tasks each
     need a worker process started for it, and the raylet starts about one per CPU at a time.
     Uncapped, a run's first read tasks (reader_num_cpus 0.25: 4 per CPU) started their workers
-    all at once and the first rows came out after all of them (8-12 s against 1.7-2.5 s for a
-    trivial pipeline of 8 tasks on 2 CPUs, benchmarks/batch_inference.py's first commit)."""
+    all at once and the first rows came out after all of them (a trivial pipeline of 8 tasks on
+    2 CPUs: 8-12 s uncapped, 1.7-2.5 s capped; docs/benchmarks.md)."""
     readers = max(1, int(ray.cluster_resources().get("CPU", 1)))
     return ray.data.from_items(units, override_num_blocks=max(1, len(units))).map_batches(
         read_units,
@@ -48,7 +48,7 @@ def read_stage(s: Settings, units: list[dict], read_kwargs: dict) -> ray.data.Da
         batch_size=1,
         batch_format="pyarrow",
         num_cpus=s.reader_num_cpus,
-        concurrency=readers,
+        compute=ray.data.TaskPoolStrategy(size=readers),
     )
 
 
