@@ -7,14 +7,19 @@ forest), rows/s of:
 - fused: run_batch_inference(mode="fused"), checkpoints on (units, compare-and-set commits), in a
   process of its own as a flow run is (a new Ray driver; its start and imports not counted), its
   peak RSS recorded (the driver's memory as the input grows);
-- ray_floor: Ray Data alone, the same read stage and actor pool with a model stage that passes
-  its batches through, nothing written (the most fused could reach on this machine);
+- plain: two plain processes (no Ray, no driver, no commits) doing fused's unit work over half
+  the units each: read, predict, write data files; started and the model loaded before the
+  clock starts. The best this design could reach on this machine (fused_over_plain), and the
+  floor of the Spark target (plain_over_spark);
+- ray_floor: Ray Data alone, fused's unit stage and pool with pool actors that read each unit and
+  predict nothing, nothing written (the most fused could reach on this machine);
 - separated: run_batch_inference(mode="separated"), the model in a Ray Serve deployment;
 - no_checkpoint: the same streaming pipeline (unit_pipeline, fused: the workers write the data
   files), the files appended to Iceberg at the same cadence (commit_interval_rows or
   commit_every_s) by plain appends: no checkpoint store, run lease, units in snapshot summaries
   or compare-and-set (checkpointing off);
-- bsp: the same stages run one after the other with materialize() between them (read all units,
+- bsp: stage by stage: the read stage and the model stage of a run with a user
+  preprocessor, one after the other with materialize() between them (read all units,
   then predict and write all rows, then commit as no_checkpoint does);
 - spark: PySpark local[2] on the same Parquet files, mapInPandas with the same model (broadcast),
   written as Parquet to a temporary folder. The JVM start and a warm-up job are not counted.
@@ -49,7 +54,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -58,6 +63,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import ray
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.tree import DecisionTreeClassifier
 
@@ -66,16 +72,16 @@ from mlplatform.connectors.iceberg_tables import ensure_tables
 from mlplatform.connectors.ray_runtime import connect
 from mlplatform.inference.batch.commit import committed_units
 from mlplatform.inference.batch.model_pool import PoolClient, pool_prefix, release_pools
-from mlplatform.inference.batch.model_stage import ModelStage
+from mlplatform.inference.batch.model_stage import ModelStage, UnitWork
 from mlplatform.inference.batch.pipeline import batch_model_loader, read_stage, unit_pipeline
 from mlplatform.inference.batch.predictors import deploy_batch_model
 from mlplatform.inference.batch.request import BatchRequest
 from mlplatform.inference.batch.results import step_costs
 from mlplatform.inference.batch.runner import commit_interval_rows, run_batch_inference
 from mlplatform.inference.batch.unit_files import ROWS, WriteTarget, part_files
-from mlplatform.inference.batch.units import plan_units
+from mlplatform.inference.batch.units import UNIT, plan_units, read_unit_or_error
 from mlplatform.registry import model_registry
-from mlplatform.registry.model_registry import ModelRef
+from mlplatform.registry.model_ref import ModelRef
 from mlplatform.sample_data.synthetic_features import append_features, feature_rows
 from mlplatform.settings import Settings, get_settings
 
@@ -86,7 +92,7 @@ MODELS = {
     "forest_100": (RandomForestClassifier, {"n_estimators": 100, "max_depth": 6}),
 }
 # Run in this order; when the time budget runs short, the last ones are skipped first.
-VARIANTS = ("raw", "fused", "ray_floor", "no_checkpoint", "spark", "bsp", "separated")
+VARIANTS = ("raw", "plain", "fused", "ray_floor", "no_checkpoint", "spark", "bsp", "separated")
 TARGETS = {
     "fused_over_raw_forest": 0.5,
     "fused_over_spark": 3.0,
@@ -285,6 +291,7 @@ class Dataset:
                 "file_path": u.file_path,
                 "first_row_group": u.first_row_group,
                 "row_groups": u.row_groups,
+                "rows": u.rows,
             }
             for u in units
         ]
@@ -315,8 +322,6 @@ def start_private_ray(s: Settings) -> str:
     """A Ray of this run's own, sized like the platform's (ray_num_cpus, ray_object_store_bytes):
     on the shared cluster, other jobs' actors hold CPUs in Ray's bookkeeping and would leave our
     1-CPU read tasks pending (or our actors would do that to theirs). Its GCS address."""
-    import ray
-
     for attempt in range(3):  # a loaded machine can miss Ray's fixed 30 s raylet start wait
         try:
             ray.init(
@@ -354,6 +359,41 @@ def raw_limit(model: Any, matrix: np.ndarray) -> dict[str, float]:
         two, _ = timed(lambda: list(pool.map(model.predict_proba, chunks)))
     rows = len(matrix)
     return {"one_thread": rows_per_s(rows, one), "two_threads": rows_per_s(rows, two)}
+
+
+_PLAIN_MODEL: Any = None  # the model of a plain process (plain_processes)
+
+
+def _plain_start(model: Any) -> None:
+    global _PLAIN_MODEL
+    _PLAIN_MODEL = model
+
+
+def _plain_units(specs: list[dict], work: UnitWork) -> int:
+    """In a plain process: fused's unit work (run_units) with the process's model; rows."""
+    from mlplatform.inference.batch.model_pool import in_label_order
+    from mlplatform.inference.batch.model_stage import run_units
+
+    def predict(rows: np.ndarray) -> np.ndarray:
+        return in_label_order(_PLAIN_MODEL, work.ref, rows)
+
+    return int(pc.sum(run_units(specs, work, predict)[ROWS]).as_py() or 0)
+
+
+def plain_processes(data: Dataset, ref: ModelRef, model: Any, tag: str) -> tuple[float, int]:
+    """The best this design could do here: two plain processes (no Ray, no driver, no commits)
+    doing fused's unit work, read -> predict -> write data files, over half the units each.
+    The processes start and load the model before the clock starts. (seconds, rows)."""
+    s = data.s
+    target = write_target(data, f"bench-plain-{tag}")
+    work = UnitWork(ref, s.key_column, target, data.read_kwargs(ref), s.batch_size)
+    specs = data.unit_specs()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(2, context, initializer=_plain_start, initargs=(model,)) as pool:
+        list(pool.map(_plain_units, [specs[:1], specs[1:2]], [work, work]))  # warm
+        halves = [specs[0::2], specs[1::2]]
+        seconds, rows = timed(lambda: sum(pool.map(_plain_units, halves, [work, work])))
+    return seconds, rows
 
 
 def append_written(data: Dataset, batches, run_id: str) -> tuple[int, int]:
@@ -407,8 +447,6 @@ def no_checkpoint(data: Dataset, ref: ModelRef, tag: str) -> tuple[int, int]:
 
 def _pool(s: Settings) -> dict[str, Any]:
     """The model stage's batching and actor pool, as unit_pipeline sets them (fused)."""
-    import ray
-
     return {
         "batch_size": s.batch_size,
         "batch_format": "pyarrow",
@@ -435,23 +473,51 @@ def bsp(data: Dataset, ref: ModelRef, tag: str) -> tuple[int, int]:
     return append_written(data, batches, run_id)
 
 
-class PassThrough:
-    """A model stage that predicts nothing: its batch goes on as it came."""
+@ray.remote(num_cpus=0)
+class UnitReader:
+    """ray_floor's pool actor: reads each unit as fused's pool actors do; no model, nothing
+    written, the unit's row count returned."""
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return batch
+    def run_units(self, specs: list[dict], work: UnitWork) -> pa.Table:
+        rows = [read_unit_or_error(spec, **work.read_kwargs).num_rows for spec in specs]
+        return pa.table({UNIT: [spec["unit"] for spec in specs], ROWS: rows})
+
+
+class ReaderPool:
+    """The unit stage's side of ray_floor's pool: each unit to the readers in turn."""
+
+    def __init__(self, readers: list[Any]) -> None:
+        self.readers, self.turn = readers, 0
+
+    def run_units(self, specs: list[dict], work: Any) -> pa.Table:
+        calls = []
+        for spec in specs:
+            calls.append(self.readers[self.turn % len(self.readers)].run_units.remote([spec], work))
+            self.turn += 1
+        return pa.concat_tables(ray.get(calls))
 
 
 def ray_floor(data: Dataset, ref: ModelRef, tag: str) -> tuple[int, int]:
-    """Ray Data alone: unit_pipeline's read stage and actor pool (same batch size and pool),
-    the model stage passing its batches through; the rows counted at the driver, nothing
-    written. What fused could reach on this machine with a model that cost nothing."""
+    """Ray Data alone: fused's unit stage and pool (same batching, actors and pool size), the
+    pool actors reading each unit and predicting nothing; the rows counted at the driver,
+    nothing written. What fused could reach on this machine with a model that cost nothing."""
     s = data.s
-    pipeline = read_stage(s, data.unit_specs(), data.read_kwargs(ref)).map_batches(
-        PassThrough, **_pool(s)
-    )
-    batches = pipeline.iter_batches(batch_size=None, batch_format="pyarrow")
-    return sum(batch.num_rows for batch in batches), 0
+    readers = [UnitReader.remote() for _ in range(s.pool_size)]
+    try:
+        pipeline = unit_pipeline(
+            s,
+            ref,
+            "fused",
+            data.unit_specs(),
+            data.read_kwargs(ref),
+            write_target(data, f"bench-floor-{tag}"),
+            pool=ReaderPool(readers),
+        )
+        batches = pipeline.iter_batches(batch_size=None, batch_format="pyarrow")
+        return sum(pc.sum(batch[ROWS]).as_py() or 0 for batch in batches), 0
+    finally:
+        for reader in readers:
+            ray.kill(reader)
 
 
 def start_spark(partitions: int) -> Any:
@@ -760,6 +826,11 @@ class Runner:
             best = [data.rows / max(r.values()) for r in raw]
             one, two = [r["one_thread"] for r in raw], [r["two_threads"] for r in raw]
             self.record(data, model_name, "raw", best, one_thread=one, two_threads=two)
+        elif variant == "plain":
+            tag = uuid.uuid4().hex[:6]
+            runs = [plain_processes(data, ref, model, tag) for _ in range(self.args.repeats)]
+            assert all(rows == data.rows for _, rows in runs), runs
+            self.record(data, model_name, "plain", [seconds for seconds, _ in runs])
         elif variant in ("fused", "separated"):
             if variant == "separated":  # deployed before, as it stays up between runs
                 self.bench.serve_apps.add(deploy_batch_model(data.s, ref))
@@ -844,7 +915,7 @@ def derived(
     for rows in sizes:
         for model in MODELS:
             fused = rate_of(results, rows, model, "fused")
-            for other in ("raw", "spark", "separated", "bsp", "no_checkpoint", "ray_floor"):
+            for other in (v for v in VARIANTS if v != "fused"):
                 value = ratio(fused, rate_of(results, rows, model, other))
                 if value is not None:
                     ratios[f"fused_over_{other}/{model}/{rows}"] = value
@@ -854,6 +925,12 @@ def derived(
             )
             if floor is not None:
                 ratios[f"ray_floor_over_raw/{model}/{rows}"] = floor
+            # The best this design could do here against the peer: the Spark target's floor.
+            best = ratio(
+                rate_of(results, rows, model, "plain"), rate_of(results, rows, model, "spark")
+            )
+            if best is not None:
+                ratios[f"plain_over_spark/{model}/{rows}"] = best
     # The headline figures: the largest size where the forest has both figures.
     for name, other in (("fused_over_raw_forest", "raw"), ("fused_over_spark_forest", "spark")):
         values = [ratios.get(f"fused_over_{other}/forest_100/{rows}") for rows in sizes]
@@ -1054,11 +1131,12 @@ def main(argv: list[str] | None = None) -> None:
             "(commit_interval_rows or commit_every_s); no store, lease, compare-and-set or "
             "summaries. checkpoint_overhead = no_checkpoint/fused rows/s - 1 at the largest "
             "size, the worse model",
-            "bsp": "the same read and model stages with materialize() after each, then the "
-            "same write as no_checkpoint",
-            "ray_floor": "unit_pipeline's read stage and actor pool with a model stage that "
-            "passes its batches through; rows counted at the driver, nothing written: Ray "
-            "Data's own ceiling on this machine (ray_floor_over_raw)",
+            "bsp": "stage by stage: the read stage (tasks) and the model stage (actors that "
+            "call the warm pool and write), as a run with a preprocessor has them, with "
+            "materialize() after each, then the same commits as no_checkpoint",
+            "ray_floor": "unit_pipeline (fused) with pool actors that read each unit and "
+            "return its row count: no model, nothing written: Ray Data's own ceiling on this "
+            "machine (ray_floor_over_raw)",
             "spark": "spark.read.parquet(the snapshot's data files) -> mapInPandas(predict_proba "
             "of the broadcast model, Arrow batches of batch_size) -> Parquet in a temporary "
             "folder; noop_sink_rows_per_s: the same job with Spark's noop sink",

@@ -85,7 +85,7 @@ from mlplatform.preprocess.stream import (
     stream_settings,
 )
 from mlplatform.registry import model_registry
-from mlplatform.registry.model_registry import ModelRef
+from mlplatform.registry.model_ref import ModelRef
 from mlplatform.sample_data.demo_rows import demo_events
 from mlplatform.settings import Settings, get_settings
 

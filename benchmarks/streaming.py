@@ -61,7 +61,7 @@ from mlplatform.inference.serving.deployment import start_serving, stop_serving
 from mlplatform.inference.stream.consumer import predict_rows
 from mlplatform.inference.stream.runner import StreamResult, run_stream_inference
 from mlplatform.registry import model_registry
-from mlplatform.registry.model_registry import ModelRef
+from mlplatform.registry.model_ref import ModelRef
 from mlplatform.settings import Settings, get_settings
 
 RESULTS = Path(__file__).parent / "results"

@@ -18,7 +18,7 @@ from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 from sklearn.tree import DecisionTreeClassifier, ExtraTreeClassifier
 
 from mlplatform.registry import model_registry
-from mlplatform.registry.model_registry import ModelRef
+from mlplatform.registry.model_ref import ModelRef
 
 # Up to this many rows all trees are walked at once in numpy; more go tree by tree, where
 # each tree's own walk is cheaper than numpy's gathers over rows x trees.

@@ -36,7 +36,7 @@ import numpy as np
 from mlplatform.dataset.prediction_record import PROBABILITIES
 from mlplatform.inference.predictions import label_order
 from mlplatform.registry import model_registry
-from mlplatform.registry.model_registry import ModelRef
+from mlplatform.registry.model_ref import ModelRef
 from mlplatform.settings import PROJECT_DIR, Settings
 
 

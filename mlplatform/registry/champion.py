@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlplatform.registry import model_registry
-from mlplatform.registry.model_registry import ModelRef, ModelVersion
+from mlplatform.registry.model_ref import ModelRef
+from mlplatform.registry.model_registry import ModelVersion
 from mlplatform.settings import Settings
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import zipfile
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from checkpoints.database import get_engine
 from checkpoints.registry_tables import ModelVersion, Promotion
+from mlplatform.registry.model_ref import ModelRef
 from mlplatform.registry.onnx_model import OnnxModel
 from mlplatform.settings import Settings
 
@@ -32,17 +32,6 @@ TRUSTED_TYPE_PREFIXES = ("sklearn.", "numpy.")
 
 class ModelIntegrityError(RuntimeError):
     """An artifact's bytes do not match its recorded SHA-256, or it holds untrusted types."""
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """What a worker needs to load one model version safely."""
-
-    version: int
-    artifact_path: str
-    sha256: str
-    feature_order: tuple[str, ...]
-    label_names: tuple[str, ...]
 
 
 _NAMED: set[str] = set()  # database URLs whose unnamed versions have a model's name

@@ -15,10 +15,12 @@ class BatchSettings(BaseModel):
     batch_mode: Literal["fused", "separated"] = "fused"
     # Rows per model call: large enough that a forest's per-call cost is small (a unit's rows).
     batch_size: int = 20_000
-    # The model stage: Ray Data actors (actor_pool_min..max, each holding actor_num_cpus while
-    # a run lasts) that build and write the prediction rows; the model itself is in a warm pool
-    # (inference/batch/model_pool.py): pool_size actors per model that outlive runs (fused; the
-    # Serve application in separated mode), gone after pool_idle_s without a call.
+    # The unit stage: Ray Data actors (actor_pool_min..max, each holding actor_num_cpus while
+    # a run lasts) that hand units to the model's warm pool, where each is read, predicted and
+    # written (inference/batch/model_pool.py): pool_size actors per model that outlive runs
+    # (fused; the Serve application in separated mode, the units read and written in the unit
+    # stage), gone after pool_idle_s without a call. With a user preprocessor: read tasks
+    # (reader_num_cpus) -> preprocessing actors -> model-stage actors (the same settings).
     actor_pool_min: int = 1
     actor_pool_max: int = 2
     actor_num_cpus: float = 0.5
@@ -36,6 +38,8 @@ class BatchSettings(BaseModel):
     commit_every_rows: int = 100_000
     commit_every_fraction: float = Field(default=1.0, gt=0, le=1)
     commit_every_s: float = 10.0
+    # Per batch_size rows of a unit; a unit's wait is that times actor_pool_max (other units
+    # may be queued before it at its pool actor).
     batch_timeout_s: float = 60.0
     # A run fails (and can be resumed) when Ray Data returns nothing for this long.
     stall_timeout_s: float = 300.0

@@ -10,6 +10,7 @@ import time
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 
+from mlplatform.connectors.iceberg_tables import transaction
 from mlplatform.inference.batch.unit_files import UnitFiles
 
 RUN_KEY, UNITS_KEY = "mlp.run_id", "mlp.units"
@@ -54,8 +55,8 @@ def commit_units(
         rows = {unit: part.rows for unit, part in todo.items()}
         summary = {RUN_KEY: run_id, UNITS_KEY: json.dumps(rows, separators=(",", ":"))}
         try:
-            with table.transaction() as transaction:
-                update = transaction.update_snapshot(snapshot_properties=summary)
+            with transaction(table) as tx:
+                update = tx.update_snapshot(snapshot_properties=summary)
                 with update.fast_append() as append:
                     for part in todo.values():
                         for file in part.files:

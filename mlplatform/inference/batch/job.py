@@ -30,7 +30,7 @@ from mlplatform.inference.batch.increments import (
 from mlplatform.inference.batch.request import BatchRequest, Mode
 from mlplatform.inference.batch.units import parse_row_filter, plan_units
 from mlplatform.registry import model_registry
-from mlplatform.registry.model_registry import ModelRef
+from mlplatform.registry.model_ref import ModelRef
 from mlplatform.settings import Settings
 
 KIND = "batch-inference"

@@ -25,21 +25,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 import ray
+from ray import cloudpickle
 
 from mlplatform.connectors.niceness import set_niceness
 from mlplatform.inference.predictions import label_order
-from mlplatform.registry.model_registry import ModelRef
+from mlplatform.registry.model_ref import ModelRef
 from mlplatform.settings import Settings
+
+if TYPE_CHECKING:
+    from mlplatform.inference.batch.model_stage import UnitWork
 
 RAY_NAMESPACE = "mlplatform"  # detached named actors are looked up in one Ray namespace
 MODELS_KEPT = 2
@@ -67,25 +74,35 @@ def pool_name(s: Settings, index: int) -> str:
 @ray.remote(num_cpus=0, max_restarts=0)
 class PoolModel:
     """One warm model actor: the verified models it was asked for, by digest (the most recent
-    MODELS_KEPT); exits after `idle_s` without a call."""
+    MODELS_KEPT); exits after `idle_s` without a call (never during one: a first model load on
+    a busy node can take longer than idle_s)."""
 
-    def __init__(
-        self, idle_s: float, loader: Callable[[ModelRef], Any], niceness: int | None = None
-    ) -> None:
+    def __init__(self, idle_s: float, loader: bytes, niceness: int | None = None) -> None:
         if niceness is not None:
             set_niceness(niceness)
-        self.loader, self.idle_s = loader, idle_s
+        self.loader: Callable[[ModelRef], Any] = cloudpickle.loads(loader)
+        self.idle_s = idle_s
         self.models: OrderedDict[str, Any] = OrderedDict()
-        self.last_call = time.monotonic()
+        self.last_call, self.calls = time.monotonic(), 0
         threading.Thread(target=self._exit_when_idle, name="pool-idle", daemon=True).start()
 
     def _exit_when_idle(self) -> None:
         while True:
             idle = time.monotonic() - self.last_call
-            if idle >= self.idle_s:
+            if idle >= self.idle_s and not self.calls:
                 ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
                 return
-            time.sleep(min(self.idle_s - idle, 5.0) + 0.01)
+            time.sleep(min(max(self.idle_s - idle, 0.0), 5.0) + 0.01)
+
+    @contextmanager
+    def _call(self) -> Iterator[None]:
+        """A call in progress: the actor is not idle until it ends."""
+        self.calls += 1
+        try:
+            yield
+        finally:
+            self.calls -= 1
+            self.last_call = time.monotonic()
 
     def _model(self, ref: ModelRef) -> Any:
         if ref.sha256 not in self.models:
@@ -97,20 +114,28 @@ class PoolModel:
 
     def ready(self, ref: ModelRef) -> int:
         """Load the version (if it is not loaded yet); this actor's process id."""
-        self.last_call = time.monotonic()
-        self._model(ref)
+        with self._call():
+            self._model(ref)
         return os.getpid()
 
     def predict_proba(self, ref: ModelRef, features: np.ndarray) -> np.ndarray:
         """Class probabilities of the rows, in ref.label_names order."""
-        self.last_call = time.monotonic()
-        probabilities = in_label_order(self._model(ref), ref, features)
-        self.last_call = time.monotonic()
-        return probabilities
+        with self._call():
+            return in_label_order(self._model(ref), ref, features)
+
+    def run_units(self, specs: list[dict], work: UnitWork) -> pa.Table:
+        """The units read, predicted and written here, beside the model (model_stage.run_units);
+        their metadata rows."""
+        from mlplatform.inference.batch.model_stage import run_units
+
+        with self._call():
+            model = self._model(work.ref)
+            return run_units(specs, work, lambda rows: in_label_order(model, work.ref, rows))
 
 
-def pool_actor(s: Settings, index: int, loader: Callable) -> Any:
-    """The pool's actor `index`, created if it does not exist (or no longer does)."""
+def pool_actor(s: Settings, index: int, loader: bytes) -> Any:
+    """The pool's actor `index`, created if it does not exist (or no longer does); `loader`
+    pickled (cloudpickle)."""
     return PoolModel.options(
         name=pool_name(s, index),
         namespace=RAY_NAMESPACE,
@@ -121,11 +146,15 @@ def pool_actor(s: Settings, index: int, loader: Callable) -> Any:
 
 
 class PoolClient:
-    """The model stage's side of a fused pool: batches go to the pool's actors in turn; a call
-    that finds its actor gone creates it again and is sent again (_again_if_gone)."""
+    """The unit stage's side of a fused pool (and the model stage's, with a preprocessor):
+    units, or batches of features, go to the pool's actors in turn; a call that finds its actor
+    gone creates it again and is sent again (_again_if_gone)."""
 
     def __init__(self, s: Settings, ref: ModelRef, loader: Callable, timeout_s: float) -> None:
-        self.s, self.ref, self.loader, self.timeout_s = s, ref, loader, timeout_s
+        self.s, self.ref, self.timeout_s = s, ref, timeout_s
+        # Pickled: the unit stage's actors that unpickle this client never import the loader's
+        # modules (the registry: SQLAlchemy), only a pool actor made anew does.
+        self.loader = cloudpickle.dumps(loader)
         self.actors: dict[int, Any] = {}
         self.turn = random.randrange(s.pool_size)  # the model stage's actors start apart
 
@@ -151,6 +180,56 @@ class PoolClient:
 
         return _again_if_gone(call)
 
+    def _send(self, index: int, spec: dict, work: ray.ObjectRef) -> Any:
+        return self._actor(index).run_units.remote([spec], work)
+
+    def _result(
+        self, index: int, spec: dict, work: ray.ObjectRef, sent: Any, timeout_s: float
+    ) -> pa.Table:
+        """The unit's metadata rows, sent again to a new actor while its actor is gone."""
+        pending = [sent]
+
+        def call() -> pa.Table:
+            if not pending:
+                pending.append(self._send(index, spec, work))
+            try:
+                return ray.get(pending[0], timeout=timeout_s)
+            except ray.exceptions.RayActorError:
+                self.actors.pop(index, None)
+                pending.clear()
+                raise
+
+        return _again_if_gone(call)
+
+    def run_units(self, specs: list[dict], work: ray.ObjectRef) -> pa.Table:
+        """Each unit to the pool's actors in turn, all at once, with the run's UnitWork (in
+        the object store: this process never unpickles it); their metadata rows. A unit whose
+        actor is gone is sent again (_again_if_gone); one that fails otherwise, or is not done
+        in time, is an error row. The time: batch_timeout_s per batch_size rows of the unit,
+        times the unit stage's actors (their units may be queued before it at the pool actor)."""
+        calls = []
+        for spec in specs:
+            index = self.turn % self.s.pool_size
+            self.turn += 1
+            calls.append((spec, index, self._send(index, spec, work)))
+        parts = []
+        for spec, index, sent in calls:
+            batches = max(1, math.ceil(spec.get("rows", 1) / self.s.batch_size))
+            timeout_s = self.timeout_s * batches * self.s.actor_pool_max
+            try:
+                parts.append(self._result(index, spec, work, sent, timeout_s))
+            except ray.exceptions.GetTimeoutError:
+                parts.append(_failed(spec, f"predict failed: unit not done in {timeout_s:.0f} s"))
+            except Exception as error:
+                parts.append(_failed(spec, f"predict failed: {error!r}"))
+        return pa.concat_tables(parts)
+
+
+def _failed(spec: dict, error: str) -> pa.Table:
+    from mlplatform.inference.batch.unit_files import failed_parts  # PyIceberg: only if needed
+
+    return failed_parts([spec["unit"]], error)
+
 
 def _again_if_gone(call: Callable[[], Any], tries: int = 6) -> Any:
     """`call`, made again while it finds a pool actor gone (killed, crashed, or exiting idle:
@@ -169,7 +248,8 @@ def warm_up(s: Settings, ref: ModelRef, loader: Callable) -> list[int]:
     """Every actor of the pool created (if needed) with the version loaded; their process ids."""
 
     def ready() -> list[int]:
-        calls = [pool_actor(s, i, loader).ready.remote(ref) for i in range(s.pool_size)]
+        blob = cloudpickle.dumps(loader)
+        calls = [pool_actor(s, i, blob).ready.remote(ref) for i in range(s.pool_size)]
         return ray.get(calls, timeout=s.stall_timeout_s)
 
     return _again_if_gone(ready)

@@ -12,6 +12,7 @@ This module is what every model-stage actor imports at its start, once per run: 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,10 +22,10 @@ import pyarrow.compute as pc
 from mlplatform.connectors.niceness import set_niceness
 from mlplatform.dataset.prediction_record import CLASS_INDEX, LABEL, PROBABILITIES, REASON
 from mlplatform.inference.batch.unit_files import WriteTarget, write_parts
-from mlplatform.inference.batch.units import ERROR, UNIT, UNIT_ROWS
+from mlplatform.inference.batch.units import ERROR, UNIT, UNIT_ROWS, read_unit_or_error
 from mlplatform.inference.features import Ranges, within_float32
 from mlplatform.inference.predictions import prediction_columns
-from mlplatform.registry.model_registry import ModelRef
+from mlplatform.registry.model_ref import ModelRef
 
 # Feature rows -> class probabilities, one column per label in label_names order.
 PredictProba = Callable[[np.ndarray], np.ndarray]
@@ -123,6 +124,34 @@ def predict_table(
     )
 
 
+@dataclass(frozen=True)
+class UnitWork:
+    """What a unit's work needs besides its model: how to read it (read_unit_or_error's
+    columns, key first, row_filter and schema_json), the model's rows per call, where to write."""
+
+    ref: ModelRef
+    key: str
+    target: WriteTarget
+    read_kwargs: dict
+    batch_size: int
+    ranges: Ranges | None = None
+
+
+def run_units(specs: list[dict], work: UnitWork, predict: PredictProba) -> pa.Table:
+    """Each unit's whole work in this process: read, predicted batch_size rows at a time, its
+    predictions written as data files; one metadata row per unit (write_parts). A unit that
+    cannot be read, or whose prediction fails, is an error row."""
+    parts = []
+    for spec in specs:
+        rows = read_unit_or_error(spec, **work.read_kwargs)
+        predicted = pa.concat_tables(
+            predict_table(rows.slice(i, work.batch_size), work.ref, work.key, predict, work.ranges)
+            for i in range(0, rows.num_rows, work.batch_size)
+        )
+        parts.append(write_parts(predicted, work.target))
+    return pa.concat_tables(parts)
+
+
 class ModelStage:
     """The model stage's Ray Data actor: each batch's features to the pool (`client`:
     model_pool.PoolClient or ServeClient), its prediction rows built and written."""
@@ -151,6 +180,7 @@ class ServeClient:
     def __init__(self, app_name: str, timeout_s: float) -> None:
         self.app_name, self.timeout_s = app_name, timeout_s
         self.handle: Any = None
+        self.work: UnitWork | None = None
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         if self.handle is None:
@@ -158,3 +188,12 @@ class ServeClient:
 
             self.handle = serve.get_deployment_handle("BatchModel", self.app_name)
         return self.handle.predict_proba.remote(features).result(timeout_s=self.timeout_s)
+
+    def run_units(self, specs: list[dict], work: Any) -> pa.Table:
+        """The units read, predicted (through Serve) and written in this process; `work` is
+        the run's UnitWork in the object store."""
+        if self.work is None:
+            import ray
+
+            self.work = ray.get(work)
+        return run_units(specs, self.work, self)

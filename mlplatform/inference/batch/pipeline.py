@@ -1,10 +1,12 @@
 """The Ray Data pipeline of batch inference, and the driver's watch over its output.
 
-Units -> read stage (CPU tasks, inference.batch.units) -> [the user's preprocessing stage (CPU
-actors, inference.user_predictor)] -> model stage (light actors, inference.batch.model_stage, that
-call the model's warm pool: fused, Ray actors that outlive the run, on GPUs when actor_num_gpus
-asks, inference.batch.model_pool; separated, a Ray Serve deployment), which writes the
-predictions as data files (inference.batch.unit_files) and hands the driver their metadata.
+Units -> unit stage (light actors, inference.batch.unit_stage) -> the model's warm
+pool (fused: Ray actors that outlive the run, on GPUs when actor_num_gpus asks,
+inference.batch.model_pool; separated: a Ray Serve deployment), where each unit is read, predicted
+and written as data files (inference.batch.unit_files); the driver gets their metadata.
+With a user preprocessor the rows go through stages of their own: read (CPU tasks,
+inference.batch.units) -> preprocessing (CPU actors) -> model stage (light actors that send the
+features to the warm pool and write the predictions).
 """
 
 from __future__ import annotations
@@ -18,14 +20,15 @@ import pyarrow as pa
 import ray
 
 from mlplatform.inference.batch.model_pool import PoolClient
-from mlplatform.inference.batch.model_stage import ModelStage, PredictProba, ServeClient
+from mlplatform.inference.batch.model_stage import ModelStage, ServeClient, UnitWork
 from mlplatform.inference.batch.predictors import PreprocessStage, deploy_batch_model
 from mlplatform.inference.batch.request import Mode
 from mlplatform.inference.batch.unit_files import WriteTarget
+from mlplatform.inference.batch.unit_stage import UnitPool, UnitStage
 from mlplatform.inference.batch.units import read_units
 from mlplatform.inference.user_predictor import model_loader
 from mlplatform.registry import model_registry
-from mlplatform.registry.model_registry import ModelRef
+from mlplatform.registry.model_ref import ModelRef
 from mlplatform.settings import Settings
 
 
@@ -66,47 +69,63 @@ def unit_pipeline(
     read_kwargs: dict,
     target: WriteTarget,
     app_name: str | None = None,
+    pool: UnitPool | None = None,
 ) -> ray.data.Dataset:
-    """Units -> read stage (tasks) -> model stage (actor pool that calls the model's warm pool and
-    writes the predictions as data files of `target`: its output is one metadata row per unit
-    part, unit_files), streamed by Ray Data.
+    """The run's Ray Data pipeline over its unit specs; its output is one metadata row per unit
+    part (unit_files): the predictions are written as data files of `target` by the workers.
 
-    read_kwargs: columns (the key column first), row_filter, schema_json (see read_units).
+    Without a user preprocessor: unit specs -> unit stage (actors that hand each unit to the
+    model's warm pool, where it is read, predicted and written: no row crosses a process).
+    With one: read stage (tasks) -> preprocessing stage (CPU actors) -> model stage (actors that
+    send each batch's features to the warm pool and write the predictions).
+
+    read_kwargs: columns (the key column first), row_filter, schema_json (see read_unit).
     In separated mode the model is the Serve application app_name (default: deployed now).
+    `pool`: where the unit stage sends units instead (benchmarks.batch_inference's ray_floor).
     """
-    client: PredictProba
-    if mode == "separated":
+    if pool is None and mode == "separated":
         app_name = app_name or deploy_batch_model(s, ref, batch_model_loader(s))
-        client = ServeClient(app_name, s.batch_timeout_s)
-    else:
-        client = PoolClient(s, ref, batch_model_loader(s), s.batch_timeout_s)
-    kwargs: dict[str, Any] = {
+        pool = ServeClient(app_name, s.batch_timeout_s)
+    elif pool is None:
+        pool = PoolClient(s, ref, batch_model_loader(s), s.batch_timeout_s)
+    # Fused: the stage's actors hold the run's CPUs for the pool's work (pool actors hold none);
+    # separated: the Serve replicas hold their own.
+    actors = {
+        "compute": ray.data.ActorPoolStrategy(min_size=s.actor_pool_min, max_size=s.actor_pool_max),
+        "num_cpus": s.actor_num_cpus if mode == "fused" else 0.1,
+        "batch_format": "pyarrow",
+    }
+    if not s.preprocessor_class:
+        work = UnitWork(ref, s.key_column, target, read_kwargs, s.batch_size, s.dataset_spec.ranges)
+        specs = ray.data.from_items(units, override_num_blocks=max(1, len(units)))
+        return specs.map_batches(
+            UnitStage,
+            fn_constructor_kwargs={
+                "work": [ray.put(work)],
+                "pool": pool,
+                "niceness": s.batch_niceness,
+            },
+            batch_size=s.pool_size if mode == "fused" else 1,  # a unit per pool actor
+            **actors,
+        )
+    rows = read_stage(s, units, read_kwargs).map_batches(
+        PreprocessStage,
+        fn_constructor_kwargs={"ref": ref, "key": s.key_column, "s": s},
+        batch_size=s.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=s.actor_pool_max),
+        num_cpus=s.preprocessor_num_cpus,
+    )
+    kwargs = {
         "ref": ref,
         "key": s.key_column,
         "target": target,
-        "client": client,
+        "client": pool,
         "niceness": s.batch_niceness,
         "ranges": s.dataset_spec.ranges,
     }
-    rows = read_stage(s, units, read_kwargs)
-    if s.preprocessor_class:
-        rows = rows.map_batches(
-            PreprocessStage,
-            fn_constructor_kwargs={"ref": ref, "key": s.key_column, "s": s},
-            batch_size=s.batch_size,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=s.actor_pool_max),
-            num_cpus=s.preprocessor_num_cpus,
-        )
-    # Fused: the stage's actors hold the run's CPUs for the pool's work (pool actors hold none);
-    # separated: the Serve replicas hold their own.
     return rows.map_batches(
-        ModelStage,
-        fn_constructor_kwargs=kwargs,
-        batch_size=s.batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=s.actor_pool_min, max_size=s.actor_pool_max),
-        num_cpus=s.actor_num_cpus if mode == "fused" else 0.1,
+        ModelStage, fn_constructor_kwargs=kwargs, batch_size=s.batch_size, **actors
     )
 
 

@@ -21,7 +21,7 @@ from mlplatform.inference.batch.model_stage import feature_matrix, refusals, uni
 from mlplatform.inference.batch.units import ERROR
 from mlplatform.inference.user_predictor import UserModel
 from mlplatform.registry import model_registry
-from mlplatform.registry.model_registry import ModelRef
+from mlplatform.registry.model_ref import ModelRef
 from mlplatform.settings import Settings
 
 

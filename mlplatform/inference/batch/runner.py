@@ -110,7 +110,9 @@ def _run_pass(job: Job, units: list[dict]) -> dict[int, str]:
                 ready[unit] = written.pop(unit)
                 finished.add(unit)
         pending_rows = sum(part.rows for part in ready.values())
-        due = time.monotonic() - last_commit >= job.s.commit_every_s
+        # The first complete units at once (the run's first results, seconds after its
+        # start), then every every_rows rows or commit_every_s seconds.
+        due = not job.commits or time.monotonic() - last_commit >= job.s.commit_every_s
         if pending_rows >= every_rows or (ready and due):
             _commit(job, ready)
             last_commit = time.monotonic()
@@ -138,6 +140,7 @@ def _execute(job: Job) -> list[FailedUnit]:
                 "file_path": u.file_path,
                 "first_row_group": u.first_row_group,
                 "row_groups": u.row_groups,
+                "rows": u.rows_in,
             }
             for u in pending
         ]

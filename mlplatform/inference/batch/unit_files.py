@@ -136,6 +136,27 @@ def write_parts(predicted: pa.Table, target: WriteTarget) -> pa.Table:
         out[ERROR].append(error or "")
         out[FILES].append(pickle.dumps(files))
         out[REASONS].append(json.dumps(refused))
+    return _parts_table(out)
+
+
+def failed_parts(units: list[int], error: str) -> pa.Table:
+    """write_parts' metadata rows of units whose work failed as a whole (nothing written)."""
+    n = len(units)
+    empty = pickle.dumps([])
+    return _parts_table(
+        {
+            UNIT: units,
+            UNIT_ROWS: [0] * n,
+            ARRIVED: [0] * n,
+            ROWS: [0] * n,
+            ERROR: [error[:2000]] * n,
+            FILES: [empty] * n,
+            REASONS: ["{}"] * n,
+        }
+    )
+
+
+def _parts_table(out: dict[str, list]) -> pa.Table:
     types = [pa.int64(), pa.int64(), pa.int64(), pa.int64(), pa.string(), pa.binary(), pa.string()]
     return pa.table({c: pa.array(v, t) for (c, v), t in zip(out.items(), types, strict=True)})
 

@@ -136,6 +136,25 @@ def _arrow_filter(row_filter: str, schema_json: str | None) -> pa.compute.Expres
     return expression_to_pyarrow(bind(schema, parse(row_filter), case_sensitive=True), schema)
 
 
+def read_unit_or_error(
+    spec: dict, columns: list[str], row_filter: str | None, schema_json: str | None
+) -> pa.Table:
+    """read_unit of a unit spec (unit, file_path, first_row_group, row_groups); a unit that
+    cannot be read is one error row (reported per unit, retried, never fails the whole run)."""
+    try:
+        return read_unit(
+            spec["unit"],
+            spec["file_path"],
+            spec["first_row_group"],
+            spec["row_groups"],
+            columns,
+            row_filter,
+            schema_json,
+        )
+    except Exception as error:
+        return _unit_table(columns, spec["unit"], 0, f"read failed: {error!r}"[:2000])
+
+
 def read_units(
     batch: pa.Table,
     columns: list[str],
@@ -143,21 +162,9 @@ def read_units(
     schema_json: str | None,
     niceness: int | None = None,
 ) -> pa.Table:
-    """Ray Data stage: read each unit of the batch; a unit that cannot be read is one error row."""
-    tables = []
+    """Ray Data stage: read each unit of the batch (read_unit_or_error)."""
     with at_niceness(niceness):
-        for row in batch.to_pylist():
-            try:
-                table = read_unit(
-                    row["unit"],
-                    row["file_path"],
-                    row["first_row_group"],
-                    row["row_groups"],
-                    columns,
-                    row_filter,
-                    schema_json,
-                )
-            except Exception as error:  # reported per unit, retried, never fails the whole run
-                table = _unit_table(columns, row["unit"], 0, f"read failed: {error!r}"[:2000])
-            tables.append(table)
+        tables = [
+            read_unit_or_error(spec, columns, row_filter, schema_json) for spec in batch.to_pylist()
+        ]
     return pa.concat_tables(tables)

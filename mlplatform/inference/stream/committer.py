@@ -50,7 +50,7 @@ from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 
-from mlplatform.connectors.iceberg_tables import load_table
+from mlplatform.connectors.iceberg_tables import load_table, transaction
 from mlplatform.inference.stream.partitions import source_mark_name
 from mlplatform.settings import Settings
 
@@ -243,7 +243,8 @@ class StreamCommitter:
                 summary = {f"{HWM_PREFIX}{name}": str(seq) for name, seq in summary_marks.items()}
                 summary |= {f"{SOURCE_PREFIX}{n}": str(seq) for n, seq in summary_sources.items()}
                 try:
-                    self.table.append(data, snapshot_properties=summary)
+                    with transaction(self.table) as tx:
+                        tx.append(data, snapshot_properties=summary)
                     break
                 except CommitFailedException:  # another writer committed first: retry on its
                     if attempt == attempts - 1:

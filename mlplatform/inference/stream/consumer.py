@@ -88,7 +88,7 @@ from mlplatform.inference.stream.partitions import (
 )
 from mlplatform.inference.user_predictor import model_loader
 from mlplatform.registry.champion import ChampionFollower, LoadedModel
-from mlplatform.registry.model_registry import ModelRef
+from mlplatform.registry.model_ref import ModelRef
 from mlplatform.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -159,9 +159,9 @@ def test_a_killed_ray_worker_loses_and_doubles_nothing(batch: Settings) -> None:
     deadline = time.monotonic() + 180
     while not killed and time.monotonic() < deadline and runner.is_alive():
         # The actors are looked up as soon as they exist (Ray's state API takes a while), and
-        # killed once three units are done: never after the run's last unit. One model-stage
+        # killed once three units are done: never after the run's last unit. One unit-stage
         # actor (Ray Data's) and one actor of the model's warm pool.
-        stage = stage or own_actor_pids(s, "ModelStage")
+        stage = stage or own_actor_pids(s, "UnitStage")
         pool = pool or sorted(pool_pids(s).values())
         run_id = _current_run_id(s)
         if stage and pool and run_id and store.progress(run_id)[0] >= 3:
@@ -170,7 +170,7 @@ def test_a_killed_ray_worker_loses_and_doubles_nothing(batch: Settings) -> None:
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.05)
     runner.join(300)
-    assert killed, f"no model-stage or pool actor was found mid-run: {stage}, {pool}"
+    assert killed, f"no unit-stage or pool actor was found mid-run: {stage}, {pool}"
     result = outcome["result"]
     assert not isinstance(result, BaseException), result
     assert_exactly_once(s, result.run_id)

@@ -11,7 +11,7 @@ import pytest
 
 from mlplatform.inference.batch.model_stage import predict_table
 from mlplatform.inference.batch.units import ERROR, UNIT, UNIT_ROWS
-from mlplatform.registry.model_registry import ModelRef
+from mlplatform.registry.model_ref import ModelRef
 
 pytestmark = pytest.mark.unit
 

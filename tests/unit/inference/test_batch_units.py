@@ -19,7 +19,7 @@ import pytest
 from pyiceberg.schema import Schema
 from pyiceberg.types import DoubleType, NestedField, StringType
 
-from mlplatform.inference.batch.model_stage import ModelStage, predict_table
+from mlplatform.inference.batch.model_stage import ModelStage, UnitWork, predict_table, run_units
 from mlplatform.inference.batch.pipeline import BatchInferenceStalled, watch_output
 from mlplatform.inference.batch.request import BatchRequest
 from mlplatform.inference.batch.results import FailedUnit, failure_report, step_costs
@@ -28,13 +28,14 @@ from mlplatform.inference.batch.unit_files import (
     ARRIVED,
     REASONS,
     ROWS,
+    failed_parts,
     part_files,
     predictions_rows,
     unit_parts,
     write_parts,
 )
 from mlplatform.inference.batch.units import ERROR, UNIT, UNIT_ROWS, read_unit, read_units
-from mlplatform.registry.model_registry import ModelRef
+from mlplatform.registry.model_ref import ModelRef
 from tests.helpers import predictions_target, written_rows
 
 pytestmark = pytest.mark.unit
@@ -195,6 +196,51 @@ def test_the_write_stage_writes_each_unit_part_and_reports_only_metadata(tmp_pat
     assert rows["reason"].to_pylist() == [None, "out_of_range:f1"]
     assert set(rows["run_id"].to_pylist()) == {"run-7"}
     assert [f.record_count for f in part_files(parts[0])] == [2]
+
+
+def _unit(unit: int, path: str, first: int, groups: int) -> dict:
+    return {"unit": unit, "file_path": path, "first_row_group": first, "row_groups": groups}
+
+
+def test_run_units_reads_predicts_in_batches_and_writes_each_unit_where_it_runs(
+    parquet: str, tmp_path: Path
+) -> None:
+    """A unit's whole work in one process: 6 rows predicted 4 at a time, one data file; an
+    unreadable unit and a unit whose prediction fails are error rows that write nothing."""
+    target = predictions_target(tmp_path / "lake", run_id="run-3")
+    kwargs = {"columns": COLUMNS, "row_filter": None, "schema_json": None}
+    work = UnitWork(REF, "event_id", target, kwargs, batch_size=4)
+    calls: list[int] = []
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        calls.append(len(x))
+        if (x[:, 0] == 8.0).any():  # row e8: unit 2's
+            raise ValueError("poisoned row")
+        return _FailsOnNegative().predict_proba(x)
+
+    specs = [_unit(0, parquet, 0, 3), _unit(1, parquet + ".gone", 0, 1), _unit(2, parquet, 3, 2)]
+    parts = run_units(specs, work, predict).to_pylist()
+    assert [(p[UNIT], p[UNIT_ROWS], p[ARRIVED], p[ROWS]) for p in parts] == [
+        (0, 6, 6, 6),
+        (1, 0, 1, 0),
+        (2, 4, 4, 0),
+    ]
+    assert parts[0][ERROR] == "" and parts[1][ERROR].startswith("read failed:")
+    assert "poisoned row" in parts[2][ERROR]
+    assert calls[:2] == [4, 2]  # unit 0 in batches of batch_size rows
+    assert [len(part_files(p)) for p in parts] == [1, 0, 0]
+    rows = written_rows(run_units(specs[:1], work, predict))
+    assert rows["event_id"].to_pylist() == [f"e{i}" for i in range(6)]
+    assert set(rows["run_id"].to_pylist()) == {"run-3"}
+
+
+def test_failed_parts_are_error_rows_with_nothing_written() -> None:
+    parts = failed_parts([4, 9], "predict failed: unit not done in 120 s").to_pylist()
+    assert [(p[UNIT], p[ROWS], p[ERROR]) for p in parts] == [
+        (4, 0, "predict failed: unit not done in 120 s"),
+        (9, 0, "predict failed: unit not done in 120 s"),
+    ]
+    assert [part_files(p) for p in parts] == [[], []]
 
 
 class _Pipeline:

@@ -20,7 +20,7 @@ from mlplatform.inference.predictions import (
     prediction_columns,
     predictions,
 )
-from mlplatform.registry.model_registry import ModelRef
+from mlplatform.registry.model_ref import ModelRef
 from tests.helpers import predictions_target, written_rows
 
 pytestmark = pytest.mark.unit

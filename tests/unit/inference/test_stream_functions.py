@@ -25,7 +25,7 @@ from mlplatform.inference.stream.partitions import (
     source_position,
 )
 from mlplatform.preprocess import flink_job
-from mlplatform.registry.model_registry import ModelRef
+from mlplatform.registry.model_ref import ModelRef
 
 pytestmark = pytest.mark.unit
 

@@ -22,7 +22,7 @@ from mlplatform.inference.batch.predictors import PreprocessStage
 from mlplatform.inference.batch.units import ERROR, UNIT, UNIT_ROWS
 from mlplatform.inference.user_predictor import UserModel, load_class, model_loader
 from mlplatform.registry import model_registry
-from mlplatform.registry.model_registry import ModelRef
+from mlplatform.registry.model_ref import ModelRef
 from mlplatform.settings import Settings
 
 STAGES = "examples/predictors/split_pipeline.py"

@@ -9,7 +9,7 @@ import pytest
 
 from mlplatform.registry import model_registry
 from mlplatform.registry.champion import ChampionFollower
-from mlplatform.registry.model_registry import ModelRef
+from mlplatform.registry.model_ref import ModelRef
 from mlplatform.settings import Settings
 from tests.helpers import register_constant_model
 
