@@ -68,10 +68,10 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.tree import DecisionTreeClassifier
 
 from checkpoints.store import CheckpointStore
-from mlplatform.connectors.iceberg_tables import ensure_tables
+from mlplatform.connectors.iceberg_tables import ensure_tables, transaction
 from mlplatform.connectors.ray_runtime import connect
 from mlplatform.inference.batch.commit import committed_units
-from mlplatform.inference.batch.model_pool import PoolClient, pool_prefix, release_pools
+from mlplatform.inference.batch.model_pool import PoolClient, pool_prefix, release_pools, warm_up
 from mlplatform.inference.batch.model_stage import ModelStage, UnitWork
 from mlplatform.inference.batch.pipeline import batch_model_loader, read_stage, unit_pipeline
 from mlplatform.inference.batch.predictors import deploy_batch_model
@@ -397,10 +397,10 @@ def plain_processes(data: Dataset, ref: ModelRef, model: Any, tag: str) -> tuple
 
 
 def append_written(data: Dataset, batches, run_id: str) -> tuple[int, int]:
-    """The model stage's metadata rows (the workers wrote the data files) -> plain Iceberg
-    appends of those files at the cadence of run_batch_inference's commits (commit_interval_rows
-    or commit_every_s), without its units, summaries, compare-and-set or store.
-    (rows, commits)."""
+    """The unit stage's metadata rows (the workers wrote the data files) -> plain Iceberg
+    appends of those files (the same transaction as fused's commits) at the cadence of
+    run_batch_inference's commits (the first at once, then commit_interval_rows or
+    commit_every_s), without its units, summaries, compare-and-set or store. (rows, commits)."""
     s = data.s
     every_rows = commit_interval_rows(s, data.rows)
     table = data.predictions
@@ -411,8 +411,8 @@ def append_written(data: Dataset, batches, run_id: str) -> tuple[int, int]:
 
     def append() -> None:
         nonlocal pending, rows, commits, last
-        with table.transaction() as transaction:
-            update = transaction.update_snapshot(snapshot_properties={"mlp.bench": run_id})
+        with transaction(table) as tx:
+            update = tx.update_snapshot(snapshot_properties={"mlp.bench": run_id})
             with update.fast_append() as appending:
                 for file in files:
                     appending.append_data_file(file)
@@ -423,7 +423,8 @@ def append_written(data: Dataset, batches, run_id: str) -> tuple[int, int]:
         for row in batch.to_pylist():
             files.extend(part_files(row))
             pending += row[ROWS]
-        if pending >= every_rows or time.monotonic() - last >= s.commit_every_s:
+        due = not commits or time.monotonic() - last >= s.commit_every_s
+        if pending >= every_rows or (files and due):
             append()
     if files:
         append()
@@ -809,6 +810,9 @@ class Runner:
             self.measure_pool_starts(data)
         for model_name, ref in self.bench.refs.items():
             model = model_registry.load_model(ref)
+            # Every variant on a warm pool, as runs of a model in use find it (the probes above
+            # measure a cold one): a size's namespace has a pool of its own.
+            warm_up(data.s, ref, batch_model_loader(data.s))
             for variant in VARIANTS:
                 if self.should_run(data.rows, model_name, variant):
                     try:
