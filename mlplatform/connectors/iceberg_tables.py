@@ -50,12 +50,15 @@ class _MetadataOnceTransaction(Transaction):
     the snapshot summary: apache/iceberg-python#2673); its fix, caching it as here (#3302, #3784),
     was approved but is not released. A commit's CPU grew with the table's history: 478 -> 160
     ms at 300 snapshots, 208 -> 61 ms at 100 (docs/benchmarks.md). Reads never change the
-    metadata, and staged updates only ever grow, so their count keys the cache."""
+    metadata, and staged updates only ever grow, so their count keys the cache; with none
+    staged it is the table's own metadata, uncopied."""
 
     _cached: tuple[tuple[int, int], TableMetadata] | None = None
 
     @property
     def table_metadata(self) -> TableMetadata:
+        if not self._updates:  # nothing staged: the table's own (immutable) metadata
+            return self._table.metadata
         key = (id(self._table.metadata), len(self._updates))
         if self._cached is None or self._cached[0] != key:
             self._cached = (key, update_table_metadata(self._table.metadata, self._updates))
