@@ -1,12 +1,14 @@
-"""The model stage of batch inference, in both modes: light Ray Data actors (ModelStage) that send
-each batch's features to the model's warm pool (fused: the pool's Ray actors, model_pool; separated:
-the version's Ray Serve application, ServeClient), build the prediction columns (the one prediction
-record of `mlplatform.inference.predictions`) and write them as data files (unit_files). A batch
-that fails or exceeds its timeout marks its rows with the error instead, unit by unit, so that one
-bad unit does not fail its neighbours.
+"""The model's work in batch inference, in both modes: predict_table (a batch's features ->
+the prediction columns of the one prediction record, `mlplatform.inference.predictions`) and
+run_units (a unit read, predicted and written as data files, unit_files), which a fused pool
+actor (model_pool) runs beside its model, and separated mode's unit stage with the model behind
+Serve (ServeClient). With a user preprocessor, ModelStage: light Ray Data actors that send each
+batch's features to the warm pool and write the predictions. A batch that fails or exceeds its
+timeout marks its rows with the error instead, unit by unit, so that one bad unit does not fail
+its neighbours.
 
-This module is what every model-stage actor imports at its start, once per run: it stays light
-(no scikit-learn, no Ray Serve until a separated run calls it).
+What a model-stage actor imports at its start, once per run: no scikit-learn, no Ray Serve until
+a separated run calls it.
 """
 
 from __future__ import annotations
