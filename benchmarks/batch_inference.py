@@ -73,8 +73,14 @@ from checkpoints.store import CheckpointStore
 from mlplatform.connectors.iceberg_tables import ensure_tables, transaction
 from mlplatform.connectors.ray_runtime import connect
 from mlplatform.inference.batch.commit import committed_units
-from mlplatform.inference.batch.model_pool import PoolClient, pool_prefix, release_pools, warm_up
-from mlplatform.inference.batch.model_stage import ModelStage, UnitWork
+from mlplatform.inference.batch.model_pool import (
+    PoolClient,
+    in_label_order,
+    pool_prefix,
+    release_pools,
+    warm_up,
+)
+from mlplatform.inference.batch.model_stage import ModelStage, UnitWork, feature_matrix, run_units
 from mlplatform.inference.batch.pipeline import batch_model_loader, read_stage, unit_pipeline
 from mlplatform.inference.batch.predictors import deploy_batch_model
 from mlplatform.inference.batch.request import BatchRequest
@@ -389,8 +395,6 @@ def _plain_start(model: Any) -> None:
 def _plain_units(specs: list[dict], work: UnitWork, write: bool) -> int:
     """In a plain process: fused's unit work (run_units) with the process's model, or (write
     False) each unit read and its features predicted, nothing else; rows."""
-    from mlplatform.inference.batch.model_pool import in_label_order
-    from mlplatform.inference.batch.model_stage import feature_matrix, run_units
 
     def predict(rows: np.ndarray) -> np.ndarray:
         return in_label_order(_PLAIN_MODEL, work.ref, rows)

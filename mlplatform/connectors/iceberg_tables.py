@@ -48,8 +48,8 @@ class _MetadataOnceTransaction(Transaction):
     PyIceberg 0.12 (the newest release) recomputes `table_metadata`, a deep copy of the whole
     metadata with every snapshot, at each of its many reads in one append (one per data file in
     the snapshot summary: apache/iceberg-python#2673); its fix, caching it as here (#3302, #3784),
-    was approved but is not released. A commit's CPU grew with the table's history: 478 -> 160
-    ms at 300 snapshots, 208 -> 61 ms at 100 (docs/benchmarks.md). Reads never change the
+    was approved but is not released. A commit's CPU grew with the table's history: 397 -> 85
+    ms at 300 snapshots, 106 -> 30 ms at 100 (benchmarks/iceberg_commits.py). Reads never change the
     metadata, and staged updates only ever grow, so their count keys the cache; with none
     staged it is the table's own metadata, uncopied."""
 

@@ -163,17 +163,23 @@ class PoolClient:
             self.actors[index] = pool_actor(self.s, index, self.loader)
         return self.actors[index]
 
+    def _get(self, index: int, sent: Any, timeout_s: float) -> Any:
+        """The result of a call sent to actor `index`; an actor found gone is forgotten (the
+        next _actor(index) creates it again) and the error raised for _again_if_gone."""
+        try:
+            return ray.get(sent, timeout=timeout_s)
+        except ray.exceptions.RayActorError:
+            self.actors.pop(index, None)
+            raise
+
     def __call__(self, features: np.ndarray) -> np.ndarray:
         index = self.turn % self.s.pool_size
         self.turn += 1
 
         def call() -> np.ndarray:
+            sent = self._actor(index).predict_proba.remote(self.ref, features)
             try:
-                result = self._actor(index).predict_proba.remote(self.ref, features)
-                return ray.get(result, timeout=self.timeout_s)
-            except ray.exceptions.RayActorError:
-                self.actors.pop(index, None)
-                raise
+                return self._get(index, sent, self.timeout_s)
             except ray.exceptions.GetTimeoutError as error:
                 message = f"batch of {len(features)} rows took over {self.timeout_s} s"
                 raise TimeoutError(message) from error
@@ -183,21 +189,18 @@ class PoolClient:
     def _send(self, index: int, spec: dict, work: ray.ObjectRef) -> Any:
         return self._actor(index).run_units.remote([spec], work)
 
-    def _result(
+    def _unit_result(
         self, index: int, spec: dict, work: ray.ObjectRef, sent: Any, timeout_s: float
     ) -> pa.Table:
-        """The unit's metadata rows, sent again to a new actor while its actor is gone."""
-        pending = [sent]
+        """The unit's metadata rows: the call already sent, then, while its actor is found
+        gone, the unit sent again to the actor created anew."""
+        first = iter([sent])
 
         def call() -> pa.Table:
-            if not pending:
-                pending.append(self._send(index, spec, work))
-            try:
-                return ray.get(pending[0], timeout=timeout_s)
-            except ray.exceptions.RayActorError:
-                self.actors.pop(index, None)
-                pending.clear()
-                raise
+            ref = next(first, None)
+            return self._get(
+                index, self._send(index, spec, work) if ref is None else ref, timeout_s
+            )
 
         return _again_if_gone(call)
 
@@ -217,7 +220,7 @@ class PoolClient:
             batches = max(1, math.ceil(spec.get("rows", 1) / self.s.batch_size))
             timeout_s = self.timeout_s * batches * self.s.actor_pool_max
             try:
-                parts.append(self._result(index, spec, work, sent, timeout_s))
+                parts.append(self._unit_result(index, spec, work, sent, timeout_s))
             except ray.exceptions.GetTimeoutError:
                 parts.append(_failed(spec, f"predict failed: unit not done in {timeout_s:.0f} s"))
             except Exception as error:
@@ -228,7 +231,7 @@ class PoolClient:
 def _failed(spec: dict, error: str) -> pa.Table:
     from mlplatform.inference.batch.unit_files import failed_parts  # PyIceberg: only if needed
 
-    return failed_parts([spec["unit"]], error)
+    return failed_parts(spec["unit"], error)
 
 
 def _again_if_gone(call: Callable[[], Any], tries: int = 6) -> Any:
@@ -247,8 +250,9 @@ def _again_if_gone(call: Callable[[], Any], tries: int = 6) -> Any:
 def warm_up(s: Settings, ref: ModelRef, loader: Callable) -> list[int]:
     """Every actor of the pool created (if needed) with the version loaded; their process ids."""
 
+    blob = cloudpickle.dumps(loader)
+
     def ready() -> list[int]:
-        blob = cloudpickle.dumps(loader)
         calls = [pool_actor(s, i, blob).ready.remote(ref) for i in range(s.pool_size)]
         return ray.get(calls, timeout=s.stall_timeout_s)
 

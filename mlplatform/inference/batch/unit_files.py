@@ -139,19 +139,17 @@ def write_parts(predicted: pa.Table, target: WriteTarget) -> pa.Table:
     return _parts_table(out)
 
 
-def failed_parts(units: list[int], error: str) -> pa.Table:
-    """write_parts' metadata rows of units whose work failed as a whole (nothing written)."""
-    n = len(units)
-    empty = pickle.dumps([])
+def failed_parts(unit: int, error: str) -> pa.Table:
+    """write_parts' metadata row of a unit whose work failed as a whole (nothing written)."""
     return _parts_table(
         {
-            UNIT: units,
-            UNIT_ROWS: [0] * n,
-            ARRIVED: [0] * n,
-            ROWS: [0] * n,
-            ERROR: [error[:2000]] * n,
-            FILES: [empty] * n,
-            REASONS: ["{}"] * n,
+            UNIT: [unit],
+            UNIT_ROWS: [0],
+            ARRIVED: [0],
+            ROWS: [0],
+            ERROR: [error[:2000]],
+            FILES: [pickle.dumps([])],
+            REASONS: ["{}"],
         }
     )
 

@@ -234,13 +234,17 @@ def test_run_units_reads_predicts_in_batches_and_writes_each_unit_where_it_runs(
     assert set(rows["run_id"].to_pylist()) == {"run-3"}
 
 
-def test_failed_parts_are_error_rows_with_nothing_written() -> None:
-    parts = failed_parts([4, 9], "predict failed: unit not done in 120 s").to_pylist()
+def test_a_failed_part_is_an_error_row_with_nothing_written(tmp_path: Path) -> None:
+    parts = failed_parts(4, "predict failed: unit not done in 120 s").to_pylist()
     assert [(p[UNIT], p[ROWS], p[ERROR]) for p in parts] == [
-        (4, 0, "predict failed: unit not done in 120 s"),
-        (9, 0, "predict failed: unit not done in 120 s"),
+        (4, 0, "predict failed: unit not done in 120 s")
     ]
-    assert [part_files(p) for p in parts] == [[], []]
+    assert [part_files(p) for p in parts] == [[]]
+    predicted = predict_table(
+        _batch([(0, "a", 1.0)]), REF, "event_id", _FailsOnNegative().predict_proba
+    )
+    written = write_parts(predicted, predictions_target(tmp_path))
+    assert failed_parts(4, "x").schema == written.schema  # they concatenate in one output
 
 
 class _Pipeline:
